@@ -1,0 +1,33 @@
+# One obvious entry point. `make help` lists the targets.
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: help demo test stack stop status lint unit migrate
+
+help:
+	@echo "make demo    set up everything and run the pipeline on local defaults"
+	@echo "make test    set up everything and run the whole test suite (lint included)"
+	@echo "make stack   install (if missing) and start Kafka + ClickHouse on loopback"
+	@echo "make stop    stop the services this project started"
+	@echo "make status  what runs"
+
+stack:
+	scripts/stack.sh start
+
+stop:
+	scripts/demo.sh stop || true
+	scripts/stack.sh stop
+
+status:
+	scripts/stack.sh status
+	scripts/demo.sh status || true
+
+demo: stack
+	scripts/demo.sh start
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+test: stack lint
+	$(CARGO) test --workspace --no-fail-fast

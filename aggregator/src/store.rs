@@ -1,0 +1,120 @@
+//! ClickHouse connection settings and server-version detection.
+//!
+//! Old servers (the 18.x series some distributions ship) need the client's legacy mode: no
+//! schema validation (it sends a setting they reject) and no LZ4 transport compression (we saw
+//! SELECTs come back empty without an error). Current servers get both. The version is
+//! probed once, at connection time, with the legacy settings, which every server accepts.
+
+use clickhouse::{Client, Compression};
+use qoe_schemas::migrations::ServerVersion;
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub url: String,
+    pub database: String,
+    pub user: String,
+    pub password: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("ClickHouse at {url} is unreachable or failed: {source}")]
+    Unreachable {
+        url: String,
+        source: clickhouse::error::Error,
+    },
+    #[error("ClickHouse at {url} reported an unparseable version {version:?}")]
+    BadVersion { url: String, version: String },
+    #[error("ClickHouse query failed: {0}")]
+    Query(#[from] clickhouse::error::Error),
+    #[error("invalid database name {0:?} (letters, digits and _ only)")]
+    BadDatabase(String),
+}
+
+/// A connected ClickHouse: a client configured for the server's version.
+#[derive(Clone)]
+pub struct Store {
+    pub client: Client,
+    pub version: ServerVersion,
+    pub config: StoreConfig,
+}
+
+fn base_client(config: &StoreConfig) -> Client {
+    let mut client = Client::default().with_url(&config.url);
+    if !config.user.is_empty() {
+        client = client.with_user(&config.user);
+    }
+    if !config.password.is_empty() {
+        client = client.with_password(&config.password);
+    }
+    client
+}
+
+fn legacy(client: Client) -> Client {
+    client
+        .with_validation(false)
+        .with_compression(Compression::None)
+}
+
+/// Database names are interpolated into DDL, so they are restricted to plain identifiers.
+pub fn is_valid_database(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !name.as_bytes()[0].is_ascii_digit()
+}
+
+impl Store {
+    /// Probes the server version; creates the database when `create_database` is set.
+    pub async fn connect(config: StoreConfig, create_database: bool) -> Result<Store, StoreError> {
+        if !is_valid_database(&config.database) {
+            return Err(StoreError::BadDatabase(config.database.clone()));
+        }
+        let probe = legacy(base_client(&config));
+        let raw: String = probe
+            .query("SELECT version()")
+            .fetch_one()
+            .await
+            .map_err(|source| StoreError::Unreachable {
+                url: config.url.clone(),
+                source,
+            })?;
+        let version = ServerVersion::parse(&raw).ok_or_else(|| StoreError::BadVersion {
+            url: config.url.clone(),
+            version: raw.clone(),
+        })?;
+        if create_database {
+            probe
+                .query(&format!(
+                    "CREATE DATABASE IF NOT EXISTS {}",
+                    config.database
+                ))
+                .execute()
+                .await?;
+        }
+        let mut client = base_client(&config).with_database(&config.database);
+        if version.is_legacy() {
+            client = legacy(client);
+        }
+        Ok(Store {
+            client,
+            version,
+            config,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_valid_database;
+
+    #[test]
+    fn database_names() {
+        assert!(is_valid_database("qoe"));
+        assert!(is_valid_database("qoe_test_42"));
+        assert!(!is_valid_database(""));
+        assert!(!is_valid_database("1abc"));
+        assert!(!is_valid_database("a;DROP TABLE x"));
+        assert!(!is_valid_database("a-b"));
+    }
+}

@@ -1,0 +1,5 @@
+//! `collector`: the HTTP beacon collector.
+
+fn main() {
+    println!("collector");
+}

@@ -1,0 +1,79 @@
+//! Beacon protocol v1: the JSON envelope players post to `POST /v1/beacons`.
+//!
+//! Parsing is two-staged on purpose. The envelope (its `sent_at` and `view`) must parse, or
+//! the whole request is unusable; each entry of `events` is kept as raw JSON and parsed on
+//! its own, so that one bad event is rejected with a reason while its siblings go through.
+//! Unknown fields are ignored everywhere (forward compatibility).
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::collections::BTreeMap;
+
+/// The request body. Borrows the raw events from the input buffer.
+#[derive(Debug, Deserialize)]
+pub struct Envelope<'a> {
+    /// Client clock when the beacon was sent (ms since the epoch); enables skew correction.
+    #[serde(default)]
+    pub sent_at: Option<i64>,
+    pub view: ViewContext,
+    #[serde(borrow)]
+    pub events: Vec<&'a RawValue>,
+}
+
+/// The view's context, sent once per request and copied into every published event.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ViewContext {
+    pub view_id: String,
+    pub stream_id: String,
+    pub stream_type: String,
+    pub cdn: String,
+    pub platform: String,
+    #[serde(default)]
+    pub player: Option<String>,
+    #[serde(default)]
+    pub protocol: Option<String>,
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub custom: Option<BTreeMap<String, String>>,
+}
+
+/// One event as the player sent it, before validation.
+///
+/// `type` is kept as a string so that an unknown type yields a precise rejection reason.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RawEvent {
+    pub seq: u32,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub ts: i64,
+    #[serde(default)]
+    pub started: Option<bool>,
+    #[serde(default)]
+    pub playing_ms: Option<u32>,
+    #[serde(default)]
+    pub stall_ms: Option<u32>,
+    #[serde(default)]
+    pub bitrate_kbps: Option<u32>,
+    #[serde(default)]
+    pub prev_bitrate_kbps: Option<u32>,
+    #[serde(default)]
+    pub startup_ms: Option<u32>,
+    #[serde(default)]
+    pub latency_ms: Option<u32>,
+    #[serde(default)]
+    pub dropped_frames: Option<u32>,
+    #[serde(default)]
+    pub code: Option<String>,
+    #[serde(default)]
+    pub fatal: Option<bool>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+impl<'a> Envelope<'a> {
+    /// Parses a request body. The error text is safe to return to the client.
+    pub fn parse(body: &'a [u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(body)
+    }
+}

@@ -1,0 +1,240 @@
+//! The event as it travels through Kafka: one message per player event, with the view's
+//! context copied in, so that no later stage needs per-view state to know its dimensions.
+//!
+//! The JSON encoding of [`QoeEvent`] is the Kafka message value (key: `view_id`).
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Version of the Kafka message format, also sent as the `qoe-schema` message header.
+pub const SCHEMA_VERSION: u8 = 1;
+
+/// Kind of player event (beacon protocol v1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    ViewStart,
+    FirstFrame,
+    Heartbeat,
+    StallStart,
+    StallEnd,
+    BitrateChange,
+    Pause,
+    Resume,
+    Seek,
+    Error,
+    ViewEnd,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 11] = [
+        EventType::ViewStart,
+        EventType::FirstFrame,
+        EventType::Heartbeat,
+        EventType::StallStart,
+        EventType::StallEnd,
+        EventType::BitrateChange,
+        EventType::Pause,
+        EventType::Resume,
+        EventType::Seek,
+        EventType::Error,
+        EventType::ViewEnd,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::ViewStart => "view_start",
+            EventType::FirstFrame => "first_frame",
+            EventType::Heartbeat => "heartbeat",
+            EventType::StallStart => "stall_start",
+            EventType::StallEnd => "stall_end",
+            EventType::BitrateChange => "bitrate_change",
+            EventType::Pause => "pause",
+            EventType::Resume => "resume",
+            EventType::Seek => "seek",
+            EventType::Error => "error",
+            EventType::ViewEnd => "view_end",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamType {
+    Live,
+    Vod,
+}
+
+impl StreamType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamType::Live => "live",
+            StreamType::Vod => "vod",
+        }
+    }
+}
+
+/// Why a view ended (`view_end.reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    Completed,
+    Exit,
+    Error,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Completed => "completed",
+            EndReason::Exit => "exit",
+            EndReason::Error => "error",
+        }
+    }
+}
+
+/// One validated, enriched player event: the Kafka message value.
+///
+/// Times are milliseconds since the Unix epoch, UTC. `event_time` is the client's `ts`
+/// corrected for clock skew; it is the time every window is computed on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QoeEvent {
+    /// Message format version ([`SCHEMA_VERSION`]).
+    pub v: u8,
+    pub view_id: String,
+    pub stream_id: String,
+    pub stream_type: StreamType,
+    pub cdn: String,
+    pub platform: String,
+    pub player: String,
+    pub protocol: String,
+    /// Resolved by the collector; `unknown` when nothing said.
+    pub region: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub custom: BTreeMap<String, String>,
+
+    pub seq: u32,
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    /// Client clock, as sent.
+    pub ts: i64,
+    /// `ts` corrected for the client's clock skew.
+    pub event_time: i64,
+    /// Collector clock when the beacon arrived.
+    pub received_at: i64,
+
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub playing_ms: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stall_ms: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bitrate_kbps: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev_bitrate_kbps: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_ms: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropped_frames: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fatal: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<EndReason>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("message is not a QoE event: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("unsupported message format version {0} (this build reads {SCHEMA_VERSION})")]
+    Version(u8),
+}
+
+impl QoeEvent {
+    /// Decodes a Kafka message value, refusing versions this build does not understand.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let event: QoeEvent = serde_json::from_slice(bytes)?;
+        if event.v != SCHEMA_VERSION {
+            return Err(DecodeError::Version(event.v));
+        }
+        Ok(event)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        // Serializing a plain struct of strings, numbers and maps with string keys cannot fail.
+        serde_json::to_vec(self).expect("QoeEvent serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_type_names_round_trip() {
+        for t in EventType::ALL {
+            let json = serde_json::to_string(&t).unwrap();
+            assert_eq!(json, format!("\"{}\"", t.as_str()));
+            assert_eq!(EventType::parse(t.as_str()), Some(t));
+        }
+        assert_eq!(EventType::parse("nope"), None);
+    }
+
+    #[test]
+    fn decode_rejects_unknown_version() {
+        let mut e = sample();
+        e.v = 9;
+        let bytes = serde_json::to_vec(&e).unwrap();
+        assert!(matches!(
+            QoeEvent::decode(&bytes),
+            Err(DecodeError::Version(9))
+        ));
+        assert!(QoeEvent::decode(b"{not json").is_err());
+    }
+
+    #[test]
+    fn encode_decode_round_trip() {
+        let e = sample();
+        assert_eq!(QoeEvent::decode(&e.encode()).unwrap(), e);
+    }
+
+    pub(crate) fn sample() -> QoeEvent {
+        QoeEvent {
+            v: SCHEMA_VERSION,
+            view_id: "v1".into(),
+            stream_id: "s".into(),
+            stream_type: StreamType::Live,
+            cdn: "c".into(),
+            platform: "web".into(),
+            player: "p".into(),
+            protocol: "hls".into(),
+            region: "eu".into(),
+            custom: BTreeMap::new(),
+            seq: 3,
+            kind: EventType::Heartbeat,
+            ts: 1,
+            event_time: 2,
+            received_at: 3,
+            started: Some(true),
+            playing_ms: Some(10),
+            stall_ms: Some(0),
+            bitrate_kbps: Some(2500),
+            prev_bitrate_kbps: None,
+            startup_ms: None,
+            latency_ms: None,
+            dropped_frames: None,
+            code: None,
+            fatal: None,
+            reason: None,
+        }
+    }
+}

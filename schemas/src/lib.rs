@@ -1,0 +1,25 @@
+//! The shared event model of the QoE pipeline.
+//!
+//! Everything that more than one process must agree on lives here, and nowhere else:
+//!
+//! - [`beacon`]: the wire format players post (beacon protocol v1), parsed leniently
+//!   (unknown fields are ignored) but bounded.
+//! - [`validate`]: the per-event rules, clock-skew correction and age checks that turn a
+//!   beacon into publishable [`event::QoeEvent`]s, with a reason for every rejection.
+//! - [`event`]: the self-describing event the collector publishes to Kafka and the
+//!   aggregator consumes.
+//! - [`migrations`]: the ClickHouse schema, as versioned SQL files embedded at build time.
+//!
+//! This crate does no I/O, so all of it is unit-testable and benchmarkable without servers.
+
+pub mod beacon;
+pub mod event;
+pub mod migrations;
+pub mod validate;
+
+pub use beacon::{Envelope, RawEvent, ViewContext};
+pub use event::{EndReason, EventType, QoeEvent, StreamType, SCHEMA_VERSION};
+pub use validate::{Limits, Rejection};
+
+/// The JSON Schema of beacon protocol v1, as published to player developers.
+pub const BEACON_JSON_SCHEMA: &str = include_str!("../beacon.v1.schema.json");

@@ -1,0 +1,207 @@
+//! The ClickHouse schema as versioned migrations (`schemas/clickhouse/NNNN_name.sql`).
+//!
+//! The SQL files are embedded at build time. This module only parses them into statements
+//! and decides which apply to a given server version; applying them is I/O and lives in the
+//! aggregator's `migrate` command.
+//!
+//! File format: statements end with `;` at the end of a line. A comment line
+//! `-- qoe:min-version X.Y` directly before a statement makes it apply only to servers of at
+//! least that version (features such as TTL that old servers lack). Every statement must be
+//! idempotent (`IF NOT EXISTS`, `MODIFY`), so a migration interrupted half-way can be re-run.
+
+/// One migration file.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    pub version: u32,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// All migrations, in order. A test checks this list against the files on disk.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "0001_core.sql",
+    sql: include_str!("../clickhouse/0001_core.sql"),
+}];
+
+/// A ClickHouse server version, as `SELECT version()` reports it (`18.16.1`, `25.3.2.39`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ServerVersion {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl ServerVersion {
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut parts = s.trim().split('.');
+        let major = parts.next()?.parse().ok()?;
+        let minor = parts.next()?.parse().ok()?;
+        Some(ServerVersion { major, minor })
+    }
+
+    /// Servers before 20.1 mis-handle parts of the HTTP client protocol's defaults (schema
+    /// validation settings, compressed responses), so the client must use its legacy mode.
+    pub fn is_legacy(self) -> bool {
+        self < ServerVersion {
+            major: 20,
+            minor: 1,
+        }
+    }
+}
+
+impl std::fmt::Display for ServerVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+/// One SQL statement of a migration, with the minimum server version it needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statement {
+    pub sql: String,
+    pub min_version: Option<ServerVersion>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MigrationError {
+    #[error("{file}: bad directive {line:?} (expected `-- qoe:min-version X.Y`)")]
+    BadDirective { file: String, line: String },
+    #[error("{file}: text after the last `;`")]
+    Unterminated { file: String },
+}
+
+impl Migration {
+    /// Splits the file into statements, dropping comment lines.
+    pub fn statements(&self) -> Result<Vec<Statement>, MigrationError> {
+        let mut out = Vec::new();
+        let mut current = String::new();
+        let mut min_version = None;
+        for line in self.sql.lines() {
+            let trimmed = line.trim();
+            if let Some(rest) = trimmed.strip_prefix("-- qoe:") {
+                let version = rest
+                    .strip_prefix("min-version ")
+                    .and_then(ServerVersion::parse)
+                    .ok_or_else(|| MigrationError::BadDirective {
+                        file: self.name.to_owned(),
+                        line: trimmed.to_owned(),
+                    })?;
+                min_version = Some(version);
+                continue;
+            }
+            if trimmed.starts_with("--") || (trimmed.is_empty() && current.is_empty()) {
+                continue;
+            }
+            current.push_str(line);
+            current.push('\n');
+            if trimmed.ends_with(';') {
+                let sql = current.trim().trim_end_matches(';').trim().to_owned();
+                out.push(Statement { sql, min_version });
+                current.clear();
+                min_version = None;
+            }
+        }
+        if !current.trim().is_empty() {
+            return Err(MigrationError::Unterminated {
+                file: self.name.to_owned(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The statements that apply to a server of the given version.
+    pub fn statements_for(&self, server: ServerVersion) -> Result<Vec<Statement>, MigrationError> {
+        Ok(self
+            .statements()?
+            .into_iter()
+            .filter(|s| s.min_version.is_none_or(|min| server >= min))
+            .collect())
+    }
+
+    /// FNV-1a of the file, recorded when applied so that an edited migration is noticed.
+    pub fn checksum(&self) -> String {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in self.sql.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{h:016x}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_list_matches_files_on_disk() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/clickhouse");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".sql"))
+            .collect();
+        files.sort();
+        let listed: Vec<&str> = MIGRATIONS.iter().map(|m| m.name).collect();
+        assert_eq!(files, listed, "MIGRATIONS must list every file, in order");
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version as usize, i + 1);
+            assert!(m.name.starts_with(&format!("{:04}_", m.version)));
+        }
+    }
+
+    #[test]
+    fn every_migration_parses() {
+        for m in MIGRATIONS {
+            let stmts = m.statements().unwrap();
+            assert!(!stmts.is_empty());
+            for s in stmts {
+                assert!(!s.sql.contains(";\n"), "{}: two statements in one", m.name);
+            }
+        }
+    }
+
+    #[test]
+    fn directives_gate_statements() {
+        let m = Migration {
+            version: 9,
+            name: "0009_x.sql",
+            sql: "-- a comment\nCREATE TABLE a (x UInt8)\nENGINE = Memory;\n\n-- qoe:min-version 19.6\nALTER TABLE a MODIFY TTL x;\nSELECT 1;\n",
+        };
+        let old = ServerVersion::parse("18.16.1").unwrap();
+        let new = ServerVersion::parse("25.3.2.1").unwrap();
+        assert_eq!(m.statements_for(old).unwrap().len(), 2);
+        let all = m.statements_for(new).unwrap();
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[0].sql, "CREATE TABLE a (x UInt8)\nENGINE = Memory");
+        assert_eq!(all[1].min_version, ServerVersion::parse("19.6"));
+
+        let bad = Migration {
+            version: 9,
+            name: "0009_x.sql",
+            sql: "-- qoe:min-versoin 19\nSELECT 1;\n",
+        };
+        assert!(matches!(
+            bad.statements(),
+            Err(MigrationError::BadDirective { .. })
+        ));
+        let open = Migration {
+            version: 9,
+            name: "0009_x.sql",
+            sql: "SELECT 1",
+        };
+        assert!(matches!(
+            open.statements(),
+            Err(MigrationError::Unterminated { .. })
+        ));
+    }
+
+    #[test]
+    fn server_versions() {
+        let v = ServerVersion::parse("18.16.1").unwrap();
+        assert!(v.is_legacy());
+        assert!(!ServerVersion::parse("24.8.1.1").unwrap().is_legacy());
+        assert!(ServerVersion::parse("x.1").is_none());
+        assert!(ServerVersion::parse("9.10").unwrap() < ServerVersion::parse("10.1").unwrap());
+    }
+}

@@ -1,0 +1,544 @@
+//! Validation and enrichment rules of beacon protocol v1.
+//!
+//! Turns a parsed [`Envelope`] into publishable [`QoeEvent`]s. Envelope-level problems make
+//! the whole request unusable ([`EnvelopeError`], HTTP 400/413); event-level problems reject
+//! only that event ([`Rejection`], reported back by index). Every string and count is bounded
+//! here, so nothing a client sends can grow the pipeline's memory or its ClickHouse keys
+//! without limit.
+
+use crate::beacon::{Envelope, RawEvent, ViewContext};
+use crate::event::{EndReason, EventType, QoeEvent, StreamType, SCHEMA_VERSION};
+use serde_json::value::RawValue;
+use std::collections::BTreeMap;
+
+/// Bounds applied to every beacon. Defaults are what a production collector would use.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_events: usize,
+    /// Dimension strings (stream_id, cdn, platform, player, protocol, region).
+    pub max_dimension_len: usize,
+    pub max_custom_keys: usize,
+    pub max_custom_key_len: usize,
+    pub max_custom_value_len: usize,
+    pub max_code_len: usize,
+    /// Events whose corrected time is further ahead of the server clock are rejected.
+    pub max_future_ms: i64,
+    /// Events whose corrected time is older than this are rejected.
+    pub max_age_ms: i64,
+    /// Upper bound of any per-interval duration (playing_ms, stall_ms, startup_ms, latency_ms).
+    pub max_duration_ms: u32,
+    pub max_bitrate_kbps: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_events: 1000,
+            max_dimension_len: 128,
+            max_custom_keys: 16,
+            max_custom_key_len: 64,
+            max_custom_value_len: 256,
+            max_code_len: 128,
+            max_future_ms: 5 * 60 * 1000,
+            max_age_ms: 60 * 60 * 1000,
+            max_duration_ms: 24 * 60 * 60 * 1000,
+            max_bitrate_kbps: 1_000_000,
+        }
+    }
+}
+
+/// Why a whole request is unusable.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum EnvelopeError {
+    #[error("no events")]
+    NoEvents,
+    #[error("too many events: {count} (limit {limit})")]
+    TooManyEvents { count: usize, limit: usize },
+    #[error("invalid view context: {0}")]
+    View(String),
+}
+
+/// Machine-readable rejection class (also a Prometheus label, so the set is closed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    Malformed,
+    UnknownType,
+    MissingField,
+    OutOfRange,
+    TooLong,
+    InFuture,
+    TooOld,
+}
+
+impl RejectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::Malformed => "malformed",
+            RejectReason::UnknownType => "unknown_type",
+            RejectReason::MissingField => "missing_field",
+            RejectReason::OutOfRange => "out_of_range",
+            RejectReason::TooLong => "too_long",
+            RejectReason::InFuture => "in_future",
+            RejectReason::TooOld => "too_old",
+        }
+    }
+}
+
+/// Why one event was rejected; `detail` is human-readable and safe to return to the client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    pub reason: RejectReason,
+    pub detail: String,
+}
+
+impl Rejection {
+    fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
+        Rejection {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// A view context that passed validation, ready to be copied into events.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidView {
+    pub view_id: String,
+    pub stream_id: String,
+    pub stream_type: StreamType,
+    pub cdn: String,
+    pub platform: String,
+    pub player: String,
+    pub protocol: String,
+    /// The region the envelope claims, if any; the collector decides what to trust.
+    pub claimed_region: Option<String>,
+    pub custom: BTreeMap<String, String>,
+}
+
+/// `view_id`: 1-64 characters of `[A-Za-z0-9_.:-]`.
+pub fn is_valid_view_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+}
+
+fn dimension(name: &str, value: &str, limits: &Limits) -> Result<String, EnvelopeError> {
+    if value.is_empty() {
+        return Err(EnvelopeError::View(format!("view.{name} is empty")));
+    }
+    if value.len() > limits.max_dimension_len {
+        return Err(EnvelopeError::View(format!(
+            "view.{name} is longer than {} bytes",
+            limits.max_dimension_len
+        )));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(EnvelopeError::View(format!(
+            "view.{name} contains control characters"
+        )));
+    }
+    Ok(value.to_owned())
+}
+
+/// Validates the envelope-level parts of a beacon.
+pub fn validate_envelope(env: &Envelope<'_>, limits: &Limits) -> Result<ValidView, EnvelopeError> {
+    if env.events.is_empty() {
+        return Err(EnvelopeError::NoEvents);
+    }
+    if env.events.len() > limits.max_events {
+        return Err(EnvelopeError::TooManyEvents {
+            count: env.events.len(),
+            limit: limits.max_events,
+        });
+    }
+    validate_view(&env.view, limits)
+}
+
+fn validate_view(view: &ViewContext, limits: &Limits) -> Result<ValidView, EnvelopeError> {
+    if !is_valid_view_id(&view.view_id) {
+        return Err(EnvelopeError::View(
+            "view.view_id must be 1-64 characters of [A-Za-z0-9_.:-]".into(),
+        ));
+    }
+    let stream_type = match view.stream_type.as_str() {
+        "live" => StreamType::Live,
+        "vod" => StreamType::Vod,
+        other => {
+            return Err(EnvelopeError::View(format!(
+                "view.stream_type must be \"live\" or \"vod\", got {:?}",
+                truncate(other, 32)
+            )))
+        }
+    };
+    let optional = |name: &str, v: &Option<String>| -> Result<String, EnvelopeError> {
+        match v.as_deref() {
+            None | Some("") => Ok("unknown".to_owned()),
+            Some(s) => dimension(name, s, limits),
+        }
+    };
+    let claimed_region = match view.region.as_deref() {
+        None | Some("") => None,
+        Some(r) => Some(dimension("region", r, limits)?),
+    };
+    let mut custom = BTreeMap::new();
+    if let Some(map) = &view.custom {
+        if map.len() > limits.max_custom_keys {
+            return Err(EnvelopeError::View(format!(
+                "view.custom has {} keys (limit {})",
+                map.len(),
+                limits.max_custom_keys
+            )));
+        }
+        for (k, v) in map {
+            if k.is_empty() || k.len() > limits.max_custom_key_len {
+                return Err(EnvelopeError::View(format!(
+                    "view.custom keys must be 1-{} bytes",
+                    limits.max_custom_key_len
+                )));
+            }
+            if v.len() > limits.max_custom_value_len {
+                return Err(EnvelopeError::View(format!(
+                    "view.custom[{:?}] is longer than {} bytes",
+                    truncate(k, 32),
+                    limits.max_custom_value_len
+                )));
+            }
+            custom.insert(k.clone(), v.clone());
+        }
+    }
+    Ok(ValidView {
+        view_id: view.view_id.clone(),
+        stream_id: dimension("stream_id", &view.stream_id, limits)?,
+        stream_type,
+        cdn: dimension("cdn", &view.cdn, limits)?,
+        platform: dimension("platform", &view.platform, limits)?,
+        player: optional("player", &view.player)?,
+        protocol: optional("protocol", &view.protocol)?,
+        claimed_region,
+        custom,
+    })
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// Server-side facts about the request that every event inherits.
+#[derive(Debug, Clone)]
+pub struct Arrival<'a> {
+    /// Collector clock, ms since the epoch.
+    pub received_at: i64,
+    /// Client clock when sent, from the envelope.
+    pub sent_at: Option<i64>,
+    /// Region as resolved by the collector.
+    pub region: &'a str,
+}
+
+/// Clock-skew correction: `event_time = ts + (received_at - sent_at)`, or `ts` without `sent_at`.
+pub fn corrected_time(ts: i64, received_at: i64, sent_at: Option<i64>) -> i64 {
+    match sent_at {
+        Some(sent) => ts.saturating_add(received_at.saturating_sub(sent)),
+        None => ts,
+    }
+}
+
+/// Validates and enriches one raw event of a beacon.
+pub fn validate_event(
+    raw: &RawValue,
+    view: &ValidView,
+    arrival: &Arrival<'_>,
+    limits: &Limits,
+) -> Result<QoeEvent, Rejection> {
+    let ev: RawEvent = serde_json::from_str(raw.get())
+        .map_err(|e| Rejection::new(RejectReason::Malformed, e.to_string()))?;
+    let kind = EventType::parse(&ev.kind).ok_or_else(|| {
+        Rejection::new(
+            RejectReason::UnknownType,
+            format!("unknown event type {:?}", truncate(&ev.kind, 32)),
+        )
+    })?;
+
+    let event_time = corrected_time(ev.ts, arrival.received_at, arrival.sent_at);
+    if event_time > arrival.received_at.saturating_add(limits.max_future_ms) {
+        return Err(Rejection::new(
+            RejectReason::InFuture,
+            format!(
+                "event time is {} ms ahead of the server clock (limit {} ms)",
+                event_time - arrival.received_at,
+                limits.max_future_ms
+            ),
+        ));
+    }
+    if event_time < arrival.received_at.saturating_sub(limits.max_age_ms) {
+        return Err(Rejection::new(
+            RejectReason::TooOld,
+            format!("event is older than {} ms", limits.max_age_ms),
+        ));
+    }
+
+    for (name, value) in [
+        ("playing_ms", ev.playing_ms),
+        ("stall_ms", ev.stall_ms),
+        ("startup_ms", ev.startup_ms),
+        ("latency_ms", ev.latency_ms),
+    ] {
+        if value.is_some_and(|v| v > limits.max_duration_ms) {
+            return Err(Rejection::new(
+                RejectReason::OutOfRange,
+                format!("{name} exceeds {} ms", limits.max_duration_ms),
+            ));
+        }
+    }
+    for (name, value) in [
+        ("bitrate_kbps", ev.bitrate_kbps),
+        ("prev_bitrate_kbps", ev.prev_bitrate_kbps),
+    ] {
+        if value.is_some_and(|v| v > limits.max_bitrate_kbps) {
+            return Err(Rejection::new(
+                RejectReason::OutOfRange,
+                format!("{name} exceeds {} kbps", limits.max_bitrate_kbps),
+            ));
+        }
+    }
+    if let Some(code) = &ev.code {
+        if code.len() > limits.max_code_len {
+            return Err(Rejection::new(
+                RejectReason::TooLong,
+                format!("code is longer than {} bytes", limits.max_code_len),
+            ));
+        }
+    }
+
+    let missing = |field: &str| {
+        Rejection::new(
+            RejectReason::MissingField,
+            format!("{} requires {field}", kind.as_str()),
+        )
+    };
+    let mut started = ev.started;
+    let mut reason = None;
+    match kind {
+        EventType::FirstFrame => {
+            if ev.startup_ms.is_none() {
+                return Err(missing("startup_ms"));
+            }
+            if ev.started == Some(false) {
+                return Err(Rejection::new(
+                    RejectReason::OutOfRange,
+                    "first_frame cannot have started = false",
+                ));
+            }
+            started = Some(true);
+        }
+        EventType::Error => {
+            if ev.started.is_none() {
+                return Err(missing("started"));
+            }
+            if ev.fatal.is_none() {
+                return Err(missing("fatal"));
+            }
+        }
+        EventType::ViewEnd => {
+            if ev.started.is_none() {
+                return Err(missing("started"));
+            }
+            let r = ev.reason.as_deref().ok_or_else(|| missing("reason"))?;
+            reason = Some(match r {
+                "completed" => EndReason::Completed,
+                "exit" => EndReason::Exit,
+                "error" => EndReason::Error,
+                other => {
+                    return Err(Rejection::new(
+                        RejectReason::OutOfRange,
+                        format!(
+                            "reason must be completed, exit or error, got {:?}",
+                            truncate(other, 32)
+                        ),
+                    ))
+                }
+            });
+        }
+        EventType::BitrateChange => {
+            if ev.bitrate_kbps.is_none() {
+                return Err(missing("bitrate_kbps"));
+            }
+            if ev.prev_bitrate_kbps.is_none() {
+                return Err(missing("prev_bitrate_kbps"));
+            }
+        }
+        _ => {}
+    }
+
+    Ok(QoeEvent {
+        v: SCHEMA_VERSION,
+        view_id: view.view_id.clone(),
+        stream_id: view.stream_id.clone(),
+        stream_type: view.stream_type,
+        cdn: view.cdn.clone(),
+        platform: view.platform.clone(),
+        player: view.player.clone(),
+        protocol: view.protocol.clone(),
+        region: arrival.region.to_owned(),
+        custom: view.custom.clone(),
+        seq: ev.seq,
+        kind,
+        ts: ev.ts,
+        event_time,
+        received_at: arrival.received_at,
+        started,
+        playing_ms: ev.playing_ms,
+        stall_ms: ev.stall_ms,
+        bitrate_kbps: ev.bitrate_kbps,
+        prev_bitrate_kbps: ev.prev_bitrate_kbps,
+        startup_ms: ev.startup_ms,
+        latency_ms: ev.latency_ms,
+        dropped_frames: ev.dropped_frames,
+        code: ev.code,
+        fatal: ev.fatal,
+        reason,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_763_721_600_000;
+
+    fn body(events: &str) -> String {
+        format!(
+            r#"{{"sent_at": {NOW}, "view": {{"view_id": "v-1", "stream_id": "ch-42", "stream_type": "live",
+               "cdn": "akamai", "platform": "web", "player": "hls.js", "protocol": "hls", "extra": 1}},
+               "events": [{events}]}}"#
+        )
+    }
+
+    fn run(events: &str) -> Vec<Result<QoeEvent, Rejection>> {
+        let b = body(events);
+        let env = Envelope::parse(b.as_bytes()).unwrap();
+        let view = validate_envelope(&env, &Limits::default()).unwrap();
+        let arrival = Arrival {
+            received_at: NOW + 2_000,
+            sent_at: env.sent_at,
+            region: "eu-west",
+        };
+        env.events
+            .iter()
+            .map(|raw| validate_event(raw, &view, &arrival, &Limits::default()))
+            .collect()
+    }
+
+    #[test]
+    fn valid_events_are_enriched_and_skew_corrected() {
+        let out = run(&format!(
+            r#"{{"seq":0,"type":"view_start","ts":{}}},
+               {{"seq":1,"type":"first_frame","ts":{},"startup_ms":1200,"bitrate_kbps":2500,"unknown":"x"}}"#,
+            NOW - 10_000,
+            NOW - 8_800
+        ));
+        let first = out[1].as_ref().unwrap();
+        assert_eq!(first.event_time, NOW - 8_800 + 2_000);
+        assert_eq!(first.received_at, NOW + 2_000);
+        assert_eq!(first.region, "eu-west");
+        assert_eq!(first.started, Some(true));
+        assert_eq!(first.kind, EventType::FirstFrame);
+        assert_eq!(first.view_id, "v-1");
+        assert!(out[0].is_ok());
+    }
+
+    #[test]
+    fn each_bad_event_gets_its_own_reason() {
+        let out = run(&format!(
+            r#"{{"seq":0,"type":"teleport","ts":{NOW}}},
+               {{"seq":1,"type":"error","ts":{NOW},"fatal":true}},
+               {{"seq":2,"type":"heartbeat","ts":{}}},
+               {{"seq":3,"type":"heartbeat","ts":{}}},
+               {{"seq":"x","type":"heartbeat","ts":{NOW}}},
+               {{"seq":5,"type":"view_end","ts":{NOW},"started":false,"reason":"bored"}},
+               {{"seq":6,"type":"heartbeat","ts":{NOW},"playing_ms":999999999}},
+               {{"seq":7,"type":"heartbeat","ts":{NOW},"playing_ms":500}}"#,
+            NOW + 10 * 60 * 1000,
+            NOW - 2 * 60 * 60 * 1000
+        ));
+        let reasons: Vec<_> = out
+            .iter()
+            .map(|r| r.as_ref().err().map(|e| e.reason))
+            .collect();
+        assert_eq!(
+            reasons,
+            vec![
+                Some(RejectReason::UnknownType),
+                Some(RejectReason::MissingField),
+                Some(RejectReason::InFuture),
+                Some(RejectReason::TooOld),
+                Some(RejectReason::Malformed),
+                Some(RejectReason::OutOfRange),
+                Some(RejectReason::OutOfRange),
+                None,
+            ]
+        );
+    }
+
+    #[test]
+    fn envelope_problems_are_whole_request_errors() {
+        let limits = Limits::default();
+        let no_events = body("");
+        let env = Envelope::parse(no_events.as_bytes()).unwrap();
+        assert_eq!(
+            validate_envelope(&env, &limits),
+            Err(EnvelopeError::NoEvents)
+        );
+
+        let bad_id = r#"{"view":{"view_id":"has space","stream_id":"s","stream_type":"live","cdn":"c","platform":"p"},"events":[{}]}"#;
+        let env = Envelope::parse(bad_id.as_bytes()).unwrap();
+        assert!(matches!(
+            validate_envelope(&env, &limits),
+            Err(EnvelopeError::View(_))
+        ));
+
+        assert!(Envelope::parse(br#"{"events":[{}]}"#).is_err());
+        assert!(Envelope::parse(b"not json").is_err());
+
+        let many = body(&vec!["{}"; 1001].join(","));
+        let env = Envelope::parse(many.as_bytes()).unwrap();
+        assert!(matches!(
+            validate_envelope(&env, &limits),
+            Err(EnvelopeError::TooManyEvents { count: 1001, .. })
+        ));
+    }
+
+    #[test]
+    fn view_id_rules() {
+        assert!(is_valid_view_id("5f0c1e9a-aa:b.c_d"));
+        assert!(!is_valid_view_id(""));
+        assert!(!is_valid_view_id(&"a".repeat(65)));
+        assert!(is_valid_view_id(&"a".repeat(64)));
+        assert!(!is_valid_view_id("é"));
+    }
+
+    #[test]
+    fn custom_map_is_bounded() {
+        let keys: Vec<String> = (0..17).map(|i| format!("\"k{i}\":\"v\"")).collect();
+        let b = format!(
+            r#"{{"view":{{"view_id":"v","stream_id":"s","stream_type":"vod","cdn":"c","platform":"p","custom":{{{}}}}},"events":[{{}}]}}"#,
+            keys.join(",")
+        );
+        let env = Envelope::parse(b.as_bytes()).unwrap();
+        assert!(matches!(
+            validate_envelope(&env, &Limits::default()),
+            Err(EnvelopeError::View(_))
+        ));
+    }
+
+    #[test]
+    fn skew_correction() {
+        assert_eq!(corrected_time(1000, 5000, Some(4000)), 2000);
+        assert_eq!(corrected_time(1000, 5000, None), 1000);
+        assert_eq!(corrected_time(i64::MAX, i64::MAX, Some(i64::MIN)), i64::MAX);
+    }
+}

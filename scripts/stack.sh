@@ -1,0 +1,210 @@
+#!/usr/bin/env bash
+# Local development stack: a Kafka-protocol broker (tansu) and a ClickHouse server, both on
+# loopback, with every data file, log and pid file under .stack/ in the repository.
+#
+#   scripts/stack.sh install   install what is missing (idempotent)
+#   scripts/stack.sh start     install if needed, start both, wait until ready, create the topic
+#   scripts/stack.sh stop      stop what this script started (by pid file)
+#   scripts/stack.sh status    say what runs
+#   scripts/stack.sh restart-kafka | stop-kafka | start-kafka | stop-clickhouse | start-clickhouse
+#
+# Settings (environment): QOE_KAFKA_PORT (9092), QOE_CH_HTTP_PORT (8123), QOE_CH_TCP_PORT (9000),
+# QOE_TOPIC (qoe.events), QOE_TOPIC_PARTITIONS (6), QOE_STACK_DIR (<repo>/.stack),
+# TANSU_VERSION (0.6.0).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+STACK="${QOE_STACK_DIR:-$ROOT/.stack}"
+KAFKA_PORT="${QOE_KAFKA_PORT:-9092}"
+CH_HTTP_PORT="${QOE_CH_HTTP_PORT:-8123}"
+CH_TCP_PORT="${QOE_CH_TCP_PORT:-9000}"
+TOPIC="${QOE_TOPIC:-qoe.events}"
+PARTITIONS="${QOE_TOPIC_PARTITIONS:-6}"
+TANSU_VERSION="${TANSU_VERSION:-0.6.0}"
+BROKER="tcp://127.0.0.1:${KAFKA_PORT}"
+
+log() { printf '[stack] %s\n' "$*" >&2; }
+die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }
+
+tansu_bin() {
+  if command -v tansu >/dev/null 2>&1; then command -v tansu; return; fi
+  if [ -x "$HOME/.cargo/bin/tansu" ]; then echo "$HOME/.cargo/bin/tansu"; return; fi
+  return 1
+}
+
+install_tansu() {
+  if bin="$(tansu_bin)" && "$bin" --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
+    return
+  fi
+  log "building the tansu broker $TANSU_VERSION (about 15 minutes on 2 cores, once)"
+  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql
+}
+
+install_clickhouse() {
+  if command -v clickhouse-server >/dev/null 2>&1; then return; fi
+  log "installing clickhouse-server from Debian's packages"
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq clickhouse-server clickhouse-client >/dev/null
+}
+
+is_running() { # pidfile
+  [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_for() { # what seconds command...
+  local what="$1" secs="$2"; shift 2
+  local deadline=$((SECONDS + secs))
+  until "$@"; do
+    [ $SECONDS -lt $deadline ] || die "$what did not become ready within ${secs}s (logs: $STACK/logs)"
+    sleep 0.5
+  done
+}
+
+start_kafka() {
+  mkdir -p "$STACK/logs" "$STACK/run"
+  if is_running "$STACK/run/tansu.pid"; then
+    log "kafka already running (pid $(cat "$STACK/run/tansu.pid"))"
+  else
+    port_open "$KAFKA_PORT" && die "port $KAFKA_PORT is taken by a process this script did not start"
+    local bin; bin="$(tansu_bin)" || die "tansu is not installed; run: $0 install"
+    log "starting kafka (tansu) on 127.0.0.1:$KAFKA_PORT"
+    nohup "$bin" broker \
+      --listener-url "$BROKER" --advertised-listener-url "$BROKER" \
+      --storage-engine memory://tansu/ >>"$STACK/logs/tansu.log" 2>&1 &
+    echo $! >"$STACK/run/tansu.pid"
+    wait_for "kafka" 60 port_open "$KAFKA_PORT"
+  fi
+  create_topic
+}
+
+create_topic() {
+  local bin; bin="$(tansu_bin)"
+  # The memory storage engine forgets topics when the broker stops, so create every time;
+  # an "already exists" answer is fine.
+  local out
+  if out="$("$bin" topic create "$TOPIC" --broker "$BROKER" --partitions "$PARTITIONS" 2>&1)"; then
+    log "topic $TOPIC ready ($PARTITIONS partitions)"
+  elif echo "$out" | grep -qi "exist"; then
+    log "topic $TOPIC already exists"
+  else
+    die "creating topic $TOPIC failed: $out"
+  fi
+}
+
+write_clickhouse_config() {
+  local dir="$STACK/clickhouse"
+  mkdir -p "$dir/data" "$dir/tmp" "$dir/user_files" "$dir/format_schemas" "$STACK/logs"
+  cat >"$dir/config.xml" <<XML
+<?xml version="1.0"?>
+<yandex>
+    <logger>
+        <level>information</level>
+        <log>$STACK/logs/clickhouse-server.log</log>
+        <errorlog>$STACK/logs/clickhouse-server.err.log</errorlog>
+        <size>100M</size>
+        <count>3</count>
+    </logger>
+    <http_port>$CH_HTTP_PORT</http_port>
+    <tcp_port>$CH_TCP_PORT</tcp_port>
+    <listen_host>127.0.0.1</listen_host>
+    <max_connections>1024</max_connections>
+    <keep_alive_timeout>10</keep_alive_timeout>
+    <max_concurrent_queries>100</max_concurrent_queries>
+    <uncompressed_cache_size>268435456</uncompressed_cache_size>
+    <mark_cache_size>268435456</mark_cache_size>
+    <path>$dir/data/</path>
+    <tmp_path>$dir/tmp/</tmp_path>
+    <user_files_path>$dir/user_files/</user_files_path>
+    <format_schema_path>$dir/format_schemas/</format_schema_path>
+    <users_config>$dir/users.xml</users_config>
+    <default_profile>default</default_profile>
+    <default_database>default</default_database>
+    <timezone>UTC</timezone>
+    <mlock_executable>false</mlock_executable>
+    <builtin_dictionaries_reload_interval>3600</builtin_dictionaries_reload_interval>
+    <max_session_timeout>3600</max_session_timeout>
+    <default_session_timeout>60</default_session_timeout>
+</yandex>
+XML
+  cat >"$dir/users.xml" <<XML
+<?xml version="1.0"?>
+<yandex>
+    <profiles>
+        <default>
+            <max_memory_usage>4000000000</max_memory_usage>
+            <load_balancing>random</load_balancing>
+        </default>
+    </profiles>
+    <users>
+        <default>
+            <password></password>
+            <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+            <profile>default</profile>
+            <quota>default</quota>
+        </default>
+    </users>
+    <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors>
+      <result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time>
+    </interval></default></quotas>
+</yandex>
+XML
+}
+
+ch_ready() { [ "$(curl -fsS "http://127.0.0.1:$CH_HTTP_PORT/ping" 2>/dev/null)" = "Ok." ]; }
+
+start_clickhouse() {
+  if is_running "$STACK/run/clickhouse.pid"; then
+    log "clickhouse already running (pid $(cat "$STACK/run/clickhouse.pid"))"
+    return
+  fi
+  port_open "$CH_HTTP_PORT" && die "port $CH_HTTP_PORT is taken by a process this script did not start"
+  command -v clickhouse-server >/dev/null || die "clickhouse-server is not installed; run: $0 install"
+  write_clickhouse_config
+  mkdir -p "$STACK/run"
+  log "starting clickhouse on 127.0.0.1:$CH_HTTP_PORT (http) and :$CH_TCP_PORT (native)"
+  (cd "$STACK/clickhouse" && nohup clickhouse-server --config-file="$STACK/clickhouse/config.xml" \
+    >>"$STACK/logs/clickhouse-stdout.log" 2>&1 & echo $! >"$STACK/run/clickhouse.pid")
+  wait_for "clickhouse" 60 ch_ready
+  log "clickhouse ready: $(curl -fsS "http://127.0.0.1:$CH_HTTP_PORT/?query=SELECT%20version()")"
+}
+
+stop_one() { # name
+  local pidfile="$STACK/run/$1.pid"
+  if is_running "$pidfile"; then
+    local pid; pid="$(cat "$pidfile")"
+    log "stopping $1 (pid $pid)"
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$pidfile"
+}
+
+status() {
+  for name in tansu clickhouse; do
+    if is_running "$STACK/run/$name.pid"; then
+      echo "$name: running (pid $(cat "$STACK/run/$name.pid"))"
+    else
+      echo "$name: stopped"
+    fi
+  done
+  echo "kafka:      127.0.0.1:$KAFKA_PORT topic $TOPIC"
+  echo "clickhouse: http://127.0.0.1:$CH_HTTP_PORT"
+}
+
+case "${1:-}" in
+  install) install_tansu; install_clickhouse ;;
+  start) install_tansu; install_clickhouse; start_kafka; start_clickhouse; status ;;
+  stop) stop_one tansu; stop_one clickhouse ;;
+  status) status ;;
+  start-kafka) start_kafka ;;
+  stop-kafka) stop_one tansu ;;
+  restart-kafka) stop_one tansu; start_kafka ;;
+  start-clickhouse) start_clickhouse ;;
+  stop-clickhouse) stop_one clickhouse ;;
+  *) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac
