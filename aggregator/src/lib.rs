@@ -7,4 +7,5 @@
 
 pub mod kafka_check;
 pub mod migrate;
+pub mod source;
 pub mod store;

@@ -1,5 +1,104 @@
-//! `collector`: the HTTP beacon collector.
+//! `collector` binary: wires configuration, telemetry, the sink and the HTTP server, and owns
+//! shutdown (stop accepting, finish in-flight requests, flush the producer).
 
-fn main() {
-    println!("collector");
+use anyhow::Context;
+use clap::Parser;
+use qoe_collector::client::RegionResolver;
+use qoe_collector::config::Config;
+use qoe_collector::http::{router, AppState};
+use qoe_collector::rate_limit::RateLimits;
+use qoe_collector::sink::Sink;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    let telemetry = qoe_telemetry::Telemetry::init("qoe-collector", config.log_format)?;
+
+    let sink = Sink::from_config(&config).context("creating the Kafka producer")?;
+    let region = RegionResolver::new(config.region_header.as_deref(), config.geoip_db.as_deref())?;
+    let state = Arc::new(AppState {
+        limits: config.limits(),
+        sink,
+        rate: RateLimits::new(
+            config.rate_per_ip,
+            config.rate_per_view,
+            config.rate_global,
+            config.rate_burst_factor,
+            config.rate_limit_buckets,
+        ),
+        region,
+        trusted_proxies: config.trusted_proxies.clone(),
+        ingest_keys: config.ingest_keys.iter().cloned().collect(),
+        prometheus: Some(telemetry.prometheus()),
+    });
+
+    let housekeeping = {
+        let state = state.clone();
+        let prometheus = telemetry.prometheus();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                state.rate.housekeeping();
+                prometheus.run_upkeep();
+            }
+        })
+    };
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    tracing::info!(
+        listen = %config.listen,
+        sink = ?config.sink,
+        topic = %config.topic,
+        brokers = %config.kafka_brokers,
+        ack_mode = ?config.ack_mode,
+        "collector listening"
+    );
+    let app = router(state.clone(), &config);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .context("HTTP server failed")?;
+
+    tracing::info!(
+        in_flight = state.sink.in_flight(),
+        "draining: flushing the producer"
+    );
+    housekeeping.abort();
+    let grace = Duration::from_secs(config.shutdown_grace_secs);
+    let flush_state = state.clone();
+    tokio::task::spawn_blocking(move || flush_state.sink.flush(grace)).await?;
+    telemetry.shutdown();
+    tracing::info!("collector stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutdown signal received: no new connections, finishing in-flight requests");
 }

@@ -1,0 +1,154 @@
+//! Command-line flags (each with an environment-variable equivalent) and their defaults.
+
+use clap::{Parser, ValueEnum};
+use ipnet::IpNet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// HTTP beacon collector: validates QoE beacons from video players, rate-limits them, and
+/// publishes one Kafka message per accepted event (key: view_id).
+#[derive(Parser, Debug, Clone)]
+#[command(name = "collector", version, about, long_about = None)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "QOE_COLLECTOR_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Where accepted events go: Kafka, or nowhere (`null`, for benchmarking the HTTP path).
+    #[arg(long, env = "QOE_SINK", value_enum, default_value = "kafka")]
+    pub sink: SinkKind,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "QOE_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub kafka_brokers: String,
+    /// Topic to publish events to.
+    #[arg(long, env = "QOE_TOPIC", default_value = "qoe.events")]
+    pub topic: String,
+    /// When to answer 2xx: after Kafka acknowledged every accepted event (`ack`), or as soon as
+    /// they are queued in the producer (`fire-and-forget`: faster, may lose events on failure).
+    #[arg(long, env = "QOE_ACK_MODE", value_enum, default_value = "ack")]
+    pub ack_mode: AckMode,
+    /// Producer compression.
+    #[arg(long, env = "QOE_KAFKA_COMPRESSION", value_enum, default_value = "lz4")]
+    pub kafka_compression: Compression,
+    /// Producer linger (ms): how long to wait to fill a batch.
+    #[arg(long, env = "QOE_KAFKA_LINGER_MS", default_value_t = 5)]
+    pub kafka_linger_ms: u32,
+    /// Producer maximum batch size in bytes.
+    #[arg(long, env = "QOE_KAFKA_BATCH_BYTES", default_value_t = 1_000_000)]
+    pub kafka_batch_bytes: u32,
+    /// Producer queue bound in messages; a full queue answers 503.
+    #[arg(long, env = "QOE_KAFKA_QUEUE_MESSAGES", default_value_t = 200_000)]
+    pub kafka_queue_messages: u32,
+    /// Producer queue bound in KiB; a full queue answers 503.
+    #[arg(long, env = "QOE_KAFKA_QUEUE_KBYTES", default_value_t = 65_536)]
+    pub kafka_queue_kbytes: u32,
+    /// How long a message may wait for a Kafka acknowledgement before the request gets 503.
+    #[arg(long, env = "QOE_KAFKA_DELIVERY_TIMEOUT_MS", default_value_t = 5_000)]
+    pub kafka_delivery_timeout_ms: u64,
+
+    /// Largest accepted request body, as sent (compressed or not).
+    #[arg(long, env = "QOE_MAX_BODY_BYTES", default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+    /// Largest accepted body after decompression; checked while decompressing.
+    #[arg(long, env = "QOE_MAX_DECOMPRESSED_BYTES", default_value_t = 8 << 20)]
+    pub max_decompressed_bytes: usize,
+    /// Most events in one beacon.
+    #[arg(long, env = "QOE_MAX_EVENTS", default_value_t = 1000)]
+    pub max_events: usize,
+    /// Events older than this (after clock-skew correction) are rejected.
+    #[arg(long, env = "QOE_MAX_EVENT_AGE_SECS", default_value_t = 3600)]
+    pub max_event_age_secs: u64,
+    /// Time allowed to receive a whole request, body included (slow clients get 408).
+    #[arg(long, env = "QOE_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+
+    /// Requests per second per client address (0: no limit).
+    #[arg(long, env = "QOE_RATE_PER_IP", default_value_t = 100)]
+    pub rate_per_ip: u32,
+    /// Requests per second per view_id (0: no limit).
+    #[arg(long, env = "QOE_RATE_PER_VIEW", default_value_t = 10)]
+    pub rate_per_view: u32,
+    /// Requests per second for the whole process (0: no limit).
+    #[arg(long, env = "QOE_RATE_GLOBAL", default_value_t = 20_000)]
+    pub rate_global: u32,
+    /// Burst allowance, as a multiple of the per-second rates.
+    #[arg(long, env = "QOE_RATE_BURST_FACTOR", default_value_t = 3)]
+    pub rate_burst_factor: u32,
+    /// Bound on rate-limiter state: keys are hashed into this many buckets.
+    #[arg(long, env = "QOE_RATE_LIMIT_BUCKETS", default_value_t = 1 << 18)]
+    pub rate_limit_buckets: u64,
+
+    /// Proxies whose X-Forwarded-For is trusted (comma-separated CIDRs).
+    #[arg(long, env = "QOE_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<IpNet>,
+    /// Request header set by a trusted edge with the client's region (e.g. X-Edge-Region).
+    #[arg(long, env = "QOE_REGION_HEADER")]
+    pub region_header: Option<String>,
+    /// MaxMind/DB-IP country database (.mmdb) to resolve regions from client addresses.
+    #[arg(long, env = "QOE_GEOIP_DB")]
+    pub geoip_db: Option<PathBuf>,
+
+    /// Origins allowed to post beacons from browsers (comma-separated; `*` for any).
+    #[arg(
+        long,
+        env = "QOE_CORS_ORIGINS",
+        value_delimiter = ',',
+        default_value = "*"
+    )]
+    pub cors_origins: Vec<String>,
+    /// Ingest keys (comma-separated). When set, beacons need one, in the X-QoE-Key header or
+    /// the `key` query parameter, or get 401.
+    #[arg(
+        long,
+        env = "QOE_INGEST_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub ingest_keys: Vec<String>,
+
+    /// On SIGTERM/SIGINT: how long to finish in-flight requests and flush the producer.
+    #[arg(long, env = "QOE_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
+    pub shutdown_grace_secs: u64,
+    /// Log format.
+    #[arg(long, env = "QOE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: qoe_telemetry::LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum SinkKind {
+    Kafka,
+    Null,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum AckMode {
+    Ack,
+    FireAndForget,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    pub fn as_kafka(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+impl Config {
+    pub fn limits(&self) -> qoe_schemas::Limits {
+        qoe_schemas::Limits {
+            max_events: self.max_events,
+            max_age_ms: (self.max_event_age_secs * 1000) as i64,
+            ..qoe_schemas::Limits::default()
+        }
+    }
+}

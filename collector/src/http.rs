@@ -1,0 +1,287 @@
+//! The HTTP surface: `POST /v1/beacons`, `GET /healthz`, `GET /readyz`, `GET /metrics`, and
+//! the tower layers around them (CORS, body limits, gzip decompression, request timeout).
+//!
+//! Status codes follow beacon protocol v1: 204 all accepted; 200 with counts and reasons when
+//! some events were rejected; 400 unusable envelope; 401 missing ingest key; 413 too large;
+//! 415 unsupported type or encoding; 429 rate limited; 503 Kafka cannot take more. Every
+//! error body is JSON `{"error": ...}`.
+
+use crate::client::{client_ip, RegionResolver};
+use crate::config::Config;
+use crate::ingest::{self, IngestError, RejectedEvent};
+use crate::rate_limit::{Limited, RateLimits};
+use crate::sink::{PublishError, Sink};
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::decompression::RequestDecompressionLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use tracing::Instrument;
+
+/// Everything a request handler needs, shared by all of them.
+pub struct AppState {
+    pub limits: qoe_schemas::Limits,
+    pub sink: Sink,
+    pub rate: RateLimits,
+    pub region: RegionResolver,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub ingest_keys: HashSet<String>,
+    pub prometheus: Option<PrometheusHandle>,
+}
+
+#[derive(Debug, Serialize)]
+struct PartialAccept<'a> {
+    accepted: usize,
+    rejected: &'a [RejectedEvent],
+}
+
+#[derive(Deserialize)]
+struct KeyQuery {
+    key: Option<String>,
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+fn retry_after(status: StatusCode, message: &str, after: Duration) -> Response {
+    let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+    let mut response = error(status, message);
+    if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    response
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub fn router(state: Arc<AppState>, config: &Config) -> Router {
+    let cors = CorsLayer::new()
+        .allow_methods([Method::POST, Method::OPTIONS])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::CONTENT_ENCODING,
+            HeaderName::from_static("x-qoe-key"),
+            HeaderName::from_static("traceparent"),
+        ])
+        .expose_headers([HeaderName::from_static("traceparent"), header::RETRY_AFTER])
+        .max_age(Duration::from_secs(86_400))
+        .allow_origin(if config.cors_origins.iter().any(|o| o == "*") {
+            AllowOrigin::any()
+        } else {
+            AllowOrigin::list(
+                config
+                    .cors_origins
+                    .iter()
+                    .filter_map(|o| HeaderValue::from_str(o).ok()),
+            )
+        });
+
+    let beacons = Router::new()
+        .route("/v1/beacons", post(post_beacons))
+        // Layers run bottom-up on the request: the compressed size is limited first, then the
+        // body is decompressed as it streams, and the decompressed size is limited while
+        // reading, so a gzip bomb stops at the limit.
+        .layer(DefaultBodyLimit::max(config.max_decompressed_bytes))
+        .layer(RequestDecompressionLayer::new().gzip(true))
+        .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
+        .layer(cors);
+
+    Router::new()
+        .merge(beacons)
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_endpoint))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_millis(config.request_timeout_ms),
+        ))
+        .layer(axum::middleware::from_fn(count_responses))
+        .with_state(state)
+}
+
+async fn count_responses(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path: &'static str = match request.uri().path() {
+        "/v1/beacons" => "/v1/beacons",
+        "/healthz" => "/healthz",
+        "/readyz" => "/readyz",
+        "/metrics" => "/metrics",
+        _ => "other",
+    };
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("qoe_collector_http_requests_total", "path" => path, "status" => status)
+        .increment(1);
+    metrics::histogram!("qoe_collector_http_request_seconds", "path" => path)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.sink.ready().await {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        error(StatusCode::SERVICE_UNAVAILABLE, "Kafka is not reachable")
+    }
+}
+
+async fn metrics_endpoint(State(state): State<Arc<AppState>>) -> Response {
+    metrics::gauge!("qoe_collector_kafka_in_flight").set(f64::from(state.sink.in_flight()));
+    metrics::gauge!("qoe_collector_rate_limiter_buckets").set(state.rate.state_size() as f64);
+    match &state.prometheus {
+        Some(p) => p.render().into_response(),
+        None => error(StatusCode::NOT_FOUND, "metrics are not enabled"),
+    }
+}
+
+fn rate_limited(hit: Limited) -> Response {
+    metrics::counter!("qoe_collector_rate_limited_total", "scope" => hit.scope).increment(1);
+    retry_after(
+        StatusCode::TOO_MANY_REQUESTS,
+        &format!("rate limited ({} limit)", hit.scope),
+        hit.retry_after,
+    )
+}
+
+async fn post_beacons(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(query): Query<KeyQuery>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let span = tracing::info_span!(
+        "beacon",
+        otel.kind = "server",
+        view_id = tracing::field::Empty,
+        accepted = tracing::field::Empty,
+        rejected = tracing::field::Empty,
+    );
+    let header_pairs: Vec<(&str, &str)> = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| vec![("traceparent", v)])
+        .unwrap_or_default();
+    qoe_telemetry::extract(&span, &header_pairs);
+    let traceparent = qoe_telemetry::traceparent(&span);
+    let mut response = handle_beacon(&state, peer, query, &headers, body, traceparent.as_deref())
+        .instrument(span)
+        .await;
+    if let Some(tp) = traceparent.and_then(|tp| HeaderValue::from_str(&tp).ok()) {
+        response.headers_mut().insert("traceparent", tp);
+    }
+    response
+}
+
+async fn handle_beacon(
+    state: &AppState,
+    peer: SocketAddr,
+    query: KeyQuery,
+    headers: &HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    traceparent: Option<&str>,
+) -> Response {
+    let received_at = now_ms();
+    if !state.ingest_keys.is_empty() {
+        let key = headers
+            .get("x-qoe-key")
+            .and_then(|v| v.to_str().ok())
+            .or(query.key.as_deref());
+        if !key.is_some_and(|k| state.ingest_keys.contains(k)) {
+            return error(StatusCode::UNAUTHORIZED, "missing or unknown ingest key");
+        }
+    }
+    let ip = client_ip(peer.ip(), headers, &state.trusted_proxies);
+    if let Err(hit) = state.rate.check_client(ip) {
+        return rate_limited(hit);
+    }
+    if let Err(e) = ingest::check_content_type(
+        headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+    ) {
+        return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, e.to_string());
+    }
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) => {
+            let status = rejection.status();
+            let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                "body exceeds the size limit (compressed or decompressed)".to_owned()
+            } else {
+                format!("cannot read body: {}", rejection.body_text())
+            };
+            return error(status, message);
+        }
+    };
+    let server_region = state.region.resolve(ip, headers);
+    let accepted =
+        match ingest::process(&body, received_at, server_region.as_deref(), &state.limits) {
+            Ok(a) => a,
+            Err(e @ IngestError::TooManyEvents(_)) => {
+                return error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+            }
+            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        };
+    tracing::Span::current().record("view_id", accepted.view_id.as_str());
+    if let Err(hit) = state.rate.check_view(&accepted.view_id) {
+        return rate_limited(hit);
+    }
+    for r in &accepted.rejected {
+        metrics::counter!("qoe_collector_events_rejected_total", "reason" => r.class).increment(1);
+    }
+    tracing::Span::current().record("accepted", accepted.events.len());
+    tracing::Span::current().record("rejected", accepted.rejected.len());
+
+    if !accepted.events.is_empty() {
+        if let Err(e) = state.sink.publish(&accepted.events, traceparent).await {
+            metrics::counter!("qoe_collector_publish_failures_total", "kind" => match e {
+                PublishError::QueueFull => "queue_full",
+                PublishError::Timeout => "timeout",
+                PublishError::Delivery(_) => "delivery",
+            })
+            .increment(1);
+            tracing::warn!(error = %e, events = accepted.events.len(), "publish failed; answering 503");
+            return retry_after(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("cannot publish right now: {e}"),
+                Duration::from_secs(1),
+            );
+        }
+        metrics::counter!("qoe_collector_events_accepted_total")
+            .increment(accepted.events.len() as u64);
+    }
+
+    if accepted.rejected.is_empty() {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        (
+            StatusCode::OK,
+            Json(PartialAccept {
+                accepted: accepted.events.len(),
+                rejected: &accepted.rejected,
+            }),
+        )
+            .into_response()
+    }
+}

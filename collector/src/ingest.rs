@@ -1,0 +1,169 @@
+//! The pure part of handling a beacon: media type check, envelope parsing, per-event
+//! validation and enrichment. No I/O here, so every rule is unit-tested directly.
+
+use qoe_schemas::validate::{validate_envelope, validate_event, Arrival, EnvelopeError};
+use qoe_schemas::{Envelope, Limits, QoeEvent};
+use serde::Serialize;
+
+/// Why a request cannot be used at all; maps to an HTTP status.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum IngestError {
+    #[error("unsupported content type {0:?}: send application/json or text/plain")]
+    UnsupportedMediaType(String),
+    #[error("body is not a beacon: {0}")]
+    BadEnvelope(String),
+    #[error("{0}")]
+    TooManyEvents(String),
+}
+
+/// One rejected event, reported back to the client by its index in `events`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RejectedEvent {
+    pub index: usize,
+    pub reason: String,
+    #[serde(skip)]
+    pub class: &'static str,
+}
+
+/// The result of a usable beacon.
+#[derive(Debug)]
+pub struct Accepted {
+    pub view_id: String,
+    pub events: Vec<QoeEvent>,
+    pub rejected: Vec<RejectedEvent>,
+}
+
+/// `application/json` and `text/plain` (what `navigator.sendBeacon` sends for strings), with
+/// any parameters; a missing type is treated as JSON.
+pub fn check_content_type(value: Option<&str>) -> Result<(), IngestError> {
+    let Some(value) = value else { return Ok(()) };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    match essence.as_str() {
+        "application/json" | "text/plain" | "" => Ok(()),
+        _ => Err(IngestError::UnsupportedMediaType(
+            value.chars().take(64).collect(),
+        )),
+    }
+}
+
+/// Where the collector's own region knowledge comes from; the envelope's claim is the fallback.
+pub fn resolve_region(server_side: Option<&str>, claimed: Option<&str>) -> String {
+    server_side
+        .filter(|r| !r.is_empty())
+        .or(claimed)
+        .unwrap_or("unknown")
+        .to_owned()
+}
+
+/// Parses and validates a decompressed body received at `received_at` (ms since the epoch).
+pub fn process(
+    body: &[u8],
+    received_at: i64,
+    server_region: Option<&str>,
+    limits: &Limits,
+) -> Result<Accepted, IngestError> {
+    let envelope = Envelope::parse(body).map_err(|e| IngestError::BadEnvelope(e.to_string()))?;
+    let view = validate_envelope(&envelope, limits).map_err(|e| match e {
+        EnvelopeError::TooManyEvents { .. } => IngestError::TooManyEvents(e.to_string()),
+        other => IngestError::BadEnvelope(other.to_string()),
+    })?;
+    let region = resolve_region(server_region, view.claimed_region.as_deref());
+    let arrival = Arrival {
+        received_at,
+        sent_at: envelope.sent_at,
+        region: &region,
+    };
+    let mut events = Vec::with_capacity(envelope.events.len());
+    let mut rejected = Vec::new();
+    for (index, raw) in envelope.events.iter().enumerate() {
+        match validate_event(raw, &view, &arrival, limits) {
+            Ok(event) => events.push(event),
+            Err(r) => rejected.push(RejectedEvent {
+                index,
+                reason: r.detail,
+                class: r.reason.as_str(),
+            }),
+        }
+    }
+    Ok(Accepted {
+        view_id: view.view_id,
+        events,
+        rejected,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_763_721_600_000;
+
+    fn beacon(region: &str, events: &str) -> String {
+        format!(
+            r#"{{"sent_at":{NOW},"view":{{"view_id":"v1","stream_id":"s","stream_type":"live","cdn":"c","platform":"web"{region}}},"events":[{events}]}}"#
+        )
+    }
+
+    #[test]
+    fn content_types() {
+        assert!(check_content_type(None).is_ok());
+        assert!(check_content_type(Some("application/json")).is_ok());
+        assert!(check_content_type(Some("text/plain;charset=UTF-8")).is_ok());
+        assert!(check_content_type(Some("Application/JSON; charset=utf-8")).is_ok());
+        assert!(matches!(
+            check_content_type(Some("application/x-www-form-urlencoded")),
+            Err(IngestError::UnsupportedMediaType(_))
+        ));
+    }
+
+    #[test]
+    fn region_precedence() {
+        assert_eq!(resolve_region(Some("edge"), Some("claimed")), "edge");
+        assert_eq!(resolve_region(None, Some("claimed")), "claimed");
+        assert_eq!(resolve_region(Some(""), None), "unknown");
+    }
+
+    #[test]
+    fn partial_batches_keep_the_valid_events() {
+        let body = beacon(
+            r#","region":"eu-west""#,
+            &format!(
+                r#"{{"seq":0,"type":"view_start","ts":{NOW}}},{{"seq":1,"type":"bogus","ts":{NOW}}},{{"seq":2,"type":"heartbeat","ts":{NOW},"playing_ms":100}}"#
+            ),
+        );
+        let out = process(body.as_bytes(), NOW + 50, None, &Limits::default()).unwrap();
+        assert_eq!(out.view_id, "v1");
+        assert_eq!(
+            out.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![0, 2]
+        );
+        assert_eq!(out.events[0].region, "eu-west");
+        assert_eq!(out.events[0].event_time, NOW + 50);
+        assert_eq!(out.rejected.len(), 1);
+        assert_eq!(out.rejected[0].index, 1);
+        assert_eq!(out.rejected[0].class, "unknown_type");
+    }
+
+    #[test]
+    fn unusable_envelopes() {
+        let limits = Limits::default();
+        assert!(matches!(
+            process(b"{", NOW, None, &limits),
+            Err(IngestError::BadEnvelope(_))
+        ));
+        assert!(matches!(
+            process(beacon("", "").as_bytes(), NOW, None, &limits),
+            Err(IngestError::BadEnvelope(_))
+        ));
+        let many = vec![r#"{"seq":0,"type":"pause","ts":0}"#; 1001].join(",");
+        assert!(matches!(
+            process(beacon("", &many).as_bytes(), NOW, None, &limits),
+            Err(IngestError::TooManyEvents(_))
+        ));
+    }
+}

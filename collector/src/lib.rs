@@ -1,0 +1,15 @@
+//! The collector: HTTP beacons in, one Kafka message per accepted event out.
+//!
+//! - [`config`]: flags and defaults.
+//! - [`ingest`]: pure parsing and validation of a beacon (rules live in `qoe-schemas`).
+//! - [`client`]: client address and server-side region resolution.
+//! - [`rate_limit`]: bounded per-client, per-view and global limits.
+//! - [`sink`]: the Kafka producer (acknowledged delivery, backpressure, recovery).
+//! - [`http`]: routes, status codes and tower layers.
+
+pub mod client;
+pub mod config;
+pub mod http;
+pub mod ingest;
+pub mod rate_limit;
+pub mod sink;
