@@ -30,4 +30,5 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 test: stack lint
+	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --no-fail-fast

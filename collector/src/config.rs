@@ -46,6 +46,12 @@ pub struct Config {
     #[arg(long, env = "QOE_KAFKA_DELIVERY_TIMEOUT_MS", default_value_t = 5_000)]
     pub kafka_delivery_timeout_ms: u64,
 
+    /// Extra librdkafka producer properties, `key=value` (repeatable, or `;`-separated in the
+    /// environment; e.g. security.protocol=SSL,
+    /// or debug=broker,msg when diagnosing delivery problems).
+    #[arg(long = "kafka-option", env = "QOE_KAFKA_OPTIONS", value_delimiter = ';', value_parser = parse_key_value)]
+    pub kafka_options: Vec<(String, String)>,
+
     /// Largest accepted request body, as sent (compressed or not).
     #[arg(long, env = "QOE_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
@@ -151,4 +157,11 @@ impl Config {
             ..qoe_schemas::Limits::default()
         }
     }
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected key=value, got {s:?}"))?;
+    Ok((k.trim().to_owned(), v.trim().to_owned()))
 }

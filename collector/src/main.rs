@@ -39,11 +39,14 @@ async fn main() -> anyhow::Result<()> {
         let state = state.clone();
         let prometheus = telemetry.prometheus();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
             loop {
                 tick.tick().await;
                 state.rate.housekeeping();
                 prometheus.run_upkeep();
+                state.sink.maintain().await;
+                let reap = state.clone();
+                let _ = tokio::task::spawn_blocking(move || reap.sink.reap_retired()).await;
             }
         })
     };

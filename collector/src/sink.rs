@@ -1,8 +1,10 @@
 //! Where accepted events go: Kafka (the product), or nowhere (`null`, to measure what Kafka
 //! costs). The Kafka sink answers only once every event of a request is acknowledged (unless
 //! fire-and-forget is configured), turns a full producer queue or a delivery timeout into
-//! [`PublishError`] (HTTP 503), and replaces its producer after a fatal error (e.g. the
-//! idempotent producer's state lost in a broker restart) so the process recovers by itself.
+//! [`PublishError`] (HTTP 503), and replaces its producer when it is stuck: after a fatal
+//! error, or when deliveries keep failing although the cluster answers metadata requests (a
+//! broker that lost the idempotent producer's state in a restart can reject every retry of
+//! the old producer id forever). So the process recovers by itself.
 
 use crate::config::{AckMode, Config, SinkKind};
 use qoe_schemas::{QoeEvent, SCHEMA_VERSION};
@@ -34,6 +36,11 @@ pub struct KafkaSink {
     ack_mode: AckMode,
     delivery_timeout: Duration,
     producer: RwLock<Arc<FutureProducer>>,
+    /// Since when every delivery has failed (None while deliveries succeed).
+    failing_since: std::sync::Mutex<Option<Instant>>,
+    /// Replaced producers, dropped off the async runtime once no request uses them (dropping
+    /// a producer blocks while it purges its queues).
+    retired: std::sync::Mutex<Vec<Arc<FutureProducer>>>,
 }
 
 impl Sink {
@@ -65,6 +72,9 @@ impl Sink {
             // batches must not grow beyond librdkafka's default count.
             .set("batch.num.messages", "10000")
             .set("partitioner", "murmur2_random");
+        for (k, v) in &c.kafka_options {
+            config.set(k, v);
+        }
         let producer = config.create()?;
         Ok(Sink::Kafka(KafkaSink {
             config,
@@ -72,6 +82,8 @@ impl Sink {
             ack_mode: c.ack_mode,
             delivery_timeout: Duration::from_millis(c.kafka_delivery_timeout_ms),
             producer: RwLock::new(Arc::new(producer)),
+            failing_since: std::sync::Mutex::new(None),
+            retired: std::sync::Mutex::new(Vec::new()),
         }))
     }
 
@@ -109,6 +121,36 @@ impl Sink {
         }
     }
 
+    /// Periodic check: replaces a producer whose deliveries have failed for two delivery
+    /// timeouts while the cluster answers metadata requests.
+    pub async fn maintain(&self) {
+        if let Sink::Kafka(k) = self {
+            let since = *lock(&k.failing_since);
+            let Some(since) = since else { return };
+            if since.elapsed() >= 2 * k.delivery_timeout && k.ready().await {
+                let current = k.current();
+                let why = format!(
+                    "deliveries failing for {:?} while the cluster is reachable",
+                    since.elapsed()
+                );
+                k.replace(&current, &why);
+            }
+        }
+    }
+
+    /// Drops replaced producers nobody uses any more. Blocking: call from a blocking thread.
+    pub fn reap_retired(&self) {
+        if let Sink::Kafka(k) = self {
+            let idle: Vec<_> = {
+                let mut retired = lock(&k.retired);
+                let (idle, busy) = retired.drain(..).partition(|p| Arc::strong_count(p) == 1);
+                *retired = busy;
+                idle
+            };
+            drop(idle);
+        }
+    }
+
     /// Waits (bounded) until queued messages are delivered; used on shutdown.
     pub fn flush(&self, timeout: Duration) {
         if let Sink::Kafka(k) = self {
@@ -127,11 +169,16 @@ impl KafkaSink {
         }
     }
 
-    /// Replaces a producer that reported a fatal error (idempotence state lost, fenced...).
-    fn recover(&self, failed: &Arc<FutureProducer>) {
-        let Some((code, reason)) = failed.client().fatal_error() else {
-            return;
-        };
+    /// Called after a failed request: notes the failure, and replaces the producer at once if
+    /// it is fatally broken (the stuck-but-not-fatal case is handled by [`Sink::maintain`]).
+    fn on_failure(&self, failed: &Arc<FutureProducer>) {
+        lock(&self.failing_since).get_or_insert_with(Instant::now);
+        if let Some((code, reason)) = failed.client().fatal_error() {
+            self.replace(failed, &format!("fatal error {code:?}: {reason}"));
+        }
+    }
+
+    fn replace(&self, failed: &Arc<FutureProducer>, why: &str) {
         let mut guard = match self.producer.write() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
@@ -141,9 +188,11 @@ impl KafkaSink {
         }
         match self.config.create::<FutureProducer>() {
             Ok(fresh) => {
-                tracing::warn!(?code, %reason, "Kafka producer hit a fatal error; replaced it");
+                tracing::warn!(reason = %why, "replaced the Kafka producer");
                 metrics::counter!("qoe_collector_producer_restarts_total").increment(1);
-                *guard = Arc::new(fresh);
+                let old = std::mem::replace(&mut *guard, Arc::new(fresh));
+                lock(&self.retired).push(old);
+                *lock(&self.failing_since) = None;
             }
             Err(e) => tracing::error!(error = %e, "cannot recreate Kafka producer"),
         }
@@ -223,8 +272,9 @@ impl KafkaSink {
         metrics::histogram!("qoe_collector_kafka_delivery_seconds")
             .record(started.elapsed().as_secs_f64());
         let result = outcome.and(wait);
-        if result.is_err() {
-            self.recover(&producer);
+        match &result {
+            Ok(()) => *lock(&self.failing_since) = None,
+            Err(_) => self.on_failure(&producer),
         }
         result
     }
@@ -246,4 +296,8 @@ impl KafkaSink {
         .await
         .unwrap_or(false)
     }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -18,6 +18,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum, Default)]
 pub enum LogFormat {
@@ -53,18 +54,27 @@ impl Telemetry {
         let tracer = provider.tracer(service);
         opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 
+        // RUST_LOG filters what is logged, not what is traced: request spans must exist (and
+        // carry trace ids into Kafka) even when logging is quiet.
         let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-        let otel_layer = tracing_opentelemetry::layer().with_tracer(tracer);
-        let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
+        let otel_layer = tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+        let registry = tracing_subscriber::registry().with(otel_layer);
         match format {
             LogFormat::Text => registry
-                .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .with_writer(std::io::stderr)
+                        .with_filter(filter),
+                )
                 .try_init()?,
             LogFormat::Json => registry
                 .with(
                     tracing_subscriber::fmt::layer()
                         .json()
-                        .with_writer(std::io::stderr),
+                        .with_writer(std::io::stderr)
+                        .with_filter(filter),
                 )
                 .try_init()?,
         }

@@ -42,3 +42,225 @@ pub async fn create_topic(name: &str, partitions: i32) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Path of a workspace binary, built by `cargo build --workspace --bins` (`make test` does it).
+pub fn binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (make test does)",
+        path.display()
+    );
+    path
+}
+
+/// A free loopback port (bound and released; good enough for tests on one machine).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A child process killed when dropped, so a failing test leaves nothing running.
+pub struct Service {
+    pub child: std::process::Child,
+    pub name: String,
+}
+
+impl Service {
+    pub fn spawn(name: &str, args: &[String], envs: &[(&str, String)]) -> Service {
+        let mut cmd = std::process::Command::new(binary(name));
+        cmd.args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("QOE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(std::process::Stdio::null());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
+        Service {
+            child,
+            name: name.to_owned(),
+        }
+    }
+
+    /// SIGKILL: the process gets no chance to clean up.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits up to `timeout` for a clean exit; returns whether it exited 0.
+    pub fn terminate(&mut self, timeout: Duration) -> bool {
+        let pid = self.child.id().to_string();
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status();
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill9();
+        false
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if self.is_running() {
+            self.kill9();
+        }
+    }
+}
+
+/// Waits until `url` answers 200, or panics after `timeout`.
+pub async fn wait_http_ok(url: &str, timeout: Duration) {
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Ok(r) = client.get(url).send().await {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{url} not ready within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A message read back from Kafka.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub key: String,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads every partition of `topic` from the beginning until nothing new arrives for `idle`.
+pub async fn read_topic(topic: &str, idle: Duration) -> Vec<Received> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::{Headers, Message};
+    use rdkafka::{Offset, TopicPartitionList};
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let mut tpl = TopicPartitionList::new();
+    for t in metadata.topics().iter().filter(|t| t.name() == topic) {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .expect("partition");
+        }
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    while let Ok(next) = tokio::time::timeout(idle, consumer.recv()).await {
+        let m = next.expect("consume");
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_owned(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push(Received {
+            key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+            payload: m.payload().unwrap_or_default().to_vec(),
+            headers,
+            partition: m.partition(),
+            offset: m.offset(),
+        });
+    }
+    out
+}
+
+/// Runs `scripts/stack.sh <command>` (stop-kafka, start-kafka, stop-clickhouse, ...).
+pub fn stack(command: &str) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/stack.sh");
+    let status = std::process::Command::new("bash")
+        .arg(script)
+        .arg(command)
+        .status()
+        .expect("running scripts/stack.sh");
+    assert!(status.success(), "scripts/stack.sh {command} failed");
+}
+
+/// Stops a stack service for the duration of a test and starts it again when dropped, even
+/// when the test fails, so later tests find the stack as they expect it.
+pub struct Outage {
+    start: &'static str,
+    active: bool,
+}
+
+impl Outage {
+    /// `service` is `kafka` or `clickhouse`.
+    pub fn begin(service: &'static str) -> Outage {
+        let (stop, start) = match service {
+            "kafka" => ("stop-kafka", "start-kafka"),
+            "clickhouse" => ("stop-clickhouse", "start-clickhouse"),
+            other => panic!("unknown service {other}"),
+        };
+        stack(stop);
+        Outage {
+            start,
+            active: true,
+        }
+    }
+
+    /// Ends the outage now.
+    pub fn end(mut self) {
+        stack(self.start);
+        self.active = false;
+    }
+}
+
+impl Drop for Outage {
+    fn drop(&mut self) {
+        if self.active {
+            stack(self.start);
+        }
+    }
+}

@@ -1,0 +1,424 @@
+//! The collector against the real broker: what lands in Kafka, and every row of the beacon
+//! protocol's status table.
+
+use flate2::write::GzEncoder;
+use qoe_schemas::{EventType, QoeEvent};
+use qoe_tests::{
+    create_topic, free_port, kafka_brokers, read_topic, unique, wait_http_ok, Service,
+};
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+struct Collector {
+    service: Service,
+    base: String,
+}
+
+async fn collector(topic: &str, extra: &[&str]) -> Collector {
+    let port = free_port();
+    let mut args: Vec<String> = vec![
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--kafka-brokers".into(),
+        kafka_brokers(),
+        "--topic".into(),
+        topic.into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let service = Service::spawn("collector", &args, &[]);
+    let base = format!("http://127.0.0.1:{port}");
+    wait_http_ok(&format!("{base}/healthz"), Duration::from_secs(20)).await;
+    Collector { service, base }
+}
+
+fn beacon(
+    view_id: &str,
+    sent_at: i64,
+    first_seq: u32,
+    n: u32,
+    bad_index: Option<u32>,
+) -> serde_json::Value {
+    let events: Vec<_> = (0..n)
+        .map(|i| {
+            let seq = first_seq + i;
+            if Some(i) == bad_index {
+                json!({"seq": seq, "type": "warp_drive", "ts": sent_at - 1000})
+            } else if seq == 0 {
+                json!({"seq": seq, "type": "view_start", "ts": sent_at - 1000})
+            } else {
+                json!({"seq": seq, "type": "heartbeat", "ts": sent_at - 1000 + i64::from(i),
+                       "playing_ms": 1000, "stall_ms": 0, "bitrate_kbps": 2500})
+            }
+        })
+        .collect();
+    json!({
+        "sent_at": sent_at,
+        "view": {"view_id": view_id, "stream_id": "ch-1", "stream_type": "live", "cdn": "cdn-a",
+                 "platform": "web", "player": "test", "protocol": "hls", "region": "eu-west",
+                 "future_field": {"ignored": true}},
+        "events": events
+    })
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut enc = GzEncoder::new(Vec::new(), flate2::Compression::best());
+    enc.write_all(bytes).unwrap();
+    enc.finish().unwrap()
+}
+
+#[tokio::test]
+async fn accepted_events_land_in_kafka_exactly() {
+    let topic = unique("test.collector");
+    create_topic(&topic, 6).await.unwrap();
+    let c = collector(&topic, &["--rate-per-view", "0", "--rate-per-ip", "0"]).await;
+    let http = reqwest::Client::new();
+    // Client clock 10 s behind the server: event_time must be shifted forward by the skew.
+    let skew = 10_000;
+
+    let mut tasks = Vec::new();
+    for v in 0..24u32 {
+        let http = http.clone();
+        let url = format!("{}/v1/beacons", c.base);
+        tasks.push(tokio::spawn(async move {
+            let view_id = format!("view-{v}");
+            let mut accepted = Vec::new();
+            for b in 0..3u32 {
+                let bad = (v % 4 == 0 && b == 1).then_some(2);
+                let body = beacon(&view_id, now_ms() - skew, b * 5, 5, bad);
+                let bytes = serde_json::to_vec(&body).unwrap();
+                let req = match (v + b) % 3 {
+                    0 => http
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(bytes),
+                    1 => http
+                        .post(&url)
+                        .header("content-type", "text/plain;charset=UTF-8")
+                        .body(bytes),
+                    _ => http
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .header("content-encoding", "gzip")
+                        .body(gzip(&bytes)),
+                };
+                let resp = req.send().await.unwrap();
+                let status = resp.status().as_u16();
+                if bad.is_some() {
+                    assert_eq!(status, 200);
+                    let body: serde_json::Value = resp.json().await.unwrap();
+                    assert_eq!(body["accepted"], 4);
+                    assert_eq!(body["rejected"][0]["index"], 2);
+                } else {
+                    assert_eq!(status, 204);
+                }
+                for i in 0..5u32 {
+                    if Some(i) != bad {
+                        accepted.push((view_id.clone(), b * 5 + i));
+                    }
+                }
+            }
+            accepted
+        }));
+    }
+    let mut expected = BTreeSet::new();
+    for t in tasks {
+        expected.extend(t.await.unwrap());
+    }
+
+    let messages = read_topic(&topic, Duration::from_secs(3)).await;
+    let mut seen = BTreeSet::new();
+    let mut partition_of: BTreeMap<String, i32> = BTreeMap::new();
+    let mut last_seq: BTreeMap<String, u32> = BTreeMap::new();
+    let mut by_offset = messages.clone();
+    by_offset.sort_by_key(|m| (m.partition, m.offset));
+    for m in &by_offset {
+        let e = QoeEvent::decode(&m.payload).expect("message decodes");
+        assert_eq!(m.key, e.view_id, "message key is the view id");
+        assert_eq!(m.header("qoe-schema"), Some("1"));
+        assert!(m.header("traceparent").is_some(), "traceparent header");
+        assert_eq!(e.region, "eu-west");
+        assert_eq!(e.cdn, "cdn-a");
+        assert_eq!(e.stream_id, "ch-1");
+        assert!(
+            !String::from_utf8_lossy(&m.payload).contains("127.0.0.1"),
+            "client IP leaked"
+        );
+        // ts = sent_at - 1000 + i, so event_time = received_at - 1000 + i.
+        let i = i64::from(e.seq % 5);
+        assert_eq!(e.event_time, e.received_at - 1000 + i, "skew correction");
+        assert_eq!(
+            e.kind,
+            if e.seq == 0 {
+                EventType::ViewStart
+            } else {
+                EventType::Heartbeat
+            }
+        );
+        let p = *partition_of.entry(e.view_id.clone()).or_insert(m.partition);
+        assert_eq!(p, m.partition, "all events of a view in one partition");
+        if let Some(prev) = last_seq.insert(e.view_id.clone(), e.seq) {
+            assert!(
+                e.seq > prev,
+                "events of a view in order within its partition"
+            );
+        }
+        assert!(seen.insert((e.view_id.clone(), e.seq)), "duplicate message");
+    }
+    assert_eq!(seen, expected, "exactly the accepted events arrive");
+    assert!(
+        partition_of.values().collect::<BTreeSet<_>>().len() > 1,
+        "views spread over partitions"
+    );
+}
+
+#[tokio::test]
+async fn status_table() {
+    let topic = unique("test.collector.status");
+    create_topic(&topic, 2).await.unwrap();
+    let c = collector(
+        &topic,
+        &[
+            "--ingest-keys",
+            "k1,k2",
+            "--max-body-bytes",
+            "65536",
+            "--max-decompressed-bytes",
+            "262144",
+        ],
+    )
+    .await;
+    let url = format!("{}/v1/beacons", c.base);
+    let http = reqwest::Client::new();
+    let good = serde_json::to_vec(&beacon("v-status", now_ms(), 0, 2, None)).unwrap();
+    let post = |body: Vec<u8>| {
+        http.post(format!("{url}?key=k1"))
+            .header("content-type", "application/json")
+            .body(body)
+    };
+
+    // 401 without a key; the header and the query parameter both work.
+    let r = http.post(&url).body(good.clone()).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http
+        .post(&url)
+        .header("x-qoe-key", "k2")
+        .body(good.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(post(good.clone()).send().await.unwrap().status(), 204);
+
+    // 400: not JSON, no view_id, no events; the body says why.
+    for bad in [
+        b"not json".to_vec(),
+        br#"{"view":{"stream_id":"s","stream_type":"live","cdn":"c","platform":"p"},"events":[{}]}"#.to_vec(),
+        br#"{"view":{"view_id":"v","stream_id":"s","stream_type":"live","cdn":"c","platform":"p"},"events":[]}"#.to_vec(),
+    ] {
+        let r = post(bad).send().await.unwrap();
+        assert_eq!(r.status(), 400);
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert!(body["error"].as_str().is_some_and(|s| !s.is_empty()));
+    }
+
+    // 200 with reasons when some events are invalid.
+    let partial = serde_json::to_vec(&beacon("v-partial", now_ms(), 0, 3, Some(1))).unwrap();
+    let r = post(partial).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["accepted"], 2);
+    assert_eq!(body["rejected"].as_array().unwrap().len(), 1);
+
+    // 413: body over the limit as sent, and a gzip bomb over the decompressed limit.
+    let r = post(vec![b' '; 70_000]).send().await.unwrap();
+    assert_eq!(r.status(), 413);
+    let pid = c.service.child.id();
+    let rss_before = rss_kib(pid);
+    let bomb = gzip(&vec![b' '; 48 << 20]); // 48 MiB of spaces: about 48 KiB compressed
+    assert!(bomb.len() < 65536, "bomb is {} bytes", bomb.len());
+    for _ in 0..5 {
+        let r = http
+            .post(format!("{url}?key=k1"))
+            .header("content-type", "application/json")
+            .header("content-encoding", "gzip")
+            .body(bomb.clone())
+            .send()
+            .await;
+        // The collector answers 413 as soon as the decompressed limit is hit, without reading
+        // the rest of the upload, so the client may see its write cut off instead.
+        match r {
+            Ok(r) => assert_eq!(r.status(), 413),
+            Err(e) => assert!(e.is_request(), "unexpected error {e}"),
+        }
+    }
+    assert_eq!(
+        http.get(format!("{}/healthz", c.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let rss_after = rss_kib(pid);
+    assert!(
+        rss_after < rss_before + 32 * 1024,
+        "gzip bombs grew RSS from {rss_before} KiB to {rss_after} KiB"
+    );
+
+    // 415: content type and encoding.
+    let r = http
+        .post(format!("{url}?key=k1"))
+        .header("content-type", "application/xml")
+        .body(good.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    let r = http
+        .post(format!("{url}?key=k1"))
+        .header("content-type", "application/json")
+        .header("content-encoding", "compress")
+        .body(good.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+
+    // CORS preflight from a browser player.
+    let r = http
+        .request(reqwest::Method::OPTIONS, &url)
+        .header("origin", "https://player.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    assert_eq!(r.headers().get("access-control-allow-origin").unwrap(), "*");
+
+    // Health, readiness, metrics.
+    assert_eq!(
+        http.get(format!("{}/readyz", c.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let metrics = http
+        .get(format!("{}/metrics", c.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("qoe_collector_events_accepted_total"));
+    assert!(metrics.contains("qoe_collector_events_rejected_total{reason=\"unknown_type\"}"));
+    assert!(metrics.contains("status=\"413\""));
+
+    // Only the accepted events reached Kafka: the good beacon twice (2 + 2) and the partial
+    // one's 2 valid events. (Repeats are published; the aggregator drops them by (view_id, seq).)
+    let messages = read_topic(&topic, Duration::from_secs(2)).await;
+    assert_eq!(messages.len(), 6);
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn over_the_rate_limit_gets_429_with_retry_after() {
+    let topic = unique("test.collector.rate");
+    create_topic(&topic, 1).await.unwrap();
+    let c = collector(
+        &topic,
+        &[
+            "--rate-per-ip",
+            "5",
+            "--rate-burst-factor",
+            "1",
+            "--rate-per-view",
+            "0",
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/beacons", c.base);
+    let mut statuses = BTreeMap::new();
+    let mut retry_after = None;
+    for i in 0..40u32 {
+        let body = serde_json::to_vec(&beacon(&format!("v{i}"), now_ms(), 0, 1, None)).unwrap();
+        let r = http.post(&url).body(body).send().await.unwrap();
+        if r.status() == 429 {
+            retry_after = r
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
+        }
+        *statuses.entry(r.status().as_u16()).or_insert(0) += 1;
+    }
+    assert!(
+        statuses.get(&429).copied().unwrap_or(0) >= 30,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.get(&204).copied().unwrap_or(0) >= 5,
+        "{statuses:?}"
+    );
+    let secs: u64 = retry_after.expect("Retry-After").parse().unwrap();
+    assert!((1..=2).contains(&secs));
+    // Rejected requests published nothing.
+    let messages = read_topic(&topic, Duration::from_secs(2)).await;
+    assert_eq!(messages.len(), statuses[&204]);
+}
+
+#[tokio::test]
+async fn kafka_traceparent_continues_the_request_trace() {
+    let topic = unique("test.collector.trace");
+    create_topic(&topic, 1).await.unwrap();
+    let c = collector(&topic, &[]).await;
+    let http = reqwest::Client::new();
+    let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let body = serde_json::to_vec(&beacon("v-trace", now_ms(), 0, 2, None)).unwrap();
+    let r = http
+        .post(format!("{}/v1/beacons", c.base))
+        .header("traceparent", incoming)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let server_span = r
+        .headers()
+        .get("traceparent")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        qoe_telemetry::trace_id_of(&server_span),
+        qoe_telemetry::trace_id_of(incoming)
+    );
+    assert_ne!(server_span, incoming, "the request gets its own span");
+    let messages = read_topic(&topic, Duration::from_secs(2)).await;
+    assert_eq!(messages.len(), 2);
+    for m in messages {
+        assert_eq!(m.header("traceparent"), Some(server_span.as_str()));
+    }
+}
