@@ -1,11 +1,23 @@
 //! The aggregator: consumes QoE events from Kafka, computes event-time windowed metrics and
 //! per-view partials, and writes them to ClickHouse effectively once.
 //!
-//! Modules:
+//! Pure logic:
+//! - [`metrics`]: the spec's per-window metrics and how one event adds to them.
+//! - [`window`]: per-partition windowing, watermark, lateness and duplicate rules.
+//!
+//! I/O:
 //! - [`store`]: the ClickHouse connection (server version detection, legacy-server mode).
 //! - [`migrate`]: applies the schema migrations of the `qoe-schemas` crate.
+//! - [`writer`]: writes a batch and its checkpoint atomically; reads checkpoints back.
+//! - [`source`]: where to resume a partition.
+//! - [`consumer`]: the consumer-group loop tying it together.
+//! - [`kafka_check`]: reachability check.
 
+pub mod consumer;
 pub mod kafka_check;
+pub mod metrics;
 pub mod migrate;
 pub mod source;
 pub mod store;
+pub mod window;
+pub mod writer;

@@ -2,8 +2,14 @@
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use qoe_aggregator::consumer::{self, ConsumerConfig, Shared};
 use qoe_aggregator::migrate;
 use qoe_aggregator::store::{Store, StoreConfig};
+use qoe_aggregator::window::{Dimensions, WindowConfig};
+use qoe_aggregator::writer::Writer;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 /// Computes event-time windowed QoE metrics from Kafka into ClickHouse.
 #[derive(Parser, Debug)]
@@ -15,6 +21,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Consume events and write windowed QoE metrics until SIGTERM/SIGINT.
+    Run(Box<RunArgs>),
     /// Apply the ClickHouse schema migrations (idempotent), then exit.
     Migrate {
         #[command(flatten)]
@@ -31,6 +39,54 @@ enum Command {
         #[arg(long, env = "QOE_TOPIC", default_value = "qoe.events")]
         topic: String,
     },
+}
+
+#[derive(Args, Debug, Clone)]
+struct RunArgs {
+    #[command(flatten)]
+    clickhouse: ClickHouseArgs,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "QOE_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    kafka_brokers: String,
+    /// Topic to consume.
+    #[arg(long, env = "QOE_TOPIC", default_value = "qoe.events")]
+    topic: String,
+    /// Consumer group; instances in one group share the partitions.
+    #[arg(long, env = "QOE_CONSUMER_GROUP", default_value = "qoe-aggregator")]
+    group: String,
+    /// Window length in seconds (tumbling, event time). Must not change while data flows.
+    #[arg(long, env = "QOE_WINDOW_SECS", default_value_t = 10)]
+    window_secs: u32,
+    /// Allowed lateness in seconds: events for windows that ended longer ago are late.
+    #[arg(long, env = "QOE_ALLOWED_LATENESS_SECS", default_value_t = 30)]
+    allowed_lateness_secs: u32,
+    /// Optional grouping dimensions besides region and CDN (comma-separated subset of
+    /// stream_type, platform, stream_id).
+    #[arg(
+        long,
+        env = "QOE_DIMENSIONS",
+        value_delimiter = ',',
+        default_value = "stream_type,platform,stream_id"
+    )]
+    dimensions: Vec<String>,
+    /// How often each partition's batch is written.
+    #[arg(long, env = "QOE_FLUSH_INTERVAL_MS", default_value_t = 1000)]
+    flush_interval_ms: u64,
+    /// A partition's batch is written early once it has this many rows.
+    #[arg(long, env = "QOE_MAX_BATCH_ROWS", default_value_t = 100_000)]
+    max_batch_rows: usize,
+    /// Where a partition without checkpoint starts.
+    #[arg(long, env = "QOE_START_FROM", value_parser = ["earliest", "latest"], default_value = "earliest")]
+    start_from: String,
+    /// Do not apply ClickHouse migrations at start-up.
+    #[arg(long, env = "QOE_NO_MIGRATE")]
+    no_migrate: bool,
+    /// Address of the health, readiness and metrics endpoints.
+    #[arg(long, env = "QOE_AGGREGATOR_LISTEN", default_value = "127.0.0.1:9100")]
+    listen: SocketAddr,
+    /// Log format.
+    #[arg(long, env = "QOE_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: qoe_telemetry::LogFormat,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -71,13 +127,18 @@ impl ClickHouseArgs {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Command::Run(args) = cli.command {
+        return run(*args).await;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
+        .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     match cli.command {
+        Command::Run(_) => unreachable!("handled above"),
         Command::Migrate { clickhouse } => {
             let store = Store::connect(clickhouse.config(), true).await?;
             let report = migrate::run(&store)
@@ -108,4 +169,141 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn dimensions(names: &[String]) -> anyhow::Result<Dimensions> {
+    let mut d = Dimensions {
+        stream_type: false,
+        platform: false,
+        stream_id: false,
+    };
+    for n in names.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+        match n {
+            "stream_type" => d.stream_type = true,
+            "platform" => d.platform = true,
+            "stream_id" => d.stream_id = true,
+            "region" | "cdn" => {}
+            other => {
+                anyhow::bail!("unknown dimension {other:?} (stream_type, platform, stream_id)")
+            }
+        }
+    }
+    Ok(d)
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let telemetry = qoe_telemetry::Telemetry::init("qoe-aggregator", args.log_format)?;
+    anyhow::ensure!(args.window_secs > 0, "--window-secs must be positive");
+    let window = WindowConfig {
+        window_ms: i64::from(args.window_secs) * 1000,
+        allowed_lateness_ms: i64::from(args.allowed_lateness_secs) * 1000,
+        dimensions: dimensions(&args.dimensions)?,
+    };
+
+    let store = loop {
+        match Store::connect(args.clickhouse.config(), !args.no_migrate).await {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::warn!(error = %e, "ClickHouse not reachable yet; retrying in 2 s");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    };
+    if !args.no_migrate {
+        let report = migrate::run(&store).await.context("applying migrations")?;
+        tracing::info!(applied = ?report.applied, server = %store.version, "schema up to date");
+    }
+    let writer = Writer::new(store, &args.topic)?;
+    let shared = Shared::new(
+        ConsumerConfig {
+            brokers: args.kafka_brokers.clone(),
+            group: args.group.clone(),
+            topic: args.topic.clone(),
+            window,
+            flush_interval: Duration::from_millis(args.flush_interval_ms),
+            max_batch_rows: args.max_batch_rows,
+            start_from_latest: args.start_from == "latest",
+            kafka_options: Vec::new(),
+        },
+        writer,
+        tokio::runtime::Handle::current(),
+    );
+    let consumer = consumer::create_consumer(&shared)?;
+    let loop_shared = shared.clone();
+    let worker = std::thread::Builder::new()
+        .name("consumer".into())
+        .spawn(move || consumer::run(loop_shared, consumer))?;
+
+    let prometheus = telemetry.prometheus();
+    let health = shared.clone();
+    let app = axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            axum::routing::get(move || {
+                let ready = health.healthy.load(Ordering::Relaxed);
+                async move {
+                    if ready {
+                        (axum::http::StatusCode::OK, "ready")
+                    } else {
+                        (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            "not writing to ClickHouse",
+                        )
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let body = prometheus.render();
+                async move { body }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    tracing::info!(listen = %args.listen, topic = %args.topic, group = %args.group, window_secs = args.window_secs, "aggregator running");
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let stop = shared.clone();
+    tokio::select! {
+        _ = shutdown_signal() => {
+            tracing::info!("shutdown: writing pending batches and leaving the group");
+        }
+        _ = wait_thread_exit(&worker) => {}
+    }
+    stop.stop.store(true, Ordering::Relaxed);
+    let joined = tokio::task::spawn_blocking(move || worker.join()).await?;
+    if joined.is_err() {
+        anyhow::bail!("consumer thread panicked");
+    }
+    server.abort();
+    telemetry.shutdown();
+    Ok(())
+}
+
+async fn wait_thread_exit(worker: &std::thread::JoinHandle<()>) {
+    while !worker.is_finished() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
 }

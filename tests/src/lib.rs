@@ -2,6 +2,8 @@
 //! topic and database set-up. The stack itself is started by `scripts/stack.sh start`
 //! (`make test` does it); tests fail with a clear message when it is not running.
 
+pub mod truth;
+
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::ClientConfig;
@@ -263,4 +265,203 @@ impl Drop for Outage {
             stack(self.start);
         }
     }
+}
+
+/// Produces `events` (keyed by view) and returns, per partition, the events in offset order
+/// with the next offset after the last one.
+pub async fn publish(
+    topic: &str,
+    events: &[qoe_schemas::QoeEvent],
+) -> std::collections::BTreeMap<i32, (Vec<qoe_schemas::QoeEvent>, i64)> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", "lz4")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    let mut deliveries = Vec::with_capacity(events.len());
+    for e in events {
+        let payload = e.encode();
+        let record = FutureRecord::to(topic)
+            .key(e.view_id.as_bytes())
+            .payload(&payload);
+        deliveries.push(
+            producer
+                .send_result(record)
+                .map_err(|(e, _)| e)
+                .expect("enqueue"),
+        );
+    }
+    let mut placed: std::collections::BTreeMap<i32, Vec<(i64, qoe_schemas::QoeEvent)>> =
+        Default::default();
+    for (d, e) in deliveries.into_iter().zip(events) {
+        let delivery = d
+            .await
+            .expect("delivery")
+            .map_err(|(e, _)| e)
+            .expect("delivered");
+        placed
+            .entry(delivery.partition)
+            .or_default()
+            .push((delivery.offset, e.clone()));
+    }
+    placed
+        .into_iter()
+        .map(|(p, mut v)| {
+            v.sort_by_key(|(o, _)| *o);
+            let next = v.last().map(|(o, _)| o + 1).unwrap_or(0);
+            (p, (v.into_iter().map(|(_, e)| e).collect(), next))
+        })
+        .collect()
+}
+
+/// Runs a query on the ClickHouse HTTP interface and returns the TSV lines.
+pub async fn clickhouse_query(database: &str, sql: &str) -> anyhow::Result<Vec<Vec<String>>> {
+    let response = reqwest::Client::new()
+        .post(format!("{}/?database={database}", clickhouse_url()))
+        .body(format!("{sql} FORMAT TSV"))
+        .send()
+        .await?;
+    let status = response.status();
+    let text = response.text().await?;
+    anyhow::ensure!(status.is_success(), "ClickHouse answered {status}: {text}");
+    Ok(text
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| l.split('\t').map(str::to_owned).collect())
+        .collect())
+}
+
+/// Starts an aggregator process for one test's topic and database.
+pub fn spawn_aggregator(topic: &str, database: &str, group: &str, extra: &[&str]) -> Service {
+    let mut args: Vec<String> = [
+        "run",
+        "--kafka-brokers",
+        &kafka_brokers(),
+        "--topic",
+        topic,
+        "--group",
+        group,
+        "--clickhouse-url",
+        &clickhouse_url(),
+        "--clickhouse-database",
+        database,
+        "--listen",
+        &format!("127.0.0.1:{}", free_port()),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if !extra.contains(&"--flush-interval-ms") {
+        args.extend(["--flush-interval-ms".to_owned(), "300".to_owned()]);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Service::spawn("aggregator", &args, &[])
+}
+
+/// Waits until ClickHouse holds checkpoints up to `next` for every partition.
+pub async fn wait_caught_up(
+    database: &str,
+    topic: &str,
+    next: &std::collections::BTreeMap<i32, i64>,
+    timeout: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let rows = clickhouse_query(
+            database,
+            &format!("SELECT partition, max(next_offset) FROM qoe_checkpoints WHERE topic = '{topic}' GROUP BY partition"),
+        )
+        .await
+        .unwrap_or_default();
+        let got: std::collections::BTreeMap<i32, i64> = rows
+            .iter()
+            .filter_map(|r| Some((r.first()?.parse().ok()?, r.get(1)?.parse().ok()?)))
+            .collect();
+        if next.iter().all(|(p, n)| got.get(p).is_some_and(|g| g >= n)) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "aggregator did not catch up within {timeout:?}: have {got:?}, want {next:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Every metric of every row of a window table, summed per key.
+pub async fn window_rows(
+    database: &str,
+    table: &str,
+) -> std::collections::BTreeMap<truth::RowKey, truth::Row> {
+    let sums: Vec<String> = truth::METRIC_COLUMNS
+        .iter()
+        .map(|c| format!("sum({c})"))
+        .collect();
+    let sql = format!(
+        "SELECT toUInt32(window_start), region, cdn, stream_type, platform, stream_id, {} \
+         FROM {table} GROUP BY window_start, region, cdn, stream_type, platform, stream_id",
+        sums.join(", ")
+    );
+    clickhouse_query(database, &sql)
+        .await
+        .expect("window query")
+        .into_iter()
+        .map(|r| {
+            let key = (
+                r[0].parse().unwrap(),
+                r[1].clone(),
+                r[2].clone(),
+                r[3].clone(),
+                r[4].clone(),
+                r[5].clone(),
+            );
+            (key, r[6..].iter().map(|v| v.parse().unwrap()).collect())
+        })
+        .collect()
+}
+
+/// Distinct views per base window and slice.
+pub async fn active_views(database: &str) -> std::collections::BTreeMap<truth::RowKey, u64> {
+    clickhouse_query(
+        database,
+        "SELECT toUInt32(window_start), region, cdn, stream_type, platform, stream_id, uniqExactMerge(views) \
+         FROM qoe_active_views_10s GROUP BY window_start, region, cdn, stream_type, platform, stream_id",
+    )
+    .await
+    .expect("active views query")
+    .into_iter()
+    .map(|r| {
+        ((r[0].parse().unwrap(), r[1].clone(), r[2].clone(), r[3].clone(), r[4].clone(), r[5].clone()), r[6].parse().unwrap())
+    })
+    .collect()
+}
+
+/// Asserts two keyed row sets are equal, naming the first differences.
+pub fn assert_rows_eq<V: PartialEq + std::fmt::Debug>(
+    what: &str,
+    expected: &std::collections::BTreeMap<truth::RowKey, V>,
+    actual: &std::collections::BTreeMap<truth::RowKey, V>,
+) {
+    let mut diffs = Vec::new();
+    for (k, v) in expected {
+        match actual.get(k) {
+            Some(a) if a == v => {}
+            other => diffs.push(format!("{k:?}: expected {v:?}, got {other:?}")),
+        }
+    }
+    for k in actual.keys().filter(|k| !expected.contains_key(*k)) {
+        diffs.push(format!("{k:?}: unexpected row {:?}", actual[k]));
+    }
+    assert!(
+        diffs.is_empty(),
+        "{what}: {} of {} rows differ; first: {:#?}\n(metric order: {:?})",
+        diffs.len(),
+        expected.len(),
+        &diffs[..diffs.len().min(5)],
+        truth::METRIC_COLUMNS
+    );
 }

@@ -1,0 +1,468 @@
+//! The consumer-group loop: one thread owns the Kafka consumer and every partition's state.
+//!
+//! - On assignment, each partition resumes from its ClickHouse checkpoint (not from Kafka's
+//!   committed offsets, which are only advisory): messages between the checkpoint's
+//!   `state_offset` and `next_offset` rebuild duplicate-tracking state, later ones are
+//!   aggregated. Without a checkpoint a partition starts at the beginning (or the end, if
+//!   configured).
+//! - Every `flush_interval` (or when a batch grows large) each partition's batch is written
+//!   with its checkpoint ([`crate::writer`]). Kafka offsets are committed after that, for lag
+//!   monitoring only.
+//! - A failed write keeps the batch, pauses consumption (bounded memory) and retries with
+//!   exponential backoff; consumption resumes once ClickHouse takes writes again.
+//! - On revocation, a partition's batch is written if possible and its state dropped; the
+//!   next owner resumes from the checkpoint either way.
+
+use crate::source::resume_fetch_offset;
+use crate::window::{Outcome, PartitionState, WindowConfig};
+use crate::writer::{WriteError, Writer};
+use qoe_schemas::QoeEvent;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::message::{Headers, Message};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    pub brokers: String,
+    pub group: String,
+    pub topic: String,
+    pub window: WindowConfig,
+    pub flush_interval: Duration,
+    pub max_batch_rows: usize,
+    pub start_from_latest: bool,
+    pub kafka_options: Vec<(String, String)>,
+}
+
+struct Slot {
+    state: PartitionState,
+    /// Messages below this offset are not ours to look at (rewind margin).
+    skip_below: i64,
+    /// Messages below this offset only rebuild state.
+    restore_until: i64,
+    /// Trace context of the first traced message of the pending batch.
+    traceparent: Option<String>,
+}
+
+/// State shared between the loop and the rebalance callback (both run on the loop thread).
+pub struct Shared {
+    config: ConsumerConfig,
+    writer: Writer,
+    runtime: tokio::runtime::Handle,
+    slots: Mutex<HashMap<i32, Slot>>,
+    /// Whether the last write succeeded (readiness).
+    pub healthy: AtomicBool,
+    pub stop: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    pub fn new(
+        config: ConsumerConfig,
+        writer: Writer,
+        runtime: tokio::runtime::Handle,
+    ) -> Arc<Self> {
+        Arc::new(Shared {
+            config,
+            writer,
+            runtime,
+            slots: Mutex::new(HashMap::new()),
+            healthy: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+        })
+    }
+
+    /// Builds a partition's slot from its checkpoint; returns it with the offset to fetch from.
+    fn open_partition(&self, partition: i32) -> (Slot, Offset) {
+        let mut backoff = Duration::from_millis(200);
+        let checkpoint = loop {
+            match self.runtime.block_on(self.writer.checkpoint(partition)) {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::warn!(partition, error = %e, "cannot read checkpoint; retrying");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        };
+        let state = PartitionState::new(self.config.window, checkpoint);
+        match checkpoint {
+            Some(c) => {
+                tracing::info!(
+                    partition,
+                    next_offset = c.next_offset,
+                    state_offset = c.state_offset,
+                    "resuming partition from checkpoint"
+                );
+                (
+                    Slot {
+                        state,
+                        skip_below: c.state_offset,
+                        restore_until: c.next_offset,
+                        traceparent: None,
+                    },
+                    Offset::Offset(resume_fetch_offset(c.state_offset)),
+                )
+            }
+            None => {
+                tracing::info!(
+                    partition,
+                    "no checkpoint: starting partition from the {}",
+                    if self.config.start_from_latest {
+                        "end"
+                    } else {
+                        "beginning"
+                    }
+                );
+                (
+                    Slot {
+                        state,
+                        skip_below: 0,
+                        restore_until: 0,
+                        traceparent: None,
+                    },
+                    if self.config.start_from_latest {
+                        Offset::End
+                    } else {
+                        Offset::Beginning
+                    },
+                )
+            }
+        }
+    }
+
+    /// Writes one partition's pending batch; on failure the batch is put back.
+    fn flush_slot(&self, partition: i32, slot: &mut Slot) -> Result<Option<i64>, WriteError> {
+        if slot.state.pending().is_empty() {
+            return Ok(None);
+        }
+        let (batch, checkpoint) = slot.state.take_batch();
+        let span = tracing::info_span!(
+            "write_batch",
+            partition,
+            rows = batch.rows(),
+            messages = batch.messages
+        );
+        if let Some(tp) = slot.traceparent.take() {
+            qoe_telemetry::extract(&span, &[("traceparent", tp.as_str())]);
+        }
+        let _entered = span.enter();
+        let started = Instant::now();
+        match self
+            .runtime
+            .block_on(self.writer.write(partition, &batch, &checkpoint))
+        {
+            Ok(()) => {
+                metrics::histogram!("qoe_aggregator_insert_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                metrics::counter!("qoe_aggregator_batches_written_total").increment(1);
+                metrics::counter!("qoe_aggregator_rows_written_total")
+                    .increment(batch.rows() as u64);
+                Ok(Some(checkpoint.next_offset))
+            }
+            Err(e) => {
+                metrics::counter!("qoe_aggregator_write_failures_total").increment(1);
+                if !matches!(e, WriteError::Fenced { .. }) {
+                    slot.state.restore_batch(batch, checkpoint);
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Rebalance handling: eager protocol; offsets come from ClickHouse checkpoints.
+pub struct AggregatorContext {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for AggregatorContext {
+    /// librdkafka's statistics (every `statistics.interval.ms`) carry the consumer lag.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for topic in statistics.topics.values() {
+            for (id, p) in &topic.partitions {
+                if *id >= 0 && p.consumer_lag >= 0 {
+                    metrics::gauge!("qoe_aggregator_consumer_lag", "partition" => id.to_string())
+                        .set(p.consumer_lag as f64);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for AggregatorContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let mut slots = lock(&self.shared.slots);
+                let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                for p in partitions {
+                    let (slot, offset) = self.shared.open_partition(p);
+                    slots.insert(p, slot);
+                    if let Err(e) = tpl.set_partition_offset(&self.shared.config.topic, p, offset) {
+                        tracing::error!(partition = p, error = %e, "cannot set start offset");
+                    }
+                }
+                tracing::info!(partitions = ?slots.keys().collect::<Vec<_>>(), "partitions assigned");
+                if let Err(e) = consumer.assign(tpl) {
+                    tracing::error!(error = %e, "assign failed");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let mut slots = lock(&self.shared.slots);
+                for elem in tpl.elements() {
+                    if let Some(mut slot) = slots.remove(&elem.partition()) {
+                        // Best effort: the next owner replays from the checkpoint anyway.
+                        if let Err(e) = self.shared.flush_slot(elem.partition(), &mut slot) {
+                            tracing::warn!(partition = elem.partition(), error = %e, "revoked partition's batch not written; its next owner replays it");
+                        }
+                    }
+                }
+                tracing::info!("partitions revoked");
+                let _ = consumer.unassign();
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance error");
+                let _ = consumer.unassign();
+                lock(&self.shared.slots).clear();
+            }
+        }
+    }
+}
+
+pub fn create_consumer(shared: &Arc<Shared>) -> anyhow::Result<BaseConsumer<AggregatorContext>> {
+    let c = &shared.config;
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &c.brokers)
+        .set("group.id", &c.group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("partition.assignment.strategy", "range")
+        .set(
+            "auto.offset.reset",
+            if c.start_from_latest {
+                "latest"
+            } else {
+                "earliest"
+            },
+        )
+        .set("session.timeout.ms", "10000")
+        .set("queued.max.messages.kbytes", "32768")
+        .set("statistics.interval.ms", "5000");
+    for (k, v) in &c.kafka_options {
+        config.set(k, v);
+    }
+    let consumer: BaseConsumer<AggregatorContext> =
+        config.create_with_context(AggregatorContext {
+            shared: shared.clone(),
+        })?;
+    consumer.subscribe(&[&c.topic])?;
+    Ok(consumer)
+}
+
+/// Runs until `shared.stop` is set; then writes what it holds and leaves the group.
+pub fn run(shared: Arc<Shared>, consumer: BaseConsumer<AggregatorContext>) {
+    let mut last_flush = Instant::now();
+    let mut backoff: Option<(Instant, Duration)> = None;
+    let mut paused = false;
+    let mut last_stats = Instant::now();
+    loop {
+        let stopping = shared.stop.load(Ordering::Relaxed);
+        if !paused && !stopping {
+            if let Some(result) = consumer.poll(Duration::from_millis(100)) {
+                match result {
+                    Ok(m) => handle_message(&shared, &m),
+                    Err(e) => tracing::warn!(error = %e, "consume error"),
+                }
+            }
+        } else {
+            // Keep serving group membership while paused.
+            let _ = consumer.poll(Duration::from_millis(100));
+        }
+
+        let due = last_flush.elapsed() >= shared.config.flush_interval
+            || lock(&shared.slots)
+                .values()
+                .any(|s| s.state.pending().rows() >= shared.config.max_batch_rows);
+        let retry_ready = backoff.is_none_or(|(at, _)| Instant::now() >= at);
+        if (due || stopping) && retry_ready {
+            match flush_all(&shared, &consumer) {
+                Ok(()) => {
+                    shared.healthy.store(true, Ordering::Relaxed);
+                    backoff = None;
+                    if paused {
+                        if let Ok(assignment) = consumer.assignment() {
+                            let _ = consumer.resume(&assignment);
+                        }
+                        paused = false;
+                        tracing::info!("ClickHouse takes writes again: consumption resumed");
+                    }
+                }
+                Err(e) => {
+                    shared.healthy.store(false, Ordering::Relaxed);
+                    let wait = backoff
+                        .map(|(_, d)| (d * 2).min(Duration::from_secs(30)))
+                        .unwrap_or(Duration::from_millis(500));
+                    tracing::warn!(error = %e, retry_in = ?wait, "write failed: pausing consumption and retrying");
+                    backoff = Some((Instant::now() + wait, wait));
+                    if !paused {
+                        if let Ok(assignment) = consumer.assignment() {
+                            let _ = consumer.pause(&assignment);
+                        }
+                        paused = true;
+                    }
+                    metrics::gauge!("qoe_aggregator_paused").set(1.0);
+                }
+            }
+            last_flush = Instant::now();
+            if stopping && (backoff.is_none() || shared.stop_deadline_passed()) {
+                break;
+            }
+        }
+        if paused {
+            metrics::gauge!("qoe_aggregator_paused").set(1.0);
+        } else {
+            metrics::gauge!("qoe_aggregator_paused").set(0.0);
+        }
+        if last_stats.elapsed() >= Duration::from_secs(5) {
+            report_stats(&shared);
+            last_stats = Instant::now();
+        }
+    }
+    consumer.unsubscribe();
+    tracing::info!("consumer stopped");
+}
+
+impl Shared {
+    fn stop_deadline_passed(&self) -> bool {
+        // Shutdown waits for ClickHouse at most this long; the checkpoint makes it safe to give up.
+        static STOP_AT: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        STOP_AT.get_or_init(Instant::now).elapsed() > Duration::from_secs(20)
+    }
+}
+
+fn handle_message(shared: &Shared, m: &rdkafka::message::BorrowedMessage<'_>) {
+    let mut slots = lock(&shared.slots);
+    let Some(slot) = slots.get_mut(&m.partition()) else {
+        return;
+    };
+    let offset = m.offset();
+    if offset < slot.skip_below {
+        return;
+    }
+    let event = match m.payload().map(QoeEvent::decode) {
+        Some(Ok(e)) => Some(e),
+        Some(Err(e)) => {
+            tracing::warn!(partition = m.partition(), offset, error = %e, "skipping message that is not a QoE event");
+            None
+        }
+        None => None,
+    };
+    if offset < slot.restore_until {
+        if let Some(e) = &event {
+            slot.state.restore(offset, e);
+        }
+        return;
+    }
+    if offset < slot.state.next_offset() {
+        return; // already processed (seen again after a rewind)
+    }
+    let Some(event) = event else {
+        metrics::counter!("qoe_aggregator_events_total", "outcome" => "invalid").increment(1);
+        slot.state.skip(offset);
+        return;
+    };
+    if slot.traceparent.is_none() {
+        slot.traceparent = m
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == "traceparent"))
+            .and_then(|h| h.value)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .map(str::to_owned);
+    }
+    let outcome = slot.state.apply(offset, &event);
+    metrics::counter!("qoe_aggregator_events_total", "outcome" => match outcome {
+        Outcome::Accepted => "accepted",
+        Outcome::Late => "late",
+        Outcome::Duplicate => "duplicate",
+    })
+    .increment(1);
+}
+
+fn flush_all<C: ConsumerContext>(
+    shared: &Shared,
+    consumer: &BaseConsumer<C>,
+) -> Result<(), WriteError> {
+    let mut slots = lock(&shared.slots);
+    let mut commits = TopicPartitionList::new();
+    let mut first_error = None;
+    let mut fenced = Vec::new();
+    for (&p, slot) in slots.iter_mut() {
+        match shared.flush_slot(p, slot) {
+            Ok(Some(next)) => {
+                let _ = commits.add_partition_offset(&shared.config.topic, p, Offset::Offset(next));
+            }
+            Ok(None) => {}
+            Err(WriteError::Fenced { .. }) => fenced.push(p),
+            Err(e) => {
+                if first_error.is_none() {
+                    first_error = Some(e);
+                }
+            }
+        }
+    }
+    for p in fenced {
+        // Someone else wrote beyond us: start over from the checkpoint.
+        tracing::warn!(
+            partition = p,
+            "partition was written by another instance; reloading from its checkpoint"
+        );
+        let (slot, offset) = shared.open_partition(p);
+        slots.insert(p, slot);
+        if let Err(e) = consumer.seek(&shared.config.topic, p, offset, Duration::from_secs(5)) {
+            tracing::error!(partition = p, error = %e, "seek failed");
+        }
+    }
+    drop(slots);
+    if commits.count() > 0 {
+        let _ = consumer.commit(&commits, CommitMode::Async);
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn report_stats(shared: &Shared) {
+    let slots = lock(&shared.slots);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let (mut open, mut tracked) = (0, 0);
+    for (p, slot) in slots.iter() {
+        open += slot.state.open_windows();
+        tracked += slot.state.tracked_events();
+        let wm = slot.state.watermark();
+        if wm > 0 {
+            metrics::gauge!("qoe_aggregator_watermark_delay_seconds", "partition" => p.to_string())
+                .set((now_ms - wm) as f64 / 1000.0);
+        }
+    }
+    metrics::gauge!("qoe_aggregator_open_windows").set(open as f64);
+    metrics::gauge!("qoe_aggregator_tracked_events").set(tracked as f64);
+    metrics::gauge!("qoe_aggregator_assigned_partitions").set(slots.len() as f64);
+}

@@ -1,0 +1,226 @@
+//! The per-window QoE metrics of the spec, as additive counters, and the rule that adds one
+//! event to them. Pure: no I/O, no clocks.
+
+use qoe_schemas::{EndReason, EventType, QoeEvent};
+
+/// Inclusive upper bounds of the startup-time histogram buckets (ms); a last bucket is +inf.
+pub const STARTUP_BUCKETS_MS: [u32; 8] = [250, 500, 1000, 2000, 3000, 5000, 8000, 15000];
+
+/// Index of the histogram bucket of a startup time: the first whose bound is >= it.
+pub fn startup_bucket(startup_ms: u32) -> usize {
+    STARTUP_BUCKETS_MS
+        .iter()
+        .position(|&bound| startup_ms <= bound)
+        .unwrap_or(STARTUP_BUCKETS_MS.len())
+}
+
+/// Additive metrics of one window and slice. Partial values from many batches and many
+/// aggregator instances add up to the same totals.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WindowMetrics {
+    /// Events counted in the metrics below (accepted: not late, not duplicate).
+    pub events: u64,
+    pub attempts: u64,
+    pub plays: u64,
+    pub startup_ms_sum: u64,
+    pub startup_hist: [u64; 9],
+    pub vsf: u64,
+    pub vpf: u64,
+    pub ebvs: u64,
+    pub errors: u64,
+    pub playing_ms: u64,
+    pub stall_ms: u64,
+    pub stalls: u64,
+    pub bitrate_kbps_ms: u64,
+    pub upswitches: u64,
+    pub downswitches: u64,
+    pub latency_ms_sum: u64,
+    pub latency_samples: u64,
+    pub dropped_frames: u64,
+    pub late_events: u64,
+    pub duplicate_events: u64,
+}
+
+impl WindowMetrics {
+    /// Adds one accepted event, exactly as the spec defines each metric.
+    pub fn add(&mut self, e: &QoeEvent) {
+        self.events += 1;
+        match e.kind {
+            EventType::ViewStart => self.attempts += 1,
+            EventType::FirstFrame => {
+                self.plays += 1;
+                if let Some(s) = e.startup_ms {
+                    self.startup_ms_sum += u64::from(s);
+                    self.startup_hist[startup_bucket(s)] += 1;
+                }
+            }
+            EventType::Error => {
+                self.errors += 1;
+                if e.fatal == Some(true) {
+                    match e.started {
+                        Some(true) => self.vpf += 1,
+                        Some(false) => self.vsf += 1,
+                        None => {}
+                    }
+                }
+            }
+            EventType::ViewEnd => {
+                if e.started == Some(false) && e.reason != Some(EndReason::Error) {
+                    self.ebvs += 1;
+                }
+            }
+            EventType::StallStart => self.stalls += 1,
+            EventType::BitrateChange => {
+                if let (Some(now), Some(prev)) = (e.bitrate_kbps, e.prev_bitrate_kbps) {
+                    if now > prev {
+                        self.upswitches += 1;
+                    } else if now < prev {
+                        self.downswitches += 1;
+                    }
+                }
+            }
+            _ => {}
+        }
+        if let Some(p) = e.playing_ms {
+            self.playing_ms += u64::from(p);
+            if let Some(b) = e.bitrate_kbps {
+                self.bitrate_kbps_ms += u64::from(b) * u64::from(p);
+            }
+        }
+        if let Some(s) = e.stall_ms {
+            self.stall_ms += u64::from(s);
+        }
+        if let Some(l) = e.latency_ms {
+            self.latency_ms_sum += u64::from(l);
+            self.latency_samples += 1;
+        }
+        if let Some(d) = e.dropped_frames {
+            self.dropped_frames += u64::from(d);
+        }
+    }
+
+    pub fn merge(&mut self, o: &WindowMetrics) {
+        self.events += o.events;
+        self.attempts += o.attempts;
+        self.plays += o.plays;
+        self.startup_ms_sum += o.startup_ms_sum;
+        for (a, b) in self.startup_hist.iter_mut().zip(o.startup_hist) {
+            *a += b;
+        }
+        self.vsf += o.vsf;
+        self.vpf += o.vpf;
+        self.ebvs += o.ebvs;
+        self.errors += o.errors;
+        self.playing_ms += o.playing_ms;
+        self.stall_ms += o.stall_ms;
+        self.stalls += o.stalls;
+        self.bitrate_kbps_ms += o.bitrate_kbps_ms;
+        self.upswitches += o.upswitches;
+        self.downswitches += o.downswitches;
+        self.latency_ms_sum += o.latency_ms_sum;
+        self.latency_samples += o.latency_samples;
+        self.dropped_frames += o.dropped_frames;
+        self.late_events += o.late_events;
+        self.duplicate_events += o.duplicate_events;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qoe_schemas::StreamType;
+
+    fn event(kind: EventType) -> QoeEvent {
+        QoeEvent {
+            v: 1,
+            view_id: "v".into(),
+            stream_id: "s".into(),
+            stream_type: StreamType::Live,
+            cdn: "c".into(),
+            platform: "p".into(),
+            player: "x".into(),
+            protocol: "hls".into(),
+            region: "r".into(),
+            custom: Default::default(),
+            seq: 0,
+            kind,
+            ts: 0,
+            event_time: 0,
+            received_at: 0,
+            started: None,
+            playing_ms: None,
+            stall_ms: None,
+            bitrate_kbps: None,
+            prev_bitrate_kbps: None,
+            startup_ms: None,
+            latency_ms: None,
+            dropped_frames: None,
+            code: None,
+            fatal: None,
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn bucket_bounds_are_inclusive() {
+        assert_eq!(startup_bucket(0), 0);
+        assert_eq!(startup_bucket(250), 0);
+        assert_eq!(startup_bucket(251), 1);
+        assert_eq!(startup_bucket(15000), 7);
+        assert_eq!(startup_bucket(15001), 8);
+    }
+
+    #[test]
+    fn failure_classes() {
+        let mut m = WindowMetrics::default();
+        let mut e = event(EventType::Error);
+        e.fatal = Some(true);
+        e.started = Some(false);
+        m.add(&e);
+        e.started = Some(true);
+        m.add(&e);
+        e.fatal = Some(false);
+        m.add(&e);
+        let mut end = event(EventType::ViewEnd);
+        end.started = Some(false);
+        end.reason = Some(EndReason::Exit);
+        m.add(&end);
+        end.reason = Some(EndReason::Error);
+        m.add(&end);
+        end.started = Some(true);
+        end.reason = Some(EndReason::Exit);
+        m.add(&end);
+        assert_eq!((m.vsf, m.vpf, m.errors, m.ebvs, m.events), (1, 1, 3, 1, 6));
+    }
+
+    #[test]
+    fn playback_sums() {
+        let mut m = WindowMetrics::default();
+        let mut hb = event(EventType::Heartbeat);
+        hb.playing_ms = Some(8000);
+        hb.stall_ms = Some(500);
+        hb.bitrate_kbps = Some(2500);
+        hb.latency_ms = Some(4000);
+        hb.dropped_frames = Some(3);
+        m.add(&hb);
+        let mut sw = event(EventType::BitrateChange);
+        sw.bitrate_kbps = Some(1200);
+        sw.prev_bitrate_kbps = Some(2500);
+        m.add(&sw);
+        sw.bitrate_kbps = Some(5000);
+        m.add(&sw);
+        let mut ff = event(EventType::FirstFrame);
+        ff.startup_ms = Some(1200);
+        m.add(&ff);
+        assert_eq!(m.playing_ms, 8000);
+        assert_eq!(m.stall_ms, 500);
+        assert_eq!(m.bitrate_kbps_ms, 20_000_000);
+        assert_eq!((m.latency_ms_sum, m.latency_samples), (4000, 1));
+        assert_eq!((m.upswitches, m.downswitches), (1, 1));
+        assert_eq!((m.plays, m.startup_ms_sum, m.startup_hist[3]), (1, 1200, 1));
+        let mut twice = m.clone();
+        twice.merge(&m);
+        assert_eq!(twice.playing_ms, 16000);
+        assert_eq!(twice.startup_hist[3], 2);
+    }
+}

@@ -1,0 +1,372 @@
+//! Writes a partition's batch to ClickHouse effectively once, and reads checkpoints back.
+//!
+//! A batch is written in two steps (see ARCHITECTURE.md, "Effectively once"):
+//! 1. its rows, checkpoint row included, are inserted into `qoe_staging` under a fresh random
+//!    `batch_id`. If the process dies here, a prefix of the rows may be staged; nothing reads
+//!    it, because step 2 never runs for that id.
+//! 2. one `INSERT INTO qoe_ingest SELECT ... FROM qoe_staging WHERE batch_id = ...` moves the
+//!    batch; the materialized views fan it out. The statement is fenced: it moves nothing if a
+//!    checkpoint beyond this batch's start already exists for the partition (another owner, or
+//!    a retry of this very batch, got there first).
+//!
+//! Then the checkpoint is read back: present means committed. A step-2 error is not retried
+//! blindly; the checkpoint decides.
+
+use crate::store::Store;
+use crate::window::{Batch, Checkpoint};
+use clickhouse::Row;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("ClickHouse: {0}")]
+    ClickHouse(#[from] clickhouse::error::Error),
+    #[error("another writer committed partition {partition} beyond offset {from}; this batch was dropped")]
+    Fenced { partition: i32, from: i64 },
+}
+
+#[repr(i8)]
+#[derive(Debug, Clone, Copy, serde_repr::Serialize_repr)]
+enum Kind {
+    Window = 1,
+    Presence = 2,
+    View = 3,
+    Checkpoint = 4,
+}
+
+/// One row of `qoe_staging`, in the table's column order (RowBinary has no names).
+#[derive(Debug, Row, Serialize)]
+struct StagingRow<'a> {
+    batch_id: u64,
+    staged_at: u32,
+    kind: Kind,
+    window_start: u32,
+    region: &'a str,
+    cdn: &'a str,
+    stream_type: &'a str,
+    platform: &'a str,
+    stream_id: &'a str,
+    view_id: &'a str,
+    events: u64,
+    attempts: u64,
+    plays: u64,
+    startup_ms_sum: u64,
+    startup_le_250: u64,
+    startup_le_500: u64,
+    startup_le_1000: u64,
+    startup_le_2000: u64,
+    startup_le_3000: u64,
+    startup_le_5000: u64,
+    startup_le_8000: u64,
+    startup_le_15000: u64,
+    startup_le_inf: u64,
+    vsf: u64,
+    vpf: u64,
+    ebvs: u64,
+    errors: u64,
+    playing_ms: u64,
+    stall_ms: u64,
+    stalls: u64,
+    bitrate_kbps_ms: u64,
+    upswitches: u64,
+    downswitches: u64,
+    latency_ms_sum: u64,
+    latency_samples: u64,
+    dropped_frames: u64,
+    late_events: u64,
+    duplicate_events: u64,
+    player: &'a str,
+    protocol: &'a str,
+    first_event_time: u32,
+    last_event_time: u32,
+    started: u8,
+    startup_ms: u32,
+    error_code: &'a str,
+    error_time: u64,
+    end_reason: &'a str,
+    end_time: u64,
+    topic: &'a str,
+    partition: u32,
+    from_offset: u64,
+    next_offset: u64,
+    state_offset: u64,
+    max_event_time: i64,
+}
+
+impl<'a> StagingRow<'a> {
+    fn empty(batch_id: u64, staged_at: u32, kind: Kind) -> Self {
+        StagingRow {
+            batch_id,
+            staged_at,
+            kind,
+            window_start: 0,
+            region: "",
+            cdn: "",
+            stream_type: "",
+            platform: "",
+            stream_id: "",
+            view_id: "",
+            events: 0,
+            attempts: 0,
+            plays: 0,
+            startup_ms_sum: 0,
+            startup_le_250: 0,
+            startup_le_500: 0,
+            startup_le_1000: 0,
+            startup_le_2000: 0,
+            startup_le_3000: 0,
+            startup_le_5000: 0,
+            startup_le_8000: 0,
+            startup_le_15000: 0,
+            startup_le_inf: 0,
+            vsf: 0,
+            vpf: 0,
+            ebvs: 0,
+            errors: 0,
+            playing_ms: 0,
+            stall_ms: 0,
+            stalls: 0,
+            bitrate_kbps_ms: 0,
+            upswitches: 0,
+            downswitches: 0,
+            latency_ms_sum: 0,
+            latency_samples: 0,
+            dropped_frames: 0,
+            late_events: 0,
+            duplicate_events: 0,
+            player: "",
+            protocol: "",
+            first_event_time: 0,
+            last_event_time: 0,
+            started: 0,
+            startup_ms: 0,
+            error_code: "",
+            error_time: 0,
+            end_reason: "",
+            end_time: 0,
+            topic: "",
+            partition: 0,
+            from_offset: 0,
+            next_offset: 0,
+            state_offset: 0,
+            max_event_time: 0,
+        }
+    }
+}
+
+fn secs(ms: i64) -> u32 {
+    (ms.div_euclid(1000)).clamp(0, i64::from(u32::MAX)) as u32
+}
+
+fn now_secs() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(0)
+}
+
+/// Checkpoint as stored in ClickHouse.
+#[derive(Debug, Row, Deserialize)]
+struct StoredCheckpoint {
+    from_offset: u64,
+    next_offset: u64,
+    state_offset: u64,
+    max_event_time: i64,
+}
+
+/// Topic names are interpolated into SQL and query ids; Kafka allows only these characters.
+fn sql_safe_topic(topic: &str) -> bool {
+    !topic.is_empty()
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn query_id_prefix(topic: &str, partition: i32) -> String {
+    format!("qoe-commit-{topic}-{partition}-")
+}
+
+pub struct Writer {
+    pub store: Store,
+    pub topic: String,
+}
+
+impl Writer {
+    pub fn new(store: Store, topic: &str) -> anyhow::Result<Writer> {
+        anyhow::ensure!(
+            sql_safe_topic(topic),
+            "topic name {topic:?} has characters Kafka does not allow"
+        );
+        Ok(Writer {
+            store,
+            topic: topic.to_owned(),
+        })
+    }
+
+    /// The latest committed checkpoint of a partition, after any commit of it still running
+    /// on the server (from a predecessor that died mid-request) has finished.
+    pub async fn checkpoint(&self, partition: i32) -> Result<Option<Checkpoint>, WriteError> {
+        let prefix = query_id_prefix(&self.topic, partition);
+        for _ in 0..100 {
+            let running: u64 = self
+                .store
+                .client
+                .query("SELECT count() FROM system.processes WHERE startsWith(query_id, ?)")
+                .bind(&prefix)
+                .fetch_one()
+                .await?;
+            if running == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let row: Option<StoredCheckpoint> = self
+            .store
+            .client
+            .query(
+                "SELECT ?fields FROM qoe_checkpoints WHERE topic = ? AND partition = ? \
+                 ORDER BY next_offset DESC LIMIT 1",
+            )
+            .bind(&self.topic)
+            .bind(partition as u32)
+            .fetch_optional()
+            .await?;
+        Ok(row.map(|r| Checkpoint {
+            from_offset: r.from_offset as i64,
+            next_offset: r.next_offset as i64,
+            state_offset: r.state_offset as i64,
+            max_event_time: r.max_event_time,
+        }))
+    }
+
+    async fn committed(&self, partition: i32, batch_id: u64) -> Result<bool, WriteError> {
+        let n: u64 = self
+            .store
+            .client
+            .query("SELECT count() FROM qoe_checkpoints WHERE topic = ? AND partition = ? AND batch_id = ?")
+            .bind(&self.topic)
+            .bind(partition as u32)
+            .bind(batch_id)
+            .fetch_one()
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// Writes one batch of one partition with its checkpoint. `Ok` means committed.
+    pub async fn write(
+        &self,
+        partition: i32,
+        batch: &Batch,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), WriteError> {
+        let batch_id: u64 = rand::random::<u64>() >> 1; // stays positive in signed readers
+        let staged_at = now_secs();
+        let client = &self.store.client;
+
+        let mut insert = client.insert::<StagingRow<'_>>("qoe_staging").await?;
+        for ((window_start, slice), m) in &batch.windows {
+            let mut r = StagingRow::empty(batch_id, staged_at, Kind::Window);
+            r.window_start = secs(*window_start);
+            r.region = &slice.region;
+            r.cdn = &slice.cdn;
+            r.stream_type = &slice.stream_type;
+            r.platform = &slice.platform;
+            r.stream_id = &slice.stream_id;
+            r.events = m.events;
+            r.attempts = m.attempts;
+            r.plays = m.plays;
+            r.startup_ms_sum = m.startup_ms_sum;
+            let h = &m.startup_hist;
+            (r.startup_le_250, r.startup_le_500, r.startup_le_1000) = (h[0], h[1], h[2]);
+            (r.startup_le_2000, r.startup_le_3000, r.startup_le_5000) = (h[3], h[4], h[5]);
+            (r.startup_le_8000, r.startup_le_15000, r.startup_le_inf) = (h[6], h[7], h[8]);
+            r.vsf = m.vsf;
+            r.vpf = m.vpf;
+            r.ebvs = m.ebvs;
+            r.errors = m.errors;
+            r.playing_ms = m.playing_ms;
+            r.stall_ms = m.stall_ms;
+            r.stalls = m.stalls;
+            r.bitrate_kbps_ms = m.bitrate_kbps_ms;
+            r.upswitches = m.upswitches;
+            r.downswitches = m.downswitches;
+            r.latency_ms_sum = m.latency_ms_sum;
+            r.latency_samples = m.latency_samples;
+            r.dropped_frames = m.dropped_frames;
+            r.late_events = m.late_events;
+            r.duplicate_events = m.duplicate_events;
+            insert.write(&r).await?;
+        }
+        for (window_start, slice, view_id) in &batch.presence {
+            let mut r = StagingRow::empty(batch_id, staged_at, Kind::Presence);
+            r.window_start = secs(*window_start);
+            r.region = &slice.region;
+            r.cdn = &slice.cdn;
+            r.stream_type = &slice.stream_type;
+            r.platform = &slice.platform;
+            r.stream_id = &slice.stream_id;
+            r.view_id = view_id;
+            insert.write(&r).await?;
+        }
+        for (view_id, v) in &batch.views {
+            let mut r = StagingRow::empty(batch_id, staged_at, Kind::View);
+            r.view_id = view_id;
+            r.region = &v.region;
+            r.cdn = &v.cdn;
+            r.stream_type = &v.stream_type;
+            r.platform = &v.platform;
+            r.stream_id = &v.stream_id;
+            r.player = &v.player;
+            r.protocol = &v.protocol;
+            r.first_event_time = secs(v.first_event_time);
+            r.last_event_time = secs(v.last_event_time);
+            r.started = u8::from(v.started);
+            r.startup_ms = v.startup_ms;
+            r.playing_ms = v.playing_ms;
+            r.stall_ms = v.stall_ms;
+            r.stalls = v.stalls;
+            r.bitrate_kbps_ms = v.bitrate_kbps_ms;
+            r.errors = v.errors;
+            r.error_code = &v.error_code;
+            r.error_time = v.error_time.max(0) as u64;
+            r.end_reason = &v.end_reason;
+            r.end_time = v.end_time.max(0) as u64;
+            insert.write(&r).await?;
+        }
+        let mut r = StagingRow::empty(batch_id, staged_at, Kind::Checkpoint);
+        r.topic = &self.topic;
+        r.partition = partition as u32;
+        r.from_offset = checkpoint.from_offset as u64;
+        r.next_offset = checkpoint.next_offset as u64;
+        r.state_offset = checkpoint.state_offset as u64;
+        r.max_event_time = checkpoint.max_event_time;
+        insert.write(&r).await?;
+        insert.end().await?;
+
+        let move_batch = format!(
+            "INSERT INTO qoe_ingest SELECT * FROM qoe_staging WHERE batch_id = {batch_id} \
+             AND (SELECT count() FROM qoe_checkpoints WHERE topic = '{topic}' \
+                  AND partition = {partition} AND next_offset > {from}) = 0",
+            topic = self.topic,
+            from = checkpoint.from_offset,
+        );
+        let moved = client
+            .clone()
+            .with_option(
+                "query_id",
+                format!("{}{batch_id}", query_id_prefix(&self.topic, partition)),
+            )
+            .query(&move_batch)
+            .execute()
+            .await;
+        match (moved, self.committed(partition, batch_id).await?) {
+            (_, true) => Ok(()),
+            (Err(e), false) => Err(e.into()),
+            (Ok(()), false) => Err(WriteError::Fenced {
+                partition,
+                from: checkpoint.from_offset,
+            }),
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! Ground truth for the aggregator tests: a varied, deterministic event set, and the
+//! expected metrics computed by a plain, independent reading of the spec's definitions
+//! (deliberately not sharing code with the aggregator).
+
+use qoe_schemas::{EndReason, EventType, QoeEvent, StreamType, SCHEMA_VERSION};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, BTreeSet};
+
+pub const WINDOW_MS: i64 = 10_000;
+pub const LATENESS_MS: i64 = 30_000;
+
+/// Key of a base-grain row: (window_start seconds, region, cdn, stream_type, platform, stream_id).
+pub type RowKey = (u32, String, String, String, String, String);
+
+/// Expected values, in the column order of `METRIC_COLUMNS`.
+pub type Row = Vec<u64>;
+
+pub const METRIC_COLUMNS: [&str; 28] = [
+    "events",
+    "attempts",
+    "plays",
+    "startup_ms_sum",
+    "startup_le_250",
+    "startup_le_500",
+    "startup_le_1000",
+    "startup_le_2000",
+    "startup_le_3000",
+    "startup_le_5000",
+    "startup_le_8000",
+    "startup_le_15000",
+    "startup_le_inf",
+    "vsf",
+    "vpf",
+    "ebvs",
+    "errors",
+    "playing_ms",
+    "stall_ms",
+    "stalls",
+    "bitrate_kbps_ms",
+    "upswitches",
+    "downswitches",
+    "latency_ms_sum",
+    "latency_samples",
+    "dropped_frames",
+    "late_events",
+    "duplicate_events",
+];
+
+fn base_event(
+    view: &str,
+    seq: u32,
+    kind: EventType,
+    t: i64,
+    ctx: &(String, String, String, String, StreamType),
+) -> QoeEvent {
+    QoeEvent {
+        v: SCHEMA_VERSION,
+        view_id: view.to_owned(),
+        stream_id: ctx.3.clone(),
+        stream_type: ctx.4,
+        cdn: ctx.1.clone(),
+        platform: ctx.2.clone(),
+        player: "sim".into(),
+        protocol: "hls".into(),
+        region: ctx.0.clone(),
+        custom: Default::default(),
+        seq,
+        kind,
+        ts: t,
+        event_time: t,
+        received_at: t + 200,
+        started: None,
+        playing_ms: None,
+        stall_ms: None,
+        bitrate_kbps: None,
+        prev_bitrate_kbps: None,
+        startup_ms: None,
+        latency_ms: None,
+        dropped_frames: None,
+        code: None,
+        fatal: None,
+        reason: None,
+    }
+}
+
+/// A varied event stream for `views` views starting at `t0` (ms), in publish order:
+/// interleaved views, some reordering within a view, duplicates, and some very late events.
+pub fn generate(seed: u64, views: usize, t0: i64) -> Vec<QoeEvent> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let regions = ["eu-west", "us-east", "ap-south"];
+    let cdns = ["cdn-a", "cdn-b", "cdn-c"];
+    let platforms = ["web", "ios"];
+    let mut per_view: Vec<Vec<QoeEvent>> = Vec::new();
+    for v in 0..views {
+        let ctx = (
+            regions[rng.random_range(0..3)].to_owned(),
+            cdns[rng.random_range(0..3)].to_owned(),
+            platforms[rng.random_range(0..2)].to_owned(),
+            format!("ch-{}", rng.random_range(0..4)),
+            if rng.random_bool(0.7) {
+                StreamType::Live
+            } else {
+                StreamType::Vod
+            },
+        );
+        let id = format!("view-{seed}-{v}");
+        let mut t = t0 + rng.random_range(0..120_000);
+        let mut seq = 0;
+        let mut evs = vec![base_event(&id, seq, EventType::ViewStart, t, &ctx)];
+        let fate: f64 = rng.random();
+        if fate < 0.08 {
+            // Start failure.
+            seq += 1;
+            t += rng.random_range(100..3000);
+            let mut e = base_event(&id, seq, EventType::Error, t, &ctx);
+            e.fatal = Some(true);
+            e.started = Some(false);
+            e.code = Some("NETWORK".into());
+            evs.push(e);
+            seq += 1;
+            let mut end = base_event(&id, seq, EventType::ViewEnd, t + 10, &ctx);
+            end.started = Some(false);
+            end.reason = Some(EndReason::Error);
+            evs.push(end);
+        } else if fate < 0.15 {
+            // Exit before video start.
+            seq += 1;
+            t += rng.random_range(500..9000);
+            let mut end = base_event(&id, seq, EventType::ViewEnd, t, &ctx);
+            end.started = Some(false);
+            end.reason = Some(EndReason::Exit);
+            evs.push(end);
+        } else {
+            seq += 1;
+            let startup = [
+                120, 250, 251, 700, 1000, 1800, 2600, 4000, 7000, 12000, 15000, 20000,
+            ][rng.random_range(0..12)];
+            t += i64::from(startup);
+            let mut ff = base_event(&id, seq, EventType::FirstFrame, t, &ctx);
+            ff.startup_ms = Some(startup);
+            ff.bitrate_kbps = Some(2500);
+            evs.push(ff);
+            let mut bitrate = 2500u32;
+            for _ in 0..rng.random_range(1..12) {
+                seq += 1;
+                let r: f64 = rng.random();
+                if r < 0.15 {
+                    let mut s = base_event(&id, seq, EventType::StallStart, t + 3000, &ctx);
+                    s.started = Some(true);
+                    s.playing_ms = Some(3000);
+                    s.bitrate_kbps = Some(bitrate);
+                    evs.push(s);
+                    seq += 1;
+                    let stall = rng.random_range(200..6000);
+                    t += 3000 + i64::from(stall);
+                    let mut e = base_event(&id, seq, EventType::StallEnd, t, &ctx);
+                    e.stall_ms = Some(stall);
+                    evs.push(e);
+                } else if r < 0.3 {
+                    t += 2000;
+                    let new = [800u32, 1500, 2500, 4500][rng.random_range(0..4)];
+                    let mut e = base_event(&id, seq, EventType::BitrateChange, t, &ctx);
+                    e.prev_bitrate_kbps = Some(bitrate);
+                    e.bitrate_kbps = Some(new);
+                    e.playing_ms = Some(2000);
+                    bitrate = new;
+                    evs.push(e);
+                } else {
+                    t += 10_000;
+                    let mut e = base_event(&id, seq, EventType::Heartbeat, t, &ctx);
+                    e.started = Some(true);
+                    e.playing_ms = Some(rng.random_range(8000..10_000));
+                    e.stall_ms = Some(0);
+                    e.bitrate_kbps = Some(bitrate);
+                    e.dropped_frames = Some(rng.random_range(0..5));
+                    if ctx.4 == StreamType::Live {
+                        e.latency_ms = Some(rng.random_range(2000..8000));
+                    }
+                    evs.push(e);
+                }
+            }
+            seq += 1;
+            t += 500;
+            if rng.random_bool(0.1) {
+                let mut e = base_event(&id, seq, EventType::Error, t, &ctx);
+                e.fatal = Some(rng.random_bool(0.7));
+                e.started = Some(true);
+                e.code = Some("DECODE".into());
+                evs.push(e);
+                seq += 1;
+            }
+            let mut end = base_event(&id, seq, EventType::ViewEnd, t + 100, &ctx);
+            end.started = Some(true);
+            end.reason = Some(if rng.random_bool(0.5) {
+                EndReason::Completed
+            } else {
+                EndReason::Exit
+            });
+            evs.push(end);
+        }
+        // Out of order: swap a neighbouring pair now and then.
+        if evs.len() > 3 && rng.random_bool(0.3) {
+            let i = rng.random_range(1..evs.len() - 1);
+            evs.swap(i, i + 1);
+        }
+        // Duplicates: a client retry repeats an event byte for byte.
+        if rng.random_bool(0.2) {
+            let i = rng.random_range(0..evs.len());
+            let dup = evs[i].clone();
+            evs.insert(i + 1, dup);
+        }
+        per_view.push(evs);
+    }
+    // Interleave views in time order of their events, roughly like live traffic.
+    let mut all: Vec<(i64, usize, QoeEvent)> = Vec::new();
+    for (v, evs) in per_view.into_iter().enumerate() {
+        let mut clock = 0;
+        for e in evs {
+            clock = clock.max(e.event_time);
+            all.push((clock, v, e));
+        }
+    }
+    all.sort_by_key(|(t, v, _)| (*t, *v));
+    let mut out: Vec<QoeEvent> = all.into_iter().map(|(_, _, e)| e).collect();
+    // Very late arrivals: a few events delivered minutes after their time (e.g. a phone that
+    // was offline); with 30 s lateness they must land in late_events.
+    let mut late = Vec::new();
+    for i in (0..out.len()).step_by(97) {
+        let mut e = out[i].clone();
+        e.seq += 10_000; // a distinct event, not a duplicate
+        e.kind = EventType::Heartbeat;
+        e.started = Some(true);
+        e.playing_ms = Some(1234);
+        e.stall_ms = None;
+        e.startup_ms = None;
+        e.fatal = None;
+        e.reason = None;
+        e.bitrate_kbps = Some(1000);
+        late.push(e);
+    }
+    out.extend(late);
+    out
+}
+
+/// Expected base-grain rows and distinct views, from the messages in partition order.
+/// `ordered` holds, per partition, its events in offset order.
+pub fn expected(
+    ordered: &BTreeMap<i32, Vec<QoeEvent>>,
+) -> (BTreeMap<RowKey, Row>, BTreeMap<RowKey, u64>) {
+    let mut rows: BTreeMap<RowKey, Row> = BTreeMap::new();
+    let mut views: BTreeMap<RowKey, BTreeSet<String>> = BTreeMap::new();
+    for events in ordered.values() {
+        let mut max_time = i64::MIN;
+        let mut seen: BTreeSet<(String, u32)> = BTreeSet::new();
+        for e in events {
+            let window = e.event_time.div_euclid(WINDOW_MS) * WINDOW_MS;
+            let key: RowKey = (
+                (window / 1000) as u32,
+                e.region.clone(),
+                e.cdn.clone(),
+                e.stream_type.as_str().to_owned(),
+                e.platform.clone(),
+                e.stream_id.clone(),
+            );
+            let row = rows.entry(key.clone()).or_insert_with(|| vec![0; 28]);
+            let watermark = max_time.saturating_sub(LATENESS_MS);
+            max_time = max_time.max(e.event_time.min(e.received_at));
+            if window + WINDOW_MS <= watermark {
+                row[26] += 1;
+                continue;
+            }
+            if !seen.insert((e.view_id.clone(), e.seq)) {
+                row[27] += 1;
+                continue;
+            }
+            views.entry(key).or_default().insert(e.view_id.clone());
+            row[0] += 1;
+            match e.kind {
+                EventType::ViewStart => row[1] += 1,
+                EventType::FirstFrame => {
+                    row[2] += 1;
+                    let s = e.startup_ms.unwrap();
+                    row[3] += u64::from(s);
+                    let bounds = [250, 500, 1000, 2000, 3000, 5000, 8000, 15000];
+                    let b = bounds.iter().position(|&x| s <= x).unwrap_or(8);
+                    row[4 + b] += 1;
+                }
+                EventType::Error => {
+                    row[16] += 1;
+                    if e.fatal == Some(true) && e.started == Some(false) {
+                        row[13] += 1;
+                    }
+                    if e.fatal == Some(true) && e.started == Some(true) {
+                        row[14] += 1;
+                    }
+                }
+                EventType::ViewEnd => {
+                    if e.started == Some(false) && e.reason != Some(EndReason::Error) {
+                        row[15] += 1;
+                    }
+                }
+                EventType::StallStart => row[19] += 1,
+                EventType::BitrateChange => {
+                    let (b, p) = (e.bitrate_kbps.unwrap(), e.prev_bitrate_kbps.unwrap());
+                    if b > p {
+                        row[21] += 1;
+                    }
+                    if b < p {
+                        row[22] += 1;
+                    }
+                }
+                _ => {}
+            }
+            row[17] += u64::from(e.playing_ms.unwrap_or(0));
+            row[18] += u64::from(e.stall_ms.unwrap_or(0));
+            if let (Some(b), Some(p)) = (e.bitrate_kbps, e.playing_ms) {
+                row[20] += u64::from(b) * u64::from(p);
+            }
+            if let Some(l) = e.latency_ms {
+                row[23] += u64::from(l);
+                row[24] += 1;
+            }
+            row[25] += u64::from(e.dropped_frames.unwrap_or(0));
+        }
+    }
+    let views = views
+        .into_iter()
+        .map(|(k, v)| (k, v.len() as u64))
+        .collect();
+    (rows, views)
+}
+
+/// Rolls base-grain rows up to a coarser grain (seconds).
+pub fn rollup(rows: &BTreeMap<RowKey, Row>, grain_secs: u32) -> BTreeMap<RowKey, Row> {
+    let mut out: BTreeMap<RowKey, Row> = BTreeMap::new();
+    for (k, v) in rows {
+        let mut key = k.clone();
+        key.0 = k.0 / grain_secs * grain_secs;
+        let row = out.entry(key).or_insert_with(|| vec![0; 28]);
+        for (a, b) in row.iter_mut().zip(v) {
+            *a += b;
+        }
+    }
+    out
+}

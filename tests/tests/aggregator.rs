@@ -1,0 +1,152 @@
+//! The aggregator against the real broker and ClickHouse: every metric of every window and
+//! slice equals an independent computation of the spec's definitions, at the 10 s, 1 min and
+//! 1 h grains; two instances add up to one; kill -9 at random moments changes nothing.
+
+use qoe_tests::truth::{expected, generate, rollup};
+use qoe_tests::{
+    active_views, assert_rows_eq, clickhouse_query, create_topic, publish, spawn_aggregator,
+    unique, wait_caught_up, window_rows,
+};
+use rand::Rng;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const T0: i64 = 1_763_721_600_000; // a fixed past instant: event time, not wall time, drives windows
+
+async fn check_against_truth(
+    database: &str,
+    partitions: &BTreeMap<i32, (Vec<qoe_schemas::QoeEvent>, i64)>,
+) {
+    let ordered: BTreeMap<i32, Vec<qoe_schemas::QoeEvent>> = partitions
+        .iter()
+        .map(|(p, (e, _))| (*p, e.clone()))
+        .collect();
+    let (rows, views) = expected(&ordered);
+    let late: u64 = rows.values().map(|r| r[26]).sum();
+    let dups: u64 = rows.values().map(|r| r[27]).sum();
+    assert!(
+        late > 10 && dups > 10,
+        "the data set must exercise late ({late}) and duplicate ({dups}) events"
+    );
+    assert_rows_eq(
+        "10 s windows",
+        &rows,
+        &window_rows(database, "qoe_window_10s").await,
+    );
+    assert_rows_eq(
+        "1 min windows",
+        &rollup(&rows, 60),
+        &window_rows(database, "qoe_window_1m").await,
+    );
+    assert_rows_eq(
+        "1 h windows",
+        &rollup(&rows, 3600),
+        &window_rows(database, "qoe_window_1h").await,
+    );
+    assert_rows_eq("active views", &views, &active_views(database).await);
+    let distinct_views: u64 = ordered
+        .values()
+        .flatten()
+        .map(|e| e.view_id.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len() as u64;
+    let view_rows = clickhouse_query(
+        database,
+        "SELECT count(), uniqExact(view_id) FROM qoe_views",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        view_rows[0][0].parse::<u64>().unwrap(),
+        distinct_views,
+        "one summary row per view"
+    );
+    assert_eq!(view_rows[0][1].parse::<u64>().unwrap(), distinct_views);
+}
+
+fn next_offsets(
+    partitions: &BTreeMap<i32, (Vec<qoe_schemas::QoeEvent>, i64)>,
+) -> BTreeMap<i32, i64> {
+    partitions.iter().map(|(p, (_, n))| (*p, *n)).collect()
+}
+
+#[tokio::test]
+async fn one_instance_matches_ground_truth() {
+    let topic = unique("test.agg.truth");
+    let db = unique("qoe_test_truth");
+    create_topic(&topic, 4).await.unwrap();
+    let events = generate(1, 400, T0);
+    let partitions = publish(&topic, &events).await;
+    let _agg = spawn_aggregator(&topic, &db, &unique("g"), &[]);
+    wait_caught_up(
+        &db,
+        &topic,
+        &next_offsets(&partitions),
+        Duration::from_secs(120),
+    )
+    .await;
+    check_against_truth(&db, &partitions).await;
+}
+
+#[tokio::test]
+async fn two_instances_add_up_to_one() {
+    let topic = unique("test.agg.two");
+    let db = unique("qoe_test_two");
+    create_topic(&topic, 6).await.unwrap();
+    let group = unique("g");
+    let _a = spawn_aggregator(&topic, &db, &group, &[]);
+    let _b = spawn_aggregator(&topic, &db, &group, &[]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let events = generate(2, 400, T0);
+    let partitions = publish(&topic, &events).await;
+    wait_caught_up(
+        &db,
+        &topic,
+        &next_offsets(&partitions),
+        Duration::from_secs(120),
+    )
+    .await;
+    check_against_truth(&db, &partitions).await;
+    let writers = clickhouse_query(&db, "SELECT count(DISTINCT partition) FROM qoe_checkpoints")
+        .await
+        .unwrap();
+    assert!(writers[0][0].parse::<u32>().unwrap() >= 4);
+}
+
+#[tokio::test]
+async fn kill_dash_nine_changes_nothing() {
+    let topic = unique("test.agg.kill");
+    let db = unique("qoe_test_kill");
+    create_topic(&topic, 4).await.unwrap();
+    let group = unique("g");
+    let events = generate(3, 600, T0);
+    let mut rng = rand::rng();
+    let mut agg = spawn_aggregator(&topic, &db, &group, &["--flush-interval-ms", "100"]);
+    // Publish in waves while killing the aggregator at random moments.
+    let chunks: Vec<Vec<qoe_schemas::QoeEvent>> = events
+        .chunks(events.len() / 6 + 1)
+        .map(|c| c.to_vec())
+        .collect();
+    let mut partitions: BTreeMap<i32, (Vec<qoe_schemas::QoeEvent>, i64)> = BTreeMap::new();
+    let mut kills = 0;
+    for chunk in chunks {
+        for (p, (evs, next)) in publish(&topic, &chunk).await {
+            let entry = partitions.entry(p).or_default();
+            entry.0.extend(evs);
+            entry.1 = next;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(300..2500))).await;
+        agg.kill9();
+        kills += 1;
+        agg = spawn_aggregator(&topic, &db, &group, &["--flush-interval-ms", "100"]);
+    }
+    assert!(kills >= 5);
+    wait_caught_up(
+        &db,
+        &topic,
+        &next_offsets(&partitions),
+        Duration::from_secs(180),
+    )
+    .await;
+    check_against_truth(&db, &partitions).await;
+}
