@@ -166,8 +166,13 @@ start_clickhouse() {
   write_clickhouse_config
   mkdir -p "$STACK/run"
   log "starting clickhouse on 127.0.0.1:$CH_HTTP_PORT (http) and :$CH_TCP_PORT (native)"
-  (cd "$STACK/clickhouse" && nohup clickhouse-server --config-file="$STACK/clickhouse/config.xml" \
-    >>"$STACK/logs/clickhouse-stdout.log" 2>&1 & echo $! >"$STACK/run/clickhouse.pid")
+  # Background the server itself (not a subshell around it), so the pid file names the server.
+  (
+    cd "$STACK/clickhouse"
+    nohup clickhouse-server --config-file="$STACK/clickhouse/config.xml" \
+      >>"$STACK/logs/clickhouse-stdout.log" 2>&1 &
+    echo $! >"$STACK/run/clickhouse.pid"
+  )
   wait_for "clickhouse" 60 ch_ready
   log "clickhouse ready: $(curl -fsS "http://127.0.0.1:$CH_HTTP_PORT/?query=SELECT%20version()")"
 }

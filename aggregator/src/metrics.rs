@@ -64,10 +64,10 @@ impl WindowMetrics {
                     }
                 }
             }
-            EventType::ViewEnd => {
-                if e.started == Some(false) && e.reason != Some(EndReason::Error) {
-                    self.ebvs += 1;
-                }
+            EventType::ViewEnd
+                if e.started == Some(false) && e.reason != Some(EndReason::Error) =>
+            {
+                self.ebvs += 1
             }
             EventType::StallStart => self.stalls += 1,
             EventType::BitrateChange => {

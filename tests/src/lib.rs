@@ -262,7 +262,13 @@ impl Outage {
 impl Drop for Outage {
     fn drop(&mut self) {
         if self.active {
-            stack(self.start);
+            // Never panic here: this runs while a failed test unwinds.
+            let script =
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/stack.sh");
+            let _ = std::process::Command::new("bash")
+                .arg(script)
+                .arg(self.start)
+                .status();
         }
     }
 }

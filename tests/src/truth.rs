@@ -295,10 +295,10 @@ pub fn expected(
                         row[14] += 1;
                     }
                 }
-                EventType::ViewEnd => {
-                    if e.started == Some(false) && e.reason != Some(EndReason::Error) {
-                        row[15] += 1;
-                    }
+                EventType::ViewEnd
+                    if e.started == Some(false) && e.reason != Some(EndReason::Error) =>
+                {
+                    row[15] += 1
                 }
                 EventType::StallStart => row[19] += 1,
                 EventType::BitrateChange => {

@@ -1,1 +1,236 @@
-fn main() {}
+//! `loadgen`: posts realistic batched beacons to a collector over keep-alive connections, at a
+//! target rate or flat out, and reports events/s, requests/s and latency percentiles.
+//!
+//! Each simulated view goes view_start -> first_frame -> heartbeats (with the occasional
+//! stall and bitrate switch) -> view_end, with its own seq numbers, spread over regions,
+//! CDNs and platforms. Deterministic for a given --seed.
+
+use clap::Parser;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "loadgen",
+    version,
+    about = "Load generator for the QoE beacon collector"
+)]
+struct Args {
+    /// Collector base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Target events per second across all connections (0: as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// How long to run.
+    #[arg(long, default_value_t = 10)]
+    duration_secs: u64,
+    /// Events per request.
+    #[arg(long, default_value_t = 20)]
+    batch: u32,
+    /// Concurrent connections (each sends one request at a time).
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Simulated views per connection, cycled through.
+    #[arg(long, default_value_t = 50)]
+    views_per_connection: usize,
+    /// Random seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+struct ViewSim {
+    id: String,
+    region: &'static str,
+    cdn: &'static str,
+    platform: &'static str,
+    stream: String,
+    seq: u32,
+    bitrate: u32,
+    started: bool,
+    heartbeats_left: u32,
+}
+
+const REGIONS: [&str; 4] = ["eu-west", "us-east", "ap-south", "sa-east"];
+const CDNS: [&str; 3] = ["cdn-a", "cdn-b", "cdn-c"];
+const PLATFORMS: [&str; 3] = ["web", "ios", "android"];
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl ViewSim {
+    fn new(rng: &mut StdRng, n: u64) -> Self {
+        ViewSim {
+            id: format!("lg-{}-{n}", rng.random::<u32>()),
+            region: REGIONS[rng.random_range(0..REGIONS.len())],
+            cdn: CDNS[rng.random_range(0..CDNS.len())],
+            platform: PLATFORMS[rng.random_range(0..PLATFORMS.len())],
+            stream: format!("channel-{}", rng.random_range(0..20)),
+            seq: 0,
+            bitrate: 2500,
+            started: false,
+            heartbeats_left: rng.random_range(5..200),
+        }
+    }
+
+    /// Next `n` events of this view; returns true when the view ended.
+    fn events(&mut self, rng: &mut StdRng, n: u32, out: &mut Vec<Value>) -> bool {
+        let now = now_ms();
+        for _ in 0..n {
+            let seq = self.seq;
+            self.seq += 1;
+            let ts = now - 1000 + i64::from(seq % 1000);
+            let e = if seq == 0 {
+                json!({"seq": seq, "type": "view_start", "ts": ts})
+            } else if !self.started {
+                self.started = true;
+                json!({"seq": seq, "type": "first_frame", "ts": ts,
+                       "startup_ms": rng.random_range(300..4000), "bitrate_kbps": self.bitrate})
+            } else if self.heartbeats_left == 0 {
+                out.push(json!({"seq": seq, "type": "view_end", "ts": ts, "reason": "exit", "started": true}));
+                return true;
+            } else {
+                self.heartbeats_left -= 1;
+                let r: f64 = rng.random();
+                if r < 0.05 {
+                    json!({"seq": seq, "type": "stall_start", "ts": ts, "playing_ms": 4000, "bitrate_kbps": self.bitrate})
+                } else if r < 0.1 {
+                    let prev = self.bitrate;
+                    self.bitrate = [800, 1500, 2500, 4500][rng.random_range(0..4)];
+                    json!({"seq": seq, "type": "bitrate_change", "ts": ts, "bitrate_kbps": self.bitrate,
+                           "prev_bitrate_kbps": prev, "playing_ms": 2000})
+                } else {
+                    json!({"seq": seq, "type": "heartbeat", "ts": ts, "playing_ms": 10000,
+                           "stall_ms": if r < 0.15 { 700 } else { 0 }, "bitrate_kbps": self.bitrate,
+                           "latency_ms": 4000, "dropped_frames": 1, "started": true})
+                }
+            };
+            out.push(e);
+        }
+        false
+    }
+
+    fn beacon(&self, events: Vec<Value>) -> Value {
+        json!({
+            "sent_at": now_ms(),
+            "view": {"view_id": self.id, "stream_id": self.stream, "stream_type": "live",
+                     "cdn": self.cdn, "platform": self.platform, "player": "loadgen/1",
+                     "protocol": "hls", "region": self.region},
+            "events": events
+        })
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.connections)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let url = format!("{}/v1/beacons", args.url.trim_end_matches('/'));
+    let deadline = Instant::now() + Duration::from_secs(args.duration_secs);
+    let sent_events = Arc::new(AtomicU64::new(0));
+    let latencies = Arc::new(Mutex::new(Vec::<u32>::new()));
+    let statuses = Arc::new(Mutex::new(std::collections::BTreeMap::<u16, u64>::new()));
+    let per_conn_interval = (args.rate > 0).then(|| {
+        Duration::from_secs_f64(f64::from(args.batch) * args.connections as f64 / args.rate as f64)
+    });
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..args.connections {
+        let (client, url) = (client.clone(), url.clone());
+        let (sent_events, latencies, statuses) =
+            (sent_events.clone(), latencies.clone(), statuses.clone());
+        let args = args.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng =
+                StdRng::seed_from_u64(args.seed.wrapping_mul(1000).wrapping_add(c as u64));
+            let mut counter = 0u64;
+            let mut views: Vec<ViewSim> = (0..args.views_per_connection)
+                .map(|_| {
+                    counter += 1;
+                    ViewSim::new(&mut rng, counter)
+                })
+                .collect();
+            let mut next_at = Instant::now();
+            let mut lat = Vec::new();
+            let mut i = 0;
+            while Instant::now() < deadline {
+                if let Some(interval) = per_conn_interval {
+                    tokio::time::sleep_until(next_at.into()).await;
+                    next_at += interval;
+                }
+                let v = i % views.len();
+                i += 1;
+                let mut events = Vec::with_capacity(args.batch as usize);
+                let ended = views[v].events(&mut rng, args.batch, &mut events);
+                let n = events.len() as u64;
+                let body = serde_json::to_vec(&views[v].beacon(events)).unwrap_or_default();
+                if ended {
+                    counter += 1;
+                    views[v] = ViewSim::new(&mut rng, counter);
+                }
+                let t = Instant::now();
+                let status = match client
+                    .post(&url)
+                    .header("content-type", "text/plain")
+                    .body(body)
+                    .send()
+                    .await
+                {
+                    Ok(r) => r.status().as_u16(),
+                    Err(_) => 0,
+                };
+                lat.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                if status / 100 == 2 {
+                    sent_events.fetch_add(n, Ordering::Relaxed);
+                }
+                *statuses
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(status)
+                    .or_default() += 1;
+            }
+            latencies
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(lat);
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut lat = latencies.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    lat.sort_unstable();
+    let pct = |q: f64| -> f64 {
+        if lat.is_empty() {
+            return 0.0;
+        }
+        let idx = ((lat.len() as f64 - 1.0) * q).round() as usize;
+        f64::from(lat[idx]) / 1000.0
+    };
+    let requests = lat.len() as f64;
+    let events = sent_events.load(Ordering::Relaxed) as f64;
+    println!(
+        "requests/s {:.0}  accepted events/s {:.0}  latency ms p50 {:.2} p90 {:.2} p99 {:.2} max {:.2}  statuses {:?}  ({:.1} s)",
+        requests / elapsed,
+        events / elapsed,
+        pct(0.5),
+        pct(0.9),
+        pct(0.99),
+        pct(1.0),
+        statuses.lock().unwrap_or_else(|p| p.into_inner()),
+        elapsed
+    );
+    Ok(())
+}
