@@ -116,16 +116,17 @@ pub struct ViewPartial {
 impl ViewPartial {
     fn add(&mut self, e: &QoeEvent) {
         if self.events_unset() {
+            // A view's context is the same on all its events; copy it once per batch.
             self.first_event_time = e.event_time;
             self.last_event_time = e.event_time;
+            self.region.clone_from(&e.region);
+            self.cdn.clone_from(&e.cdn);
+            self.stream_type = e.stream_type.as_str().to_owned();
+            self.platform.clone_from(&e.platform);
+            self.stream_id.clone_from(&e.stream_id);
+            self.player.clone_from(&e.player);
+            self.protocol.clone_from(&e.protocol);
         }
-        self.region.clone_from(&e.region);
-        self.cdn.clone_from(&e.cdn);
-        self.stream_type = e.stream_type.as_str().to_owned();
-        self.platform.clone_from(&e.platform);
-        self.stream_id.clone_from(&e.stream_id);
-        self.player.clone_from(&e.player);
-        self.protocol.clone_from(&e.protocol);
         self.first_event_time = self.first_event_time.min(e.event_time);
         self.last_event_time = self.last_event_time.max(e.event_time);
         if e.started == Some(true) {

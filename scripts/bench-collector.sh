@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Collector benchmark: the release collector with the Kafka sink (acknowledged delivery) and,
+# in the same run, with the no-op sink, driven flat out by `loadgen` (batches of 20 events);
+# then the Kafka sink again at 80% of its measured rate, for latency. Prints events/s,
+# latency percentiles and the collector's peak RSS. Needs the stack (scripts/stack.sh start).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BIN="$ROOT/target/release"
+SECS="${BENCH_SECS:-15}"
+CONNS="${BENCH_CONNECTIONS:-32}"
+PORT=18181
+cd "$ROOT"
+cargo build --release -p qoe-collector --bins >/dev/null 2>&1
+TOPIC="bench.collector.$(date +%s)"
+tansu topic create "$TOPIC" --broker "tcp://127.0.0.1:${QOE_KAFKA_PORT:-9092}" --partitions 6 >/dev/null
+
+run() { # label rate sink
+  "$BIN/collector" --listen "127.0.0.1:$PORT" --topic "$TOPIC" --sink "$3" \
+    --rate-per-ip 0 --rate-per-view 0 --rate-global 0 >/dev/null 2>&1 &
+  local pid=$!
+  until curl -fsS "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1; do sleep 0.2; done
+  local out
+  out="$("$BIN/loadgen" --url "http://127.0.0.1:$PORT" --rate "$2" --duration-secs "$SECS" \
+    --connections "$CONNS" --batch 20)"
+  local hwm
+  hwm="$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  printf '%-28s %s  peak RSS %d MiB\n' "$1" "$out" "$((hwm / 1024))"
+  LAST="$out"
+}
+
+echo "collector benchmark: ${SECS}s per run, ${CONNS} connections, 20 events per request, $(nproc) cores shared by broker, collector and load generator"
+run "kafka sink, flat out" 0 kafka
+KAFKA_RATE="$(echo "$LAST" | sed -n 's/.*accepted events\/s \([0-9]*\).*/\1/p')"
+run "null sink, flat out" 0 null
+NULL_RATE="$(echo "$LAST" | sed -n 's/.*accepted events\/s \([0-9]*\).*/\1/p')"
+TARGET=$((KAFKA_RATE * 8 / 10))
+run "kafka sink, 80% (${TARGET}/s)" "$TARGET" kafka
+echo "kafka/null throughput ratio: $(awk -v k="$KAFKA_RATE" -v n="$NULL_RATE" 'BEGIN { printf "%.2f", k / n }')"
