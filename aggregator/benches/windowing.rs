@@ -53,7 +53,11 @@ fn events(views: usize, secs: i64) -> Vec<QoeEvent> {
                 region: regions[v % 4].into(),
                 custom: Default::default(),
                 seq,
-                kind: if seq == 0 { EventType::ViewStart } else { EventType::Heartbeat },
+                kind: if seq == 0 {
+                    EventType::ViewStart
+                } else {
+                    EventType::Heartbeat
+                },
                 ts: t,
                 event_time: t,
                 received_at: t + 150,
