@@ -14,7 +14,7 @@
 //!   next owner resumes from the checkpoint either way.
 
 use crate::source::resume_fetch_offset;
-use crate::window::{Outcome, PartitionState, WindowConfig};
+use crate::window::{Batch, Checkpoint, Outcome, PartitionState, WindowConfig};
 use crate::writer::{WriteError, Writer};
 use qoe_schemas::QoeEvent;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
@@ -46,6 +46,9 @@ struct Slot {
     restore_until: i64,
     /// Trace context of the first traced message of the pending batch.
     traceparent: Option<String>,
+    /// A batch whose write failed, with the id of its last attempt: retried as is (after
+    /// checking whether that attempt committed after all) before anything newer is written.
+    unacked: Option<(Batch, Checkpoint, u64)>,
 }
 
 /// State shared between the loop and the rebalance callback (both run on the loop thread).
@@ -107,6 +110,7 @@ impl Shared {
                         skip_below: c.state_offset,
                         restore_until: c.next_offset,
                         traceparent: None,
+                        unacked: None,
                     },
                     Offset::Offset(resume_fetch_offset(c.state_offset)),
                 )
@@ -127,6 +131,7 @@ impl Shared {
                         skip_below: 0,
                         restore_until: 0,
                         traceparent: None,
+                        unacked: None,
                     },
                     if self.config.start_from_latest {
                         Offset::End
@@ -138,12 +143,46 @@ impl Shared {
         }
     }
 
-    /// Writes one partition's pending batch; on failure the batch is put back.
+    /// Writes one partition's unacknowledged batch (if any), then its pending batch. A failed
+    /// batch is kept as is and retried later; returns the offset now committed.
     fn flush_slot(&self, partition: i32, slot: &mut Slot) -> Result<Option<i64>, WriteError> {
+        let mut committed = None;
+        if let Some((batch, checkpoint, last_id)) = slot.unacked.take() {
+            // The last attempt may have committed although its answer was lost.
+            let done = self
+                .runtime
+                .block_on(async {
+                    tokio::time::timeout(WRITE_TIMEOUT, self.writer.committed(partition, last_id))
+                        .await
+                })
+                .unwrap_or(Err(WriteError::Timeout(WRITE_TIMEOUT)));
+            match done {
+                Ok(true) => committed = Some(checkpoint.next_offset),
+                Ok(false) => {
+                    self.write_batch(partition, slot, batch, checkpoint)?;
+                    committed = Some(checkpoint.next_offset);
+                }
+                Err(e) => {
+                    slot.unacked = Some((batch, checkpoint, last_id));
+                    return Err(e);
+                }
+            }
+        }
         if slot.state.pending().is_empty() {
-            return Ok(None);
+            return Ok(committed);
         }
         let (batch, checkpoint) = slot.state.take_batch();
+        self.write_batch(partition, slot, batch, checkpoint)?;
+        Ok(Some(checkpoint.next_offset))
+    }
+
+    fn write_batch(
+        &self,
+        partition: i32,
+        slot: &mut Slot,
+        batch: Batch,
+        checkpoint: Checkpoint,
+    ) -> Result<(), WriteError> {
         let span = tracing::info_span!(
             "write_batch",
             partition,
@@ -155,28 +194,35 @@ impl Shared {
         }
         let _entered = span.enter();
         let started = Instant::now();
-        match self
-            .runtime
-            .block_on(self.writer.write(partition, &batch, &checkpoint))
-        {
+        let batch_id = Writer::new_batch_id();
+        match self.runtime.block_on(self.writer.write(
+            partition,
+            &batch,
+            &checkpoint,
+            batch_id,
+            WRITE_TIMEOUT,
+        )) {
             Ok(()) => {
                 metrics::histogram!("qoe_aggregator_insert_seconds")
                     .record(started.elapsed().as_secs_f64());
                 metrics::counter!("qoe_aggregator_batches_written_total").increment(1);
                 metrics::counter!("qoe_aggregator_rows_written_total")
                     .increment(batch.rows() as u64);
-                Ok(Some(checkpoint.next_offset))
+                Ok(())
             }
             Err(e) => {
                 metrics::counter!("qoe_aggregator_write_failures_total").increment(1);
                 if !matches!(e, WriteError::Fenced { .. }) {
-                    slot.state.restore_batch(batch, checkpoint);
+                    slot.unacked = Some((batch, checkpoint, batch_id));
                 }
                 Err(e)
             }
         }
     }
 }
+
+/// Upper bound of one batch write (all its ClickHouse requests).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Rebalance handling: eager protocol; offsets come from ClickHouse checkpoints.
 pub struct AggregatorContext {
@@ -304,9 +350,7 @@ pub fn run(shared: Arc<Shared>, consumer: BaseConsumer<AggregatorContext>) {
                     shared.healthy.store(true, Ordering::Relaxed);
                     backoff = None;
                     if paused {
-                        if let Ok(assignment) = consumer.assignment() {
-                            let _ = consumer.resume(&assignment);
-                        }
+                        reposition(&shared, &consumer);
                         paused = false;
                         tracing::info!("ClickHouse takes writes again: consumption resumed");
                     }
@@ -424,25 +468,58 @@ fn flush_all<C: ConsumerContext>(
             }
         }
     }
+    let reload = !fenced.is_empty();
     for p in fenced {
         // Someone else wrote beyond us: start over from the checkpoint.
         tracing::warn!(
             partition = p,
             "partition was written by another instance; reloading from its checkpoint"
         );
-        let (slot, offset) = shared.open_partition(p);
+        let (slot, _) = shared.open_partition(p);
         slots.insert(p, slot);
-        if let Err(e) = consumer.seek(&shared.config.topic, p, offset, Duration::from_secs(5)) {
-            tracing::error!(partition = p, error = %e, "seek failed");
-        }
     }
     drop(slots);
+    if reload {
+        reposition(shared, consumer);
+    }
     if commits.count() > 0 {
         let _ = consumer.commit(&commits, CommitMode::Async);
     }
     match first_error {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// Restarts fetching of every owned partition where its state needs the next message, with
+/// the resume rewind (see [`crate::source`]). Used instead of pause/resume or a bare seek,
+/// because resuming fetch at an offset inside a record batch loses the rest of the batch on
+/// some brokers. Also unpauses.
+fn reposition<C: ConsumerContext>(shared: &Shared, consumer: &BaseConsumer<C>) {
+    let slots = lock(&shared.slots);
+    let mut tpl = TopicPartitionList::new();
+    for (&p, slot) in slots.iter() {
+        let next = slot.state.next_offset();
+        let from = if next <= slot.restore_until {
+            slot.skip_below // still rebuilding state: replaying it is harmless
+        } else {
+            next
+        };
+        let offset = if next == 0 && slot.restore_until == 0 && shared.config.start_from_latest {
+            Offset::End
+        } else {
+            Offset::Offset(resume_fetch_offset(from))
+        };
+        if let Err(e) = tpl.add_partition_offset(&shared.config.topic, p, offset) {
+            tracing::error!(partition = p, error = %e, "cannot set fetch offset");
+        }
+    }
+    if let Err(e) = consumer.assign(&tpl) {
+        tracing::error!(error = %e, "re-assigning partitions failed");
+    }
+    // A partition's paused flag survives re-assignment.
+    if let Err(e) = consumer.resume(&tpl) {
+        tracing::error!(error = %e, "resuming partitions failed");
     }
 }
 

@@ -24,6 +24,8 @@ pub enum WriteError {
     ClickHouse(#[from] clickhouse::error::Error),
     #[error("another writer committed partition {partition} beyond offset {from}; this batch was dropped")]
     Fenced { partition: i32, from: i64 },
+    #[error("ClickHouse did not answer within {0:?}")]
+    Timeout(Duration),
 }
 
 #[repr(i8)]
@@ -207,6 +209,13 @@ impl Writer {
     /// The latest committed checkpoint of a partition, after any commit of it still running
     /// on the server (from a predecessor that died mid-request) has finished.
     pub async fn checkpoint(&self, partition: i32) -> Result<Option<Checkpoint>, WriteError> {
+        let timeout = Duration::from_secs(30);
+        tokio::time::timeout(timeout, self.checkpoint_unbounded(partition))
+            .await
+            .unwrap_or(Err(WriteError::Timeout(timeout)))
+    }
+
+    async fn checkpoint_unbounded(&self, partition: i32) -> Result<Option<Checkpoint>, WriteError> {
         let prefix = query_id_prefix(&self.topic, partition);
         for _ in 0..100 {
             let running: u64 = self
@@ -240,7 +249,8 @@ impl Writer {
         }))
     }
 
-    async fn committed(&self, partition: i32, batch_id: u64) -> Result<bool, WriteError> {
+    /// Whether the batch written under `batch_id` is committed.
+    pub async fn committed(&self, partition: i32, batch_id: u64) -> Result<bool, WriteError> {
         let n: u64 = self
             .store
             .client
@@ -253,14 +263,36 @@ impl Writer {
         Ok(n > 0)
     }
 
-    /// Writes one batch of one partition with its checkpoint. `Ok` means committed.
+    /// A fresh batch id for one write attempt.
+    pub fn new_batch_id() -> u64 {
+        rand::random::<u64>() >> 1 // stays positive in signed readers
+    }
+
+    /// Writes one batch of one partition with its checkpoint under `batch_id` (fresh for each
+    /// attempt). `Ok` means committed. Every ClickHouse call is bounded by `timeout`.
     pub async fn write(
         &self,
         partition: i32,
         batch: &Batch,
         checkpoint: &Checkpoint,
+        batch_id: u64,
+        timeout: Duration,
     ) -> Result<(), WriteError> {
-        let batch_id: u64 = rand::random::<u64>() >> 1; // stays positive in signed readers
+        tokio::time::timeout(
+            timeout,
+            self.write_unbounded(partition, batch, checkpoint, batch_id),
+        )
+        .await
+        .unwrap_or(Err(WriteError::Timeout(timeout)))
+    }
+
+    async fn write_unbounded(
+        &self,
+        partition: i32,
+        batch: &Batch,
+        checkpoint: &Checkpoint,
+        batch_id: u64,
+    ) -> Result<(), WriteError> {
         let staged_at = now_secs();
         let client = &self.store.client;
 
