@@ -32,3 +32,5 @@ lint:
 test: stack lint
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --no-fail-fast
+	python3 -c 'import chdb, pytest' 2>/dev/null || python3 -m pip install -q chdb-core pytest
+	python3 -m pytest -q tests/chdb

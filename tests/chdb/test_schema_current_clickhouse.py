@@ -1,0 +1,112 @@
+"""The ClickHouse schema on a current ClickHouse (chDB, in-process, ClickHouse 26.x).
+
+The same migration files the aggregator applies to the server run here unchanged, every
+statement included (also those gated to newer servers), and the aggregator's batch path
+(stage, fenced move, materialized views) gives the same totals at every grain. The SQL of the
+move mirrors `aggregator/src/writer.rs`.
+"""
+
+import pathlib
+import tempfile
+
+import pytest
+from chdb import session
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+MIGRATIONS = sorted((ROOT / "schemas" / "clickhouse").glob("*.sql"))
+
+
+def statements(path):
+    """Splits a migration the way `qoe_schemas::migrations` does."""
+    out, cur = [], []
+    for line in path.read_text().splitlines():
+        t = line.strip()
+        if t.startswith("--") or (not t and not cur):
+            continue
+        cur.append(line)
+        if t.endswith(";"):
+            out.append("\n".join(cur).strip().rstrip(";"))
+            cur = []
+    assert not "".join(cur).strip(), f"{path.name}: text after the last ';'"
+    return out
+
+
+@pytest.fixture(scope="module")
+def ch():
+    s = session.Session(tempfile.mkdtemp())
+    s.query("CREATE DATABASE qoe")
+    s.query("USE qoe")
+    for path in MIGRATIONS:
+        for st in statements(path):
+            s.query(st)
+    return s
+
+
+def q(s, sql):
+    return [line.split("\t") for line in str(s.query(sql, "TSV")).splitlines() if line]
+
+
+def stage(s, batch_id, rows):
+    cols = ["batch_id", "staged_at", "kind", "window_start", "region", "cdn", "view_id",
+            "attempts", "plays", "playing_ms", "stall_ms", "startup_ms_sum", "startup_le_1000",
+            "topic", "partition", "from_offset", "next_offset"]
+    values = ",".join(
+        "(" + ",".join(repr(v) if isinstance(v, str) else str(v) for v in (batch_id, "2026-11-21 10:00:00") + r) + ")"
+        for r in rows
+    )
+    s.query(f"INSERT INTO qoe_staging ({','.join(cols)}) VALUES {values}")
+
+
+def move(s, batch_id, partition, from_offset):
+    s.query(
+        f"INSERT INTO qoe_ingest SELECT * FROM qoe_staging WHERE batch_id = {batch_id} "
+        f"AND (SELECT count() FROM qoe_checkpoints WHERE topic = 'qoe.events' "
+        f"AND partition = {partition} AND next_offset > {from_offset}) = 0"
+    )
+
+
+def test_every_statement_applies_and_tables_exist(ch):
+    tables = {r[0] for r in q(ch, "SELECT name FROM system.tables WHERE database = 'qoe'")}
+    for t in ["qoe_staging", "qoe_ingest", "qoe_window_10s", "qoe_window_1m", "qoe_window_1h",
+              "qoe_active_views_10s", "qoe_view_partials", "qoe_views", "qoe_checkpoints"]:
+        assert t in tables
+    ttl = q(ch, "SELECT create_table_query FROM system.tables WHERE database = 'qoe' AND name = 'qoe_staging'")
+    assert "TTL" in ttl[0][0], "the TTL statement gated to newer servers applies here"
+
+
+def test_batches_fan_out_with_equal_totals_and_fencing(ch):
+    def window(ws, region, attempts, plays, playing, stall, view=""):
+        return ("window", ws, region, "cdn-a", view, attempts, plays, playing, stall, 900 * plays, plays, "", 0, 0, 0)
+
+    def checkpoint(partition, frm, nxt):
+        return ("checkpoint", "1970-01-01 00:00:00", "", "", "", 0, 0, 0, 0, 0, 0, "qoe.events", partition, frm, nxt)
+
+    def presence(ws, region, view):
+        return ("presence", ws, region, "cdn-a", view, 0, 0, 0, 0, 0, 0, "", 0, 0, 0)
+
+    stage(ch, 1, [
+        window("2026-11-21 10:00:10", "eu", 2, 1, 5000, 100),
+        window("2026-11-21 10:01:20", "eu", 1, 1, 7000, 0),
+        presence("2026-11-21 10:00:10", "eu", "v1"),
+        presence("2026-11-21 10:00:10", "eu", "v2"),
+        checkpoint(0, 0, 10),
+    ])
+    move(ch, 1, 0, 0)
+    # A retry of the same range is fenced off: nothing is counted twice.
+    stage(ch, 2, [window("2026-11-21 10:00:10", "eu", 2, 1, 5000, 100), checkpoint(0, 0, 10)])
+    move(ch, 2, 0, 0)
+    # The next batch of the partition, and another partition.
+    stage(ch, 3, [window("2026-11-21 10:00:10", "eu", 1, 0, 0, 0), presence("2026-11-21 10:00:10", "eu", "v1"), checkpoint(0, 10, 15)])
+    move(ch, 3, 0, 10)
+    stage(ch, 4, [window("2026-11-21 10:00:20", "us", 4, 4, 100, 50), checkpoint(1, 0, 3)])
+    move(ch, 4, 1, 0)
+
+    totals = {}
+    for table in ["qoe_window_10s", "qoe_window_1m", "qoe_window_1h"]:
+        totals[table] = q(ch, f"SELECT sum(attempts), sum(plays), sum(playing_ms), sum(stall_ms), sum(startup_le_1000) FROM {table}")[0]
+    assert totals["qoe_window_10s"] == ["8", "6", "12100", "150", "6"]
+    assert totals["qoe_window_1m"] == totals["qoe_window_10s"] == totals["qoe_window_1h"]
+    per_minute = q(ch, "SELECT toString(window_start), region, sum(attempts) FROM qoe_window_1m GROUP BY window_start, region ORDER BY window_start, region")
+    assert per_minute == [["2026-11-21 10:00:00", "eu", "3"], ["2026-11-21 10:00:00", "us", "4"], ["2026-11-21 10:01:00", "eu", "1"]]
+    assert q(ch, "SELECT uniqExactMerge(views) FROM qoe_active_views_10s WHERE region = 'eu'") == [["2"]]
+    assert q(ch, "SELECT partition, max(next_offset) FROM qoe_checkpoints GROUP BY partition ORDER BY partition") == [["0", "15"], ["1", "3"]]
