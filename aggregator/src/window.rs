@@ -15,8 +15,9 @@
 //!   the watermark only decides lateness and when duplicate-tracking state is dropped.
 
 use crate::metrics::WindowMetrics;
+use hashbrown::{Equivalent, HashMap, HashSet};
 use qoe_schemas::{EventType, QoeEvent};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 /// Which optional dimensions are grouping keys (region and CDN always are).
@@ -85,6 +86,96 @@ impl Slice {
                 String::new()
             },
         }
+    }
+}
+
+/// A [`Slice`] borrowed from an event: looking up a batch row allocates nothing. Hashes like
+/// `Slice` (same fields, same order; `String` hashes like `str`).
+#[derive(Debug, Clone, Copy, Hash)]
+struct SliceRef<'a> {
+    region: &'a str,
+    cdn: &'a str,
+    stream_type: &'a str,
+    platform: &'a str,
+    stream_id: &'a str,
+}
+
+impl<'a> SliceRef<'a> {
+    fn of(e: &'a QoeEvent, d: Dimensions) -> Self {
+        SliceRef {
+            region: &e.region,
+            cdn: &e.cdn,
+            stream_type: if d.stream_type {
+                e.stream_type.as_str()
+            } else {
+                ""
+            },
+            platform: if d.platform { &e.platform } else { "" },
+            stream_id: if d.stream_id { &e.stream_id } else { "" },
+        }
+    }
+
+    fn owned(&self) -> Slice {
+        Slice {
+            region: self.region.to_owned(),
+            cdn: self.cdn.to_owned(),
+            stream_type: self.stream_type.to_owned(),
+            platform: self.platform.to_owned(),
+            stream_id: self.stream_id.to_owned(),
+        }
+    }
+
+    fn same(&self, s: &Slice) -> bool {
+        self.region == s.region
+            && self.cdn == s.cdn
+            && self.stream_type == s.stream_type
+            && self.platform == s.platform
+            && self.stream_id == s.stream_id
+    }
+}
+
+/// Borrowed form of a `(window_start, Slice)` key; hashes like the tuple.
+struct WindowKeyRef<'a>(i64, SliceRef<'a>);
+
+impl Hash for WindowKeyRef<'_> {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.0.hash(h);
+        self.1.hash(h);
+    }
+}
+
+impl Equivalent<(i64, Slice)> for WindowKeyRef<'_> {
+    fn equivalent(&self, key: &(i64, Slice)) -> bool {
+        self.0 == key.0 && self.1.same(&key.1)
+    }
+}
+
+/// Borrowed form of a `(window_start, Slice, view_id)` key; hashes like the tuple.
+struct PresenceKeyRef<'a>(i64, SliceRef<'a>, &'a str);
+
+impl Hash for PresenceKeyRef<'_> {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.0.hash(h);
+        self.1.hash(h);
+        self.2.hash(h);
+    }
+}
+
+impl Equivalent<(i64, Slice, String)> for PresenceKeyRef<'_> {
+    fn equivalent(&self, key: &(i64, Slice, String)) -> bool {
+        self.0 == key.0 && self.1.same(&key.1) && self.2 == key.2
+    }
+}
+
+impl Batch {
+    /// The row of `(window, slice)`, created on first use.
+    fn window_row(&mut self, window: i64, slice: SliceRef<'_>) -> &mut WindowMetrics {
+        let key = WindowKeyRef(window, slice);
+        if !self.windows.contains_key(&key) {
+            self.windows
+                .insert((window, slice.owned()), WindowMetrics::default());
+        }
+        self.windows.get_mut(&key).expect("row inserted just above")
     }
 }
 
@@ -295,7 +386,7 @@ impl PartitionState {
         self.next_offset = offset + 1;
         self.batch.messages += 1;
         let window = self.window_of(e.event_time);
-        let slice = Slice::of(e, self.config.dimensions);
+        let slice = SliceRef::of(e, self.config.dimensions);
         let outcome = if window + self.config.window_ms <= self.watermark() {
             Outcome::Late
         } else {
@@ -313,34 +404,24 @@ impl PartitionState {
         };
         match outcome {
             Outcome::Accepted => {
-                self.batch
-                    .windows
-                    .entry((window, slice.clone()))
-                    .or_default()
-                    .add(e);
-                self.batch
-                    .presence
-                    .insert((window, slice, e.view_id.clone()));
-                self.batch
-                    .views
-                    .entry(e.view_id.clone())
-                    .or_default()
-                    .add(e);
+                self.batch.window_row(window, slice).add(e);
+                let presence = PresenceKeyRef(window, slice, &e.view_id);
+                if !self.batch.presence.contains(&presence) {
+                    self.batch
+                        .presence
+                        .insert((window, slice.owned(), e.view_id.clone()));
+                }
+                match self.batch.views.get_mut(e.view_id.as_str()) {
+                    Some(v) => v.add(e),
+                    None => {
+                        let mut v = ViewPartial::default();
+                        v.add(e);
+                        self.batch.views.insert(e.view_id.clone(), v);
+                    }
+                }
             }
-            Outcome::Late => {
-                self.batch
-                    .windows
-                    .entry((window, slice))
-                    .or_default()
-                    .late_events += 1
-            }
-            Outcome::Duplicate => {
-                self.batch
-                    .windows
-                    .entry((window, slice))
-                    .or_default()
-                    .duplicate_events += 1
-            }
+            Outcome::Late => self.batch.window_row(window, slice).late_events += 1,
+            Outcome::Duplicate => self.batch.window_row(window, slice).duplicate_events += 1,
         }
         self.max_event_time = self.max_event_time.max(e.event_time.min(e.received_at));
         outcome
