@@ -371,14 +371,24 @@ impl PartitionState {
         if window + self.config.window_ms <= self.watermark() {
             return;
         }
+        self.track(offset, window, e);
+    }
+
+    /// Records `(view_id, seq)` as accepted in `window`; false if it already was.
+    fn track(&mut self, offset: i64, window: i64, e: &QoeEvent) -> bool {
         let key = (view_key(&e.view_id), e.seq);
-        if self.seen.insert(key) {
-            let w = self.open.entry(window).or_insert_with(|| OpenWindow {
+        if !self.seen.insert(key) {
+            return false;
+        }
+        self.open
+            .entry(window)
+            .or_insert_with(|| OpenWindow {
                 first_offset: offset,
                 keys: Vec::new(),
-            });
-            w.keys.push(key);
-        }
+            })
+            .keys
+            .push(key);
+        true
     }
 
     /// Processes the message at `offset`.
@@ -389,18 +399,10 @@ impl PartitionState {
         let slice = SliceRef::of(e, self.config.dimensions);
         let outcome = if window + self.config.window_ms <= self.watermark() {
             Outcome::Late
+        } else if self.track(offset, window, e) {
+            Outcome::Accepted
         } else {
-            let key = (view_key(&e.view_id), e.seq);
-            if self.seen.insert(key) {
-                let w = self.open.entry(window).or_insert_with(|| OpenWindow {
-                    first_offset: offset,
-                    keys: Vec::new(),
-                });
-                w.keys.push(key);
-                Outcome::Accepted
-            } else {
-                Outcome::Duplicate
-            }
+            Outcome::Duplicate
         };
         match outcome {
             Outcome::Accepted => {

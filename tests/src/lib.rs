@@ -471,3 +471,17 @@ pub fn assert_rows_eq<V: PartialEq + std::fmt::Debug>(
         truth::METRIC_COLUMNS
     );
 }
+
+/// Resident set size of a process, in KiB (Linux).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no RSS for pid {pid}"))
+}

@@ -5,21 +5,11 @@
 
 use qoe_tests::truth::{expected, generate, rollup};
 use qoe_tests::{
-    assert_rows_eq, create_topic, publish, spawn_aggregator, unique, wait_caught_up, window_rows,
-    Outage,
+    assert_rows_eq, create_topic, publish, rss_kib, spawn_aggregator, unique, wait_caught_up,
+    window_rows, Outage,
 };
 use std::collections::BTreeMap;
 use std::time::Duration;
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
 
 #[tokio::test]
 async fn clickhouse_outage_loses_nothing() {

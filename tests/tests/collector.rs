@@ -4,7 +4,7 @@
 use flate2::write::GzEncoder;
 use qoe_schemas::{EventType, QoeEvent};
 use qoe_tests::{
-    create_topic, free_port, kafka_brokers, read_topic, unique, wait_http_ok, Service,
+    create_topic, free_port, kafka_brokers, read_topic, rss_kib, unique, wait_http_ok, Service,
 };
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
@@ -245,8 +245,14 @@ async fn status_table() {
     let rss_before = rss_kib(pid);
     let bomb = gzip(&vec![b' '; 48 << 20]); // 48 MiB of spaces: about 48 KiB compressed
     assert!(bomb.len() < 65536, "bomb is {} bytes", bomb.len());
+    // A client of its own, without connection reuse: the collector closes a connection it
+    // answered early, and a pooled client could hand that connection to the next request.
+    let bomber = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     for _ in 0..5 {
-        let r = http
+        let r = bomber
             .post(format!("{url}?key=k1"))
             .header("content-type", "application/json")
             .header("content-encoding", "gzip")
@@ -330,16 +336,6 @@ async fn status_table() {
     // one's 2 valid events. (Repeats are published; the aggregator drops them by (view_id, seq).)
     let messages = read_topic(&topic, Duration::from_secs(2)).await;
     assert_eq!(messages.len(), 6);
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap()
 }
 
 #[tokio::test]
