@@ -13,7 +13,7 @@
 //! blindly; the checkpoint decides.
 
 use crate::store::Store;
-use crate::window::{Batch, Checkpoint};
+use crate::window::{Batch, Checkpoint, Slice};
 use clickhouse::Row;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -154,6 +154,19 @@ impl<'a> StagingRow<'a> {
             state_offset: 0,
             max_event_time: 0,
         }
+    }
+}
+
+impl<'a> StagingRow<'a> {
+    /// Sets the window and the slice's dimensions.
+    fn at(mut self, window_start: i64, slice: &'a Slice) -> Self {
+        self.window_start = secs(window_start);
+        self.region = &slice.region;
+        self.cdn = &slice.cdn;
+        self.stream_type = &slice.stream_type;
+        self.platform = &slice.platform;
+        self.stream_id = &slice.stream_id;
+        self
     }
 }
 
@@ -298,13 +311,8 @@ impl Writer {
 
         let mut insert = client.insert::<StagingRow<'_>>("qoe_staging").await?;
         for ((window_start, slice), m) in &batch.windows {
-            let mut r = StagingRow::empty(batch_id, staged_at, Kind::Window);
-            r.window_start = secs(*window_start);
-            r.region = &slice.region;
-            r.cdn = &slice.cdn;
-            r.stream_type = &slice.stream_type;
-            r.platform = &slice.platform;
-            r.stream_id = &slice.stream_id;
+            let mut r =
+                StagingRow::empty(batch_id, staged_at, Kind::Window).at(*window_start, slice);
             r.events = m.events;
             r.attempts = m.attempts;
             r.plays = m.plays;
@@ -331,13 +339,8 @@ impl Writer {
             insert.write(&r).await?;
         }
         for (window_start, slice, view_id) in &batch.presence {
-            let mut r = StagingRow::empty(batch_id, staged_at, Kind::Presence);
-            r.window_start = secs(*window_start);
-            r.region = &slice.region;
-            r.cdn = &slice.cdn;
-            r.stream_type = &slice.stream_type;
-            r.platform = &slice.platform;
-            r.stream_id = &slice.stream_id;
+            let mut r =
+                StagingRow::empty(batch_id, staged_at, Kind::Presence).at(*window_start, slice);
             r.view_id = view_id;
             insert.write(&r).await?;
         }
