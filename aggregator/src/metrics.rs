@@ -128,37 +128,9 @@ impl WindowMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use qoe_schemas::StreamType;
 
     fn event(kind: EventType) -> QoeEvent {
-        QoeEvent {
-            v: 1,
-            view_id: "v".into(),
-            stream_id: "s".into(),
-            stream_type: StreamType::Live,
-            cdn: "c".into(),
-            platform: "p".into(),
-            player: "x".into(),
-            protocol: "hls".into(),
-            region: "r".into(),
-            custom: Default::default(),
-            seq: 0,
-            kind,
-            ts: 0,
-            event_time: 0,
-            received_at: 0,
-            started: None,
-            playing_ms: None,
-            stall_ms: None,
-            bitrate_kbps: None,
-            prev_bitrate_kbps: None,
-            startup_ms: None,
-            latency_ms: None,
-            dropped_frames: None,
-            code: None,
-            fatal: None,
-            reason: None,
-        }
+        QoeEvent::blank("v", 0, kind, 0)
     }
 
     #[test]

@@ -531,36 +531,12 @@ fn merge_view(into: &mut ViewPartial, later: ViewPartial) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use qoe_schemas::StreamType;
 
     fn ev(view: &str, seq: u32, kind: EventType, t: i64) -> QoeEvent {
         QoeEvent {
-            v: 1,
-            view_id: view.into(),
-            stream_id: "s".into(),
-            stream_type: StreamType::Live,
-            cdn: "c".into(),
-            platform: "p".into(),
-            player: "x".into(),
-            protocol: "hls".into(),
-            region: "r".into(),
-            custom: Default::default(),
-            seq,
-            kind,
-            ts: t,
-            event_time: t,
             received_at: t + 100,
-            started: None,
             playing_ms: Some(1000),
-            stall_ms: None,
-            bitrate_kbps: None,
-            prev_bitrate_kbps: None,
-            startup_ms: None,
-            latency_ms: None,
-            dropped_frames: None,
-            code: None,
-            fatal: None,
-            reason: None,
+            ..QoeEvent::blank(view, seq, kind, t)
         }
     }
 

@@ -169,6 +169,40 @@ impl QoeEvent {
         Ok(event)
     }
 
+    /// An event with the given identity and time and no optional fields, in a fixed context
+    /// (`region` "r", `cdn` "c", `platform` "p", `stream_id` "s", live): a starting point
+    /// for tests and benchmarks, which then set what they need.
+    pub fn blank(view_id: &str, seq: u32, kind: EventType, event_time: i64) -> Self {
+        QoeEvent {
+            v: SCHEMA_VERSION,
+            view_id: view_id.to_owned(),
+            stream_id: "s".into(),
+            stream_type: StreamType::Live,
+            cdn: "c".into(),
+            platform: "p".into(),
+            player: "x".into(),
+            protocol: "hls".into(),
+            region: "r".into(),
+            custom: BTreeMap::new(),
+            seq,
+            kind,
+            ts: event_time,
+            event_time,
+            received_at: event_time,
+            started: None,
+            playing_ms: None,
+            stall_ms: None,
+            bitrate_kbps: None,
+            prev_bitrate_kbps: None,
+            startup_ms: None,
+            latency_ms: None,
+            dropped_frames: None,
+            code: None,
+            fatal: None,
+            reason: None,
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         // Serializing a plain struct of strings, numbers and maps with string keys cannot fail.
         serde_json::to_vec(self).expect("QoeEvent serializes")
