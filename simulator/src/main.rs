@@ -1,0 +1,512 @@
+//! `simulator`: viewers watching live and VOD streams, posting beacons to a collector the
+//! way player SDKs do, with optional incidents; prints progress while it runs and a summary
+//! at the end, and can write the ground truth of everything the collector acknowledged.
+//!
+//! The simulation itself is pure (see the library); this binary paces its ticks against the
+//! wall clock (`--speed`), posts each tick's beacons concurrently, retries 429/503 with
+//! backoff, and waits for every beacon of a tick before starting the next, which keeps every
+//! event within one flush interval of the newest one sent.
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use qoe_schemas::QoeEvent;
+use qoe_simulator::incident::{parse_duration_ms, Incident};
+use qoe_simulator::population::ViewContext;
+use qoe_simulator::simulation::{Beacon, Settings, Simulation, TICK_MS};
+use qoe_simulator::truth::{Truth, TruthFile, METRIC_COLUMNS};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::Semaphore;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "simulator",
+    version,
+    about = "Simulated viewers posting QoE beacons to the collector, with optional incidents",
+    long_about = "Simulates viewers watching live and VOD streams across regions, CDNs and \
+platforms. Each view behaves like a player SDK (startup, heartbeats, stalls, ABR switches, \
+errors, exits) and posts batched beacons to the collector, retrying 429 and 503 with backoff. \
+Simulated time can run faster than wall time (--speed); event times stay in the past, so the \
+collector accepts them. Deterministic for a given --seed.\n\nExample: 20 minutes of viewing \
+in 2 minutes, with a CDN incident:\n  simulator --duration 20m --speed 10 \\\n    --incident \
+region=eu-west,cdn=cdn-b,start=8m,duration=3m,stalls=5,startup=3,start_failures=0.25"
+)]
+struct Args {
+    /// Collector base URL.
+    #[arg(long, env = "QOE_COLLECTOR_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Ingest key sent with every beacon, if the collector requires one.
+    #[arg(long, env = "QOE_INGEST_KEY")]
+    ingest_key: Option<String>,
+    /// Random seed: the same seed and settings give the same beacons.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Prefix of every view_id (default: sim<seed>-<start time>), so runs never share views.
+    #[arg(long)]
+    run_id: Option<String>,
+    /// Target number of concurrent viewers.
+    #[arg(long, default_value_t = 2000)]
+    viewers: usize,
+    /// Simulated duration (e.g. 90s, 20m, 2h).
+    #[arg(long, default_value = "20m", value_parser = duration_arg)]
+    duration: i64,
+    /// Simulated seconds per wall-clock second (time compression); 0 runs as fast as the
+    /// collector answers.
+    #[arg(long, default_value_t = 10.0)]
+    speed: f64,
+    /// Simulated start time, ms since the epoch (default: so that the run ends now + its wall
+    /// time, i.e. event times never lie in the future).
+    #[arg(long)]
+    start_ms: Option<i64>,
+    /// SDK flush interval in simulated seconds (beacons also flush at once on start, first
+    /// frame, errors and end).
+    #[arg(long, default_value_t = 15)]
+    flush_secs: u32,
+    /// How long the audience takes to build up, simulated.
+    #[arg(long, default_value = "60s", value_parser = duration_arg)]
+    ramp: i64,
+    /// Inject an incident into one region x CDN slice (repeatable), e.g.
+    /// region=eu-west,cdn=cdn-b,start=8m,duration=3m,stalls=5,startup=3,start_failures=0.25
+    #[arg(long = "incident")]
+    incidents: Vec<Incident>,
+    /// Share of beacons sent twice (a client retrying after a lost response).
+    #[arg(long, default_value_t = 0.02)]
+    duplicate_rate: f64,
+    /// Share of beacons with two neighbouring events swapped.
+    #[arg(long, default_value_t = 0.05)]
+    reorder_rate: f64,
+    /// Most requests in flight at once.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Attempts per beacon before giving up (429, 503, timeouts and connection errors retry).
+    #[arg(long, default_value_t = 8)]
+    max_attempts: u32,
+    /// Window length the ground truth is computed at (the aggregator's --window-secs).
+    #[arg(long, default_value_t = 10)]
+    window_secs: u32,
+    /// The aggregator's allowed lateness: the flush interval must stay below it, or events
+    /// could arrive late and the ground truth would not be exact.
+    #[arg(long, default_value_t = 30)]
+    allowed_lateness_secs: u32,
+    /// The collector's maximum event age: the simulated start may not be older.
+    #[arg(long, default_value_t = 3600)]
+    max_event_age_secs: u64,
+    /// Write the ground truth (expected rows of every window and slice, JSON) to this file;
+    /// `-` for standard output.
+    #[arg(long)]
+    truth_out: Option<String>,
+    /// Seconds between progress lines on standard error (0: none).
+    #[arg(long, default_value_t = 5)]
+    progress_secs: u64,
+}
+
+fn duration_arg(s: &str) -> Result<i64, String> {
+    parse_duration_ms(s).ok_or_else(|| format!("{s:?} is not a duration like 90s, 20m or 2h"))
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// How one beacon's delivery ended.
+#[derive(Default)]
+struct Outcome {
+    /// Acknowledged copies of events (each copy once per acknowledged request).
+    acked: Vec<QoeEvent>,
+    unacked: u64,
+    uncertain: u64,
+    statuses: BTreeMap<u16, u64>,
+    retries: u64,
+    error: Option<String>,
+}
+
+struct Sender {
+    client: reqwest::Client,
+    url: String,
+    ingest_key: Option<String>,
+    max_attempts: u32,
+}
+
+impl Sender {
+    /// Posts a beacon (and its second copy, if any) until acknowledged or out of attempts.
+    async fn deliver(&self, beacon: Beacon) -> Outcome {
+        let mut out = Outcome::default();
+        let body = qoe_simulator::beacon::body(&beacon.ctx, &beacon.events);
+        for _ in 0..beacon.copies {
+            match self.post(&beacon.ctx, &body, &mut out).await {
+                Some(rejected) => out.acked.extend(
+                    beacon
+                        .events
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| !rejected.contains(i))
+                        .map(|(_, e)| e.clone()),
+                ),
+                None => {
+                    out.unacked += beacon.events.len() as u64;
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// One request with retries; `Some(rejected indices)` when acknowledged.
+    async fn post(&self, ctx: &ViewContext, body: &[u8], out: &mut Outcome) -> Option<Vec<usize>> {
+        let mut backoff = Duration::from_millis(200);
+        for attempt in 1..=self.max_attempts {
+            if attempt > 1 {
+                out.retries += 1;
+            }
+            let mut req = self.client.post(&self.url);
+            // Browsers use sendBeacon (text/plain, no preflight); TV apps compress.
+            req = match ctx.platform {
+                "web" => req
+                    .header("content-type", "text/plain;charset=UTF-8")
+                    .body(body.to_vec()),
+                "tv" => req
+                    .header("content-type", "application/json")
+                    .header("content-encoding", "gzip")
+                    .body(gzip(body)),
+                _ => req
+                    .header("content-type", "application/json")
+                    .body(body.to_vec()),
+            };
+            if let Some(key) = &self.ingest_key {
+                req = req.header("x-qoe-key", key);
+            }
+            let wait = match req.send().await {
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    *out.statuses.entry(status).or_default() += 1;
+                    let retry_after = resp
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .map(Duration::from_secs);
+                    match status {
+                        204 => return Some(Vec::new()),
+                        200 => return Some(rejected_indices(resp, out).await),
+                        429 => retry_after.unwrap_or(backoff),
+                        503 | 408 | 500..=599 => {
+                            // Some events of the request may be in Kafka already.
+                            out.uncertain += 1;
+                            retry_after.unwrap_or(backoff)
+                        }
+                        _ => {
+                            let text = resp.text().await.unwrap_or_default();
+                            out.error = Some(format!("HTTP {status}: {}", truncate(&text, 200)));
+                            return None;
+                        }
+                    }
+                }
+                Err(e) => {
+                    *out.statuses.entry(0).or_default() += 1;
+                    out.uncertain += 1;
+                    out.error = Some(format!("request failed: {e}"));
+                    backoff
+                }
+            };
+            tokio::time::sleep(wait.min(Duration::from_secs(10))).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+        None
+    }
+}
+
+/// Indices of events the collector rejected, from a 200 answer.
+async fn rejected_indices(resp: reqwest::Response, out: &mut Outcome) -> Vec<usize> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        #[serde(default)]
+        rejected: Vec<Rejected>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Rejected {
+        index: usize,
+        reason: String,
+    }
+    let bytes = resp.bytes().await.unwrap_or_default();
+    match serde_json::from_slice::<Answer>(&bytes) {
+        Ok(a) => {
+            if let Some(r) = a.rejected.first() {
+                out.error = Some(format!("event rejected: {}", r.reason));
+            }
+            a.rejected.into_iter().map(|r| r.index).collect()
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
+fn gzip(body: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    // Writing to a Vec cannot fail.
+    enc.write_all(body).expect("gzip to memory");
+    enc.finish().expect("gzip to memory")
+}
+
+fn truncate(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+fn clock(ms: i64) -> String {
+    let s = ms / 1000;
+    format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+#[derive(Default)]
+struct Totals {
+    acked: u64,
+    unacked: u64,
+    uncertain: u64,
+    requests: u64,
+    retries: u64,
+    statuses: BTreeMap<u16, u64>,
+    last_error: Option<String>,
+}
+
+impl Totals {
+    fn add(&mut self, o: &Outcome) {
+        self.acked += o.acked.len() as u64;
+        self.unacked += o.unacked;
+        self.uncertain += o.uncertain;
+        self.retries += o.retries;
+        for (s, n) in &o.statuses {
+            *self.statuses.entry(*s).or_default() += n;
+            self.requests += n;
+        }
+        if o.error.is_some() {
+            self.last_error.clone_from(&o.error);
+        }
+    }
+}
+
+fn settings(args: &Args) -> anyhow::Result<Settings> {
+    if args.viewers == 0 {
+        bail!("--viewers must be at least 1");
+    }
+    if args.duration < TICK_MS {
+        bail!("--duration must be at least 1s");
+    }
+    if !(0.0..=1.0).contains(&args.duplicate_rate) || !(0.0..=1.0).contains(&args.reorder_rate) {
+        bail!("--duplicate-rate and --reorder-rate are shares between 0 and 1");
+    }
+    if !(args.speed >= 0.0 && args.speed.is_finite()) {
+        bail!("--speed must be 0 (flat out) or a positive number");
+    }
+    if args.window_secs == 0 {
+        bail!("--window-secs must be at least 1");
+    }
+    if args.flush_secs == 0 || args.flush_secs + 2 >= args.allowed_lateness_secs {
+        bail!(
+            "--flush-secs ({}) must be between 1 and the allowed lateness minus 2 s ({} s): \
+             a view's events wait up to one flush interval, and must not arrive late",
+            args.flush_secs,
+            args.allowed_lateness_secs.saturating_sub(3)
+        );
+    }
+    let wall_ms = if args.speed > 0.0 {
+        (args.duration as f64 / args.speed) as i64
+    } else {
+        0
+    };
+    let start_ms = args
+        .start_ms
+        .unwrap_or_else(|| now_ms() + wall_ms - args.duration);
+    let oldest_allowed = now_ms() - (args.max_event_age_secs as i64) * 1000 + 60_000;
+    if start_ms < oldest_allowed {
+        bail!(
+            "the simulated run would start {} ago, older than the collector's maximum event age \
+             ({} s, with a minute to spare): shorten --duration, raise --speed less, or start the \
+             collector with a larger --max-event-age-secs and pass it here",
+            clock(now_ms() - start_ms),
+            args.max_event_age_secs
+        );
+    }
+    if start_ms + args.duration > now_ms() + wall_ms + 60_000 {
+        bail!("--start-ms puts simulated events in the future; the collector would reject them");
+    }
+    let run_id = args
+        .run_id
+        .clone()
+        .unwrap_or_else(|| format!("sim{}-{}", args.seed, start_ms / 1000));
+    if !qoe_schemas::validate::is_valid_view_id(&format!("{run_id}-18446744073709551615")) {
+        bail!("--run-id must be a short string of [A-Za-z0-9_.:-]");
+    }
+    Ok(Settings {
+        seed: args.seed,
+        run_id,
+        viewers: args.viewers,
+        start_ms,
+        span_ms: args.duration,
+        flush_ms: i64::from(args.flush_secs) * 1000,
+        ramp_ms: args.ramp.max(1),
+        incidents: args.incidents.clone(),
+        duplicate_rate: args.duplicate_rate,
+        reorder_rate: args.reorder_rate,
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let settings = settings(&args)?;
+    let sender = Arc::new(Sender {
+        client: reqwest::Client::builder()
+            .pool_max_idle_per_host(args.connections)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .context("building the HTTP client")?,
+        url: format!("{}/v1/beacons", args.url.trim_end_matches('/')),
+        ingest_key: args.ingest_key.clone(),
+        max_attempts: args.max_attempts.max(1),
+    });
+    let limit = Arc::new(Semaphore::new(args.connections.max(1)));
+    let mut truth = Truth::new(i64::from(args.window_secs) * 1000);
+    let mut totals = Totals::default();
+    let mut sim = Simulation::new(settings.clone());
+    eprintln!(
+        "[sim] {} viewers, {} simulated at {}x, seed {}, views {}-*, posting to {}",
+        args.viewers,
+        clock(args.duration),
+        args.speed,
+        args.seed,
+        settings.run_id,
+        args.url
+    );
+    for inc in &settings.incidents {
+        eprintln!("[sim] incident: {inc}");
+    }
+    let wall_start = Instant::now();
+    let mut next_progress = Duration::from_secs(args.progress_secs);
+    let mut ticks: u64 = 0;
+    while !sim.finished() {
+        let beacons = sim.tick();
+        ticks += 1;
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, b) in beacons.into_iter().enumerate() {
+            let (sender, limit) = (sender.clone(), limit.clone());
+            tasks.spawn(async move {
+                let _permit = limit.acquire_owned().await;
+                (i, sender.deliver(b).await)
+            });
+        }
+        let mut outcomes: Vec<(usize, Outcome)> = tasks.join_all().await;
+        // Record in a fixed order, so the truth never depends on which request finished first.
+        outcomes.sort_by_key(|(i, _)| *i);
+        for (_, o) in &outcomes {
+            totals.add(o);
+            for e in &o.acked {
+                truth.record(e);
+            }
+        }
+        if args.speed > 0.0 {
+            let due = Duration::from_secs_f64(ticks as f64 * TICK_MS as f64 / 1000.0 / args.speed);
+            if let Some(wait) = due.checked_sub(wall_start.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        if args.progress_secs > 0 && wall_start.elapsed() >= next_progress {
+            next_progress += Duration::from_secs(args.progress_secs);
+            progress(&sim, &totals, wall_start.elapsed(), args.duration);
+        }
+    }
+    progress(&sim, &totals, wall_start.elapsed(), args.duration);
+    summary(&truth, &totals, &sim, wall_start.elapsed());
+
+    if let Some(path) = &args.truth_out {
+        let file = TruthFile {
+            window_secs: args.window_secs,
+            columns: METRIC_COLUMNS.iter().map(|c| c.to_string()).collect(),
+            rows: truth.rows(),
+            views: truth.views() as u64,
+            acknowledged_events: totals.acked,
+            unacknowledged_events: totals.unacked,
+            uncertain_events: totals.uncertain,
+        };
+        let json = serde_json::to_vec(&file).context("encoding the ground truth")?;
+        if path == "-" {
+            std::io::stdout().write_all(&json)?;
+            println!();
+        } else {
+            std::fs::write(path, json).with_context(|| format!("writing {path}"))?;
+            eprintln!("[sim] ground truth written to {path}");
+        }
+    }
+    if totals.acked == 0 {
+        bail!(
+            "the collector acknowledged no events (last error: {})",
+            totals.last_error.as_deref().unwrap_or("none")
+        );
+    }
+    Ok(())
+}
+
+fn progress(sim: &Simulation, t: &Totals, wall: Duration, span_ms: i64) {
+    let incidents: Vec<String> = sim
+        .active_incidents()
+        .map(|i| format!("{} x {}", i.region, i.cdn))
+        .collect();
+    eprintln!(
+        "[sim] {} / {} simulated | wall {:>4.0}s | {:>5} viewers | {:>9} events acked ({:.0}/s) | {} requests, {} retries{}{}",
+        clock(sim.elapsed_ms()),
+        clock(span_ms),
+        wall.as_secs_f64(),
+        sim.active_views(),
+        t.acked,
+        t.acked as f64 / wall.as_secs_f64().max(0.001),
+        t.requests,
+        t.retries,
+        if t.unacked > 0 { format!(", {} events NOT acknowledged", t.unacked) } else { String::new() },
+        if incidents.is_empty() { String::new() } else { format!(" | INCIDENT ACTIVE: {}", incidents.join(", ")) },
+    );
+}
+
+fn summary(truth: &Truth, t: &Totals, sim: &Simulation, wall: Duration) {
+    println!();
+    println!(
+        "Simulated {} of viewing in {:.0} s: {} views, {} beacons ({} requests, {} retries), statuses {:?}",
+        clock(sim.elapsed_ms()),
+        wall.as_secs_f64(),
+        sim.views_started(),
+        t.requests.saturating_sub(t.retries),
+        t.requests,
+        t.retries,
+        t.statuses
+    );
+    println!(
+        "Events acknowledged: {} (copies included); not acknowledged: {}; outcome unknown: {}",
+        t.acked, t.unacked, t.uncertain
+    );
+    if let Some(e) = &t.last_error {
+        println!("Last error: {e}");
+    }
+    println!();
+    println!("Expected QoE by region x CDN (ground truth of the acknowledged events):");
+    println!(
+        "{:<10} {:<6} {:>8} {:>8} {:>10} {:>7} {:>11}",
+        "region", "cdn", "attempts", "plays", "start_fail%", "ebvs%", "rebuffer%"
+    );
+    let pct = |a: u64, b: u64| 100.0 * a as f64 / b.max(1) as f64;
+    for ((region, cdn), m) in truth.by_region_cdn() {
+        println!(
+            "{:<10} {:<6} {:>8} {:>8} {:>10.2} {:>7.2} {:>11.2}",
+            region,
+            cdn,
+            m[1],
+            m[2],
+            pct(m[13], m[1]),
+            pct(m[15], m[1]),
+            pct(m[18], m[17] + m[18]),
+        );
+    }
+}

@@ -1,0 +1,305 @@
+//! Ground truth: the per-window, per-slice metrics that the acknowledged events must produce,
+//! computed by a plain reading of the spec's definitions (section 4), independently of the
+//! aggregator's code.
+//!
+//! The simulator keeps every event within the aggregator's allowed lateness of the newest
+//! event it has sent, so no acknowledged event is late and the truth does not depend on the
+//! order events take through Kafka partitions: the first copy of `(view_id, seq)` counts, every
+//! further acknowledged copy is a duplicate in the same window and slice.
+
+use qoe_schemas::{EndReason, EventType, QoeEvent};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashSet};
+
+/// The metric columns of a window row, in the order of [`Metrics`].
+pub const METRIC_COLUMNS: [&str; 28] = [
+    "events",
+    "attempts",
+    "plays",
+    "startup_ms_sum",
+    "startup_le_250",
+    "startup_le_500",
+    "startup_le_1000",
+    "startup_le_2000",
+    "startup_le_3000",
+    "startup_le_5000",
+    "startup_le_8000",
+    "startup_le_15000",
+    "startup_le_inf",
+    "vsf",
+    "vpf",
+    "ebvs",
+    "errors",
+    "playing_ms",
+    "stall_ms",
+    "stalls",
+    "bitrate_kbps_ms",
+    "upswitches",
+    "downswitches",
+    "latency_ms_sum",
+    "latency_samples",
+    "dropped_frames",
+    "late_events",
+    "duplicate_events",
+];
+pub const LATE_EVENTS: usize = 26;
+pub const DUPLICATE_EVENTS: usize = 27;
+
+/// Inclusive upper bounds of the startup histogram buckets (the last bucket is +inf).
+pub const STARTUP_BUCKETS_MS: [u32; 8] = [250, 500, 1000, 2000, 3000, 5000, 8000, 15000];
+
+pub type Metrics = [u64; 28];
+
+/// Key of a base-grain row: (window_start in seconds, region, cdn, stream_type, platform,
+/// stream_id).
+pub type RowKey = (u32, String, String, String, String, String);
+
+/// Adds one counted event (neither late nor a duplicate) to a row.
+pub fn add_event(row: &mut Metrics, e: &QoeEvent) {
+    row[0] += 1;
+    match e.kind {
+        EventType::ViewStart => row[1] += 1,
+        EventType::FirstFrame => {
+            row[2] += 1;
+            let s = e.startup_ms.unwrap_or(0);
+            row[3] += u64::from(s);
+            let bucket = STARTUP_BUCKETS_MS
+                .iter()
+                .position(|&b| s <= b)
+                .unwrap_or(STARTUP_BUCKETS_MS.len());
+            row[4 + bucket] += 1;
+        }
+        EventType::Error => {
+            row[16] += 1;
+            match (e.fatal, e.started) {
+                (Some(true), Some(false)) => row[13] += 1,
+                (Some(true), Some(true)) => row[14] += 1,
+                _ => {}
+            }
+        }
+        EventType::ViewEnd if e.started == Some(false) && e.reason != Some(EndReason::Error) => {
+            row[15] += 1
+        }
+        EventType::StallStart => row[19] += 1,
+        EventType::BitrateChange => match (e.bitrate_kbps, e.prev_bitrate_kbps) {
+            (Some(b), Some(p)) if b > p => row[21] += 1,
+            (Some(b), Some(p)) if b < p => row[22] += 1,
+            _ => {}
+        },
+        _ => {}
+    }
+    row[17] += u64::from(e.playing_ms.unwrap_or(0));
+    row[18] += u64::from(e.stall_ms.unwrap_or(0));
+    if let (Some(b), Some(p)) = (e.bitrate_kbps, e.playing_ms) {
+        row[20] += u64::from(b) * u64::from(p);
+    }
+    if let Some(l) = e.latency_ms {
+        row[23] += u64::from(l);
+        row[24] += 1;
+    }
+    row[25] += u64::from(e.dropped_frames.unwrap_or(0));
+}
+
+/// The row key of an event at the given window length, with every dimension grouped.
+pub fn row_key(e: &QoeEvent, window_ms: i64) -> RowKey {
+    let window = e.event_time.div_euclid(window_ms) * window_ms;
+    (
+        (window / 1000) as u32,
+        e.region.clone(),
+        e.cdn.clone(),
+        e.stream_type.as_str().to_owned(),
+        e.platform.clone(),
+        e.stream_id.clone(),
+    )
+}
+
+/// Accumulates acknowledged events.
+pub struct Truth {
+    window_ms: i64,
+    rows: BTreeMap<RowKey, (Metrics, HashSet<String>)>,
+    seen: HashSet<(String, u32)>,
+    views: HashSet<String>,
+}
+
+impl Truth {
+    pub fn new(window_ms: i64) -> Self {
+        Truth {
+            window_ms,
+            rows: BTreeMap::new(),
+            seen: HashSet::new(),
+            views: HashSet::new(),
+        }
+    }
+
+    /// Records one acknowledged copy of an event.
+    pub fn record(&mut self, e: &QoeEvent) {
+        let (row, views) = self.rows.entry(row_key(e, self.window_ms)).or_default();
+        if !self.seen.insert((e.view_id.clone(), e.seq)) {
+            row[DUPLICATE_EVENTS] += 1;
+            return;
+        }
+        add_event(row, e);
+        views.insert(e.view_id.clone());
+        self.views.insert(e.view_id.clone());
+    }
+
+    /// Distinct views with at least one acknowledged event.
+    pub fn views(&self) -> usize {
+        self.views.len()
+    }
+
+    /// The expected rows, for output.
+    pub fn rows(&self) -> Vec<TruthRow> {
+        self.rows
+            .iter()
+            .map(|(k, (m, views))| TruthRow {
+                window_start: k.0,
+                region: k.1.clone(),
+                cdn: k.2.clone(),
+                stream_type: k.3.clone(),
+                platform: k.4.clone(),
+                stream_id: k.5.clone(),
+                metrics: m.to_vec(),
+                active_views: views.len() as u64,
+            })
+            .collect()
+    }
+
+    /// Totals per region x CDN over the whole run, for the summary.
+    pub fn by_region_cdn(&self) -> BTreeMap<(String, String), Metrics> {
+        let mut out: BTreeMap<(String, String), Metrics> = BTreeMap::new();
+        for (k, (m, _)) in &self.rows {
+            let acc = out.entry((k.1.clone(), k.2.clone())).or_insert([0; 28]);
+            for (a, b) in acc.iter_mut().zip(m) {
+                *a += b;
+            }
+        }
+        out
+    }
+}
+
+/// One expected base-grain row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TruthRow {
+    pub window_start: u32,
+    pub region: String,
+    pub cdn: String,
+    pub stream_type: String,
+    pub platform: String,
+    pub stream_id: String,
+    /// In the order of [`METRIC_COLUMNS`].
+    pub metrics: Vec<u64>,
+    pub active_views: u64,
+}
+
+impl TruthRow {
+    pub fn key(&self) -> RowKey {
+        (
+            self.window_start,
+            self.region.clone(),
+            self.cdn.clone(),
+            self.stream_type.clone(),
+            self.platform.clone(),
+            self.stream_id.clone(),
+        )
+    }
+}
+
+/// What `--truth-out` writes: the expected rows and how trustworthy they are.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TruthFile {
+    pub window_secs: u32,
+    pub columns: Vec<String>,
+    pub rows: Vec<TruthRow>,
+    /// Distinct views with at least one acknowledged event.
+    pub views: u64,
+    /// Acknowledged event copies (duplicates included).
+    pub acknowledged_events: u64,
+    /// Events the collector never acknowledged (given up after retries, or refused).
+    pub unacknowledged_events: u64,
+    /// Events sent in attempts whose outcome is unknown (a 503 or a broken connection): they
+    /// may be in Kafka without an acknowledgement. The truth is exact only when this is 0.
+    pub uncertain_events: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(view: &str, seq: u32, kind: EventType, t: i64) -> QoeEvent {
+        QoeEvent::blank(view, seq, kind, t)
+    }
+
+    #[test]
+    fn metric_definitions() {
+        let mut row = [0u64; 28];
+        let mut ff = ev("v", 1, EventType::FirstFrame, 0);
+        ff.startup_ms = Some(250);
+        ff.bitrate_kbps = Some(2500);
+        add_event(&mut row, &ff);
+        let mut ff2 = ff.clone();
+        ff2.startup_ms = Some(15_001);
+        add_event(&mut row, &ff2);
+        let mut vsf = ev("v", 2, EventType::Error, 0);
+        (vsf.fatal, vsf.started) = (Some(true), Some(false));
+        add_event(&mut row, &vsf);
+        let mut vpf = ev("v", 3, EventType::Error, 0);
+        (vpf.fatal, vpf.started) = (Some(true), Some(true));
+        add_event(&mut row, &vpf);
+        let mut soft = ev("v", 4, EventType::Error, 0);
+        (soft.fatal, soft.started) = (Some(false), Some(false));
+        add_event(&mut row, &soft);
+        let mut ebvs = ev("v", 5, EventType::ViewEnd, 0);
+        (ebvs.started, ebvs.reason) = (Some(false), Some(EndReason::Exit));
+        add_event(&mut row, &ebvs);
+        let mut failed_end = ebvs.clone();
+        failed_end.reason = Some(EndReason::Error);
+        add_event(&mut row, &failed_end);
+        let mut hb = ev("v", 6, EventType::Heartbeat, 0);
+        (hb.playing_ms, hb.stall_ms, hb.bitrate_kbps) = (Some(9000), Some(1000), Some(800));
+        (hb.latency_ms, hb.dropped_frames) = (Some(4000), Some(3));
+        add_event(&mut row, &hb);
+        let mut up = ev("v", 7, EventType::BitrateChange, 0);
+        (up.bitrate_kbps, up.prev_bitrate_kbps) = (Some(1500), Some(800));
+        add_event(&mut row, &up);
+        let mut down = up.clone();
+        (down.bitrate_kbps, down.prev_bitrate_kbps) = (Some(400), Some(800));
+        add_event(&mut row, &down);
+        add_event(&mut row, &ev("v", 8, EventType::StallStart, 0));
+
+        let get = |name: &str| row[METRIC_COLUMNS.iter().position(|c| *c == name).unwrap()];
+        assert_eq!(get("events"), 11);
+        assert_eq!(get("plays"), 2);
+        assert_eq!(get("startup_ms_sum"), 15_251);
+        assert_eq!(get("startup_le_250"), 1, "bounds are inclusive");
+        assert_eq!(get("startup_le_inf"), 1);
+        assert_eq!((get("vsf"), get("vpf"), get("errors")), (1, 1, 3));
+        assert_eq!(get("ebvs"), 1, "an end after a failed start is not an EBVS");
+        assert_eq!((get("playing_ms"), get("stall_ms")), (9000, 1000));
+        assert_eq!(get("bitrate_kbps_ms"), 800 * 9000);
+        assert_eq!((get("upswitches"), get("downswitches")), (1, 1));
+        assert_eq!((get("latency_ms_sum"), get("latency_samples")), (4000, 1));
+        assert_eq!((get("dropped_frames"), get("stalls")), (3, 1));
+    }
+
+    #[test]
+    fn duplicates_count_once_and_views_are_distinct() {
+        let mut t = Truth::new(10_000);
+        let a = ev("a", 0, EventType::ViewStart, 12_000);
+        t.record(&a);
+        t.record(&a);
+        t.record(&ev("a", 1, EventType::Heartbeat, 13_000));
+        t.record(&ev("b", 0, EventType::ViewStart, 19_999));
+        t.record(&ev("b", 1, EventType::Heartbeat, 20_000));
+        let rows = t.rows();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].window_start, 10);
+        assert_eq!(rows[0].metrics[0], 3);
+        assert_eq!(rows[0].metrics[1], 2);
+        assert_eq!(rows[0].metrics[DUPLICATE_EVENTS], 1);
+        assert_eq!(rows[0].active_views, 2);
+        assert_eq!(rows[1].window_start, 20);
+        assert_eq!(rows[1].active_views, 1);
+        assert_eq!(t.views(), 2);
+    }
+}
