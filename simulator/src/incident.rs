@@ -178,9 +178,10 @@ mod tests {
 
     #[test]
     fn parses_the_documented_form() {
-        let i: Incident = "region=eu-west,cdn=cdn-b,start=8m,duration=3m,stalls=5,startup=3,start_failures=0.25"
-            .parse()
-            .unwrap();
+        let i: Incident =
+            "region=eu-west,cdn=cdn-b,start=8m,duration=3m,stalls=5,startup=3,start_failures=0.25"
+                .parse()
+                .unwrap();
         assert_eq!(i.region, "eu-west");
         assert_eq!(i.cdn, "cdn-b");
         assert_eq!(i.start_ms, 480_000);

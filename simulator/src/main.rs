@@ -35,7 +35,11 @@ region=eu-west,cdn=cdn-b,start=8m,duration=3m,stalls=5,startup=3,start_failures=
 )]
 struct Args {
     /// Collector base URL.
-    #[arg(long, env = "QOE_COLLECTOR_URL", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "QOE_COLLECTOR_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
     url: String,
     /// Ingest key sent with every beacon, if the collector requires one.
     #[arg(long, env = "QOE_INGEST_KEY")]
@@ -265,6 +269,8 @@ fn clock(ms: i64) -> String {
 
 #[derive(Default)]
 struct Totals {
+    beacons: u64,
+    resent: u64,
     acked: u64,
     unacked: u64,
     uncertain: u64,
@@ -394,6 +400,8 @@ async fn main() -> anyhow::Result<()> {
         ticks += 1;
         let mut tasks = tokio::task::JoinSet::new();
         for (i, b) in beacons.into_iter().enumerate() {
+            totals.beacons += 1;
+            totals.resent += u64::from(b.copies.saturating_sub(1));
             let (sender, limit) = (sender.clone(), limit.clone());
             tasks.spawn(async move {
                 let _permit = limit.acquire_owned().await;
@@ -474,11 +482,12 @@ fn progress(sim: &Simulation, t: &Totals, wall: Duration, span_ms: i64) {
 fn summary(truth: &Truth, t: &Totals, sim: &Simulation, wall: Duration) {
     println!();
     println!(
-        "Simulated {} of viewing in {:.0} s: {} views, {} beacons ({} requests, {} retries), statuses {:?}",
+        "Simulated {} of viewing in {:.0} s: {} views, {} beacons ({} sent twice on purpose), {} requests, {} retries, statuses {:?}",
         clock(sim.elapsed_ms()),
         wall.as_secs_f64(),
         sim.views_started(),
-        t.requests.saturating_sub(t.retries),
+        t.beacons,
+        t.resent,
         t.requests,
         t.retries,
         t.statuses

@@ -113,7 +113,12 @@ impl Player {
         if self.rung > cond.quality.top_rung && self.state == State::Playing {
             // The network cannot sustain this rendition any more: ABR steps down.
             let at = from + self.rng.random_range(0..1000);
-            self.schedule(at, Action::Switch { rung: self.rung - 1 });
+            self.schedule(
+                at,
+                Action::Switch {
+                    rung: self.rung - 1,
+                },
+            );
         }
         while let Some(i) = self.next_due(to) {
             let (at, action) = self.scheduled.remove(i);
@@ -176,7 +181,10 @@ impl Player {
         let q = cond.quality;
         let per_second = |per_hour: f64| (per_hour / 3600.0).min(1.0);
         let at = from + self.rng.random_range(0..1000);
-        if self.rng.random_bool(per_second(BASE_STALLS_PER_HOUR * q.stalls)) {
+        if self
+            .rng
+            .random_bool(per_second(BASE_STALLS_PER_HOUR * q.stalls))
+        {
             let length_ms = log_normal(&mut self.rng, BASE_STALL_MEDIAN_MS * q.stall_length, 0.8)
                 .clamp(100.0, 120_000.0) as i64;
             self.schedule(at, Action::StallStart { length_ms });
@@ -188,7 +196,12 @@ impl Player {
             && from - self.last_stall_end > 30_000
             && self.rng.random_bool(0.02)
         {
-            self.schedule(at, Action::Switch { rung: self.rung + 1 });
+            self.schedule(
+                at,
+                Action::Switch {
+                    rung: self.rung + 1,
+                },
+            );
         }
     }
 
@@ -225,8 +238,8 @@ impl Player {
                 self.schedule(at + watch, Action::Leave);
             }
             Action::StartFailure => {
-                let code = ["MANIFEST_404", "NETWORK_TIMEOUT", "DRM_LICENSE"]
-                    [self.rng.random_range(0..3)];
+                let code =
+                    ["MANIFEST_404", "NETWORK_TIMEOUT", "DRM_LICENSE"][self.rng.random_range(0..3)];
                 self.emit(EventType::Error, at, |e| {
                     e.fatal = Some(true);
                     e.started = Some(false);
@@ -499,8 +512,17 @@ mod tests {
         };
         let (good_stalls, good_startup, good_fail) = summary(healthy());
         let (bad_stalls, bad_startup, bad_fail) = summary(bad);
-        assert!(bad_stalls > 3.0 * good_stalls, "{bad_stalls} vs {good_stalls}");
-        assert!(bad_startup > 2.0 * good_startup, "{bad_startup} vs {good_startup}");
-        assert!(bad_fail > 0.15 && good_fail < 0.05, "{bad_fail} vs {good_fail}");
+        assert!(
+            bad_stalls > 3.0 * good_stalls,
+            "{bad_stalls} vs {good_stalls}"
+        );
+        assert!(
+            bad_startup > 2.0 * good_startup,
+            "{bad_startup} vs {good_startup}"
+        );
+        assert!(
+            bad_fail > 0.15 && good_fail < 0.05,
+            "{bad_fail} vs {good_fail}"
+        );
     }
 }

@@ -144,7 +144,9 @@ mod tests {
     #[test]
     fn log_normal_has_the_requested_median() {
         let mut rng = StdRng::seed_from_u64(7);
-        let mut xs: Vec<f64> = (0..20_001).map(|_| log_normal(&mut rng, 1200.0, 0.7)).collect();
+        let mut xs: Vec<f64> = (0..20_001)
+            .map(|_| log_normal(&mut rng, 1200.0, 0.7))
+            .collect();
         xs.sort_by(f64::total_cmp);
         let median = xs[10_000];
         assert!((1100.0..1300.0).contains(&median), "median {median}");

@@ -265,7 +265,10 @@ mod tests {
         let min = *sizes.iter().min().unwrap();
         let max = *sizes.iter().max().unwrap();
         assert!(min > 250 && max <= 300, "audience between {min} and {max}");
-        assert!(dups > 0 && reordered > 0, "dups {dups}, reordered {reordered}");
+        assert!(
+            dups > 0 && reordered > 0,
+            "dups {dups}, reordered {reordered}"
+        );
         assert!(beacons > 1000);
     }
 

@@ -54,8 +54,13 @@ pub type Metrics = [u64; 28];
 /// stream_id).
 pub type RowKey = (u32, String, String, String, String, String);
 
-/// Adds one counted event (neither late nor a duplicate) to a row.
-pub fn add_event(row: &mut Metrics, e: &QoeEvent) {
+/// Adds one counted event (neither late nor a duplicate) to a row of [`METRIC_COLUMNS`].
+pub fn add_event(row: &mut [u64], e: &QoeEvent) {
+    assert_eq!(
+        row.len(),
+        METRIC_COLUMNS.len(),
+        "a row has one value per metric column"
+    );
     row[0] += 1;
     match e.kind {
         EventType::ViewStart => row[1] += 1,

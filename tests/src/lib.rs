@@ -368,6 +368,25 @@ pub fn spawn_aggregator(topic: &str, database: &str, group: &str, extra: &[&str]
     Service::spawn("aggregator", &args, &[])
 }
 
+/// Starts a collector publishing to `topic` on a free port; returns it with its base URL once
+/// it answers `/healthz`.
+pub async fn spawn_collector(topic: &str, extra: &[&str]) -> (Service, String) {
+    let port = free_port();
+    let mut args: Vec<String> = vec![
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--kafka-brokers".into(),
+        kafka_brokers(),
+        "--topic".into(),
+        topic.into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let service = Service::spawn("collector", &args, &[]);
+    let base = format!("http://127.0.0.1:{port}");
+    wait_http_ok(&format!("{base}/healthz"), Duration::from_secs(20)).await;
+    (service, base)
+}
+
 /// Waits until ClickHouse holds checkpoints up to `next` for every partition.
 pub async fn wait_caught_up(
     database: &str,

@@ -1,8 +1,10 @@
-//! Ground truth for the aggregator tests: a varied, deterministic event set, and the
-//! expected metrics computed by a plain, independent reading of the spec's definitions
-//! (deliberately not sharing code with the aggregator).
+//! Ground truth for the aggregator tests: a varied, deterministic event set with late events,
+//! and the expected metrics: lateness and duplicates replayed per partition here, each counted
+//! event added by the simulator's plain reading of the spec's definitions (deliberately not
+//! sharing code with the aggregator).
 
 use qoe_schemas::{EndReason, EventType, QoeEvent, StreamType, SCHEMA_VERSION};
+use qoe_simulator::truth::add_event;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
@@ -10,42 +12,10 @@ use std::collections::{BTreeMap, BTreeSet};
 pub const WINDOW_MS: i64 = 10_000;
 pub const LATENESS_MS: i64 = 30_000;
 
-/// Key of a base-grain row: (window_start seconds, region, cdn, stream_type, platform, stream_id).
-pub type RowKey = (u32, String, String, String, String, String);
+pub use qoe_simulator::truth::{RowKey, METRIC_COLUMNS};
 
 /// Expected values, in the column order of `METRIC_COLUMNS`.
 pub type Row = Vec<u64>;
-
-pub const METRIC_COLUMNS: [&str; 28] = [
-    "events",
-    "attempts",
-    "plays",
-    "startup_ms_sum",
-    "startup_le_250",
-    "startup_le_500",
-    "startup_le_1000",
-    "startup_le_2000",
-    "startup_le_3000",
-    "startup_le_5000",
-    "startup_le_8000",
-    "startup_le_15000",
-    "startup_le_inf",
-    "vsf",
-    "vpf",
-    "ebvs",
-    "errors",
-    "playing_ms",
-    "stall_ms",
-    "stalls",
-    "bitrate_kbps_ms",
-    "upswitches",
-    "downswitches",
-    "latency_ms_sum",
-    "latency_samples",
-    "dropped_frames",
-    "late_events",
-    "duplicate_events",
-];
 
 fn base_event(
     view: &str,
@@ -275,53 +245,7 @@ pub fn expected(
                 continue;
             }
             views.entry(key).or_default().insert(e.view_id.clone());
-            row[0] += 1;
-            match e.kind {
-                EventType::ViewStart => row[1] += 1,
-                EventType::FirstFrame => {
-                    row[2] += 1;
-                    let s = e.startup_ms.unwrap();
-                    row[3] += u64::from(s);
-                    let bounds = [250, 500, 1000, 2000, 3000, 5000, 8000, 15000];
-                    let b = bounds.iter().position(|&x| s <= x).unwrap_or(8);
-                    row[4 + b] += 1;
-                }
-                EventType::Error => {
-                    row[16] += 1;
-                    if e.fatal == Some(true) && e.started == Some(false) {
-                        row[13] += 1;
-                    }
-                    if e.fatal == Some(true) && e.started == Some(true) {
-                        row[14] += 1;
-                    }
-                }
-                EventType::ViewEnd
-                    if e.started == Some(false) && e.reason != Some(EndReason::Error) =>
-                {
-                    row[15] += 1
-                }
-                EventType::StallStart => row[19] += 1,
-                EventType::BitrateChange => {
-                    let (b, p) = (e.bitrate_kbps.unwrap(), e.prev_bitrate_kbps.unwrap());
-                    if b > p {
-                        row[21] += 1;
-                    }
-                    if b < p {
-                        row[22] += 1;
-                    }
-                }
-                _ => {}
-            }
-            row[17] += u64::from(e.playing_ms.unwrap_or(0));
-            row[18] += u64::from(e.stall_ms.unwrap_or(0));
-            if let (Some(b), Some(p)) = (e.bitrate_kbps, e.playing_ms) {
-                row[20] += u64::from(b) * u64::from(p);
-            }
-            if let Some(l) = e.latency_ms {
-                row[23] += u64::from(l);
-                row[24] += 1;
-            }
-            row[25] += u64::from(e.dropped_frames.unwrap_or(0));
+            add_event(row, e);
         }
     }
     let views = views

@@ -3,9 +3,7 @@
 
 use flate2::write::GzEncoder;
 use qoe_schemas::{EventType, QoeEvent};
-use qoe_tests::{
-    create_topic, free_port, kafka_brokers, read_topic, rss_kib, unique, wait_http_ok, Service,
-};
+use qoe_tests::{create_topic, read_topic, rss_kib, spawn_collector, unique, Service};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -24,19 +22,7 @@ struct Collector {
 }
 
 async fn collector(topic: &str, extra: &[&str]) -> Collector {
-    let port = free_port();
-    let mut args: Vec<String> = vec![
-        "--listen".into(),
-        format!("127.0.0.1:{port}"),
-        "--kafka-brokers".into(),
-        kafka_brokers(),
-        "--topic".into(),
-        topic.into(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let service = Service::spawn("collector", &args, &[]);
-    let base = format!("http://127.0.0.1:{port}");
-    wait_http_ok(&format!("{base}/healthz"), Duration::from_secs(20)).await;
+    let (service, base) = spawn_collector(topic, extra).await;
     Collector { service, base }
 }
 

@@ -1,0 +1,169 @@
+//! The whole pipeline with real processes: simulator -> collector -> broker -> aggregator ->
+//! ClickHouse. Every metric of every window and slice in ClickHouse equals the simulator's
+//! ground truth of the events the collector acknowledged, exactly, at 10 s, 1 min and 1 h.
+
+use qoe_simulator::truth::{TruthFile, DUPLICATE_EVENTS, LATE_EVENTS, METRIC_COLUMNS};
+use qoe_tests::truth::{rollup, Row, RowKey};
+use qoe_tests::{
+    active_views, assert_rows_eq, binary, clickhouse_query, create_topic, spawn_aggregator,
+    spawn_collector, unique, window_rows,
+};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const INCIDENT: &str =
+    "region=eu-west,cdn=cdn-b,start=60s,duration=90s,stalls=8,stall_length=2,startup=3,start_failures=0.4";
+
+/// Runs the simulator to completion against `url`; returns its ground truth.
+async fn simulate(url: &str, truth_path: std::path::PathBuf) -> TruthFile {
+    let args: Vec<String> = [
+        "--url",
+        url,
+        "--seed",
+        "20261122",
+        "--viewers",
+        "400",
+        "--duration",
+        "4m",
+        "--speed",
+        "15",
+        "--ramp",
+        "20s",
+        "--duplicate-rate",
+        "0.05",
+        "--reorder-rate",
+        "0.1",
+        "--progress-secs",
+        "0",
+        "--incident",
+        INCIDENT,
+        "--truth-out",
+        truth_path.to_str().expect("utf-8 temp path"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(binary("simulator"))
+            .args(&args)
+            .output()
+    })
+    .await
+    .expect("simulator task")
+    .expect("running the simulator");
+    assert!(
+        output.status.success(),
+        "simulator failed: {}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let bytes = std::fs::read(&truth_path).expect("truth file");
+    serde_json::from_slice(&bytes).expect("truth file parses")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clickhouse_equals_the_simulators_ground_truth() {
+    let topic = unique("test.e2e");
+    let database = unique("test_e2e");
+    create_topic(&topic, 6).await.unwrap();
+    let (_collector, url) =
+        spawn_collector(&topic, &["--rate-per-ip", "0", "--rate-per-view", "0"]).await;
+    let _aggregator = spawn_aggregator(&topic, &database, &unique("e2e"), &[]);
+
+    let truth_path = std::env::temp_dir().join(format!("{}.json", unique("truth")));
+    let truth = simulate(&url, truth_path.clone()).await;
+    let _ = std::fs::remove_file(&truth_path);
+
+    // Exactness needs every send to have a known outcome; on a healthy loopback stack it has.
+    assert_eq!(
+        (truth.unacknowledged_events, truth.uncertain_events),
+        (0, 0),
+        "every beacon must be acknowledged for the truth to be exact"
+    );
+    assert_eq!(truth.columns, METRIC_COLUMNS);
+    let rows: BTreeMap<RowKey, Row> = truth
+        .rows
+        .iter()
+        .map(|r| (r.key(), r.metrics.clone()))
+        .collect();
+    let views: BTreeMap<RowKey, u64> = truth
+        .rows
+        .iter()
+        .map(|r| (r.key(), r.active_views))
+        .collect();
+    let total = |i: usize| rows.values().map(|r| r[i]).sum::<u64>();
+    let col = |name: &str| METRIC_COLUMNS.iter().position(|c| *c == name).unwrap();
+    assert!(total(0) > 10_000, "a substantial run: {} events", total(0));
+    assert!(total(DUPLICATE_EVENTS) > 50, "duplicates exercised");
+    assert_eq!(total(LATE_EVENTS), 0, "the simulator never sends late");
+    for metric in ["vsf", "vpf", "ebvs", "stalls", "upswitches", "downswitches"] {
+        assert!(total(col(metric)) > 0, "{metric} exercised");
+    }
+
+    // Wait until every acknowledged copy is accounted for in ClickHouse.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let got = clickhouse_query(
+            &database,
+            "SELECT sum(events) + sum(duplicate_events) + sum(late_events) FROM qoe_window_10s",
+        )
+        .await
+        .ok()
+        .and_then(|r| r.first()?.first()?.parse::<u64>().ok())
+        .unwrap_or(0);
+        if got >= truth.acknowledged_events || tokio::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    assert_rows_eq(
+        "10 s windows",
+        &rows,
+        &window_rows(&database, "qoe_window_10s").await,
+    );
+    assert_rows_eq(
+        "1 min windows",
+        &rollup(&rows, 60),
+        &window_rows(&database, "qoe_window_1m").await,
+    );
+    assert_rows_eq(
+        "1 h windows",
+        &rollup(&rows, 3600),
+        &window_rows(&database, "qoe_window_1h").await,
+    );
+    assert_rows_eq("active views", &views, &active_views(&database).await);
+    let view_rows = clickhouse_query(
+        &database,
+        "SELECT count(), uniqExact(view_id) FROM qoe_views",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        view_rows[0],
+        vec![truth.views.to_string(), truth.views.to_string()],
+        "one summary row per view"
+    );
+
+    // The incident slice is the worst on rebuffering and start failures.
+    let ranked = clickhouse_query(
+        &database,
+        "SELECT region, cdn, sum(stall_ms) / (sum(playing_ms) + sum(stall_ms)) AS rebuffering, \
+         sum(vsf) / sum(attempts) AS start_failures FROM qoe_window_1m GROUP BY region, cdn",
+    )
+    .await
+    .unwrap();
+    let worst_by = |i: usize| {
+        ranked
+            .iter()
+            .max_by(|a, b| {
+                a[i].parse::<f64>()
+                    .unwrap()
+                    .total_cmp(&b[i].parse().unwrap())
+            })
+            .map(|r| format!("{} x {}", r[0], r[1]))
+            .unwrap()
+    };
+    assert_eq!(worst_by(2), "eu-west x cdn-b", "worst rebuffering");
+    assert_eq!(worst_by(3), "eu-west x cdn-b", "worst start failures");
+}
