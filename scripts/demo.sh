@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # The main job on local defaults: builds the services, starts the pipeline against the stack
-# of scripts/stack.sh (which must be running), drives traffic through it and prints a QoE
-# report read back from ClickHouse. The pipeline is left running; `make stop` stops it.
+# of scripts/stack.sh (which must be running), plays simulated viewers through it with a CDN
+# incident, and prints a QoE report read back from ClickHouse in which the incident slice
+# stands out. The pipeline is left running; `make stop` stops it.
 #
-#   scripts/demo.sh start    build, start collector + aggregator, send traffic, print the report
-#   scripts/demo.sh report   print the report again
+#   scripts/demo.sh start    build, start collector + aggregator, simulate, print the report
+#   scripts/demo.sh report   print the report again (for the last simulated run)
 #   scripts/demo.sh stop     stop the services it started
 #   scripts/demo.sh status   what runs
 #
-# Settings: QOE_DEMO_SECS (traffic duration, 60), QOE_DEMO_RATE (events/s, 3000).
+# Settings (environment): QOE_DEMO_DURATION (simulated viewing, 20m), QOE_DEMO_SPEED (time
+# compression, 10: 20 minutes in 2), QOE_DEMO_VIEWERS (concurrent viewers, 2000),
+# QOE_DEMO_SEED (1), QOE_DEMO_INCIDENT (the injected regression, see below).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -16,8 +19,12 @@ STACK="${QOE_STACK_DIR:-$ROOT/.stack}"
 BIN="$ROOT/target/release"
 DB="${QOE_CLICKHOUSE_DATABASE:-qoe}"
 CH="http://127.0.0.1:${QOE_CH_HTTP_PORT:-8123}"
-SECS="${QOE_DEMO_SECS:-60}"
-RATE="${QOE_DEMO_RATE:-3000}"
+DURATION="${QOE_DEMO_DURATION:-20m}"
+SPEED="${QOE_DEMO_SPEED:-10}"
+VIEWERS="${QOE_DEMO_VIEWERS:-2000}"
+SEED="${QOE_DEMO_SEED:-1}"
+INCIDENT="${QOE_DEMO_INCIDENT:-region=eu-west,cdn=cdn-b,start=8m,duration=3m,stalls=5,stall_length=2,startup=3,start_failures=0.25}"
+RANGE_FILE="$STACK/run/demo-range"
 log() { printf '[demo] %s\n' "$*" >&2; }
 
 running() { [ -f "$STACK/run/$1.pid" ] && kill -0 "$(cat "$STACK/run/$1.pid")" 2>/dev/null; }
@@ -39,44 +46,99 @@ wait_ok() { # url seconds
   done
 }
 
-ch() { curl -fsS "$CH/?database=$DB" --data-binary "$1"; }
+ch() { curl -fsS "$CH/?database=$DB&output_format_pretty_color=0" --data-binary "$1"; }
+
+# Seconds of a duration like 90s, 20m, 2h.
+secs() {
+  case "$1" in
+    *h) echo $(( ${1%h} * 3600 )) ;; *m) echo $(( ${1%m} * 60 )) ;; *s) echo "${1%s}" ;; *) echo "$1" ;;
+  esac
+}
+
+# Startup percentile (ms) from the histogram columns h (array) and c (its running sum) over
+# n plays, interpolated linearly inside the bucket that holds it.
+pct() { # quantile
+  local q="$1"
+  echo "round(lo[arrayFirstIndex(x -> x >= $q * n, c)] + (hi[arrayFirstIndex(x -> x >= $q * n, c)] - lo[arrayFirstIndex(x -> x >= $q * n, c)]) * ($q * n - (c[arrayFirstIndex(x -> x >= $q * n, c)] - h[arrayFirstIndex(x -> x >= $q * n, c)])) / greatest(h[arrayFirstIndex(x -> x >= $q * n, c)], 1))"
+}
 
 report() {
+  local where="1"
+  if [ -f "$RANGE_FILE" ]; then
+    read -r from to <"$RANGE_FILE"
+    where="window_start >= toDateTime($from) AND window_start < toDateTime($to)"
+  fi
   echo
-  echo "QoE by region x CDN (from ClickHouse table $DB.qoe_window_1m, all data so far)"
-  ch "SELECT region, cdn,
-        sum(attempts) AS view_attempts, sum(plays) AS view_plays,
-        round(100 * sum(vsf) / greatest(sum(attempts), 1), 2) AS start_fail_pct,
-        round(100 * sum(ebvs) / greatest(sum(attempts), 1), 2) AS ebvs_pct,
+  echo "QoE by region x CDN, worst rebuffering first (ClickHouse $DB.qoe_window_1m, simulated run)"
+  ch "SELECT region, cdn, attempts_ AS attempts, plays_ AS plays,
+        round(100 * vsf_ / greatest(attempts_, 1), 2) AS start_fail_pct,
+        round(100 * ebvs_ / greatest(attempts_, 1), 2) AS ebvs_pct,
+        round(100 * stall_ / greatest(playing_ + stall_, 1), 3) AS rebuffer_pct,
+        $(pct 0.5) AS startup_p50_ms, $(pct 0.95) AS startup_p95_ms,
+        round(kbps_ms_ / greatest(playing_, 1)) AS avg_kbps
+      FROM (
+        SELECT region, cdn, sum(attempts) AS attempts_, sum(plays) AS plays_, sum(plays) AS n,
+          sum(vsf) AS vsf_, sum(ebvs) AS ebvs_, sum(stall_ms) AS stall_, sum(playing_ms) AS playing_,
+          sum(bitrate_kbps_ms) AS kbps_ms_,
+          [sum(startup_le_250), sum(startup_le_500), sum(startup_le_1000), sum(startup_le_2000),
+           sum(startup_le_3000), sum(startup_le_5000), sum(startup_le_8000), sum(startup_le_15000),
+           sum(startup_le_inf)] AS h,
+          arrayCumSum(h) AS c,
+          [0, 250, 500, 1000, 2000, 3000, 5000, 8000, 15000] AS lo,
+          [250, 500, 1000, 2000, 3000, 5000, 8000, 15000, 15000] AS hi
+        FROM qoe_window_1m WHERE $where GROUP BY region, cdn)
+      ORDER BY rebuffer_pct DESC FORMAT PrettyCompactMonoBlock"
+  echo
+  echo "Worst slice-minutes (at least 20 attempts or 20 playing minutes): when it happened"
+  ch "SELECT window_start AS minute_utc, region, cdn, sum(attempts) AS attempts_,
+        round(100 * sum(vsf) / greatest(attempts_, 1), 1) AS start_fail_pct,
         round(100 * sum(stall_ms) / greatest(sum(playing_ms) + sum(stall_ms), 1), 2) AS rebuffer_pct,
-        round(sum(startup_ms_sum) / greatest(sum(plays), 1)) AS avg_startup_ms,
-        round(sum(bitrate_kbps_ms) / greatest(sum(playing_ms), 1)) AS avg_kbps,
-        round((sum(playing_ms) + sum(stall_ms)) / 60000 / greatest(uniqExact(window_start), 1), 1) AS avg_viewers
-      FROM qoe_window_1m GROUP BY region, cdn ORDER BY rebuffer_pct DESC FORMAT PrettyCompactMonoBlock"
+        round(sum(startup_ms_sum) / greatest(sum(plays), 1)) AS avg_startup_ms
+      FROM qoe_window_1m WHERE $where
+      GROUP BY window_start, region, cdn
+      HAVING attempts_ >= 20 OR sum(playing_ms) >= 20 * 60000
+      ORDER BY rebuffer_pct DESC LIMIT 8 FORMAT PrettyCompactMonoBlock"
   echo
-  echo "Pipeline: events in windows, late and duplicate events, views"
-  ch "SELECT sum(events) AS accepted_events, sum(late_events) AS late, sum(duplicate_events) AS duplicates,
-        (SELECT count() FROM qoe_views) AS views FROM qoe_window_10s FORMAT PrettyCompactMonoBlock"
+  echo "Pipeline: counted, late and duplicate events; views summarised"
+  ch "SELECT sum(events) AS counted_events, sum(late_events) AS late, sum(duplicate_events) AS duplicates,
+        (SELECT count() FROM qoe_views) AS views_all_runs FROM qoe_window_10s WHERE $where
+      FORMAT PrettyCompactMonoBlock"
 }
 
 case "${1:-}" in
   start)
     log "building the services (release; the first build takes a few minutes)"
     (cd "$ROOT" && cargo build --release --workspace --bins)
-    start_service aggregator run --clickhouse-database "$DB" --listen 127.0.0.1:9100
+    # The local broker keeps topics in memory: after a stack restart the topic is new and the
+    # checkpoints of the previous one are stale, so the demo lets the aggregator start over.
+    start_service aggregator run --clickhouse-database "$DB" --listen 127.0.0.1:9100 --reset-stale-checkpoints
     # The demo's traffic all comes from 127.0.0.1, so the per-address limit is lifted here.
     start_service collector --listen 127.0.0.1:8080 --rate-per-ip 0
     wait_ok http://127.0.0.1:8080/readyz 60
     wait_ok http://127.0.0.1:9100/healthz 60
-    log "sending ${SECS}s of simulated viewers at ${RATE} events/s to http://127.0.0.1:8080"
-    "$BIN/loadgen" --url http://127.0.0.1:8080 --rate "$RATE" --duration-secs "$SECS" --connections 8
-    log "letting the aggregator write its last batches"
-    sleep 5
+    span=$(secs "$DURATION")
+    wall=$(awk -v s="$span" -v x="$SPEED" 'BEGIN { printf "%d", (x > 0 ? s / x : 0) }')
+    now_ms=$(date +%s%3N)
+    start_ms=$(( now_ms + wall * 1000 - span * 1000 ))
+    echo "$(( start_ms / 1000 / 60 * 60 )) $(( (start_ms / 1000 + span) / 60 * 60 + 60 ))" >"$RANGE_FILE"
+    log "simulating $DURATION of viewing by $VIEWERS concurrent viewers in about ${wall}s, with an incident:"
+    log "  $INCIDENT"
+    "$BIN/simulator" --url http://127.0.0.1:8080 --seed "$SEED" --viewers "$VIEWERS" \
+      --duration "$DURATION" --speed "$SPEED" --start-ms "$start_ms" --incident "$INCIDENT"
+    log "waiting for the aggregator to write its last batches"
+    last=-1
+    for _ in $(seq 1 60); do
+      now=$(ch "SELECT sum(events) + sum(duplicate_events) + sum(late_events) FROM qoe_window_10s" || echo 0)
+      [ "$now" = "$last" ] && break
+      last="$now"; sleep 2
+    done
     report
     echo
     echo "The pipeline keeps running: collector http://127.0.0.1:8080 (POST /v1/beacons, /metrics),"
     echo "aggregator http://127.0.0.1:9100/metrics, ClickHouse $CH database $DB."
-    echo "Grafana provisioning: dashboards/. Stop everything with: make stop"
+    echo "Grafana: provisioning in dashboards/ (see dashboards/README.md); point the ClickHouse data"
+    echo "source at http://127.0.0.1:${QOE_CH_HTTP_PORT:-8123}, database $DB, user default, no password."
+    echo "Report again: scripts/demo.sh report. Stop everything: make stop"
     ;;
   report) report ;;
   stop)
@@ -95,5 +157,5 @@ case "${1:-}" in
       if running "$name"; then echo "$name: running (pid $(cat "$STACK/run/$name.pid"))"; else echo "$name: stopped"; fi
     done
     ;;
-  *) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

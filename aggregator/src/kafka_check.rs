@@ -1,4 +1,5 @@
-//! Reachability check of the Kafka cluster and the topic.
+//! What the Kafka cluster says about the topic: reachability, partitions, and where each
+//! partition ends (to recognise checkpoints left by an earlier incarnation of the topic).
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
@@ -9,6 +10,24 @@ pub fn topic_partitions(brokers: &str, topic: &str) -> anyhow::Result<usize> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()?;
+    partitions(&consumer, topic)
+}
+
+/// The end (high watermark: the next offset to be written) of every partition of `topic`.
+pub fn partition_ends(brokers: &str, topic: &str) -> anyhow::Result<Vec<(i32, i64)>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let n = partitions(&consumer, topic)?;
+    (0..n as i32)
+        .map(|p| {
+            let (_, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+            Ok((p, high))
+        })
+        .collect()
+}
+
+fn partitions(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<usize> {
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let t = metadata
         .topics()

@@ -81,6 +81,11 @@ struct RunArgs {
     /// Do not apply ClickHouse migrations at start-up.
     #[arg(long, env = "QOE_NO_MIGRATE")]
     no_migrate: bool,
+    /// When checkpoints lie beyond the end of their partitions (the topic was recreated, or a
+    /// broker lost its data), delete them and start the topic over from the beginning, instead
+    /// of refusing to start.
+    #[arg(long, env = "QOE_RESET_STALE_CHECKPOINTS")]
+    reset_stale_checkpoints: bool,
     /// Address of the health, readiness and metrics endpoints.
     #[arg(long, env = "QOE_AGGREGATOR_LISTEN", default_value = "127.0.0.1:9100")]
     listen: SocketAddr,
@@ -214,6 +219,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!(applied = ?report.applied, server = %store.version, "schema up to date");
     }
     let writer = Writer::new(store, &args.topic)?;
+    check_checkpoints(&writer, &args).await?;
     let shared = Shared::new(
         ConsumerConfig {
             brokers: args.kafka_brokers.clone(),
@@ -281,6 +287,60 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     server.abort();
     telemetry.shutdown();
+    Ok(())
+}
+
+/// Refuses to resume from checkpoints that lie beyond the end of their partitions: they were
+/// written for an earlier incarnation of the topic (deleted and recreated, or a broker that
+/// lost its data), and resuming from them would skip every message up to those offsets.
+async fn check_checkpoints(writer: &Writer, args: &RunArgs) -> anyhow::Result<()> {
+    let checkpoints = writer
+        .checkpoint_ends()
+        .await
+        .context("reading checkpoints")?;
+    if checkpoints.is_empty() {
+        return Ok(());
+    }
+    let (brokers, topic) = (args.kafka_brokers.clone(), args.topic.clone());
+    let ends = loop {
+        let (b, t) = (brokers.clone(), topic.clone());
+        match tokio::task::spawn_blocking(move || {
+            qoe_aggregator::kafka_check::partition_ends(&b, &t)
+        })
+        .await?
+        {
+            Ok(ends) => break ends,
+            Err(e) => {
+                tracing::warn!(error = %e, topic = %topic, "cannot read partition ends yet; retrying in 2 s");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    };
+    let stale: Vec<String> = checkpoints
+        .iter()
+        .filter_map(|(p, next)| {
+            let end = ends.iter().find(|(q, _)| q == p).map_or(0, |(_, e)| *e);
+            (*next > end).then(|| format!("partition {p}: checkpoint {next} > end {end}"))
+        })
+        .collect();
+    if stale.is_empty() {
+        return Ok(());
+    }
+    if !args.reset_stale_checkpoints {
+        anyhow::bail!(
+            "checkpoints in ClickHouse lie beyond the end of topic {} ({}): the topic was \
+             recreated or the broker lost its data. Resuming would skip messages. Start once with \
+             --reset-stale-checkpoints to start the topic over from the beginning, or use another \
+             database",
+            args.topic,
+            stale.join(", ")
+        );
+    }
+    tracing::warn!(topic = %args.topic, stale = ?stale, "checkpoints belong to an earlier incarnation of the topic; deleting them and starting over from the beginning");
+    writer
+        .delete_checkpoints()
+        .await
+        .context("deleting stale checkpoints")?;
     Ok(())
 }
 

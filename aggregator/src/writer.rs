@@ -219,6 +219,47 @@ impl Writer {
         })
     }
 
+    /// The furthest checkpoint of every partition of the topic that has one.
+    pub async fn checkpoint_ends(&self) -> Result<Vec<(i32, i64)>, WriteError> {
+        #[derive(Row, Deserialize)]
+        struct End {
+            partition: u32,
+            next: u64,
+        }
+        let rows: Vec<End> = self
+            .store
+            .client
+            .query(
+                "SELECT partition, max(next_offset) AS next FROM qoe_checkpoints WHERE topic = ? \
+                 GROUP BY partition ORDER BY partition",
+            )
+            .bind(&self.topic)
+            .fetch_all()
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.partition as i32, r.next as i64))
+            .collect())
+    }
+
+    /// Deletes every checkpoint of the topic, so that all its partitions start over from the
+    /// beginning; waits until the deletion is visible.
+    pub async fn delete_checkpoints(&self) -> Result<(), WriteError> {
+        self.store
+            .client
+            .query("ALTER TABLE qoe_checkpoints DELETE WHERE topic = ?")
+            .bind(&self.topic)
+            .execute()
+            .await?;
+        for _ in 0..600 {
+            if self.checkpoint_ends().await?.is_empty() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(WriteError::Timeout(Duration::from_secs(60)))
+    }
+
     /// The latest committed checkpoint of a partition, after any commit of it still running
     /// on the server (from a predecessor that died mid-request) has finished.
     pub async fn checkpoint(&self, partition: i32) -> Result<Option<Checkpoint>, WriteError> {

@@ -324,11 +324,18 @@ pub async fn publish(
         .collect()
 }
 
-/// Runs a query on the ClickHouse HTTP interface and returns the TSV lines.
+/// Runs a statement on the ClickHouse HTTP interface and returns the TSV lines of its result
+/// (none for an INSERT).
 pub async fn clickhouse_query(database: &str, sql: &str) -> anyhow::Result<Vec<Vec<String>>> {
+    let is_insert = sql.trim_start().to_ascii_uppercase().starts_with("INSERT");
+    let body = if is_insert {
+        sql.to_owned()
+    } else {
+        format!("{sql} FORMAT TSV")
+    };
     let response = reqwest::Client::new()
         .post(format!("{}/?database={database}", clickhouse_url()))
-        .body(format!("{sql} FORMAT TSV"))
+        .body(body)
         .send()
         .await?;
     let status = response.status();

@@ -153,3 +153,91 @@ async fn kill_dash_nine_changes_nothing() {
     .await;
     check_against_truth(&db, &partitions).await;
 }
+
+/// Checkpoints beyond the end of their partitions come from an earlier incarnation of the
+/// topic: resuming from them would silently skip messages. The aggregator refuses to start,
+/// and with --reset-stale-checkpoints starts the topic over and gets every total right.
+#[tokio::test]
+async fn stale_checkpoints_are_refused_or_reset() {
+    let topic = unique("test.agg.stale");
+    let db = unique("qoe_test_stale");
+    create_topic(&topic, 2).await.unwrap();
+    let events = generate(4, 150, T0);
+    let partitions = publish(&topic, &events).await;
+    let ch = [
+        "--clickhouse-url",
+        &qoe_tests::clickhouse_url(),
+        "--clickhouse-database",
+        &db,
+    ];
+    let migrated = std::process::Command::new(qoe_tests::binary("aggregator"))
+        .arg("migrate")
+        .args(ch)
+        .output()
+        .unwrap();
+    assert!(migrated.status.success(), "{migrated:?}");
+    clickhouse_query(
+        &db,
+        &format!(
+            "INSERT INTO qoe_checkpoints (topic, partition, from_offset, next_offset, state_offset, \
+             max_event_time, batch_id, written_at) VALUES ('{topic}', 0, 999000, 1000000, 999000, 0, 1, now())"
+        ),
+    )
+    .await
+    .unwrap();
+
+    let mut refused = std::process::Command::new(qoe_tests::binary("aggregator"))
+        .args([
+            "run",
+            "--kafka-brokers",
+            &qoe_tests::kafka_brokers(),
+            "--topic",
+            &topic,
+        ])
+        .args([
+            "--group",
+            &unique("g"),
+            "--listen",
+            &format!("127.0.0.1:{}", qoe_tests::free_port()),
+        ])
+        .args(ch)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = refused.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = refused.kill();
+            panic!("the aggregator kept running on stale checkpoints");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut refused.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(
+        stderr.contains("beyond the end") && stderr.contains("--reset-stale-checkpoints"),
+        "the error says what is wrong and what to do: {stderr}"
+    );
+
+    let _agg = spawn_aggregator(&topic, &db, &unique("g"), &["--reset-stale-checkpoints"]);
+    wait_caught_up(
+        &db,
+        &topic,
+        &next_offsets(&partitions),
+        Duration::from_secs(120),
+    )
+    .await;
+    let stale = clickhouse_query(
+        &db,
+        "SELECT count() FROM qoe_checkpoints WHERE next_offset = 1000000",
+    )
+    .await
+    .unwrap();
+    assert_eq!(stale[0][0], "0", "the stale checkpoint is gone");
+    check_against_truth(&db, &partitions).await;
+}
