@@ -11,7 +11,9 @@
 #
 # Settings (environment): QOE_DEMO_DURATION (simulated viewing, 20m), QOE_DEMO_SPEED (time
 # compression, 10: 20 minutes in 2), QOE_DEMO_VIEWERS (concurrent viewers, 2000),
-# QOE_DEMO_SEED (1), QOE_DEMO_INCIDENT (the injected regression, see below).
+# QOE_DEMO_SEED (1), QOE_DEMO_INCIDENT (the injected regression, see below), QOE_DEMO_KEEP
+# (1: keep the data of earlier runs; by default each run starts from an empty topic and database,
+# because a new run's simulated time overlaps the last one's and would arrive late).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,7 +25,7 @@ DURATION="${QOE_DEMO_DURATION:-20m}"
 SPEED="${QOE_DEMO_SPEED:-10}"
 VIEWERS="${QOE_DEMO_VIEWERS:-2000}"
 SEED="${QOE_DEMO_SEED:-1}"
-INCIDENT="${QOE_DEMO_INCIDENT:-region=eu-west,cdn=cdn-b,start=8m,duration=3m,stalls=5,stall_length=2,startup=3,start_failures=0.25}"
+INCIDENT="${QOE_DEMO_INCIDENT:-region=eu-west,cdn=cdn-b,start=8m,duration=4m,stalls=6,stall_length=3,startup=3,start_failures=0.3}"
 RANGE_FILE="$STACK/run/demo-range"
 log() { printf '[demo] %s\n' "$*" >&2; }
 
@@ -89,19 +91,19 @@ report() {
         FROM qoe_window_1m WHERE $where GROUP BY region, cdn)
       ORDER BY rebuffer_pct DESC FORMAT PrettyCompactMonoBlock"
   echo
-  echo "Worst slice-minutes (at least 20 attempts or 20 playing minutes): when it happened"
+  echo "Worst slice-minutes (at least 20 attempts or 50 minutes played): when it happened"
   ch "SELECT window_start AS minute_utc, region, cdn, sum(attempts) AS attempts_,
         round(100 * sum(vsf) / greatest(attempts_, 1), 1) AS start_fail_pct,
         round(100 * sum(stall_ms) / greatest(sum(playing_ms) + sum(stall_ms), 1), 2) AS rebuffer_pct,
         round(sum(startup_ms_sum) / greatest(sum(plays), 1)) AS avg_startup_ms
       FROM qoe_window_1m WHERE $where
       GROUP BY window_start, region, cdn
-      HAVING attempts_ >= 20 OR sum(playing_ms) >= 20 * 60000
+      HAVING attempts_ >= 20 OR sum(playing_ms) >= 50 * 60000
       ORDER BY rebuffer_pct DESC LIMIT 8 FORMAT PrettyCompactMonoBlock"
   echo
   echo "Pipeline: counted, late and duplicate events; views summarised"
   ch "SELECT sum(events) AS counted_events, sum(late_events) AS late, sum(duplicate_events) AS duplicates,
-        (SELECT count() FROM qoe_views) AS views_all_runs FROM qoe_window_10s WHERE $where
+        (SELECT count() FROM qoe_views) AS views FROM qoe_window_10s WHERE $where
       FORMAT PrettyCompactMonoBlock"
 }
 
@@ -109,6 +111,12 @@ case "${1:-}" in
   start)
     log "building the services (release; the first build takes a few minutes)"
     (cd "$ROOT" && cargo build --release --workspace --bins)
+    if [ "${QOE_DEMO_KEEP:-0}" != 1 ]; then
+      log "starting from a clean slate: topic recreated, database $DB emptied (QOE_DEMO_KEEP=1 keeps them)"
+      "$0" stop
+      "$ROOT/scripts/stack.sh" restart-kafka
+      ch "DROP DATABASE IF EXISTS $DB" >/dev/null
+    fi
     # The local broker keeps topics in memory: after a stack restart the topic is new and the
     # checkpoints of the previous one are stale, so the demo lets the aggregator start over.
     start_service aggregator run --clickhouse-database "$DB" --listen 127.0.0.1:9100 --reset-stale-checkpoints

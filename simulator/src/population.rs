@@ -59,14 +59,14 @@ pub struct NetworkQuality {
 /// Baseline quality of a region x CDN slice: a fixed, modest spread.
 pub fn baseline_quality(region: &str, cdn: &str) -> NetworkQuality {
     let region_factor = match region {
-        "ap-south" => 1.25,
-        "sa-east" => 1.15,
-        "us-east" => 0.9,
+        "ap-south" => 1.15,
+        "sa-east" => 1.1,
+        "us-east" => 0.95,
         _ => 1.0,
     };
     let cdn_factor = match cdn {
-        "cdn-c" => 1.15,
-        "cdn-a" => 0.9,
+        "cdn-c" => 1.1,
+        "cdn-a" => 0.95,
         _ => 1.0,
     };
     let f = region_factor * cdn_factor;
