@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 const INCIDENT: &str =
-    "region=eu-west,cdn=cdn-b,start=60s,duration=90s,stalls=8,stall_length=2,startup=3,start_failures=0.4";
+    "region=eu-west,cdn=cdn-b,start=0s,duration=4m,stalls=8,stall_length=2,startup=3,start_failures=0.4";
 
 /// Runs the simulator to completion against `url`; returns its ground truth.
 async fn simulate(url: &str, truth_path: std::path::PathBuf) -> TruthFile {
@@ -22,7 +22,7 @@ async fn simulate(url: &str, truth_path: std::path::PathBuf) -> TruthFile {
         "--seed",
         "20261122",
         "--viewers",
-        "400",
+        "1000",
         "--duration",
         "4m",
         "--speed",
@@ -145,11 +145,13 @@ async fn clickhouse_equals_the_simulators_ground_truth() {
         "one summary row per view"
     );
 
-    // The incident slice is the worst on rebuffering and start failures.
+    // The incident slice is the worst on rebuffering and start failures, among slices with
+    // enough attempts for a rate to mean something.
     let ranked = clickhouse_query(
         &database,
         "SELECT region, cdn, sum(stall_ms) / (sum(playing_ms) + sum(stall_ms)) AS rebuffering, \
-         sum(vsf) / sum(attempts) AS start_failures FROM qoe_window_1m GROUP BY region, cdn",
+         sum(vsf) / sum(attempts) AS start_failures FROM qoe_window_1m GROUP BY region, cdn \
+         HAVING sum(attempts) >= 50",
     )
     .await
     .unwrap();
