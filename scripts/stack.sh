@@ -7,6 +7,7 @@
 #   scripts/stack.sh stop      stop what this script started (by pid file)
 #   scripts/stack.sh status    say what runs
 #   scripts/stack.sh restart-kafka | stop-kafka | start-kafka | stop-clickhouse | start-clickhouse
+#   scripts/stack.sh create-topic NAME [PARTITIONS]
 #
 # Settings (environment): QOE_KAFKA_PORT (9092), QOE_CH_HTTP_PORT (8123), QOE_CH_TCP_PORT (9000),
 # QOE_TOPIC (qoe.events), QOE_TOPIC_PARTITIONS (6), QOE_STACK_DIR (<repo>/.stack),
@@ -81,17 +82,18 @@ start_kafka() {
   create_topic
 }
 
-create_topic() {
+create_topic() { # [name [partitions]]
   local bin; bin="$(tansu_bin)"
+  local topic="${1:-$TOPIC}" partitions="${2:-$PARTITIONS}"
   # The memory storage engine forgets topics when the broker stops, so create every time;
   # an "already exists" answer is fine.
   local out
-  if out="$("$bin" topic create "$TOPIC" --broker "$BROKER" --partitions "$PARTITIONS" 2>&1)"; then
-    log "topic $TOPIC ready ($PARTITIONS partitions)"
+  if out="$("$bin" topic create "$topic" --broker "$BROKER" --partitions "$partitions" 2>&1)"; then
+    log "topic $topic ready ($partitions partitions)"
   elif echo "$out" | grep -qi "exist"; then
-    log "topic $TOPIC already exists"
+    log "topic $topic already exists"
   else
-    die "creating topic $TOPIC failed: $out"
+    die "creating topic $topic failed: $out"
   fi
 }
 
@@ -209,7 +211,8 @@ case "${1:-}" in
   start-kafka) start_kafka ;;
   stop-kafka) stop_one tansu ;;
   restart-kafka) stop_one tansu; start_kafka ;;
+  create-topic) create_topic "${2:?topic name}" "${3:-$PARTITIONS}" ;;
   start-clickhouse) start_clickhouse ;;
   stop-clickhouse) stop_one clickhouse ;;
-  *) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

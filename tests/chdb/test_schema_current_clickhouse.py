@@ -6,40 +6,12 @@ statement included (also those gated to newer servers), and the aggregator's bat
 move mirrors `aggregator/src/writer.rs`.
 """
 
-import pathlib
-import tempfile
-
 import pytest
-from chdb import session
-
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-MIGRATIONS = sorted((ROOT / "schemas" / "clickhouse").glob("*.sql"))
-
-
-def statements(path):
-    """Splits a migration the way `qoe_schemas::migrations` does."""
-    out, cur = [], []
-    for line in path.read_text().splitlines():
-        t = line.strip()
-        if t.startswith("--") or (not t and not cur):
-            continue
-        cur.append(line)
-        if t.endswith(";"):
-            out.append("\n".join(cur).strip().rstrip(";"))
-            cur = []
-    assert not "".join(cur).strip(), f"{path.name}: text after the last ';'"
-    return out
 
 
 @pytest.fixture(scope="module")
-def ch():
-    s = session.Session(tempfile.mkdtemp())
-    s.query("CREATE DATABASE qoe")
-    s.query("USE qoe")
-    for path in MIGRATIONS:
-        for st in statements(path):
-            s.query(st)
-    return s
+def ch(chdb_session):
+    return chdb_session
 
 
 def q(s, sql):

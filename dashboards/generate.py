@@ -1,0 +1,544 @@
+#!/usr/bin/env python3
+"""Generates the Grafana dashboards (JSON) and alert rules (provisioning YAML) of the QoE
+pipeline from the definitions below, so that the SQL of every panel and rule is written once,
+with the metric formulas of the spec shared between them.
+
+    dashboards/generate.py          write dashboards/json/*.json and
+                                    dashboards/provisioning/alerting/qoe-alerts.yaml
+    dashboards/generate.py --check  exit 1 if the committed files differ from the output
+
+Every query is plain SQL for the official ClickHouse plugin (grafana-clickhouse-datasource) and
+uses only the macros that expand to SQL valid on ClickHouse 18.16 as well as current versions:
+$__timeFilter, $__fromTime, $__toTime and $__interval_s ($__timeInterval expands to
+toStartOfInterval, which 18.16 lacks, so buckets are computed with intDiv instead).
+"""
+
+import json
+import pathlib
+import sys
+
+import yaml
+
+HERE = pathlib.Path(__file__).resolve().parent
+DS_UID = "qoe-clickhouse"
+DS = {"type": "grafana-clickhouse-datasource", "uid": DS_UID}
+
+# Template variables: one per dimension; "All" expands to every value of the range.
+DIMENSIONS = [
+    ("region", "region", "Region"),
+    ("cdn", "cdn", "CDN"),
+    ("stream_type", "stream_type", "Stream type"),
+    ("platform", "platform", "Platform"),
+    ("stream", "stream_id", "Stream"),
+]
+FILTER = " AND ".join(f"{col} IN (${{{var}:singlequote}})" for var, col, _ in DIMENSIONS)
+
+STARTUP_COLUMNS = [
+    "startup_le_250", "startup_le_500", "startup_le_1000", "startup_le_2000", "startup_le_3000",
+    "startup_le_5000", "startup_le_8000", "startup_le_15000", "startup_le_inf",
+]
+# Bucket bounds for interpolating percentiles; the open last bucket is reported at 15 s.
+STARTUP_LO = "[0, 250, 500, 1000, 2000, 3000, 5000, 8000, 15000]"
+STARTUP_HI = "[250, 500, 1000, 2000, 3000, 5000, 8000, 15000, 15000]"
+
+
+def bucket(seconds_floor):
+    """Time bucket of at least the table's grain, following the panel's interval."""
+    b = f"greatest($__interval_s, {seconds_floor})"
+    return f"toDateTime(intDiv(toUInt32(window_start), {b}) * {b})", b
+
+
+def histogram(cond=None):
+    agg = (lambda c: f"sum({c})") if cond is None else (lambda c: f"sumIf({c}, {cond})")
+    return "[" + ", ".join(agg(c) for c in STARTUP_COLUMNS) + "]"
+
+
+def percentile(q, h, c, n):
+    """Startup percentile from a histogram h (array), its running sum c and total n, linearly
+    interpolated inside the bucket holding it; NULL without plays."""
+    i = f"arrayFirstIndex(x -> x >= {q} * {n}, {c})"
+    return (
+        f"if({n} = 0, NULL, round({STARTUP_LO}[{i}] + ({STARTUP_HI}[{i}] - {STARTUP_LO}[{i}]) "
+        f"* ({q} * {n} - ({c}[{i}] - {h}[{i}])) / greatest({h}[{i}], 1)))"
+    )
+
+
+# All sums a KPI needs, as an inner SELECT list; outer queries compute the ratios.
+SUMS = """sum(attempts) AS attempts_, sum(plays) AS plays_, sum(vsf) AS vsf_, sum(vpf) AS vpf_,
+    sum(ebvs) AS ebvs_, sum(errors) AS errors_, sum(playing_ms) AS playing_, sum(stall_ms) AS stall_,
+    sum(stalls) AS stalls_, sum(bitrate_kbps_ms) AS kbps_ms_, sum(latency_ms_sum) AS latency_sum_,
+    sum(latency_samples) AS latency_n_, """ + histogram() + """ AS h, arrayCumSum(h) AS c"""
+
+KPIS = {
+    "attempts": "attempts_",
+    "plays": "plays_",
+    "viewer_hours": "round((playing_ + stall_) / 3600000, 1)",
+    "start_failure_pct": "if(attempts_ = 0, NULL, round(100 * vsf_ / attempts_, 2))",
+    "ebvs_pct": "if(attempts_ = 0, NULL, round(100 * ebvs_ / attempts_, 2))",
+    "playback_failure_pct": "if(plays_ = 0, NULL, round(100 * vpf_ / plays_, 2))",
+    "rebuffering_pct": "if(playing_ + stall_ = 0, NULL, round(100 * stall_ / (playing_ + stall_), 3))",
+    "stalls_per_hour": "if(playing_ = 0, NULL, round(stalls_ / (playing_ / 3600000), 2))",
+    "startup_p50_ms": percentile(0.5, "h", "c", "plays_"),
+    "startup_p95_ms": percentile(0.95, "h", "c", "plays_"),
+    "avg_bitrate_kbps": "if(playing_ = 0, NULL, round(kbps_ms_ / playing_))",
+    "live_latency_ms": "if(latency_n_ = 0, NULL, round(latency_sum_ / latency_n_))",
+}
+
+UNITS = {
+    "start_failure_pct": "percent", "ebvs_pct": "percent", "playback_failure_pct": "percent",
+    "rebuffering_pct": "percent", "startup_p50_ms": "ms", "startup_p95_ms": "ms",
+    "startup_p95_ms_": "ms", "avg_bitrate_kbps": "Kbits", "live_latency_ms": "ms",
+    "viewer_hours": "h", "freshness_s": "s", "seconds_since_write": "s",
+}
+
+
+def kpi_series(names, custom=(), table="qoe_window_1m", grain=60):
+    """A time series of KPIs per bucket; `custom` adds (name, expression) pairs."""
+    t, _ = bucket(grain)
+    cols = ", ".join([f"{KPIS[n]} AS {n}" for n in names] + [f"{e} AS {n}" for n, e in custom])
+    return (
+        f"SELECT time, {cols}\nFROM (\n  SELECT {t} AS time, {SUMS}\n  FROM {table}\n"
+        f"  WHERE $__timeFilter(window_start) AND {FILTER}\n  GROUP BY time\n)\nORDER BY time"
+    )
+
+
+def kpi_table(keys, names, order, where_outer="1", limit=50):
+    """KPIs per group over the whole time range."""
+    keys_sql = ", ".join(keys)
+    cols = ", ".join(f"{KPIS[n]} AS {n}" for n in names)
+    return (
+        f"SELECT {keys_sql}, {cols}\nFROM (\n  SELECT {keys_sql}, {SUMS}\n  FROM qoe_window_1m\n"
+        f"  WHERE $__timeFilter(window_start) AND {FILTER}\n  GROUP BY {keys_sql}\n)\n"
+        f"WHERE {where_outer}\nORDER BY {order}\nLIMIT {limit}"
+    )
+
+
+class Dashboard:
+    def __init__(self, uid, title, description, variables=True):
+        self.uid, self.title, self.description = uid, title, description
+        self.panels, self.y, self.x, self.row_h = [], 0, 0, 0
+        self.variables = variables
+
+    def panel(self, kind, title, description, sql, fmt, w=12, h=8, columns=(), extra=None):
+        if self.x + w > 24:
+            self.x, self.y = 0, self.y + self.row_h
+            self.row_h = 0
+        overrides = [
+            {"matcher": {"id": "byName", "options": c},
+             "properties": [{"id": "unit", "value": UNITS[c]}]}
+            for c in columns if c in UNITS
+        ]
+        p = {
+            "id": len(self.panels) + 1,
+            "type": kind,
+            "title": title,
+            "description": description,
+            "datasource": DS,
+            "gridPos": {"h": h, "w": w, "x": self.x, "y": self.y},
+            "targets": [{
+                "refId": "A",
+                "datasource": DS,
+                "editorType": "sql",
+                "format": 0 if fmt == "timeseries" else 1,
+                "queryType": "timeseries" if fmt == "timeseries" else "table",
+                "rawSql": sql,
+            }],
+            "fieldConfig": {"defaults": {}, "overrides": overrides},
+            "options": {},
+        }
+        if extra:
+            p.update(extra)
+        self.panels.append(p)
+        self.x += w
+        self.row_h = max(self.row_h, h)
+
+    def json(self):
+        templating = []
+        if self.variables:
+            for var, col, label in DIMENSIONS:
+                sql = (f"SELECT DISTINCT {col} FROM qoe_window_1h "
+                       f"WHERE $__timeFilter(window_start) ORDER BY {col}")
+                templating.append({
+                    "name": var, "label": label, "type": "query", "datasource": DS,
+                    "query": sql, "definition": sql, "refresh": 2, "multi": True,
+                    "includeAll": True, "current": {"text": "All", "value": "$__all"},
+                    "sort": 1,
+                })
+        return {
+            "uid": self.uid,
+            "title": self.title,
+            "description": self.description,
+            "tags": ["qoe"],
+            "timezone": "utc",
+            "editable": True,
+            "schemaVersion": 39,
+            "refresh": "30s",
+            "time": {"from": "now-3h", "to": "now"},
+            "templating": {"list": templating},
+            "links": [{"title": "QoE dashboards", "type": "dashboards", "tags": ["qoe"],
+                       "asDropdown": True, "includeVars": True, "keepTime": True}],
+            "panels": self.panels,
+        }
+
+
+def overview():
+    d = Dashboard("qoe-overview", "QoE overview",
+                  "Quality of experience over time for the selected slices.")
+    t10, b10 = bucket(10)
+    d.panel("timeseries", "Concurrent viewers",
+            "Average viewers playing or stalled: (playing + stalled time) / bucket length. "
+            "Adds up across slices and grains.",
+            kpi_series([], custom=[("concurrent_viewers",
+                                    f"round((playing_ + stall_) / ({bucket(60)[1]} * 1000), 1)")]),
+            "timeseries", columns=["concurrent_viewers"])
+    d.panel("timeseries", "Active views (distinct, per 10 s window)",
+            "Distinct views with at least one event in a 10 s window, averaged over the bucket.",
+            f"SELECT {t10} AS time, round(avg(views_), 1) AS active_views\nFROM (\n"
+            f"  SELECT window_start, uniqExactMerge(views) AS views_\n  FROM qoe_active_views_10s\n"
+            f"  WHERE $__timeFilter(window_start) AND {FILTER}\n  GROUP BY window_start\n)\n"
+            f"GROUP BY time\nORDER BY time",
+            "timeseries", columns=["active_views"])
+    d.panel("timeseries", "Attempts and plays",
+            "Play attempts (view_start) and successful starts (first_frame) per bucket.",
+            kpi_series(["attempts", "plays"]), "timeseries", columns=["attempts", "plays"])
+    d.panel("timeseries", "Start failures, EBVS, playback failures (%)",
+            "Start failures and exits before video start per attempt; fatal errors after start "
+            "per play.",
+            kpi_series(["start_failure_pct", "ebvs_pct", "playback_failure_pct"]), "timeseries",
+            columns=["start_failure_pct", "ebvs_pct", "playback_failure_pct"])
+    d.panel("timeseries", "Rebuffering ratio (%)",
+            "Stalled time / (playing + stalled time).",
+            kpi_series(["rebuffering_pct"]), "timeseries", columns=["rebuffering_pct"])
+    d.panel("timeseries", "Stalls per hour of playback", "stall_start events per playing hour.",
+            kpi_series(["stalls_per_hour"]), "timeseries", columns=["stalls_per_hour"])
+    d.panel("timeseries", "Startup time p50 / p95",
+            "From the startup histogram, interpolated inside buckets.",
+            kpi_series(["startup_p50_ms", "startup_p95_ms"]), "timeseries",
+            columns=["startup_p50_ms", "startup_p95_ms"])
+    d.panel("timeseries", "Average bitrate", "Playing-time weighted rendition bitrate.",
+            kpi_series(["avg_bitrate_kbps"]), "timeseries", columns=["avg_bitrate_kbps"])
+    d.panel("timeseries", "Live latency", "Average live-edge latency reported by heartbeats.",
+            kpi_series(["live_latency_ms"]), "timeseries", columns=["live_latency_ms"], w=24)
+    return d
+
+
+MATRIX = {"transformations": [{"id": "groupingToMatrix", "options": {
+    "columnField": "cdn", "rowField": "region", "valueField": None}}]}
+
+
+def matrix(value):
+    m = json.loads(json.dumps(MATRIX))
+    m["transformations"][0]["options"]["valueField"] = value
+    return m
+
+
+def region_cdn():
+    d = Dashboard("qoe-region-cdn", "QoE by region x CDN",
+                  "Which slice is broken: KPIs as region x CDN matrices, and slices ranked by "
+                  "how many viewers they affect.")
+    all_kpis = ["attempts", "plays", "viewer_hours", "start_failure_pct", "ebvs_pct",
+                "playback_failure_pct", "rebuffering_pct", "stalls_per_hour", "startup_p50_ms",
+                "startup_p95_ms", "avg_bitrate_kbps", "live_latency_ms"]
+    for name, title in [("rebuffering_pct", "Rebuffering ratio (%)"),
+                        ("start_failure_pct", "Start failures (%)"),
+                        ("ebvs_pct", "Exits before video start (%)"),
+                        ("startup_p95_ms", "Startup p95 (ms)")]:
+        d.panel("table", f"{title}: region x CDN",
+                f"{title} per region (rows) and CDN (columns) over the time range.",
+                kpi_table(["region", "cdn"], [name], "region, cdn", limit=10000),
+                "table", columns=["region", "cdn", name], extra=matrix(name))
+    fleet = (f"(SELECT sum(stall_ms) / greatest(sum(playing_ms) + sum(stall_ms), 1) FROM qoe_window_1m "
+             f"WHERE $__timeFilter(window_start) AND {FILTER})")
+    d.panel("table", "Worst slices: rebuffering",
+            "Ranked by excess stalled hours: stalled time beyond what the slice would have at the "
+            "fleet's ratio. Big slices with a bad ratio come first; tiny ones cannot dominate.",
+            f"SELECT region, cdn, round((playing_ + stall_) / 3600000, 1) AS viewer_hours,\n"
+            f"  {KPIS['rebuffering_pct']} AS rebuffering_pct,\n"
+            f"  round((stall_ - {fleet} * (playing_ + stall_)) / 3600000, 2) AS excess_stall_hours\n"
+            f"FROM (\n  SELECT region, cdn, {SUMS}\n  FROM qoe_window_1m\n"
+            f"  WHERE $__timeFilter(window_start) AND {FILTER}\n  GROUP BY region, cdn\n)\n"
+            f"ORDER BY excess_stall_hours DESC\nLIMIT 20",
+            "table", columns=["region", "cdn", "viewer_hours", "rebuffering_pct", "excess_stall_hours"])
+    fleet_vsf = (f"(SELECT sum(vsf) / greatest(sum(attempts), 1) FROM qoe_window_1m "
+                 f"WHERE $__timeFilter(window_start) AND {FILTER})")
+    d.panel("table", "Worst slices: start failures",
+            "Ranked by excess failed starts: failures beyond the fleet's rate for that many attempts.",
+            f"SELECT region, cdn, attempts_ AS attempts, vsf_ AS failed_starts,\n"
+            f"  {KPIS['start_failure_pct']} AS start_failure_pct,\n"
+            f"  round(vsf_ - {fleet_vsf} * attempts_, 1) AS excess_failed_starts\n"
+            f"FROM (\n  SELECT region, cdn, {SUMS}\n  FROM qoe_window_1m\n"
+            f"  WHERE $__timeFilter(window_start) AND {FILTER}\n  GROUP BY region, cdn\n)\n"
+            f"ORDER BY excess_failed_starts DESC\nLIMIT 20",
+            "table", columns=["region", "cdn", "attempts", "failed_starts", "start_failure_pct",
+                              "excess_failed_starts"])
+    d.panel("table", "Worst slices: startup p95",
+            "Slices with at least 20 plays, slowest p95 startup first.",
+            kpi_table(["region", "cdn"], ["plays", "startup_p50_ms", "startup_p95_ms"],
+                      "startup_p95_ms DESC", where_outer="plays_ >= 20", limit=20),
+            "table", columns=["region", "cdn", "plays", "startup_p50_ms", "startup_p95_ms"])
+    d.panel("table", "All KPIs by slice", "Every KPI per region x CDN, worst rebuffering first.",
+            kpi_table(["region", "cdn"], all_kpis, "rebuffering_pct DESC", limit=1000),
+            "table", w=24, h=10, columns=["region", "cdn"] + all_kpis)
+    return d
+
+
+def streams():
+    d = Dashboard("qoe-streams", "QoE stream drill-down",
+                  "Streams behind the selected slices, and how each behaves over time.")
+    kpis = ["viewer_hours", "attempts", "start_failure_pct", "ebvs_pct", "rebuffering_pct",
+            "startup_p95_ms", "avg_bitrate_kbps", "live_latency_ms"]
+    d.panel("table", "Streams, worst rebuffering first",
+            "Per stream over the time range; streams with less than 0.1 viewer-hours are hidden.",
+            kpi_table(["stream_id", "stream_type"], kpis, "rebuffering_pct DESC",
+                      where_outer="playing_ + stall_ >= 360000", limit=200),
+            "table", w=24, h=10, columns=["stream_id", "stream_type"] + kpis)
+    t, b = bucket(60)
+    for name, expr, title in [
+        ("concurrent_viewers", f"round((playing_ + stall_) / ({b} * 1000), 1)", "Concurrent viewers by stream"),
+        ("rebuffering_pct", KPIS["rebuffering_pct"], "Rebuffering ratio by stream (%)"),
+        ("start_failure_pct", KPIS["start_failure_pct"], "Start failures by stream (%)"),
+        ("startup_p95_ms", KPIS["startup_p95_ms"], "Startup p95 by stream"),
+    ]:
+        d.panel("timeseries", title, "One series per stream.",
+                f"SELECT time, stream_id, {expr} AS {name}\nFROM (\n"
+                f"  SELECT {t} AS time, stream_id, {SUMS}\n  FROM qoe_window_1m\n"
+                f"  WHERE $__timeFilter(window_start) AND {FILTER}\n  GROUP BY time, stream_id\n)\n"
+                f"ORDER BY time, stream_id",
+                "timeseries", columns=["stream_id", name])
+    return d
+
+
+def views():
+    d = Dashboard("qoe-views", "QoE view drill-down",
+                  "The individual views behind a bad slice: one row per view (qoe_views).")
+    base = (f"FROM qoe_views\nWHERE start_time >= $__fromTime AND start_time <= $__toTime "
+            f"AND {FILTER}")
+    cols = ("view_id, start_time, region, cdn, platform, stream_id, started, startup_ms,\n"
+            "  round(playing_ms / 1000) AS watched_s, round(stall_ms / 1000, 1) AS stalled_s, stalls,\n"
+            "  if(playing_ms + stall_ms = 0, 0, round(100 * stall_ms / (playing_ms + stall_ms), 2)) AS rebuffering_pct,\n"
+            "  round(avg_bitrate_kbps) AS avg_bitrate_kbps, errors, error_code, end_reason")
+    names = ["view_id", "start_time", "region", "cdn", "platform", "stream_id", "started",
+             "startup_ms", "watched_s", "stalled_s", "stalls", "rebuffering_pct",
+             "avg_bitrate_kbps", "errors", "error_code", "end_reason"]
+    d.panel("stat", "Views started in range", "Distinct views that started in the time range.",
+            f"SELECT count() AS views {base}", "table", w=6, h=4, columns=["views"])
+    d.panel("stat", "Failed starts", "Views that never rendered a frame because of an error.",
+            f"SELECT countIf(started = 0 AND end_reason = 'error') AS failed_starts {base}",
+            "table", w=6, h=4, columns=["failed_starts"])
+    d.panel("stat", "Exits before start", "Views that ended before the first frame, not by error.",
+            f"SELECT countIf(started = 0 AND end_reason = 'exit') AS exits_before_start {base}",
+            "table", w=6, h=4, columns=["exits_before_start"])
+    d.panel("stat", "Median view rebuffering (%)", "Median over views with playback.",
+            f"SELECT round(quantileExact(0.5)(100 * stall_ms / (playing_ms + stall_ms)), 2) AS median_rebuffering_pct "
+            f"{base} AND playing_ms + stall_ms > 0", "table", w=6, h=4,
+            columns=["median_rebuffering_pct"])
+    d.panel("table", "Views with the most stalling",
+            "Views of the selected slices, most stalled time first.",
+            f"SELECT {cols}\n{base}\nORDER BY stall_ms DESC, errors DESC\nLIMIT 500",
+            "table", w=24, h=12, columns=names)
+    d.panel("table", "Views that failed", "Views with an error code, newest first.",
+            f"SELECT {cols}\n{base} AND error_code != ''\nORDER BY start_time DESC\nLIMIT 500",
+            "table", w=24, h=10, columns=names)
+    return d
+
+
+def pipeline():
+    d = Dashboard("qoe-pipeline", "QoE pipeline health",
+                  "Is the data complete and current: event rates, late and duplicate events, "
+                  "freshness of windows and of each partition's checkpoint.", variables=False)
+    t, b = bucket(10)
+    d.panel("timeseries", "Events per second",
+            "Events counted into windows, duplicates and late events, per second of event time.",
+            f"SELECT {t} AS time, round(sum(events) / {b}, 1) AS events_per_s,\n"
+            f"  round(sum(duplicate_events) / {b}, 2) AS duplicates_per_s,\n"
+            f"  round(sum(late_events) / {b}, 2) AS late_per_s\n"
+            f"FROM qoe_window_10s\nWHERE $__timeFilter(window_start)\nGROUP BY time\nORDER BY time",
+            "timeseries", w=24, columns=["events_per_s", "duplicates_per_s", "late_per_s"])
+    d.panel("timeseries", "Late and duplicate events (%)",
+            "Share of events that arrived after their window was final, or were repeats.",
+            f"SELECT {t} AS time,\n"
+            f"  round(100 * sum(late_events) / greatest(sum(events) + sum(late_events) + sum(duplicate_events), 1), 3) AS late_pct,\n"
+            f"  round(100 * sum(duplicate_events) / greatest(sum(events) + sum(late_events) + sum(duplicate_events), 1), 3) AS duplicate_pct\n"
+            f"FROM qoe_window_10s\nWHERE $__timeFilter(window_start)\nGROUP BY time\nORDER BY time",
+            "timeseries", columns=["late_pct", "duplicate_pct"])
+    d.panel("stat", "Data freshness",
+            "Seconds since the start of the newest 10 s window with data; above ~60 s means "
+            "events are not flowing (collector, broker or aggregator).",
+            "SELECT toUInt32(now()) - toUInt32(max(window_start)) AS freshness_s FROM qoe_window_10s",
+            "table", w=6, columns=["freshness_s"])
+    d.panel("table", "Checkpoints by partition",
+            "Where each partition's data ends and when it was last written; a partition whose "
+            "write age grows while others stay fresh is stuck.",
+            "SELECT topic, partition, max(next_offset) AS next_offset,\n"
+            "  toUInt32(now()) - toUInt32(max(written_at)) AS seconds_since_write\n"
+            "FROM qoe_checkpoints\nGROUP BY topic, partition\nORDER BY topic, partition",
+            "table", w=6, columns=["topic", "partition", "next_offset", "seconds_since_write"])
+    return d
+
+
+# Alert rules. Every rule's query returns one row per breaching region x CDN slice (labels:
+# region, cdn; value: the current figure), so an empty result is healthy.
+CURRENT = "window_start >= $__fromTime AND window_start + 60 <= $__toTime"
+BASELINE = "window_start >= $__fromTime - 3600 AND window_start < $__fromTime"
+ALERT_RANGE = {"from": 690, "to": 90}  # 10 minutes, ending 90 s ago (lateness 30 s + margin)
+
+
+def alert_sql(sums, value, conditions):
+    inner = ",\n    ".join(sums)
+    return (
+        f"SELECT region, cdn, {value} AS value\nFROM (\n  SELECT region, cdn,\n    {inner}\n"
+        f"  FROM qoe_window_1m\n  WHERE window_start >= $__fromTime - 3600 AND window_start + 60 <= $__toTime\n"
+        f"  GROUP BY region, cdn\n)\nWHERE " + "\n  AND ".join(conditions)
+    )
+
+
+def ratio_rule(num, den, guard, pct_threshold, times):
+    sums = [f"sumIf({num}, {CURRENT}) AS cur_num", f"sumIf({den}, {CURRENT}) AS cur_den",
+            f"sumIf({num}, {BASELINE}) AS base_num", f"sumIf({den}, {BASELINE}) AS base_den"]
+    return alert_sql(
+        sums, "round(100 * cur_num / cur_den, 2)",
+        [f"cur_den >= {guard}", f"cur_num / cur_den > {pct_threshold / 100}",
+         f"(base_den < {guard} OR cur_num / cur_den > {times} * base_num / base_den)"])
+
+
+def startup_rule(guard, threshold_ms, times):
+    cur_h, base_h = histogram(CURRENT), histogram(BASELINE)
+    sums = [f"sumIf(plays, {CURRENT}) AS cur_n", f"sumIf(plays, {BASELINE}) AS base_n",
+            f"{cur_h} AS cur_h", "arrayCumSum(cur_h) AS cur_c",
+            f"{base_h} AS base_h", "arrayCumSum(base_h) AS base_c"]
+    p_cur = percentile(0.95, "cur_h", "cur_c", "cur_n")
+    p_base = percentile(0.95, "base_h", "base_c", "base_n")
+    return alert_sql(
+        sums, p_cur,
+        [f"cur_n >= {guard}", f"{p_cur} > {threshold_ms}",
+         f"(base_n < {guard} OR {p_cur} > {times} * {p_base})"])
+
+
+RULES = [
+    dict(uid="qoe-rebuffering", metric="rebuffering_ratio", severity="critical",
+         title="Rebuffering ratio regression",
+         sql=ratio_rule("stall_ms", "playing_ms + stall_ms", 100 * 60000, 1.0, 3),
+         summary="Rebuffering {{ $values.B.Value }}% in {{ $labels.region }} x {{ $labels.cdn }}",
+         rule="more than 1% of viewing time stalled over 10 minutes with at least 100 "
+              "viewer-minutes, and over 3x the slice's ratio in the hour before",
+         runbook="Check the CDN's status page and edge error rates for the region; compare "
+                 "with the other CDNs of the region on 'QoE by region x CDN'. If only this CDN "
+                 "is affected, shift the region's traffic away from it (CDN switching / steering "
+                 "weights) and open a ticket with the CDN."),
+    dict(uid="qoe-start-failures", metric="start_failure_rate", severity="critical",
+         title="Start failure rate regression",
+         sql=ratio_rule("vsf", "attempts", 100, 8.0, 3),
+         summary="Start failures {{ $values.B.Value }}% of attempts in {{ $labels.region }} x {{ $labels.cdn }}",
+         rule="more than 8% of at least 100 attempts failed to start over 10 minutes, and over "
+              "3x the slice's rate in the hour before",
+         runbook="Open 'QoE view drill-down' filtered to the slice: the error codes of failed "
+                 "views say whether manifests (404), DRM licences or the network fail. Manifest "
+                 "or segment errors on one CDN: steer traffic away; DRM errors everywhere: page "
+                 "the licence service owner."),
+    dict(uid="qoe-ebvs", metric="ebvs_rate", severity="warning",
+         title="Exits before video start regression",
+         sql=ratio_rule("ebvs", "attempts", 100, 8.0, 2),
+         summary="Exits before start {{ $values.B.Value }}% of attempts in {{ $labels.region }} x {{ $labels.cdn }}",
+         rule="more than 8% of at least 100 attempts abandoned before the first frame over 10 "
+              "minutes, and over 2x the slice's rate in the hour before",
+         runbook="Viewers give up when startup is slow: check the startup p95 of the slice and "
+                 "the CDN's time to first byte for manifests and first segments."),
+    dict(uid="qoe-startup-p95", metric="startup_p95", severity="warning",
+         title="Startup time p95 regression",
+         sql=startup_rule(100, 6000, 1.5),
+         summary="Startup p95 {{ $values.B.Value }} ms in {{ $labels.region }} x {{ $labels.cdn }}",
+         rule="p95 startup above 6 s over 10 minutes with at least 100 plays, and over 1.5x "
+              "the slice's p95 in the hour before",
+         runbook="Compare with the other CDNs of the region; slow starts on one CDN point at "
+                 "its edge (cache misses, TTFB). Everywhere at once: check the origin and the "
+                 "packager."),
+    dict(uid="qoe-playback-failures", metric="playback_failure_rate", severity="critical",
+         title="Playback failure rate regression",
+         sql=ratio_rule("vpf", "plays", 100, 15.0, 3),
+         summary="Playback failures {{ $values.B.Value }}% of plays in {{ $labels.region }} x {{ $labels.cdn }}",
+         rule="fatal errors after start for more than 15% of at least 100 plays over 10 "
+              "minutes, and over 3x the slice's rate in the hour before",
+         runbook="Open 'QoE view drill-down' for the slice and group the failed views by error "
+                 "code and player version; a new player release or a broken rendition is the "
+                 "usual cause."),
+]
+
+
+def alerting():
+    rules = []
+    for r in RULES:
+        rules.append({
+            "uid": r["uid"],
+            "title": r["title"],
+            "condition": "C",
+            "data": [
+                {"refId": "A", "relativeTimeRange": ALERT_RANGE, "datasourceUid": DS_UID,
+                 "model": {"refId": "A", "datasource": DS, "editorType": "sql", "format": 1,
+                           "queryType": "table", "rawSql": r["sql"]}},
+                {"refId": "B", "datasourceUid": "__expr__",
+                 "model": {"refId": "B", "type": "reduce", "expression": "A",
+                           "reducer": "last", "datasource": {"type": "__expr__", "uid": "__expr__"}}},
+                {"refId": "C", "datasourceUid": "__expr__",
+                 "model": {"refId": "C", "type": "threshold", "expression": "B",
+                           "conditions": [{"evaluator": {"type": "gt", "params": [0]}}],
+                           "datasource": {"type": "__expr__", "uid": "__expr__"}}},
+            ],
+            "noDataState": "OK",
+            "execErrState": "Error",
+            "for": "5m",
+            "labels": {"severity": r["severity"], "metric": r["metric"], "team": "video-sre"},
+            "annotations": {
+                "summary": r["summary"],
+                "description": "Fires per region x CDN slice when " + r["rule"] + ". The region "
+                               "and cdn labels come from the query's columns.",
+                "runbook": r["runbook"],
+                "dashboard": "qoe-region-cdn",
+            },
+        })
+    return {
+        "apiVersion": 1,
+        "groups": [{"orgId": 1, "name": "qoe-regressions", "folder": "QoE", "interval": "1m",
+                    "rules": rules}],
+    }
+
+
+class _Dumper(yaml.SafeDumper):
+    """Readable YAML: no anchors, multi-line SQL as literal blocks."""
+
+    def ignore_aliases(self, data):
+        return True
+
+
+_Dumper.add_representer(str, lambda dumper, s: dumper.represent_scalar(
+    "tag:yaml.org,2002:str", s, style="|" if "\n" in s else None))
+
+
+def outputs():
+    files = {}
+    for d in [overview(), region_cdn(), streams(), views(), pipeline()]:
+        files[HERE / "json" / f"{d.uid}.json"] = json.dumps(d.json(), indent=2) + "\n"
+    header = ("# Generated by dashboards/generate.py from its rule definitions; edit there.\n"
+              "# Grafana-managed alert rules for QoE regressions per region x CDN slice.\n")
+    files[HERE / "provisioning" / "alerting" / "qoe-alerts.yaml"] = header + yaml.dump(
+        alerting(), Dumper=_Dumper, sort_keys=False, width=100, allow_unicode=True)
+    return files
+
+
+def main():
+    check = "--check" in sys.argv[1:]
+    stale = []
+    for path, text in outputs().items():
+        if check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(str(path.relative_to(HERE.parent)))
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            print(f"wrote {path.relative_to(HERE.parent)}")
+    if stale:
+        print("out of date (run dashboards/generate.py): " + ", ".join(stale), file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,329 @@
+"""Grafana provisioning against real data.
+
+Structure: every file parses, uids are unique, everything uses the provisioned data source,
+every template variable used is defined, the generated files are current.
+
+Queries: the simulator plays viewers through the real collector, broker and aggregator into
+ClickHouse 18.16 twice, with and without a CDN incident (same seed). Every panel query and
+every alert query, with the plugin's macros expanded the way the plugin expands them, runs
+there and returns the columns its panel uses; the same SQL runs on current ClickHouse (chDB).
+Each alert query yields rows (firing slices) only for the incident slice while the incident is
+in its evaluation window, and none on the data without the incident.
+"""
+
+import json
+import os
+import pathlib
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+
+import pytest
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+DASHBOARDS = ROOT / "dashboards"
+DS_UID = "qoe-clickhouse"
+CH = os.environ.get("QOE_CLICKHOUSE_URL", "http://127.0.0.1:8123")
+BROKERS = os.environ.get("QOE_KAFKA_BROKERS", "127.0.0.1:9092")
+TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug"
+
+SPAN_S = 30 * 60
+INCIDENT_START_S, INCIDENT_LEN_S = 14 * 60, 10 * 60
+INCIDENT = (f"region=eu-west,cdn=cdn-b,start={INCIDENT_START_S}s,duration={INCIDENT_LEN_S}s,"
+            "stalls=6,stall_length=3,startup=4,start_failures=0.3")
+INCIDENT_SLICE = ("eu-west", "cdn-b")
+# Rules this incident must trip (it does not change playback failures after start).
+RELEVANT = {"qoe-rebuffering", "qoe-start-failures", "qoe-ebvs", "qoe-startup-p95"}
+
+
+def dashboards():
+    return {p.name: json.loads(p.read_text()) for p in sorted((DASHBOARDS / "json").glob("*.json"))}
+
+
+def alert_rules():
+    doc = yaml.safe_load((DASHBOARDS / "provisioning" / "alerting" / "qoe-alerts.yaml").read_text())
+    return [r for g in doc["groups"] for r in g["rules"]]
+
+
+def panel_targets():
+    for name, d in dashboards().items():
+        for p in d["panels"]:
+            for t in p["targets"]:
+                yield name, d, p, t
+
+
+# --- macro and variable expansion, as the ClickHouse plugin and Grafana do it -------------
+
+def expand(sql, frm, to, interval_s=60, variables=None):
+    """Expands the plugin's macros (pkg/macros of grafana-clickhouse-datasource) and Grafana's
+    `${var:singlequote}` for a time range in epoch seconds."""
+    sql = re.sub(r"\$__timeFilter\(([^)]*)\)",
+                 lambda m: f"{m.group(1).strip()} >= toDateTime({frm}) AND "
+                           f"{m.group(1).strip()} <= toDateTime({to})", sql)
+    sql = sql.replace("$__fromTime", f"toDateTime({frm})").replace("$__toTime", f"toDateTime({to})")
+    sql = sql.replace("$__interval_s", str(interval_s))
+
+    def var(m):
+        values = (variables or {})[m.group(1)]
+        return ",".join("'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'" for v in values)
+
+    sql = re.sub(r"\$\{(\w+):singlequote\}", var, sql)
+    assert "$" not in sql, f"unexpanded macro or variable in: {sql}"
+    return sql
+
+
+def used_variables(sql):
+    names = set(re.findall(r"\$\{(\w+)(?::\w+)?\}", sql))
+    names |= {n for n in re.findall(r"\$(\w+)", sql) if not n.startswith("__")}
+    names |= set(re.findall(r"\[\[(\w+)\]\]", sql))
+    return names
+
+
+# --- structure ------------------------------------------------------------------------------
+
+def test_generated_files_are_current():
+    r = subprocess.run([sys.executable, str(DASHBOARDS / "generate.py"), "--check"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_uids_unique_and_data_source_provisioned():
+    ds = yaml.safe_load((DASHBOARDS / "provisioning" / "datasources" / "qoe-clickhouse.yaml").read_text())
+    [source] = ds["datasources"]
+    assert (source["uid"], source["type"]) == (DS_UID, "grafana-clickhouse-datasource")
+    for key in ["host", "port", "username", "defaultDatabase"]:
+        assert str(source["jsonData"][key]).startswith("${QOE_"), f"{key} comes from the environment"
+    provider = yaml.safe_load((DASHBOARDS / "provisioning" / "dashboards" / "qoe.yaml").read_text())
+    assert provider["providers"][0]["type"] == "file"
+
+    uids = [d["uid"] for d in dashboards().values()]
+    assert len(uids) == len(set(uids)) == 5
+    for name, d in dashboards().items():
+        ids = [p["id"] for p in d["panels"]]
+        titles = [p["title"] for p in d["panels"]]
+        assert len(ids) == len(set(ids)), f"{name}: panel ids repeat"
+        assert len(titles) == len(set(titles)), f"{name}: panel titles repeat"
+        for p in d["panels"]:
+            assert p["datasource"]["uid"] == DS_UID, f"{name}/{p['title']}"
+            assert p["targets"], f"{name}/{p['title']} has no query"
+            for t in p["targets"]:
+                assert t["datasource"]["uid"] == DS_UID and t["rawSql"].strip()
+        for v in d["templating"]["list"]:
+            assert v["datasource"]["uid"] == DS_UID
+
+    rules = alert_rules()
+    assert len({r["uid"] for r in rules}) == len(rules) == 5
+    for r in rules:
+        [query] = [q for q in r["data"] if q["datasourceUid"] != "__expr__"]
+        assert query["datasourceUid"] == DS_UID == query["model"]["datasource"]["uid"]
+        assert r["condition"] in {q["refId"] for q in r["data"]}
+        assert set(r["labels"]) >= {"severity", "metric"}
+        assert {"summary", "runbook", "description"} <= set(r["annotations"])
+        assert re.fullmatch(r"\d+m", r["for"]), "a pending period"
+        # Evaluation lags behind now by more than the aggregator's allowed lateness (30 s).
+        assert query["relativeTimeRange"]["to"] >= 60
+
+
+def test_every_variable_used_is_defined():
+    for name, d in dashboards().items():
+        defined = {v["name"] for v in d["templating"]["list"]}
+        texts = [t["rawSql"] for p in d["panels"] for t in p["targets"]]
+        texts += [v["query"] for v in d["templating"]["list"]]
+        for text in texts:
+            missing = used_variables(text) - defined
+            assert not missing, f"{name}: undefined variables {missing}"
+    for r in alert_rules():
+        for q in r["data"]:
+            assert not used_variables(q["model"].get("rawSql", "")), "alert queries use no variables"
+
+
+def test_expansion_matches_the_plugin():
+    sql = "SELECT 1 WHERE $__timeFilter(window_start) AND t < $__toTime AND b = $__interval_s AND r IN (${region:singlequote})"
+    assert expand(sql, 10, 20, 30, {"region": ["eu", "o'x"]}) == (
+        "SELECT 1 WHERE window_start >= toDateTime(10) AND window_start <= toDateTime(20) "
+        "AND t < toDateTime(20) AND b = 30 AND r IN ('eu','o\\'x')")
+
+
+# --- data -----------------------------------------------------------------------------------
+
+def ch(database, sql, fmt="JSON"):
+    req = urllib.request.Request(f"{CH}/?database={database}", data=f"{sql}\nFORMAT {fmt}".encode())
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            body = r.read().decode()
+    except urllib.error.HTTPError as e:
+        raise AssertionError(f"ClickHouse rejected the query: {e.read().decode()}\n{sql}") from None
+    return json.loads(body) if fmt == "JSON" else body
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url, seconds):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError(f"{url} not up within {seconds} s")
+
+
+def run_scenario(name, incident, start_ms):
+    run = uuid.uuid4().hex[:8]
+    topic, database = f"test.dash.{name}.{run}", f"test_dash_{name}_{run}"
+    subprocess.run([str(ROOT / "scripts" / "stack.sh"), "create-topic", topic, "6"], check=True,
+                   capture_output=True)
+    cport, aport = free_port(), free_port()
+    env = dict(os.environ, RUST_LOG="warn")
+    procs = [
+        subprocess.Popen([str(TARGET / "aggregator"), "run", "--kafka-brokers", BROKERS,
+                          "--topic", topic, "--group", f"dash-{run}", "--clickhouse-url", CH,
+                          "--clickhouse-database", database, "--listen", f"127.0.0.1:{aport}",
+                          "--flush-interval-ms", "500"], env=env),
+        subprocess.Popen([str(TARGET / "collector"), "--listen", f"127.0.0.1:{cport}",
+                          "--kafka-brokers", BROKERS, "--topic", topic, "--rate-per-ip", "0",
+                          "--rate-per-view", "0", "--rate-global", "0"], env=env),
+    ]
+    try:
+        wait_http(f"http://127.0.0.1:{cport}/readyz", 60)
+        truth_file = pathlib.Path(f"/tmp/qoe-dash-truth-{run}.json")
+        args = [str(TARGET / "simulator"), "--url", f"http://127.0.0.1:{cport}", "--seed", "11",
+                "--viewers", "1500", "--duration", f"{SPAN_S}s", "--speed", "0",
+                "--start-ms", str(start_ms), "--progress-secs", "30",
+                "--truth-out", str(truth_file)]
+        if incident:
+            args += ["--incident", incident]
+        sim = subprocess.run(args, capture_output=True, text=True, timeout=1800)
+        assert sim.returncode == 0, sim.stderr + sim.stdout
+        truth = json.loads(truth_file.read_text())
+        truth_file.unlink()
+        assert truth["uncertain_events"] == 0 and truth["unacknowledged_events"] == 0
+        deadline = time.time() + 300
+        while True:
+            got = int(ch(database, "SELECT sum(events) + sum(duplicate_events) + sum(late_events) AS n "
+                                   "FROM qoe_window_10s")["data"][0]["n"] or 0)
+            if got >= truth["acknowledged_events"]:
+                break
+            assert time.time() < deadline, f"aggregator behind: {got} of {truth['acknowledged_events']}"
+            time.sleep(1)
+        return database
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+@pytest.fixture(scope="module")
+def data():
+    """Two databases of simulator data on the same timeline: with and without the incident."""
+    start_ms = (int(time.time()) - SPAN_S - 120) // 60 * 60 * 1000
+    return {
+        "start": start_ms // 1000,
+        "incident": run_scenario("incident", INCIDENT, start_ms),
+        "baseline": run_scenario("baseline", None, start_ms),
+    }
+
+
+def variable_values(database, d, frm, to):
+    out = {}
+    for v in d["templating"]["list"]:
+        rows = ch(database, expand(v["query"], frm, to))
+        out[v["name"]] = [list(r.values())[0] for r in rows["data"]]
+        assert out[v["name"]], f"variable {v['name']} has no values"
+    return out
+
+
+NUMERIC = re.compile(r"^(Nullable\()?(U?Int\d+|Float\d+|Decimal)")
+
+
+def expanded_panels(data):
+    frm, to = data["start"], data["start"] + SPAN_S
+    for name, d, p, t in panel_targets():
+        values = variable_values(data["incident"], d, frm, to)
+        yield name, p, t, expand(t["rawSql"], frm, to, 60, values)
+
+
+def test_panel_queries_return_what_panels_use(data):
+    for name, p, t, sql in expanded_panels(data):
+        result = ch(data["incident"], sql)
+        cols = {c["name"]: c["type"] for c in result["meta"]}
+        where = f"{name} / {p['title']}"
+        assert result["data"], f"{where}: no rows on simulator data"
+        used = [o["matcher"]["options"] for o in p["fieldConfig"]["overrides"]]
+        for tr in p.get("transformations", []):
+            used += [v for k, v in tr["options"].items() if k.endswith("Field")]
+        missing = set(used) - set(cols)
+        assert not missing, f"{where}: columns {missing} missing from {list(cols)}"
+        if t["format"] == 0:
+            names = list(cols)
+            assert names[0] == "time" and cols["time"].startswith("DateTime"), f"{where}: {cols}"
+            assert any(NUMERIC.match(ty) for ty in list(cols.values())[1:]), f"{where}: no values"
+        else:
+            assert any(NUMERIC.match(ty) for ty in cols.values()) or p["type"] == "table", where
+
+
+def test_panel_queries_run_on_current_clickhouse(data, chdb_session):
+    for name, p, t, sql in expanded_panels(data):
+        old = [c["name"] for c in ch(data["incident"], sql)["meta"]]
+        new = json.loads(str(chdb_session.query(sql, "JSON")))
+        assert [c["name"] for c in new["meta"]] == old, f"{name} / {p['title']}"
+
+
+def evaluations(data, database, rule):
+    """Firing slices of one rule at each minute of the run: {t: [(region, cdn, value)]}."""
+    [query] = [q for q in rule["data"] if q["datasourceUid"] == DS_UID]
+    rng = query["relativeTimeRange"]
+    fired = {}
+    for t in range(data["start"] + 12 * 60, data["start"] + SPAN_S + rng["to"] + 60, 60):
+        result = ch(database, expand(query["model"]["rawSql"], t - rng["from"], t - rng["to"]))
+        assert [c["name"] for c in result["meta"]] == ["region", "cdn", "value"]
+        rows = [(r["region"], r["cdn"], float(r["value"])) for r in result["data"]]
+        if rows:
+            fired[t] = rows
+    return fired
+
+
+def test_alerts_fire_for_the_incident_slice_during_the_incident_only(data):
+    inc_from = data["start"] + INCIDENT_START_S
+    inc_to = inc_from + INCIDENT_LEN_S
+    for rule in alert_rules():
+        [query] = [q for q in rule["data"] if q["datasourceUid"] == DS_UID]
+        rng = query["relativeTimeRange"]
+        fired = evaluations(data, data["incident"], rule)
+        for t, rows in fired.items():
+            window = (t - rng["from"], t - rng["to"])
+            assert window[0] < inc_to and window[1] > inc_from, (
+                f"{rule['uid']} fired outside the incident at +{t - data['start']} s: {rows}")
+            assert all(r[:2] == INCIDENT_SLICE for r in rows), f"{rule['uid']}: {rows}"
+        if rule["uid"] in RELEVANT:
+            assert fired, f"{rule['uid']} never fired during the incident"
+        else:
+            assert not fired, f"{rule['uid']} fired on an incident that does not concern it"
+
+
+def test_alerts_stay_quiet_without_the_incident(data):
+    for rule in alert_rules():
+        fired = evaluations(data, data["baseline"], rule)
+        assert not fired, f"{rule['uid']} fired without an incident: {fired}"
+
+
+def test_alert_queries_run_on_current_clickhouse(data, chdb_session):
+    for rule in alert_rules():
+        [query] = [q for q in rule["data"] if q["datasourceUid"] == DS_UID]
+        sql = expand(query["model"]["rawSql"], data["start"], data["start"] + 600)
+        new = json.loads(str(chdb_session.query(sql, "JSON")))
+        assert [c["name"] for c in new["meta"]] == ["region", "cdn", "value"], rule["uid"]
