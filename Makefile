@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help demo test stack stop status lint unit migrate
+.PHONY: help demo test stack stop status lint unit migrate dashboards
 
 help:
 	@echo "make demo    set up everything and run the pipeline on local defaults"
@@ -10,6 +10,7 @@ help:
 	@echo "make stack   install (if missing) and start Kafka + ClickHouse on loopback"
 	@echo "make stop    stop the services this project started"
 	@echo "make status  what runs"
+	@echo "make dashboards  regenerate dashboards/json and the alert rules from dashboards/generate.py"
 
 stack:
 	scripts/stack.sh start
@@ -32,5 +33,8 @@ lint:
 test: stack lint
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --no-fail-fast
-	python3 -c 'import chdb, pytest' 2>/dev/null || python3 -m pip install -q chdb-core pytest
-	python3 -m pytest -q tests/chdb
+	python3 -c 'import chdb, pytest, yaml' 2>/dev/null || python3 -m pip install -q chdb-core pytest pyyaml
+	python3 -m pytest -q tests/chdb tests/dashboards
+
+dashboards:
+	python3 dashboards/generate.py

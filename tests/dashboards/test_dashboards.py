@@ -199,7 +199,7 @@ def run_scenario(name, incident, start_ms):
         truth_file = pathlib.Path(f"/tmp/qoe-dash-truth-{run}.json")
         args = [str(TARGET / "simulator"), "--url", f"http://127.0.0.1:{cport}", "--seed", "11",
                 "--viewers", "1500", "--duration", f"{SPAN_S}s", "--speed", "0",
-                "--start-ms", str(start_ms), "--progress-secs", "30",
+                "--start-ms", str(start_ms), "--progress-secs", "30", "--connections", "64",
                 "--truth-out", str(truth_file)]
         if incident:
             args += ["--incident", incident]
