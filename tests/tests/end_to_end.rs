@@ -14,35 +14,23 @@ use std::time::Duration;
 const INCIDENT: &str =
     "region=eu-west,cdn=cdn-b,start=0s,duration=4m,stalls=8,stall_length=2,startup=3,start_failures=0.4";
 
-/// Runs the simulator to completion against `url`; returns its ground truth.
-async fn simulate(url: &str, truth_path: std::path::PathBuf) -> TruthFile {
-    let args: Vec<String> = [
-        "--url",
-        url,
-        "--seed",
-        "20261122",
-        "--viewers",
-        "1000",
-        "--duration",
-        "4m",
-        "--speed",
-        "15",
-        "--ramp",
-        "20s",
-        "--duplicate-rate",
-        "0.05",
-        "--reorder-rate",
-        "0.1",
-        "--progress-secs",
-        "0",
-        "--incident",
-        INCIDENT,
-        "--truth-out",
-        truth_path.to_str().expect("utf-8 temp path"),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+/// Runs the simulator to completion against `url` with `args`; returns its ground truth and
+/// its summary (standard output).
+async fn simulate(url: &str, args: &[&str]) -> (TruthFile, String) {
+    let truth_path = std::env::temp_dir().join(format!("{}.json", unique("truth")));
+    let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    args.extend(
+        [
+            "--url",
+            url,
+            "--progress-secs",
+            "0",
+            "--truth-out",
+            truth_path.to_str().expect("utf-8 temp path"),
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
     let output = tokio::task::spawn_blocking(move || {
         std::process::Command::new(binary("simulator"))
             .args(&args)
@@ -58,22 +46,14 @@ async fn simulate(url: &str, truth_path: std::path::PathBuf) -> TruthFile {
         String::from_utf8_lossy(&output.stdout)
     );
     let bytes = std::fs::read(&truth_path).expect("truth file");
-    serde_json::from_slice(&bytes).expect("truth file parses")
+    let _ = std::fs::remove_file(&truth_path);
+    let truth = serde_json::from_slice(&bytes).expect("truth file parses");
+    (truth, String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clickhouse_equals_the_simulators_ground_truth() {
-    let topic = unique("test.e2e");
-    let database = unique("test_e2e");
-    create_topic(&topic, 6).await.unwrap();
-    let (_collector, url) =
-        spawn_collector(&topic, &["--rate-per-ip", "0", "--rate-per-view", "0"]).await;
-    let _aggregator = spawn_aggregator(&topic, &database, &unique("e2e"), &[]);
-
-    let truth_path = std::env::temp_dir().join(format!("{}.json", unique("truth")));
-    let truth = simulate(&url, truth_path.clone()).await;
-    let _ = std::fs::remove_file(&truth_path);
-
+/// Every window and slice in ClickHouse equals the truth, at every grain, and one summary row
+/// per view; returns the expected base rows.
+async fn assert_clickhouse_equals(database: &str, truth: &TruthFile) -> BTreeMap<RowKey, Row> {
     // Exactness needs every send to have a known outcome; on a healthy loopback stack it has.
     assert_eq!(
         (truth.unacknowledged_events, truth.uncertain_events),
@@ -91,20 +71,14 @@ async fn clickhouse_equals_the_simulators_ground_truth() {
         .iter()
         .map(|r| (r.key(), r.active_views))
         .collect();
-    let total = |i: usize| rows.values().map(|r| r[i]).sum::<u64>();
-    let col = |name: &str| METRIC_COLUMNS.iter().position(|c| *c == name).unwrap();
-    assert!(total(0) > 10_000, "a substantial run: {} events", total(0));
-    assert!(total(DUPLICATE_EVENTS) > 50, "duplicates exercised");
-    assert_eq!(total(LATE_EVENTS), 0, "the simulator never sends late");
-    for metric in ["vsf", "vpf", "ebvs", "stalls", "upswitches", "downswitches"] {
-        assert!(total(col(metric)) > 0, "{metric} exercised");
-    }
+    let late: u64 = rows.values().map(|r| r[LATE_EVENTS]).sum();
+    assert_eq!(late, 0, "the simulator never sends late");
 
     // Wait until every acknowledged copy is accounted for in ClickHouse.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
         let got = clickhouse_query(
-            &database,
+            database,
             "SELECT sum(events) + sum(duplicate_events) + sum(late_events) FROM qoe_window_10s",
         )
         .await
@@ -120,21 +94,21 @@ async fn clickhouse_equals_the_simulators_ground_truth() {
     assert_rows_eq(
         "10 s windows",
         &rows,
-        &window_rows(&database, "qoe_window_10s").await,
+        &window_rows(database, "qoe_window_10s").await,
     );
     assert_rows_eq(
         "1 min windows",
         &rollup(&rows, 60),
-        &window_rows(&database, "qoe_window_1m").await,
+        &window_rows(database, "qoe_window_1m").await,
     );
     assert_rows_eq(
         "1 h windows",
         &rollup(&rows, 3600),
-        &window_rows(&database, "qoe_window_1h").await,
+        &window_rows(database, "qoe_window_1h").await,
     );
-    assert_rows_eq("active views", &views, &active_views(&database).await);
+    assert_rows_eq("active views", &views, &active_views(database).await);
     let view_rows = clickhouse_query(
-        &database,
+        database,
         "SELECT count(), uniqExact(view_id) FROM qoe_views",
     )
     .await
@@ -144,6 +118,48 @@ async fn clickhouse_equals_the_simulators_ground_truth() {
         vec![truth.views.to_string(), truth.views.to_string()],
         "one summary row per view"
     );
+
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clickhouse_equals_the_simulators_ground_truth() {
+    let topic = unique("test.e2e");
+    let database = unique("test_e2e");
+    create_topic(&topic, 6).await.unwrap();
+    let (_collector, url) =
+        spawn_collector(&topic, &["--rate-per-ip", "0", "--rate-per-view", "0"]).await;
+    let _aggregator = spawn_aggregator(&topic, &database, &unique("e2e"), &[]);
+    let (truth, _) = simulate(
+        &url,
+        &[
+            "--seed",
+            "20261122",
+            "--viewers",
+            "1000",
+            "--duration",
+            "4m",
+            "--speed",
+            "15",
+            "--ramp",
+            "20s",
+            "--duplicate-rate",
+            "0.05",
+            "--reorder-rate",
+            "0.1",
+            "--incident",
+            INCIDENT,
+        ],
+    )
+    .await;
+    let rows = assert_clickhouse_equals(&database, &truth).await;
+    let col = |name: &str| METRIC_COLUMNS.iter().position(|c| *c == name).unwrap();
+    let total = |i: usize| rows.values().map(|r| r[i]).sum::<u64>();
+    assert!(total(0) > 10_000, "a substantial run: {} events", total(0));
+    assert!(total(DUPLICATE_EVENTS) > 50, "duplicates exercised");
+    for metric in ["vsf", "vpf", "ebvs", "stalls", "upswitches", "downswitches"] {
+        assert!(total(col(metric)) > 0, "{metric} exercised");
+    }
 
     // The incident slice is the worst on rebuffering and start failures, among slices with
     // enough attempts for a rate to mean something.
@@ -168,4 +184,52 @@ async fn clickhouse_equals_the_simulators_ground_truth() {
     };
     assert_eq!(worst_by(2), "eu-west x cdn-b", "worst rebuffering");
     assert_eq!(worst_by(3), "eu-west x cdn-b", "worst start failures");
+}
+
+/// Players that are rate limited retry with backoff, and no event is lost or counted twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limited_players_retry_and_lose_nothing() {
+    let topic = unique("test.e2e.limited");
+    let database = unique("test_e2e_limited");
+    create_topic(&topic, 3).await.unwrap();
+    let (_collector, url) = spawn_collector(
+        &topic,
+        &[
+            "--rate-per-ip",
+            "0",
+            "--rate-per-view",
+            "1",
+            "--rate-burst-factor",
+            "1",
+        ],
+    )
+    .await;
+    let _aggregator = spawn_aggregator(&topic, &database, &unique("e2e"), &[]);
+    let (truth, summary) = simulate(
+        &url,
+        &[
+            "--seed",
+            "5",
+            "--viewers",
+            "100",
+            "--duration",
+            "60s",
+            "--speed",
+            "20",
+            "--ramp",
+            "5s",
+            "--duplicate-rate",
+            "0.1",
+        ],
+    )
+    .await;
+    assert!(
+        summary.contains("429:"),
+        "the collector limited some requests: {summary}"
+    );
+    assert!(
+        !summary.contains(", 0 retries"),
+        "and they were retried: {summary}"
+    );
+    assert_clickhouse_equals(&database, &truth).await;
 }

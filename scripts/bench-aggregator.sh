@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Aggregator whole-path benchmark (Kafka -> windows -> ClickHouse), on this machine, with the
+# stack running (scripts/stack.sh start):
+#   1. fills a fresh topic with simulated viewing through the collector;
+#   2. bare consumer (decode and drop), the aggregator from the beginning to caught up in a fresh
+#      database, bare consumer again: events/s of each and the ratio;
+#   3. event-to-queryable delay: while simulated viewers play in real time, probe beacons are
+#      posted and ClickHouse is polled until each probe's window row is visible.
+# Settings: BENCH_VIEWERS (2000), BENCH_DURATION (simulated, 20m), BENCH_PROBES (30).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BIN="$ROOT/target/release"
+CH="http://127.0.0.1:${QOE_CH_HTTP_PORT:-8123}"
+VIEWERS="${BENCH_VIEWERS:-2000}"
+DURATION="${BENCH_DURATION:-20m}"
+PROBES="${BENCH_PROBES:-30}"
+RUN="$(date +%s)"
+TOPIC="bench.aggregator.$RUN"
+DB="bench_aggregator_$RUN"
+CPORT=18282
+APORT=19292
+cd "$ROOT"
+cargo build --release --workspace --bins >/dev/null 2>&1
+scripts/stack.sh create-topic "$TOPIC" 6 >/dev/null 2>&1
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+ms() { date +%s%3N; }
+ch() { curl -fsS "$CH/?database=$DB" --data-binary "$1"; }
+
+"$BIN/collector" --listen "127.0.0.1:$CPORT" --topic "$TOPIC" \
+  --rate-per-ip 0 --rate-per-view 0 --rate-global 0 >/dev/null 2>&1 &
+PIDS+=($!)
+until curl -fsS "http://127.0.0.1:$CPORT/readyz" >/dev/null 2>&1; do sleep 0.2; done
+echo "filling $TOPIC: $VIEWERS viewers, $DURATION simulated, flat out"
+"$BIN/simulator" --url "http://127.0.0.1:$CPORT" --viewers "$VIEWERS" --duration "$DURATION" \
+  --speed 0 --progress-secs 0 | sed -n 's/^Events acknowledged/  acknowledged/p'
+
+echo
+rate() { sed -n 's/.*= \([0-9]*\) events\/s/\1/p'; }
+LINE="$("$BIN/bare-consumer" --topic "$TOPIC")"
+echo "$LINE (1)"
+BARE1="$(echo "$LINE" | rate)"
+TOTAL="$(echo "$LINE" | sed -n 's/.* of \([0-9]*\) messages.*/\1/p')"
+"$BIN/aggregator" migrate --clickhouse-database "$DB" >/dev/null 2>&1
+T0="$(ms)"
+"$BIN/aggregator" run --topic "$TOPIC" --group "bench-$RUN" --clickhouse-database "$DB" \
+  --no-migrate --listen "127.0.0.1:$APORT" >/dev/null 2>&1 &
+APID=$!
+PIDS+=($APID)
+while :; do
+  DONE="$(ch "SELECT sum(n) FROM (SELECT max(next_offset) AS n FROM qoe_checkpoints GROUP BY partition)" 2>/dev/null || echo 0)"
+  [ "${DONE:-0}" -ge "$TOTAL" ] && break
+  sleep 0.1
+done
+T1="$(ms)"
+AGG=$(awk -v n="$TOTAL" -v t="$((T1 - T0))" 'BEGIN { printf "%.0f", n / (t / 1000) }')
+echo "aggregator: $TOTAL events from Kafka into ClickHouse in $((T1 - T0)) ms = $AGG events/s (start-up included; peak RSS $(( $(awk '/VmHWM/ {print $2}' /proc/$APID/status) / 1024 )) MiB)"
+LINE="$("$BIN/bare-consumer" --topic "$TOPIC")"
+echo "$LINE (2)"
+BARE2="$(echo "$LINE" | rate)"
+echo "aggregator / bare consumer: $(awk -v a="$AGG" -v b="$BARE1" -v c="$BARE2" 'BEGIN { printf "%.2f", a / ((b + c) / 2) }')"
+
+echo
+echo "event-to-queryable delay: $PROBES probes while ${VIEWERS} viewers play in real time"
+"$BIN/simulator" --url "http://127.0.0.1:$CPORT" --viewers "$VIEWERS" --duration 10m --speed 1 \
+  --progress-secs 0 --seed 2 >/dev/null 2>&1 &
+SIM=$!
+PIDS+=($SIM)
+sleep 20
+DELAYS=()
+for i in $(seq 1 "$PROBES"); do
+  body="{\"view\":{\"view_id\":\"probe-$RUN-$i\",\"stream_id\":\"probe-$i\",\"stream_type\":\"live\",\"cdn\":\"probe\",\"platform\":\"web\",\"region\":\"probe\"},\"events\":[{\"seq\":0,\"type\":\"view_start\",\"ts\":$(ms)}]}"
+  curl -fsS -o /dev/null "http://127.0.0.1:$CPORT/v1/beacons" -H 'content-type: application/json' --data-binary "$body"
+  t0="$(ms)"
+  until [ "$(ch "SELECT count() FROM qoe_window_10s WHERE stream_id = 'probe-$i'")" -gt 0 ]; do sleep 0.02; done
+  DELAYS+=($(( $(ms) - t0 )))
+  sleep 0.5
+done
+kill "$SIM" 2>/dev/null || true
+printf '%s\n' "${DELAYS[@]}" | sort -n | awk '{ a[NR] = $1 } END {
+  printf "delay from Kafka acknowledgement to queryable (ms): p50 %d  p90 %d  max %d  (n=%d)\n",
+    a[int(NR * 0.5 + 0.5)], a[int(NR * 0.9 + 0.5)], a[NR], NR }'
