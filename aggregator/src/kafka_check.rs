@@ -2,8 +2,9 @@
 //! partition ends (to recognise checkpoints left by an earlier incarnation of the topic).
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::ClientConfig;
-use std::time::Duration;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
 
 /// Number of partitions of `topic`, or an error when the broker or topic is not there.
 pub fn topic_partitions(brokers: &str, topic: &str) -> anyhow::Result<usize> {
@@ -13,18 +14,56 @@ pub fn topic_partitions(brokers: &str, topic: &str) -> anyhow::Result<usize> {
     partitions(&consumer, topic)
 }
 
-/// The end (high watermark: the next offset to be written) of every partition of `topic`.
+/// The end (the next offset to be written) of every partition of `topic`.
+///
+/// Not just the high watermark: some Kafka-protocol brokers (tansu 0.6) report the first offset
+/// of the last record batch + 1 there. So the last batch is read as well, from the offset
+/// before the watermark, and the end is one past the highest offset found.
 pub fn partition_ends(brokers: &str, topic: &str) -> anyhow::Result<Vec<(i32, i64)>> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
+        .set("group.id", "qoe-partition-ends")
+        .set("enable.auto.commit", "false")
         .create()?;
     let n = partitions(&consumer, topic)?;
-    (0..n as i32)
+    let mut ends: Vec<(i32, i64)> = (0..n as i32)
         .map(|p| {
             let (_, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
             Ok((p, high))
         })
-        .collect()
+        .collect::<anyhow::Result<_>>()?;
+    let mut tpl = TopicPartitionList::new();
+    for (p, high) in ends.iter().filter(|(_, h)| *h > 0) {
+        tpl.add_partition_offset(topic, *p, Offset::Offset(high - 1))?;
+    }
+    if tpl.count() == 0 {
+        return Ok(ends);
+    }
+    consumer.assign(&tpl)?;
+    let mut pending: HashSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // Until every partition answered, then a little longer for the rest of their batches.
+    let mut quiet_until: Option<Instant> = None;
+    while Instant::now() < deadline && quiet_until.is_none_or(|q| Instant::now() < q) {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(msg)) => {
+                if let Some(end) = ends.iter_mut().find(|(p, _)| *p == msg.partition()) {
+                    end.1 = end.1.max(msg.offset() + 1);
+                }
+                pending.remove(&msg.partition());
+            }
+            Some(Err(e)) => return Err(e.into()),
+            None => {}
+        }
+        if pending.is_empty() && quiet_until.is_none() {
+            quiet_until = Some(Instant::now() + Duration::from_millis(300));
+        }
+    }
+    anyhow::ensure!(
+        pending.is_empty(),
+        "could not read the last messages of partitions {pending:?} of {topic}"
+    );
+    Ok(ends)
 }
 
 fn partitions(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<usize> {

@@ -224,7 +224,7 @@ async fn stale_checkpoints_are_refused_or_reset() {
         "the error says what is wrong and what to do: {stderr}"
     );
 
-    let _agg = spawn_aggregator(&topic, &db, &unique("g"), &["--reset-stale-checkpoints"]);
+    let mut agg = spawn_aggregator(&topic, &db, &unique("g"), &["--reset-stale-checkpoints"]);
     wait_caught_up(
         &db,
         &topic,
@@ -239,5 +239,16 @@ async fn stale_checkpoints_are_refused_or_reset() {
     .await
     .unwrap();
     assert_eq!(stale[0][0], "0", "the stale checkpoint is gone");
+    check_against_truth(&db, &partitions).await;
+
+    // Checkpoints at the very end of an idle topic are not stale: a plain restart resumes
+    // (with the flag it would otherwise start over and count everything twice).
+    assert!(agg.terminate(Duration::from_secs(30)));
+    let mut again = spawn_aggregator(&topic, &db, &unique("g"), &["--reset-stale-checkpoints"]);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        again.is_running(),
+        "a restart on valid checkpoints keeps running"
+    );
     check_against_truth(&db, &partitions).await;
 }
