@@ -472,6 +472,31 @@ pub async fn active_views(database: &str) -> std::collections::BTreeMap<truth::R
     .collect()
 }
 
+/// Every window table of `database` equals the expected base-grain rows (10 s, and rolled up
+/// to 1 min and 1 h), and the distinct views per base window and slice equal `views`.
+pub async fn assert_windows_equal(
+    database: &str,
+    rows: &std::collections::BTreeMap<truth::RowKey, truth::Row>,
+    views: &std::collections::BTreeMap<truth::RowKey, u64>,
+) {
+    assert_rows_eq(
+        "10 s windows",
+        rows,
+        &window_rows(database, "qoe_window_10s").await,
+    );
+    for (name, table, grain) in [
+        ("1 min windows", "qoe_window_1m", 60),
+        ("1 h windows", "qoe_window_1h", 3600),
+    ] {
+        assert_rows_eq(
+            name,
+            &truth::rollup(rows, grain),
+            &window_rows(database, table).await,
+        );
+    }
+    assert_rows_eq("active views", views, &active_views(database).await);
+}
+
 /// Asserts two keyed row sets are equal, naming the first differences.
 pub fn assert_rows_eq<V: PartialEq + std::fmt::Debug>(
     what: &str,

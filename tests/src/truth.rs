@@ -4,7 +4,7 @@
 //! sharing code with the aggregator).
 
 use qoe_schemas::{EndReason, EventType, QoeEvent, StreamType, SCHEMA_VERSION};
-use qoe_simulator::truth::add_event;
+use qoe_simulator::truth::{add_event, row_key};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
@@ -224,15 +224,8 @@ pub fn expected(
         let mut max_time = i64::MIN;
         let mut seen: BTreeSet<(String, u32)> = BTreeSet::new();
         for e in events {
-            let window = e.event_time.div_euclid(WINDOW_MS) * WINDOW_MS;
-            let key: RowKey = (
-                (window / 1000) as u32,
-                e.region.clone(),
-                e.cdn.clone(),
-                e.stream_type.as_str().to_owned(),
-                e.platform.clone(),
-                e.stream_id.clone(),
-            );
+            let key = row_key(e, WINDOW_MS);
+            let window = i64::from(key.0) * 1000;
             let row = rows.entry(key.clone()).or_insert_with(|| vec![0; 28]);
             let watermark = max_time.saturating_sub(LATENESS_MS);
             max_time = max_time.max(e.event_time.min(e.received_at));

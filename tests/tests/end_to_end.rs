@@ -3,10 +3,10 @@
 //! ground truth of the events the collector acknowledged, exactly, at 10 s, 1 min and 1 h.
 
 use qoe_simulator::truth::{TruthFile, DUPLICATE_EVENTS, LATE_EVENTS, METRIC_COLUMNS};
-use qoe_tests::truth::{rollup, Row, RowKey};
+use qoe_tests::truth::{Row, RowKey};
 use qoe_tests::{
-    active_views, assert_rows_eq, binary, clickhouse_query, create_topic, spawn_aggregator,
-    spawn_collector, unique, window_rows,
+    assert_windows_equal, binary, clickhouse_query, create_topic, spawn_aggregator,
+    spawn_collector, unique,
 };
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -91,22 +91,7 @@ async fn assert_clickhouse_equals(database: &str, truth: &TruthFile) -> BTreeMap
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
-    assert_rows_eq(
-        "10 s windows",
-        &rows,
-        &window_rows(database, "qoe_window_10s").await,
-    );
-    assert_rows_eq(
-        "1 min windows",
-        &rollup(&rows, 60),
-        &window_rows(database, "qoe_window_1m").await,
-    );
-    assert_rows_eq(
-        "1 h windows",
-        &rollup(&rows, 3600),
-        &window_rows(database, "qoe_window_1h").await,
-    );
-    assert_rows_eq("active views", &views, &active_views(database).await);
+    assert_windows_equal(database, &rows, &views).await;
     let view_rows = clickhouse_query(
         database,
         "SELECT count(), uniqExact(view_id) FROM qoe_views",
