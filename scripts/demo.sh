@@ -115,7 +115,8 @@ case "${1:-}" in
       log "starting from a clean slate: topic recreated, database $DB emptied (QOE_DEMO_KEEP=1 keeps them)"
       "$0" stop
       "$ROOT/scripts/stack.sh" restart-kafka
-      ch "DROP DATABASE IF EXISTS $DB" >/dev/null
+      # Not through ch(): a query naming a database that does not exist yet is refused.
+      curl -fsS "$CH/" --data-binary "DROP DATABASE IF EXISTS $DB" >/dev/null
     fi
     # The local broker keeps topics in memory: after a stack restart the topic is new and the
     # checkpoints of the previous one are stale, so the demo lets the aggregator start over.
