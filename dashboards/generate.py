@@ -22,6 +22,7 @@ import yaml
 HERE = pathlib.Path(__file__).resolve().parent
 DS_UID = "qoe-clickhouse"
 DS = {"type": "grafana-clickhouse-datasource", "uid": DS_UID}
+EXPR = {"type": "__expr__", "uid": "__expr__"}  # Grafana's server-side expressions
 
 # Template variables: one per dimension; "All" expands to every value of the range.
 DIMENSIONS = [
@@ -475,13 +476,13 @@ def alerting():
                 {"refId": "A", "relativeTimeRange": ALERT_RANGE, "datasourceUid": DS_UID,
                  "model": {"refId": "A", "datasource": DS, "editorType": "sql", "format": 1,
                            "queryType": "table", "rawSql": r["sql"]}},
-                {"refId": "B", "datasourceUid": "__expr__",
+                {"refId": "B", "datasourceUid": EXPR["uid"],
                  "model": {"refId": "B", "type": "reduce", "expression": "A",
-                           "reducer": "last", "datasource": {"type": "__expr__", "uid": "__expr__"}}},
-                {"refId": "C", "datasourceUid": "__expr__",
+                           "reducer": "last", "datasource": EXPR}},
+                {"refId": "C", "datasourceUid": EXPR["uid"],
                  "model": {"refId": "C", "type": "threshold", "expression": "B",
                            "conditions": [{"evaluator": {"type": "gt", "params": [0]}}],
-                           "datasource": {"type": "__expr__", "uid": "__expr__"}}},
+                           "datasource": EXPR}},
             ],
             "noDataState": "OK",
             "execErrState": "Error",

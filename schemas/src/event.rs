@@ -242,33 +242,11 @@ mod tests {
     }
 
     pub(crate) fn sample() -> QoeEvent {
-        QoeEvent {
-            v: SCHEMA_VERSION,
-            view_id: "v1".into(),
-            stream_id: "s".into(),
-            stream_type: StreamType::Live,
-            cdn: "c".into(),
-            platform: "web".into(),
-            player: "p".into(),
-            protocol: "hls".into(),
-            region: "eu".into(),
-            custom: BTreeMap::new(),
-            seq: 3,
-            kind: EventType::Heartbeat,
-            ts: 1,
-            event_time: 2,
-            received_at: 3,
-            started: Some(true),
-            playing_ms: Some(10),
-            stall_ms: Some(0),
-            bitrate_kbps: Some(2500),
-            prev_bitrate_kbps: None,
-            startup_ms: None,
-            latency_ms: None,
-            dropped_frames: None,
-            code: None,
-            fatal: None,
-            reason: None,
-        }
+        let mut e = QoeEvent::blank("v1", 3, EventType::Heartbeat, 2);
+        (e.platform, e.player, e.region) = ("web".into(), "p".into(), "eu".into());
+        (e.ts, e.received_at) = (1, 3);
+        (e.started, e.playing_ms, e.stall_ms, e.bitrate_kbps) =
+            (Some(true), Some(10), Some(0), Some(2500));
+        e
     }
 }

@@ -12,6 +12,8 @@ use crate::population::{baseline_quality, draw_context, ViewContext};
 use qoe_schemas::QoeEvent;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 
 pub const TICK_MS: i64 = 1000;
 
@@ -50,7 +52,8 @@ pub struct Simulation {
     settings: Settings,
     rng: StdRng,
     players: Vec<Player>,
-    arrivals: Vec<i64>,
+    /// Start times of the views still to come, earliest first.
+    arrivals: BinaryHeap<Reverse<i64>>,
     views_started: u64,
     now: i64,
 }
@@ -59,10 +62,9 @@ impl Simulation {
     pub fn new(settings: Settings) -> Self {
         let mut rng = StdRng::seed_from_u64(settings.seed);
         let ramp = settings.ramp_ms.max(1);
-        let mut arrivals: Vec<i64> = (0..settings.viewers)
-            .map(|_| settings.start_ms + rng.random_range(0..ramp))
+        let arrivals = (0..settings.viewers)
+            .map(|_| Reverse(settings.start_ms + rng.random_range(0..ramp)))
             .collect();
-        arrivals.sort_unstable();
         Simulation {
             now: settings.start_ms,
             settings,
@@ -130,8 +132,10 @@ impl Simulation {
             return Vec::new();
         }
         let (from, to) = (self.now, self.now + TICK_MS);
-        while self.arrivals.first().is_some_and(|&t| t < to) {
-            let at = self.arrivals.remove(0);
+        while self.arrivals.peek().is_some_and(|Reverse(t)| *t < to) {
+            let Some(Reverse(at)) = self.arrivals.pop() else {
+                break;
+            };
             self.start_view(at.max(from));
         }
         let mut flushed = Vec::new();
@@ -147,13 +151,12 @@ impl Simulation {
         for p in self.players.drain(..) {
             if p.ended() {
                 let gap = (-3000.0 * (1.0 - self.rng.random::<f64>()).ln()) as i64;
-                self.arrivals.push(to + gap);
+                self.arrivals.push(Reverse(to + gap));
             } else {
                 kept.push(p);
             }
         }
         self.players = kept;
-        self.arrivals.sort_unstable();
         self.now = to;
         if self.finished() {
             for p in &mut self.players {

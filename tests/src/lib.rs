@@ -473,11 +473,13 @@ pub async fn active_views(database: &str) -> std::collections::BTreeMap<truth::R
 }
 
 /// Every window table of `database` equals the expected base-grain rows (10 s, and rolled up
-/// to 1 min and 1 h), and the distinct views per base window and slice equal `views`.
+/// to 1 min and 1 h), the distinct views per base window and slice equal `views`, and
+/// `qoe_views` holds exactly one row for each of `distinct_views` views.
 pub async fn assert_windows_equal(
     database: &str,
     rows: &std::collections::BTreeMap<truth::RowKey, truth::Row>,
     views: &std::collections::BTreeMap<truth::RowKey, u64>,
+    distinct_views: u64,
 ) {
     assert_rows_eq(
         "10 s windows",
@@ -495,6 +497,17 @@ pub async fn assert_windows_equal(
         );
     }
     assert_rows_eq("active views", views, &active_views(database).await);
+    let view_rows = clickhouse_query(
+        database,
+        "SELECT count(), uniqExact(view_id) FROM qoe_views",
+    )
+    .await
+    .expect("qoe_views query");
+    assert_eq!(
+        view_rows[0],
+        vec![distinct_views.to_string(), distinct_views.to_string()],
+        "one summary row per view"
+    );
 }
 
 /// Asserts two keyed row sets are equal, naming the first differences.

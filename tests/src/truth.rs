@@ -3,7 +3,7 @@
 //! event added by the simulator's plain reading of the spec's definitions (deliberately not
 //! sharing code with the aggregator).
 
-use qoe_schemas::{EndReason, EventType, QoeEvent, StreamType, SCHEMA_VERSION};
+use qoe_schemas::{EndReason, EventType, QoeEvent, StreamType};
 use qoe_simulator::truth::{add_event, row_key};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -24,34 +24,13 @@ fn base_event(
     t: i64,
     ctx: &(String, String, String, String, StreamType),
 ) -> QoeEvent {
-    QoeEvent {
-        v: SCHEMA_VERSION,
-        view_id: view.to_owned(),
-        stream_id: ctx.3.clone(),
-        stream_type: ctx.4,
-        cdn: ctx.1.clone(),
-        platform: ctx.2.clone(),
-        player: "sim".into(),
-        protocol: "hls".into(),
-        region: ctx.0.clone(),
-        custom: Default::default(),
-        seq,
-        kind,
-        ts: t,
-        event_time: t,
-        received_at: t + 200,
-        started: None,
-        playing_ms: None,
-        stall_ms: None,
-        bitrate_kbps: None,
-        prev_bitrate_kbps: None,
-        startup_ms: None,
-        latency_ms: None,
-        dropped_frames: None,
-        code: None,
-        fatal: None,
-        reason: None,
-    }
+    let mut e = QoeEvent::blank(view, seq, kind, t);
+    (e.region, e.cdn, e.platform, e.stream_id) =
+        (ctx.0.clone(), ctx.1.clone(), ctx.2.clone(), ctx.3.clone());
+    e.stream_type = ctx.4;
+    e.player = "sim".into();
+    e.received_at = t + 200;
+    e
 }
 
 /// A varied event stream for `views` views starting at `t0` (ms), in publish order:
