@@ -393,72 +393,80 @@ def alert_sql(sums, value, conditions):
     )
 
 
-def ratio_rule(num, den, guard, pct_threshold, times):
+WINDOW_MIN = (ALERT_RANGE["from"] - ALERT_RANGE["to"]) // 60
+
+
+def describe(what, threshold, guard, guard_unit, times):
+    """The rule in words, from the same numbers as its SQL."""
+    return (f"{what} is above {threshold} over {WINDOW_MIN} minutes with at least {guard} "
+            f"{guard_unit}, and above {times:g}x the slice's value in the hour before")
+
+
+def ratio_rule(what, num, den, guard, guard_unit, pct_threshold, times, guard_scale=1):
+    """SQL and description of a rule on num / den, as a percentage."""
+    guard_raw = guard * guard_scale
     sums = [f"sumIf({num}, {CURRENT}) AS cur_num", f"sumIf({den}, {CURRENT}) AS cur_den",
             f"sumIf({num}, {BASELINE}) AS base_num", f"sumIf({den}, {BASELINE}) AS base_den"]
-    return alert_sql(
+    sql = alert_sql(
         sums, "round(100 * cur_num / cur_den, 2)",
-        [f"cur_den >= {guard}", f"cur_num / cur_den > {pct_threshold / 100}",
-         f"(base_den < {guard} OR cur_num / cur_den > {times} * base_num / base_den)"])
+        [f"cur_den >= {guard_raw}", f"cur_num / cur_den > {pct_threshold / 100}",
+         f"(base_den < {guard_raw} OR cur_num / cur_den > {times} * base_num / base_den)"])
+    return dict(sql=sql, rule=describe(what, f"{pct_threshold:g}%", guard, guard_unit, times))
 
 
 def startup_rule(guard, threshold_ms, times):
+    """SQL and description of the startup p95 rule."""
     cur_h, base_h = histogram(CURRENT), histogram(BASELINE)
     sums = [f"sumIf(plays, {CURRENT}) AS cur_n", f"sumIf(plays, {BASELINE}) AS base_n",
             f"{cur_h} AS cur_h", "arrayCumSum(cur_h) AS cur_c",
             f"{base_h} AS base_h", "arrayCumSum(base_h) AS base_c"]
     p_cur = percentile(0.95, "cur_h", "cur_c", "cur_n")
     p_base = percentile(0.95, "base_h", "base_c", "base_n")
-    return alert_sql(
+    sql = alert_sql(
         sums, p_cur,
         [f"cur_n >= {guard}", f"{p_cur} > {threshold_ms}",
          f"(base_n < {guard} OR {p_cur} > {times} * {p_base})"])
+    return dict(sql=sql, rule=describe("startup p95", f"{threshold_ms} ms", guard, "plays", times))
 
 
 RULES = [
     dict(uid="qoe-rebuffering", metric="rebuffering_ratio", severity="critical",
          title="Rebuffering ratio regression",
-         sql=ratio_rule("stall_ms", "playing_ms + stall_ms", 100 * 60000, 1.0, 3),
+         **ratio_rule("the share of viewing time stalled", "stall_ms", "playing_ms + stall_ms", 100,
+                       "viewer-minutes", 1.0, 3, guard_scale=60000),
          summary="Rebuffering {{ $values.B.Value }}% in {{ $labels.region }} x {{ $labels.cdn }}",
-         rule="more than 1% of viewing time stalled over 10 minutes with at least 100 "
-              "viewer-minutes, and over 3x the slice's ratio in the hour before",
          runbook="Check the CDN's status page and edge error rates for the region; compare "
                  "with the other CDNs of the region on 'QoE by region x CDN'. If only this CDN "
                  "is affected, shift the region's traffic away from it (CDN switching / steering "
                  "weights) and open a ticket with the CDN."),
     dict(uid="qoe-start-failures", metric="start_failure_rate", severity="critical",
          title="Start failure rate regression",
-         sql=ratio_rule("vsf", "attempts", 100, 8.0, 3),
+         **ratio_rule("the share of attempts that failed to start", "vsf", "attempts", 100,
+                       "attempts", 8.0, 3),
          summary="Start failures {{ $values.B.Value }}% of attempts in {{ $labels.region }} x {{ $labels.cdn }}",
-         rule="more than 8% of at least 100 attempts failed to start over 10 minutes, and over "
-              "3x the slice's rate in the hour before",
          runbook="Open 'QoE view drill-down' filtered to the slice: the error codes of failed "
                  "views say whether manifests (404), DRM licences or the network fail. Manifest "
                  "or segment errors on one CDN: steer traffic away; DRM errors everywhere: page "
                  "the licence service owner."),
     dict(uid="qoe-ebvs", metric="ebvs_rate", severity="warning",
          title="Exits before video start regression",
-         sql=ratio_rule("ebvs", "attempts", 100, 8.0, 2),
+         **ratio_rule("the share of attempts abandoned before the first frame", "ebvs", "attempts",
+                       100, "attempts", 8.0, 2),
          summary="Exits before start {{ $values.B.Value }}% of attempts in {{ $labels.region }} x {{ $labels.cdn }}",
-         rule="more than 8% of at least 100 attempts abandoned before the first frame over 10 "
-              "minutes, and over 2x the slice's rate in the hour before",
          runbook="Viewers give up when startup is slow: check the startup p95 of the slice and "
                  "the CDN's time to first byte for manifests and first segments."),
     dict(uid="qoe-startup-p95", metric="startup_p95", severity="warning",
          title="Startup time p95 regression",
-         sql=startup_rule(100, 6000, 1.5),
+         **startup_rule(100, 6000, 1.5),
          summary="Startup p95 {{ $values.B.Value }} ms in {{ $labels.region }} x {{ $labels.cdn }}",
-         rule="p95 startup above 6 s over 10 minutes with at least 100 plays, and over 1.5x "
-              "the slice's p95 in the hour before",
          runbook="Compare with the other CDNs of the region; slow starts on one CDN point at "
                  "its edge (cache misses, TTFB). Everywhere at once: check the origin and the "
                  "packager."),
     dict(uid="qoe-playback-failures", metric="playback_failure_rate", severity="critical",
          title="Playback failure rate regression",
-         sql=ratio_rule("vpf", "plays", 100, 15.0, 3),
+         **ratio_rule("the share of plays ended by a fatal error", "vpf", "plays", 100, "plays",
+                       15.0, 3),
          summary="Playback failures {{ $values.B.Value }}% of plays in {{ $labels.region }} x {{ $labels.cdn }}",
-         rule="fatal errors after start for more than 15% of at least 100 plays over 10 "
-              "minutes, and over 3x the slice's rate in the hour before",
          runbook="Open 'QoE view drill-down' for the slice and group the failed views by error "
                  "code and player version; a new player release or a broken rendition is the "
                  "usual cause."),
