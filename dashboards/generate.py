@@ -157,8 +157,11 @@ class Dashboard:
         templating = []
         if self.variables:
             for var, col, label in DIMENSIONS:
+                # Hour rows that overlap the range: one starting before `from` counts too,
+                # or a range inside one hour would offer no values at all.
                 sql = (f"SELECT DISTINCT {col} FROM qoe_window_1h "
-                       f"WHERE $__timeFilter(window_start) ORDER BY {col}")
+                       f"WHERE window_start > $__fromTime - 3600 AND window_start <= $__toTime "
+                       f"ORDER BY {col}")
                 templating.append({
                     "name": var, "label": label, "type": "query", "datasource": DS,
                     "query": sql, "definition": sql, "refresh": 2, "multi": True,
