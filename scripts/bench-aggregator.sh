@@ -9,7 +9,7 @@
 # Settings: BENCH_VIEWERS (2000), BENCH_DURATION (simulated, 20m), BENCH_PROBES (30).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BIN="$ROOT/target/release"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 CH="http://127.0.0.1:${QOE_CH_HTTP_PORT:-8123}"
 VIEWERS="${BENCH_VIEWERS:-2000}"
 DURATION="${BENCH_DURATION:-20m}"

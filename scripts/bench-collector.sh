@@ -5,7 +5,7 @@
 # latency percentiles and the collector's peak RSS. Needs the stack (scripts/stack.sh start).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BIN="$ROOT/target/release"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 SECS="${BENCH_SECS:-15}"
 CONNS="${BENCH_CONNECTIONS:-32}"
 PORT=18181

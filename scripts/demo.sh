@@ -18,7 +18,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 STACK="${QOE_STACK_DIR:-$ROOT/.stack}"
-BIN="$ROOT/target/release"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 DB="${QOE_CLICKHOUSE_DATABASE:-qoe}"
 CH="http://127.0.0.1:${QOE_CH_HTTP_PORT:-8123}"
 DURATION="${QOE_DEMO_DURATION:-20m}"
