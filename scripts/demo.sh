@@ -91,14 +91,14 @@ report() {
         FROM qoe_window_1m WHERE $where GROUP BY region, cdn)
       ORDER BY rebuffer_pct DESC FORMAT PrettyCompactMonoBlock"
   echo
-  echo "Worst slice-minutes (at least 20 attempts or 50 minutes played): when it happened"
+  echo "Worst slice-minutes (at least 50 minutes of viewing, so a ratio means something): when it happened"
   ch "SELECT window_start AS minute_utc, region, cdn, sum(attempts) AS attempts_,
         round(100 * sum(vsf) / greatest(attempts_, 1), 1) AS start_fail_pct,
         round(100 * sum(stall_ms) / greatest(sum(playing_ms) + sum(stall_ms), 1), 2) AS rebuffer_pct,
         round(sum(startup_ms_sum) / greatest(sum(plays), 1)) AS avg_startup_ms
       FROM qoe_window_1m WHERE $where
       GROUP BY window_start, region, cdn
-      HAVING attempts_ >= 20 OR sum(playing_ms) >= 50 * 60000
+      HAVING sum(playing_ms) + sum(stall_ms) >= 50 * 60000
       ORDER BY rebuffer_pct DESC LIMIT 8 FORMAT PrettyCompactMonoBlock"
   echo
   echo "Pipeline: counted, late and duplicate events; views summarised"
