@@ -16,7 +16,7 @@
 use crate::source::resume_fetch_offset;
 use crate::window::{Batch, Checkpoint, Outcome, PartitionState, WindowConfig};
 use crate::writer::{WriteError, Writer};
-use qoe_schemas::QoeEvent;
+use qoe_schemas::EventRef;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::message::{Headers, Message};
 use rdkafka::types::RDKafkaRespErr;
@@ -407,7 +407,7 @@ fn handle_message(shared: &Shared, m: &rdkafka::message::BorrowedMessage<'_>) {
     if offset < slot.skip_below {
         return;
     }
-    let event = match m.payload().map(QoeEvent::decode) {
+    let event = match m.payload().map(EventRef::decode) {
         Some(Ok(e)) => Some(e),
         Some(Err(e)) => {
             tracing::warn!(partition = m.partition(), offset, error = %e, "skipping message that is not a QoE event");

@@ -1,7 +1,7 @@
 //! The per-window QoE metrics of the spec, as additive counters, and the rule that adds one
 //! event to them. Pure: no I/O, no clocks.
 
-use qoe_schemas::{EndReason, EventType, QoeEvent};
+use qoe_schemas::{EndReason, EventRef, EventType};
 
 /// Inclusive upper bounds of the startup-time histogram buckets (ms); a last bucket is +inf.
 pub const STARTUP_BUCKETS_MS: [u32; 8] = [250, 500, 1000, 2000, 3000, 5000, 8000, 15000];
@@ -43,7 +43,7 @@ pub struct WindowMetrics {
 
 impl WindowMetrics {
     /// Adds one accepted event, exactly as the spec defines each metric.
-    pub fn add(&mut self, e: &QoeEvent) {
+    pub fn add(&mut self, e: &EventRef<'_>) {
         self.events += 1;
         match e.kind {
             EventType::ViewStart => self.attempts += 1,
@@ -98,36 +98,12 @@ impl WindowMetrics {
             self.dropped_frames += u64::from(d);
         }
     }
-
-    pub fn merge(&mut self, o: &WindowMetrics) {
-        self.events += o.events;
-        self.attempts += o.attempts;
-        self.plays += o.plays;
-        self.startup_ms_sum += o.startup_ms_sum;
-        for (a, b) in self.startup_hist.iter_mut().zip(o.startup_hist) {
-            *a += b;
-        }
-        self.vsf += o.vsf;
-        self.vpf += o.vpf;
-        self.ebvs += o.ebvs;
-        self.errors += o.errors;
-        self.playing_ms += o.playing_ms;
-        self.stall_ms += o.stall_ms;
-        self.stalls += o.stalls;
-        self.bitrate_kbps_ms += o.bitrate_kbps_ms;
-        self.upswitches += o.upswitches;
-        self.downswitches += o.downswitches;
-        self.latency_ms_sum += o.latency_ms_sum;
-        self.latency_samples += o.latency_samples;
-        self.dropped_frames += o.dropped_frames;
-        self.late_events += o.late_events;
-        self.duplicate_events += o.duplicate_events;
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use qoe_schemas::QoeEvent;
 
     fn event(kind: EventType) -> QoeEvent {
         QoeEvent::blank("v", 0, kind, 0)
@@ -148,20 +124,20 @@ mod tests {
         let mut e = event(EventType::Error);
         e.fatal = Some(true);
         e.started = Some(false);
-        m.add(&e);
+        m.add(&e.borrowed());
         e.started = Some(true);
-        m.add(&e);
+        m.add(&e.borrowed());
         e.fatal = Some(false);
-        m.add(&e);
+        m.add(&e.borrowed());
         let mut end = event(EventType::ViewEnd);
         end.started = Some(false);
         end.reason = Some(EndReason::Exit);
-        m.add(&end);
+        m.add(&end.borrowed());
         end.reason = Some(EndReason::Error);
-        m.add(&end);
+        m.add(&end.borrowed());
         end.started = Some(true);
         end.reason = Some(EndReason::Exit);
-        m.add(&end);
+        m.add(&end.borrowed());
         assert_eq!((m.vsf, m.vpf, m.errors, m.ebvs, m.events), (1, 1, 3, 1, 6));
     }
 
@@ -174,25 +150,21 @@ mod tests {
         hb.bitrate_kbps = Some(2500);
         hb.latency_ms = Some(4000);
         hb.dropped_frames = Some(3);
-        m.add(&hb);
+        m.add(&hb.borrowed());
         let mut sw = event(EventType::BitrateChange);
         sw.bitrate_kbps = Some(1200);
         sw.prev_bitrate_kbps = Some(2500);
-        m.add(&sw);
+        m.add(&sw.borrowed());
         sw.bitrate_kbps = Some(5000);
-        m.add(&sw);
+        m.add(&sw.borrowed());
         let mut ff = event(EventType::FirstFrame);
         ff.startup_ms = Some(1200);
-        m.add(&ff);
+        m.add(&ff.borrowed());
         assert_eq!(m.playing_ms, 8000);
         assert_eq!(m.stall_ms, 500);
         assert_eq!(m.bitrate_kbps_ms, 20_000_000);
         assert_eq!((m.latency_ms_sum, m.latency_samples), (4000, 1));
         assert_eq!((m.upswitches, m.downswitches), (1, 1));
         assert_eq!((m.plays, m.startup_ms_sum, m.startup_hist[3]), (1, 1200, 1));
-        let mut twice = m.clone();
-        twice.merge(&m);
-        assert_eq!(twice.playing_ms, 16000);
-        assert_eq!(twice.startup_hist[3], 2);
     }
 }

@@ -13,12 +13,18 @@
 //!   *duplicate*: it only adds to `duplicate_events`.
 //! - Windows are never "held open" for output: every batch writes partial rows that add up;
 //!   the watermark only decides lateness and when duplicate-tracking state is dropped.
+//!
+//! Speed: this runs once per message, so the hot path allocates nothing for events whose
+//! context, window and view the batch already holds. A batch interns each distinct context
+//! (region, CDN, stream, platform, player, protocol) once and keys its rows by small indices;
+//! events are read borrowed from the message bytes ([`EventRef`]).
 
 use crate::metrics::WindowMetrics;
-use hashbrown::{Equivalent, HashMap, HashSet};
-use qoe_schemas::{EventType, QoeEvent};
+use hashbrown::{DefaultHashBuilder, HashMap, HashSet};
+use indexmap::{Equivalent, IndexMap, IndexSet};
+use qoe_schemas::{EventRef, EventType, StreamType};
 use std::collections::BTreeMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 
 /// Which optional dimensions are grouping keys (region and CDN always are).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,129 +72,86 @@ pub struct Slice {
 }
 
 impl Slice {
-    pub fn of(e: &QoeEvent, d: Dimensions) -> Slice {
+    pub fn of(c: &Context, d: Dimensions) -> Slice {
+        let optional = |on: bool, value: &str| if on { value.to_owned() } else { String::new() };
         Slice {
-            region: e.region.clone(),
-            cdn: e.cdn.clone(),
-            stream_type: if d.stream_type {
-                e.stream_type.as_str().to_owned()
-            } else {
-                String::new()
-            },
-            platform: if d.platform {
-                e.platform.clone()
-            } else {
-                String::new()
-            },
-            stream_id: if d.stream_id {
-                e.stream_id.clone()
-            } else {
-                String::new()
-            },
+            region: c.region.clone(),
+            cdn: c.cdn.clone(),
+            stream_type: optional(d.stream_type, c.stream_type.as_str()),
+            platform: optional(d.platform, &c.platform),
+            stream_id: optional(d.stream_id, &c.stream_id),
         }
     }
 }
 
-/// A [`Slice`] borrowed from an event: looking up a batch row allocates nothing. Hashes like
-/// `Slice` (same fields, same order; `String` hashes like `str`).
-#[derive(Debug, Clone, Copy, Hash)]
-struct SliceRef<'a> {
+/// Where and how a view plays: the context the collector copies into each of its events.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Context {
+    pub region: String,
+    pub cdn: String,
+    pub stream_type: StreamType,
+    pub platform: String,
+    pub stream_id: String,
+    pub player: String,
+    pub protocol: String,
+}
+
+/// A [`Context`] borrowed from an event: finding a known one allocates nothing. Hashes like
+/// `Context` (same fields, same order; `String` hashes like `str`).
+#[derive(Hash)]
+struct ContextRef<'a> {
     region: &'a str,
     cdn: &'a str,
-    stream_type: &'a str,
+    stream_type: StreamType,
     platform: &'a str,
     stream_id: &'a str,
+    player: &'a str,
+    protocol: &'a str,
 }
 
-impl<'a> SliceRef<'a> {
-    fn of(e: &'a QoeEvent, d: Dimensions) -> Self {
-        SliceRef {
+impl<'a> ContextRef<'a> {
+    fn of(e: &'a EventRef<'_>) -> Self {
+        ContextRef {
             region: &e.region,
             cdn: &e.cdn,
-            stream_type: if d.stream_type {
-                e.stream_type.as_str()
-            } else {
-                ""
-            },
-            platform: if d.platform { &e.platform } else { "" },
-            stream_id: if d.stream_id { &e.stream_id } else { "" },
+            stream_type: e.stream_type,
+            platform: &e.platform,
+            stream_id: &e.stream_id,
+            player: &e.player,
+            protocol: &e.protocol,
         }
     }
 
-    fn owned(&self) -> Slice {
-        Slice {
+    fn owned(&self) -> Context {
+        Context {
             region: self.region.to_owned(),
             cdn: self.cdn.to_owned(),
-            stream_type: self.stream_type.to_owned(),
+            stream_type: self.stream_type,
             platform: self.platform.to_owned(),
             stream_id: self.stream_id.to_owned(),
+            player: self.player.to_owned(),
+            protocol: self.protocol.to_owned(),
         }
     }
-
-    fn same(&self, s: &Slice) -> bool {
-        self.region == s.region
-            && self.cdn == s.cdn
-            && self.stream_type == s.stream_type
-            && self.platform == s.platform
-            && self.stream_id == s.stream_id
-    }
 }
 
-/// Borrowed form of a `(window_start, Slice)` key; hashes like the tuple.
-struct WindowKeyRef<'a>(i64, SliceRef<'a>);
-
-impl Hash for WindowKeyRef<'_> {
-    fn hash<H: Hasher>(&self, h: &mut H) {
-        self.0.hash(h);
-        self.1.hash(h);
-    }
-}
-
-impl Equivalent<(i64, Slice)> for WindowKeyRef<'_> {
-    fn equivalent(&self, key: &(i64, Slice)) -> bool {
-        self.0 == key.0 && self.1.same(&key.1)
-    }
-}
-
-/// Borrowed form of a `(window_start, Slice, view_id)` key; hashes like the tuple.
-struct PresenceKeyRef<'a>(i64, SliceRef<'a>, &'a str);
-
-impl Hash for PresenceKeyRef<'_> {
-    fn hash<H: Hasher>(&self, h: &mut H) {
-        self.0.hash(h);
-        self.1.hash(h);
-        self.2.hash(h);
-    }
-}
-
-impl Equivalent<(i64, Slice, String)> for PresenceKeyRef<'_> {
-    fn equivalent(&self, key: &(i64, Slice, String)) -> bool {
-        self.0 == key.0 && self.1.same(&key.1) && self.2 == key.2
-    }
-}
-
-impl Batch {
-    /// The row of `(window, slice)`, created on first use.
-    fn window_row(&mut self, window: i64, slice: SliceRef<'_>) -> &mut WindowMetrics {
-        let key = WindowKeyRef(window, slice);
-        if !self.windows.contains_key(&key) {
-            self.windows
-                .insert((window, slice.owned()), WindowMetrics::default());
-        }
-        self.windows.get_mut(&key).expect("row inserted just above")
+impl Equivalent<Context> for ContextRef<'_> {
+    fn equivalent(&self, c: &Context) -> bool {
+        self.region == c.region
+            && self.cdn == c.cdn
+            && self.stream_type == c.stream_type
+            && self.platform == c.platform
+            && self.stream_id == c.stream_id
+            && self.player == c.player
+            && self.protocol == c.protocol
     }
 }
 
 /// What a view did within one batch; partials of a view add up in ClickHouse.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ViewPartial {
-    pub region: String,
-    pub cdn: String,
-    pub stream_type: String,
-    pub platform: String,
-    pub stream_id: String,
-    pub player: String,
-    pub protocol: String,
+    /// The batch's index of the context of the view's first event in it.
+    context: u32,
     pub first_event_time: i64,
     pub last_event_time: i64,
     pub started: bool,
@@ -200,24 +163,23 @@ pub struct ViewPartial {
     pub errors: u64,
     pub error_code: String,
     pub error_time: i64,
-    pub end_reason: String,
+    pub end_reason: &'static str,
     pub end_time: i64,
 }
 
 impl ViewPartial {
-    fn add(&mut self, e: &QoeEvent) {
-        if self.events_unset() {
-            // A view's context is the same on all its events; copy it once per batch.
-            self.first_event_time = e.event_time;
-            self.last_event_time = e.event_time;
-            self.region.clone_from(&e.region);
-            self.cdn.clone_from(&e.cdn);
-            self.stream_type = e.stream_type.as_str().to_owned();
-            self.platform.clone_from(&e.platform);
-            self.stream_id.clone_from(&e.stream_id);
-            self.player.clone_from(&e.player);
-            self.protocol.clone_from(&e.protocol);
-        }
+    fn new(context: u32, e: &EventRef<'_>) -> Self {
+        let mut v = ViewPartial {
+            context,
+            first_event_time: e.event_time,
+            last_event_time: e.event_time,
+            ..ViewPartial::default()
+        };
+        v.add(e);
+        v
+    }
+
+    fn add(&mut self, e: &EventRef<'_>) {
         self.first_event_time = self.first_event_time.min(e.event_time);
         self.last_event_time = self.last_event_time.max(e.event_time);
         if e.started == Some(true) {
@@ -229,13 +191,13 @@ impl ViewPartial {
             EventType::Error => {
                 self.errors += 1;
                 if e.event_time >= self.error_time {
-                    self.error_code = e.code.clone().unwrap_or_else(|| "unknown".into());
+                    self.error_code = e.code.as_deref().unwrap_or("unknown").to_owned();
                     self.error_time = e.event_time;
                 }
             }
             EventType::ViewEnd => {
                 if let Some(r) = e.reason {
-                    self.end_reason = r.as_str().to_owned();
+                    self.end_reason = r.as_str();
                     self.end_time = e.event_time;
                 }
             }
@@ -251,18 +213,22 @@ impl ViewPartial {
             self.stall_ms += u64::from(s);
         }
     }
-
-    fn events_unset(&self) -> bool {
-        self.first_event_time == 0 && self.last_event_time == 0 && self.region.is_empty()
-    }
 }
 
 /// Rows accumulated since the last write of this partition.
+///
+/// Rows refer to contexts, slices and views by their index in this batch, so the hot path
+/// hashes small integers; the strings exist once per batch.
 #[derive(Debug, Default)]
 pub struct Batch {
-    pub windows: HashMap<(i64, Slice), WindowMetrics>,
-    pub presence: HashSet<(i64, Slice, String)>,
-    pub views: HashMap<String, ViewPartial>,
+    /// Each distinct context of the batch's events, with the index of its slice.
+    contexts: IndexMap<Context, u32, DefaultHashBuilder>,
+    slices: IndexSet<Slice, DefaultHashBuilder>,
+    /// `(window_start, slice)` -> metrics.
+    windows: HashMap<(i64, u32), WindowMetrics>,
+    /// `(window_start, slice, view)` for every view with an accepted event there.
+    presence: HashSet<(i64, u32, u32)>,
+    views: IndexMap<String, ViewPartial, DefaultHashBuilder>,
     pub messages: u64,
 }
 
@@ -273,6 +239,68 @@ impl Batch {
 
     pub fn rows(&self) -> usize {
         self.windows.len() + self.presence.len() + self.views.len()
+    }
+
+    /// Metrics per `(window_start, slice)`.
+    pub fn window_rows(&self) -> impl Iterator<Item = (i64, &Slice, &WindowMetrics)> {
+        self.windows
+            .iter()
+            .map(|(&(w, s), m)| (w, &self.slices[s as usize], m))
+    }
+
+    /// `(window_start, slice, view_id)` of every view with an accepted event there.
+    pub fn presence_rows(&self) -> impl Iterator<Item = (i64, &Slice, &str)> {
+        self.presence.iter().map(|&(w, s, v)| {
+            let (view_id, _) = &self
+                .views
+                .get_index(v as usize)
+                .expect("view of a presence row");
+            (w, &self.slices[s as usize], view_id.as_str())
+        })
+    }
+
+    /// What each view did in this batch, with the context of its first event in it.
+    pub fn view_rows(&self) -> impl Iterator<Item = (&str, &Context, &ViewPartial)> {
+        self.views.iter().map(|(id, v)| {
+            let (context, _) = self
+                .contexts
+                .get_index(v.context as usize)
+                .expect("context of a view");
+            (id.as_str(), context, v)
+        })
+    }
+
+    /// Indices of the event's context and slice, interned on first use.
+    fn intern(&mut self, e: &EventRef<'_>, d: Dimensions) -> (u32, u32) {
+        let key = ContextRef::of(e);
+        if let Some((i, _, &slice)) = self.contexts.get_full(&key) {
+            return (i as u32, slice);
+        }
+        let context = key.owned();
+        let (slice, _) = self.slices.insert_full(Slice::of(&context, d));
+        let (i, _) = self.contexts.insert_full(context, slice as u32);
+        (i as u32, slice as u32)
+    }
+
+    fn window_row(&mut self, window: i64, slice: u32) -> &mut WindowMetrics {
+        self.windows.entry((window, slice)).or_default()
+    }
+
+    /// Adds an accepted event to its window row, its view and the window's presence.
+    fn accept(&mut self, window: i64, context: u32, slice: u32, e: &EventRef<'_>) {
+        self.window_row(window, slice).add(e);
+        let view = match self.views.get_full_mut(&*e.view_id) {
+            Some((i, _, v)) => {
+                v.add(e);
+                i
+            }
+            None => {
+                self.views
+                    .insert_full(e.view_id.to_string(), ViewPartial::new(context, e))
+                    .0
+            }
+        };
+        self.presence.insert((window, slice, view as u32));
     }
 }
 
@@ -316,10 +344,10 @@ pub struct PartitionState {
 }
 
 fn view_key(view_id: &str) -> u64 {
-    // Fixed keys: the same view hashes the same in every process, which restores rely on.
-    let mut h = DefaultHasher::new();
-    view_id.hash(&mut h);
-    h.finish()
+    // A fixed seed: which views (if any) collide is the same in every run and every process,
+    // so a restore rebuilds exactly the state an uninterrupted run had.
+    const SEED: u64 = 0x716f_655f_7669_6577;
+    foldhash::fast::FixedState::with_seed(SEED).hash_one(view_id)
 }
 
 impl PartitionState {
@@ -366,7 +394,7 @@ impl PartitionState {
 
     /// Rebuilds duplicate-tracking state from a message between the checkpoint's
     /// `state_offset` and `next_offset`; emits nothing. The watermark is the checkpoint's.
-    pub fn restore(&mut self, offset: i64, e: &QoeEvent) {
+    pub fn restore(&mut self, offset: i64, e: &EventRef<'_>) {
         let window = self.window_of(e.event_time);
         if window + self.config.window_ms <= self.watermark() {
             return;
@@ -375,7 +403,7 @@ impl PartitionState {
     }
 
     /// Records `(view_id, seq)` as accepted in `window`; false if it already was.
-    fn track(&mut self, offset: i64, window: i64, e: &QoeEvent) -> bool {
+    fn track(&mut self, offset: i64, window: i64, e: &EventRef<'_>) -> bool {
         let key = (view_key(&e.view_id), e.seq);
         if !self.seen.insert(key) {
             return false;
@@ -392,11 +420,11 @@ impl PartitionState {
     }
 
     /// Processes the message at `offset`.
-    pub fn apply(&mut self, offset: i64, e: &QoeEvent) -> Outcome {
+    pub fn apply(&mut self, offset: i64, e: &EventRef<'_>) -> Outcome {
         self.next_offset = offset + 1;
         self.batch.messages += 1;
         let window = self.window_of(e.event_time);
-        let slice = SliceRef::of(e, self.config.dimensions);
+        let (context, slice) = self.batch.intern(e, self.config.dimensions);
         let outcome = if window + self.config.window_ms <= self.watermark() {
             Outcome::Late
         } else if self.track(offset, window, e) {
@@ -405,23 +433,7 @@ impl PartitionState {
             Outcome::Duplicate
         };
         match outcome {
-            Outcome::Accepted => {
-                self.batch.window_row(window, slice).add(e);
-                let presence = PresenceKeyRef(window, slice, &e.view_id);
-                if !self.batch.presence.contains(&presence) {
-                    self.batch
-                        .presence
-                        .insert((window, slice.owned(), e.view_id.clone()));
-                }
-                match self.batch.views.get_mut(e.view_id.as_str()) {
-                    Some(v) => v.add(e),
-                    None => {
-                        let mut v = ViewPartial::default();
-                        v.add(e);
-                        self.batch.views.insert(e.view_id.clone(), v);
-                    }
-                }
-            }
+            Outcome::Accepted => self.batch.accept(window, context, slice, e),
             Outcome::Late => self.batch.window_row(window, slice).late_events += 1,
             Outcome::Duplicate => self.batch.window_row(window, slice).duplicate_events += 1,
         }
@@ -467,77 +479,20 @@ impl PartitionState {
         self.batch_from = self.next_offset;
         (std::mem::take(&mut self.batch), checkpoint)
     }
-
-    /// Puts back a batch whose write failed, so nothing is lost while ClickHouse is away.
-    pub fn restore_batch(&mut self, batch: Batch, checkpoint: Checkpoint) {
-        let newer = std::mem::replace(&mut self.batch, batch);
-        for (k, m) in newer.windows {
-            self.batch.windows.entry(k).or_default().merge(&m);
-        }
-        self.batch.presence.extend(newer.presence);
-        for (view, p) in newer.views {
-            merge_view(self.batch.views.entry(view).or_default(), p);
-        }
-        self.batch.messages += newer.messages;
-        self.batch_from = checkpoint.from_offset;
-    }
-}
-
-fn merge_view(into: &mut ViewPartial, later: ViewPartial) {
-    if into.events_unset() {
-        *into = later;
-        return;
-    }
-    let first = into.first_event_time.min(later.first_event_time);
-    let last = into.last_event_time.max(later.last_event_time);
-    let started = into.started || later.started;
-    let startup = if later.startup_ms > 0 {
-        later.startup_ms
-    } else {
-        into.startup_ms
-    };
-    let (code, code_time) = if later.error_time >= into.error_time && !later.error_code.is_empty() {
-        (later.error_code.clone(), later.error_time)
-    } else {
-        (into.error_code.clone(), into.error_time)
-    };
-    let (reason, reason_time) = if !later.end_reason.is_empty() {
-        (later.end_reason.clone(), later.end_time)
-    } else {
-        (into.end_reason.clone(), into.end_time)
-    };
-    into.playing_ms += later.playing_ms;
-    into.stall_ms += later.stall_ms;
-    into.stalls += later.stalls;
-    into.bitrate_kbps_ms += later.bitrate_kbps_ms;
-    into.errors += later.errors;
-    into.region = later.region;
-    into.cdn = later.cdn;
-    into.stream_type = later.stream_type;
-    into.platform = later.platform;
-    into.stream_id = later.stream_id;
-    into.player = later.player;
-    into.protocol = later.protocol;
-    into.first_event_time = first;
-    into.last_event_time = last;
-    into.started = started;
-    into.startup_ms = startup;
-    into.error_code = code;
-    into.error_time = code_time;
-    into.end_reason = reason;
-    into.end_time = reason_time;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use qoe_schemas::QoeEvent;
 
-    fn ev(view: &str, seq: u32, kind: EventType, t: i64) -> QoeEvent {
-        QoeEvent {
+    fn ev(view: &str, seq: u32, kind: EventType, t: i64) -> EventRef<'static> {
+        let e = QoeEvent {
             received_at: t + 100,
             playing_ms: Some(1000),
             ..QoeEvent::blank(view, seq, kind, t)
-        }
+        };
+        Box::leak(Box::new(e)).borrowed()
     }
 
     #[test]
@@ -561,16 +516,26 @@ mod tests {
             Outcome::Accepted
         );
         let (batch, cp) = p.take_batch();
-        let w100 = &batch.windows[&(
-            100_000,
-            Slice::of(&ev("a", 0, EventType::ViewStart, 0), Dimensions::default()),
-        )];
-        assert_eq!((w100.attempts, w100.duplicate_events), (1, 1));
+        let w100: Vec<_> = batch
+            .window_rows()
+            .filter(|(w, _, _)| *w == 100_000)
+            .collect();
+        assert_eq!(w100.len(), 1);
+        let (_, slice, m) = w100[0];
+        assert_eq!((m.attempts, m.duplicate_events), (1, 1));
+        assert_eq!(
+            (
+                &*slice.region,
+                &*slice.cdn,
+                &*slice.stream_type,
+                &*slice.stream_id
+            ),
+            ("r", "c", "live", "s")
+        );
         let w60: u64 = batch
-            .windows
-            .iter()
-            .filter(|((w, _), _)| *w == 60_000)
-            .map(|(_, m)| m.late_events + m.events)
+            .window_rows()
+            .filter(|(w, _, _)| *w == 60_000)
+            .map(|(_, _, m)| m.late_events + m.events)
             .sum();
         assert_eq!(w60, 1);
         assert_eq!(
@@ -582,7 +547,14 @@ mod tests {
                 max_event_time: 100_000
             }
         );
-        assert_eq!(batch.presence.len(), 2);
+        let mut presence: Vec<_> = batch.presence_rows().map(|(w, _, v)| (w, v)).collect();
+        presence.sort();
+        assert_eq!(presence, [(70_000, "b"), (100_000, "a")]);
+        let views: Vec<_> = batch
+            .view_rows()
+            .map(|(v, c, _)| (v, &*c.platform))
+            .collect();
+        assert_eq!(views, [("a", "p"), ("b", "p")]);
     }
 
     #[test]
@@ -597,7 +569,7 @@ mod tests {
     #[test]
     fn restore_rebuilds_duplicate_state_exactly() {
         let config = WindowConfig::default();
-        let events: Vec<QoeEvent> = (0..200)
+        let events: Vec<EventRef<'static>> = (0..200)
             .map(|i| {
                 ev(
                     &format!("v{}", i % 7),
@@ -637,21 +609,5 @@ mod tests {
                 "event {o}"
             );
         }
-    }
-
-    #[test]
-    fn failed_batches_are_merged_back() {
-        let mut p = PartitionState::new(WindowConfig::default(), None);
-        p.apply(0, &ev("a", 0, EventType::ViewStart, 100_000));
-        let (batch, cp) = p.take_batch();
-        p.apply(1, &ev("a", 1, EventType::Heartbeat, 100_500));
-        p.restore_batch(batch, cp);
-        let (batch, cp) = p.take_batch();
-        assert_eq!(cp.from_offset, 0);
-        assert_eq!(cp.next_offset, 2);
-        let total: u64 = batch.windows.values().map(|m| m.events).sum();
-        assert_eq!(total, 2);
-        assert_eq!(batch.views["a"].playing_ms, 2000);
-        assert_eq!(batch.messages, 2);
     }
 }

@@ -351,9 +351,9 @@ impl Writer {
         let client = &self.store.client;
 
         let mut insert = client.insert::<StagingRow<'_>>("qoe_staging").await?;
-        for ((window_start, slice), m) in &batch.windows {
+        for (window_start, slice, m) in batch.window_rows() {
             let mut r =
-                StagingRow::empty(batch_id, staged_at, Kind::Window).at(*window_start, slice);
+                StagingRow::empty(batch_id, staged_at, Kind::Window).at(window_start, slice);
             r.events = m.events;
             r.attempts = m.attempts;
             r.plays = m.plays;
@@ -379,22 +379,22 @@ impl Writer {
             r.duplicate_events = m.duplicate_events;
             insert.write(&r).await?;
         }
-        for (window_start, slice, view_id) in &batch.presence {
+        for (window_start, slice, view_id) in batch.presence_rows() {
             let mut r =
-                StagingRow::empty(batch_id, staged_at, Kind::Presence).at(*window_start, slice);
+                StagingRow::empty(batch_id, staged_at, Kind::Presence).at(window_start, slice);
             r.view_id = view_id;
             insert.write(&r).await?;
         }
-        for (view_id, v) in &batch.views {
+        for (view_id, c, v) in batch.view_rows() {
             let mut r = StagingRow::empty(batch_id, staged_at, Kind::View);
             r.view_id = view_id;
-            r.region = &v.region;
-            r.cdn = &v.cdn;
-            r.stream_type = &v.stream_type;
-            r.platform = &v.platform;
-            r.stream_id = &v.stream_id;
-            r.player = &v.player;
-            r.protocol = &v.protocol;
+            r.region = &c.region;
+            r.cdn = &c.cdn;
+            r.stream_type = c.stream_type.as_str();
+            r.platform = &c.platform;
+            r.stream_id = &c.stream_id;
+            r.player = &c.player;
+            r.protocol = &c.protocol;
             r.first_event_time = secs(v.first_event_time);
             r.last_event_time = secs(v.last_event_time);
             r.started = u8::from(v.started);
@@ -406,7 +406,7 @@ impl Writer {
             r.errors = v.errors;
             r.error_code = &v.error_code;
             r.error_time = v.error_time.max(0) as u64;
-            r.end_reason = &v.end_reason;
+            r.end_reason = v.end_reason;
             r.end_time = v.end_time.max(0) as u64;
             insert.write(&r).await?;
         }

@@ -4,6 +4,7 @@
 //! The JSON encoding of [`QoeEvent`] is the Kafka message value (key: `view_id`).
 
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// Version of the Kafka message format, also sent as the `qoe-schema` message header.
@@ -151,6 +152,102 @@ pub struct QoeEvent {
     pub reason: Option<EndReason>,
 }
 
+/// The fields of a [`QoeEvent`] that aggregation reads, borrowed from the message bytes.
+///
+/// Decoding one allocates nothing unless a string contains JSON escapes (then that string
+/// is owned): this is the hot path of every consumer. `ts` and `custom` are not read (they
+/// are skipped while parsing). A test keeps it in step with [`QoeEvent`].
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct EventRef<'a> {
+    pub v: u8,
+    #[serde(borrow)]
+    pub view_id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub stream_id: Cow<'a, str>,
+    pub stream_type: StreamType,
+    #[serde(borrow)]
+    pub cdn: Cow<'a, str>,
+    #[serde(borrow)]
+    pub platform: Cow<'a, str>,
+    #[serde(borrow)]
+    pub player: Cow<'a, str>,
+    #[serde(borrow)]
+    pub protocol: Cow<'a, str>,
+    #[serde(borrow)]
+    pub region: Cow<'a, str>,
+    pub seq: u32,
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    pub event_time: i64,
+    pub received_at: i64,
+    #[serde(default)]
+    pub started: Option<bool>,
+    #[serde(default)]
+    pub playing_ms: Option<u32>,
+    #[serde(default)]
+    pub stall_ms: Option<u32>,
+    #[serde(default)]
+    pub bitrate_kbps: Option<u32>,
+    #[serde(default)]
+    pub prev_bitrate_kbps: Option<u32>,
+    #[serde(default)]
+    pub startup_ms: Option<u32>,
+    #[serde(default)]
+    pub latency_ms: Option<u32>,
+    #[serde(default)]
+    pub dropped_frames: Option<u32>,
+    #[serde(default, borrow)]
+    pub code: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pub fatal: Option<bool>,
+    #[serde(default)]
+    pub reason: Option<EndReason>,
+}
+
+impl<'a> EventRef<'a> {
+    /// Decodes a Kafka message value without copying its strings, refusing versions this
+    /// build does not understand.
+    pub fn decode(bytes: &'a [u8]) -> Result<Self, DecodeError> {
+        let event: EventRef<'a> = serde_json::from_slice(bytes)?;
+        if event.v != SCHEMA_VERSION {
+            return Err(DecodeError::Version(event.v));
+        }
+        Ok(event)
+    }
+}
+
+impl QoeEvent {
+    /// The same event as an [`EventRef`] borrowing this one's strings.
+    pub fn borrowed(&self) -> EventRef<'_> {
+        EventRef {
+            v: self.v,
+            view_id: Cow::Borrowed(&self.view_id),
+            stream_id: Cow::Borrowed(&self.stream_id),
+            stream_type: self.stream_type,
+            cdn: Cow::Borrowed(&self.cdn),
+            platform: Cow::Borrowed(&self.platform),
+            player: Cow::Borrowed(&self.player),
+            protocol: Cow::Borrowed(&self.protocol),
+            region: Cow::Borrowed(&self.region),
+            seq: self.seq,
+            kind: self.kind,
+            event_time: self.event_time,
+            received_at: self.received_at,
+            started: self.started,
+            playing_ms: self.playing_ms,
+            stall_ms: self.stall_ms,
+            bitrate_kbps: self.bitrate_kbps,
+            prev_bitrate_kbps: self.prev_bitrate_kbps,
+            startup_ms: self.startup_ms,
+            latency_ms: self.latency_ms,
+            dropped_frames: self.dropped_frames,
+            code: self.code.as_deref().map(Cow::Borrowed),
+            fatal: self.fatal,
+            reason: self.reason,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     #[error("message is not a QoE event: {0}")]
@@ -239,6 +336,34 @@ mod tests {
     fn encode_decode_round_trip() {
         let e = sample();
         assert_eq!(QoeEvent::decode(&e.encode()).unwrap(), e);
+    }
+
+    #[test]
+    fn borrowed_decode_matches_the_owned_event() {
+        let mut e = sample();
+        e.custom.insert("k".into(), "v".into());
+        let bytes = e.encode();
+        let r = EventRef::decode(&bytes).unwrap();
+        assert_eq!(r, e.borrowed());
+        assert!(
+            matches!(r.view_id, Cow::Borrowed(_)),
+            "plain strings are not copied"
+        );
+
+        let mut err = QoeEvent::blank("v\"quoted\"", 1, EventType::Error, 5);
+        (err.code, err.fatal, err.reason) = (Some("E1".into()), Some(true), Some(EndReason::Error));
+        err.startup_ms = Some(3);
+        let bytes = err.encode();
+        let r = EventRef::decode(&bytes).unwrap();
+        assert_eq!(r, err.borrowed(), "escaped strings decode owned and equal");
+
+        let mut old = sample();
+        old.v = 9;
+        assert!(matches!(
+            EventRef::decode(&old.encode()),
+            Err(DecodeError::Version(9))
+        ));
+        assert!(EventRef::decode(b"{\"v\":1}").is_err());
     }
 
     pub(crate) fn sample() -> QoeEvent {

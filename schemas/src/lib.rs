@@ -18,7 +18,7 @@ pub mod migrations;
 pub mod validate;
 
 pub use beacon::{Envelope, RawEvent, ViewContext};
-pub use event::{EndReason, EventType, QoeEvent, StreamType, SCHEMA_VERSION};
+pub use event::{EndReason, EventRef, EventType, QoeEvent, StreamType, SCHEMA_VERSION};
 pub use validate::{Limits, Rejection};
 
 /// The JSON Schema of beacon protocol v1, as published to player developers.

@@ -1,11 +1,12 @@
 //! `bare-consumer`: the ceiling for any consumer of the topic on this machine. Reads every
-//! partition from its beginning up to the end it had at start, decodes each message as a
-//! [`QoeEvent`] and drops it, then prints events/s. `scripts/bench-aggregator.sh` compares the
-//! aggregator's whole path (Kafka to ClickHouse) with it.
+//! partition from its beginning up to the end it had at start, decodes each message as an
+//! [`EventRef`] (the aggregator's own decoding) and drops it, then prints events/s.
+//! `scripts/bench-aggregator.sh` compares the aggregator's whole path (Kafka to ClickHouse)
+//! with it.
 
 use anyhow::Context;
 use clap::Parser;
-use qoe_schemas::QoeEvent;
+use qoe_schemas::EventRef;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use std::collections::HashMap;
@@ -56,7 +57,7 @@ fn main() -> anyhow::Result<()> {
             continue;
         };
         let msg = msg?;
-        match msg.payload().map(QoeEvent::decode) {
+        match msg.payload().map(EventRef::decode) {
             Some(Ok(_)) => events += 1,
             _ => bad += 1,
         }
