@@ -44,8 +44,9 @@ struct Slot {
     skip_below: i64,
     /// Messages below this offset only rebuild state.
     restore_until: i64,
-    /// Trace context of the first traced message of the pending batch.
-    traceparent: Option<String>,
+    /// Distinct trace contexts of the pending batch's first traced messages (at most
+    /// [`MAX_TRACE_LINKS`]); its write span continues them.
+    traceparents: Vec<String>,
     /// A batch whose write failed, with the id of its last attempt: retried as is (after
     /// checking whether that attempt committed after all) before anything newer is written.
     unacked: Option<(Batch, Checkpoint, u64)>,
@@ -109,7 +110,7 @@ impl Shared {
                         state,
                         skip_below: c.state_offset,
                         restore_until: c.next_offset,
-                        traceparent: None,
+                        traceparents: Vec::new(),
                         unacked: None,
                     },
                     Offset::Offset(resume_fetch_offset(c.state_offset)),
@@ -130,7 +131,7 @@ impl Shared {
                         state,
                         skip_below: 0,
                         restore_until: 0,
-                        traceparent: None,
+                        traceparents: Vec::new(),
                         unacked: None,
                     },
                     if self.config.start_from_latest {
@@ -189,9 +190,7 @@ impl Shared {
             rows = batch.rows(),
             messages = batch.messages
         );
-        if let Some(tp) = slot.traceparent.take() {
-            qoe_telemetry::extract(&span, &[("traceparent", tp.as_str())]);
-        }
+        qoe_telemetry::continue_batch(&span, &std::mem::take(&mut slot.traceparents));
         let _entered = span.enter();
         let started = Instant::now();
         let batch_id = Writer::new_batch_id();
@@ -220,6 +219,10 @@ impl Shared {
         }
     }
 }
+
+/// Traces a batch's write span continues: the first as parent, the others as links. Bounded
+/// because a batch holds up to hundreds of thousands of messages.
+const MAX_TRACE_LINKS: usize = 32;
 
 /// Upper bound of one batch write (all its ClickHouse requests).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -429,13 +432,18 @@ fn handle_message(shared: &Shared, m: &rdkafka::message::BorrowedMessage<'_>) {
         slot.state.skip(offset);
         return;
     };
-    if slot.traceparent.is_none() {
-        slot.traceparent = m
+    if slot.traceparents.len() < MAX_TRACE_LINKS {
+        let traceparent = m
             .headers()
             .and_then(|h| h.iter().find(|h| h.key == "traceparent"))
             .and_then(|h| h.value)
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .map(str::to_owned);
+            .and_then(|v| std::str::from_utf8(v).ok());
+        if let Some(tp) = traceparent {
+            // Events of one request share its traceparent: keep each once.
+            if !slot.traceparents.iter().any(|t| t == tp) {
+                slot.traceparents.push(tp.to_owned());
+            }
+        }
     }
     let outcome = slot.state.apply(offset, &event);
     metrics::counter!("qoe_aggregator_events_total", "outcome" => match outcome {

@@ -3,13 +3,14 @@
 //! - Logs: `tracing` to stderr, human-readable or JSON (`--log-format`), filtered by `RUST_LOG`.
 //! - Traces: every `tracing` span is also an OpenTelemetry span, exported over OTLP/HTTP when
 //!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Trace context travels as W3C `traceparent`, which
-//!   the collector injects into Kafka message headers and the aggregator extracts again
-//!   ([`inject`], [`extract`]).
+//!   the collector injects into Kafka message headers and the aggregator picks up again
+//!   ([`traceparent`], [`extract`], [`continue_batch`]).
 //! - Metrics: a Prometheus recorder for the `metrics` facade; serve [`Telemetry::render`] on
 //!   `/metrics`.
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::TraceContextExt;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -149,6 +150,24 @@ pub fn extract(span: &tracing::Span, headers: &[(&str, &str)]) {
     let _ = span.set_parent(cx);
 }
 
+/// Makes `span`, which processes a batch of messages, continue their traces: a child of the
+/// first valid `traceparent`, linked to each of the others (OpenTelemetry's convention for
+/// batch processing, where one span has many causes). Invalid values are ignored.
+pub fn continue_batch(span: &tracing::Span, traceparents: &[String]) {
+    let propagator = TraceContextPropagator::new();
+    let mut contexts = traceparents.iter().filter_map(|tp| {
+        let cx = propagator.extract(&PairsCarrier(&[("traceparent", tp.as_str())]));
+        let valid = cx.span().span_context().is_valid();
+        valid.then_some(cx)
+    });
+    if let Some(first) = contexts.next() {
+        let _ = span.set_parent(first);
+    }
+    for cx in contexts {
+        span.add_link(cx.span().span_context().clone());
+    }
+}
+
 /// The trace id part of a `traceparent` value (`00-<trace id>-<span id>-<flags>`).
 pub fn trace_id_of(traceparent: &str) -> Option<&str> {
     let mut parts = traceparent.split('-');
@@ -159,7 +178,39 @@ pub fn trace_id_of(traceparent: &str) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
-    use super::trace_id_of;
+    use super::*;
+    use opentelemetry_sdk::trace::InMemorySpanExporter;
+
+    #[test]
+    fn batch_spans_are_children_of_the_first_trace_and_link_the_others() {
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let first = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let second = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("write_batch");
+            continue_batch(&span, &[first.into(), "garbage".into(), second.into()]);
+            drop(span);
+        });
+        let spans = exporter.get_finished_spans().unwrap();
+        assert_eq!(spans.len(), 1);
+        let span = &spans[0];
+        assert_eq!(
+            span.span_context.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(span.parent_span_id.to_string(), "00f067aa0ba902b7");
+        let links: Vec<String> = span
+            .links
+            .iter()
+            .map(|l| format!("{}-{}", l.span_context.trace_id(), l.span_context.span_id()))
+            .collect();
+        assert_eq!(links, ["0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331"]);
+    }
 
     #[test]
     fn trace_ids() {
