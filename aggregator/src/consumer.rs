@@ -6,7 +6,7 @@
 //!   aggregated. Without a checkpoint a partition starts at the beginning (or the end, if
 //!   configured).
 //! - Every `flush_interval` (or when a batch grows large) each partition's batch is written
-//!   with its checkpoint ([`crate::writer`]). Kafka offsets are committed after that, for lag
+//!   with its checkpoint ([`crate::writer`]), all partitions concurrently. Kafka offsets are committed after that, for lag
 //!   monitoring only.
 //! - A failed write keeps the batch, pauses consumption (bounded memory) and retries with
 //!   exponential backoff; consumption resumes once ClickHouse takes writes again.
@@ -25,6 +25,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
@@ -146,21 +147,18 @@ impl Shared {
 
     /// Writes one partition's unacknowledged batch (if any), then its pending batch. A failed
     /// batch is kept as is and retried later; returns the offset now committed.
-    fn flush_slot(&self, partition: i32, slot: &mut Slot) -> Result<Option<i64>, WriteError> {
+    async fn flush_slot(&self, partition: i32, slot: &mut Slot) -> Result<Option<i64>, WriteError> {
         let mut committed = None;
         if let Some((batch, checkpoint, last_id)) = slot.unacked.take() {
             // The last attempt may have committed although its answer was lost.
-            let done = self
-                .runtime
-                .block_on(async {
-                    tokio::time::timeout(WRITE_TIMEOUT, self.writer.committed(partition, last_id))
-                        .await
-                })
-                .unwrap_or(Err(WriteError::Timeout(WRITE_TIMEOUT)));
+            let done =
+                tokio::time::timeout(WRITE_TIMEOUT, self.writer.committed(partition, last_id))
+                    .await
+                    .unwrap_or(Err(WriteError::Timeout(WRITE_TIMEOUT)));
             match done {
                 Ok(true) => committed = Some(checkpoint.next_offset),
                 Ok(false) => {
-                    self.write_batch(partition, slot, batch, checkpoint)?;
+                    self.write_batch(partition, slot, batch, checkpoint).await?;
                     committed = Some(checkpoint.next_offset);
                 }
                 Err(e) => {
@@ -173,11 +171,11 @@ impl Shared {
             return Ok(committed);
         }
         let (batch, checkpoint) = slot.state.take_batch();
-        self.write_batch(partition, slot, batch, checkpoint)?;
+        self.write_batch(partition, slot, batch, checkpoint).await?;
         Ok(Some(checkpoint.next_offset))
     }
 
-    fn write_batch(
+    async fn write_batch(
         &self,
         partition: i32,
         slot: &mut Slot,
@@ -191,16 +189,14 @@ impl Shared {
             messages = batch.messages
         );
         qoe_telemetry::continue_batch(&span, &std::mem::take(&mut slot.traceparents));
-        let _entered = span.enter();
         let started = Instant::now();
         let batch_id = Writer::new_batch_id();
-        match self.runtime.block_on(self.writer.write(
-            partition,
-            &batch,
-            &checkpoint,
-            batch_id,
-            WRITE_TIMEOUT,
-        )) {
+        let written = self
+            .writer
+            .write(partition, &batch, &checkpoint, batch_id, WRITE_TIMEOUT)
+            .instrument(span)
+            .await;
+        match written {
             Ok(()) => {
                 metrics::histogram!("qoe_aggregator_insert_seconds")
                     .record(started.elapsed().as_secs_f64());
@@ -274,7 +270,11 @@ impl ConsumerContext for AggregatorContext {
                 for elem in tpl.elements() {
                     if let Some(mut slot) = slots.remove(&elem.partition()) {
                         // Best effort: the next owner replays from the checkpoint anyway.
-                        if let Err(e) = self.shared.flush_slot(elem.partition(), &mut slot) {
+                        let flushed = self
+                            .shared
+                            .runtime
+                            .block_on(self.shared.flush_slot(elem.partition(), &mut slot));
+                        if let Err(e) = flushed {
                             tracing::warn!(partition = elem.partition(), error = %e, "revoked partition's batch not written; its next owner replays it");
                         }
                     }
@@ -462,8 +462,14 @@ fn flush_all<C: ConsumerContext>(
     let mut commits = TopicPartitionList::new();
     let mut first_error = None;
     let mut fenced = Vec::new();
-    for (&p, slot) in slots.iter_mut() {
-        match shared.flush_slot(p, slot) {
+    // Partitions are written concurrently: a flush costs the slowest write, not their sum.
+    let results = shared.runtime.block_on(futures_util::future::join_all(
+        slots
+            .iter_mut()
+            .map(|(&p, slot)| async move { (p, shared.flush_slot(p, slot).await) }),
+    ));
+    for (p, result) in results {
+        match result {
             Ok(Some(next)) => {
                 let _ = commits.add_partition_offset(&shared.config.topic, p, Offset::Offset(next));
             }

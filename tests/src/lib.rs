@@ -2,6 +2,7 @@
 //! topic and database set-up. The stack itself is started by `scripts/stack.sh start`
 //! (`make test` does it); tests fail with a clear message when it is not running.
 
+pub mod mmdb;
 pub mod truth;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -414,13 +415,37 @@ pub async fn wait_caught_up(
             .filter_map(|r| Some((r.first()?.parse().ok()?, r.get(1)?.parse().ok()?)))
             .collect();
         if next.iter().all(|(p, n)| got.get(p).is_some_and(|g| g >= n)) {
-            return;
+            return wait_commits_finished(database, topic, timeout).await;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
             "aggregator did not catch up within {timeout:?}: have {got:?}, want {next:?}"
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Waits until no batch commit of `topic` is running on the server. A commit is one INSERT
+/// whose rows reach each table through its own materialized view, one view after another:
+/// its checkpoint can be visible while rows of later views are still being written.
+pub async fn wait_commits_finished(database: &str, topic: &str, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let sql = format!(
+        "SELECT count() FROM system.processes WHERE startsWith(query_id, 'qoe-commit-{topic}-')"
+    );
+    loop {
+        let running = clickhouse_query(database, &sql)
+            .await
+            .ok()
+            .and_then(|r| r.first()?.first()?.parse::<u64>().ok());
+        if running == Some(0) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "commits of {topic} still running after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

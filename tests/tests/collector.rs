@@ -404,3 +404,80 @@ async fn kafka_traceparent_continues_the_request_trace() {
         assert_eq!(m.header("traceparent"), Some(server_span.as_str()));
     }
 }
+
+/// Region precedence (spec, Dimensions): trusted edge header, else the GeoIP database, else
+/// the envelope, else `unknown`; addresses behind a trusted proxy come from X-Forwarded-For.
+#[tokio::test]
+async fn regions_resolve_from_edge_header_geoip_database_envelope() {
+    use std::net::Ipv4Addr;
+    let topic = unique("test.collector.region");
+    create_topic(&topic, 1).await.unwrap();
+    let db = std::env::temp_dir().join(format!("{topic}.mmdb"));
+    std::fs::write(
+        &db,
+        qoe_tests::mmdb::country_db(&[
+            (Ipv4Addr::new(203, 0, 113, 0), 24, "JP"),
+            (Ipv4Addr::new(198, 51, 100, 0), 24, "BR"),
+        ]),
+    )
+    .unwrap();
+    let db_arg = db.display().to_string();
+    let c = collector(
+        &topic,
+        &[
+            "--geoip-db",
+            &db_arg,
+            "--trusted-proxies",
+            "127.0.0.0/8",
+            "--region-header",
+            "x-edge-region",
+            "--rate-per-ip",
+            "0",
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    // (view, X-Forwarded-For, edge header, envelope region) -> expected region
+    type Case<'a> = (&'a str, &'a str, Option<&'a str>, Option<&'a str>, &'a str);
+    let cases: [Case; 5] = [
+        ("geo-jp", "203.0.113.9", None, Some("eu-west"), "jp"),
+        ("geo-br", "198.51.100.20", None, None, "br"),
+        (
+            "edge-wins",
+            "203.0.113.9",
+            Some("AP-South"),
+            Some("eu-west"),
+            "ap-south",
+        ),
+        ("envelope", "192.0.2.1", None, Some("eu-west"), "eu-west"),
+        ("nothing", "192.0.2.1", None, None, "unknown"),
+    ];
+    for (view, xff, edge, envelope, _) in cases {
+        let mut body = beacon(view, now_ms(), 0, 1, None);
+        body["view"]["region"] = envelope.map_or(serde_json::Value::Null, |r| json!(r));
+        let mut req = http
+            .post(format!("{}/v1/beacons", c.base))
+            .header("x-forwarded-for", xff)
+            .json(&body);
+        if let Some(edge) = edge {
+            req = req.header("x-edge-region", edge);
+        }
+        assert_eq!(req.send().await.unwrap().status(), 204, "{view}");
+    }
+    let messages = read_topic(&topic, Duration::from_secs(2)).await;
+    let regions: BTreeMap<String, String> = messages
+        .iter()
+        .map(|m| {
+            let e = QoeEvent::decode(&m.payload).unwrap();
+            assert!(!String::from_utf8_lossy(&m.payload).contains("203.0.113.9"));
+            (e.view_id, e.region)
+        })
+        .collect();
+    let expected: BTreeMap<String, String> = cases
+        .iter()
+        .map(|(view, _, _, _, region)| (view.to_string(), region.to_string()))
+        .collect();
+    assert_eq!(regions, expected);
+    let _ = std::fs::remove_file(&db);
+    drop(c.service);
+}

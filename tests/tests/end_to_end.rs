@@ -6,7 +6,7 @@ use qoe_simulator::truth::{TruthFile, DUPLICATE_EVENTS, LATE_EVENTS, METRIC_COLU
 use qoe_tests::truth::{Row, RowKey};
 use qoe_tests::{
     assert_windows_equal, binary, clickhouse_query, create_topic, spawn_aggregator,
-    spawn_collector, unique,
+    spawn_collector, unique, wait_commits_finished,
 };
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -53,7 +53,11 @@ async fn simulate(url: &str, args: &[&str]) -> (TruthFile, String) {
 
 /// Every window and slice in ClickHouse equals the truth, at every grain, and one summary row
 /// per view; returns the expected base rows.
-async fn assert_clickhouse_equals(database: &str, truth: &TruthFile) -> BTreeMap<RowKey, Row> {
+async fn assert_clickhouse_equals(
+    database: &str,
+    topic: &str,
+    truth: &TruthFile,
+) -> BTreeMap<RowKey, Row> {
     // Exactness needs every send to have a known outcome; on a healthy loopback stack it has.
     assert_eq!(
         (truth.unacknowledged_events, truth.uncertain_events),
@@ -90,6 +94,7 @@ async fn assert_clickhouse_equals(database: &str, truth: &TruthFile) -> BTreeMap
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    wait_commits_finished(database, topic, Duration::from_secs(30)).await;
 
     assert_windows_equal(database, &rows, &views, truth.views).await;
 
@@ -126,7 +131,7 @@ async fn clickhouse_equals_the_simulators_ground_truth() {
         ],
     )
     .await;
-    let rows = assert_clickhouse_equals(&database, &truth).await;
+    let rows = assert_clickhouse_equals(&database, &topic, &truth).await;
     let col = |name: &str| METRIC_COLUMNS.iter().position(|c| *c == name).unwrap();
     let total = |i: usize| rows.values().map(|r| r[i]).sum::<u64>();
     assert!(total(0) > 10_000, "a substantial run: {} events", total(0));
@@ -205,5 +210,5 @@ async fn rate_limited_players_retry_and_lose_nothing() {
         !summary.contains(", 0 retries"),
         "and they were retried: {summary}"
     );
-    assert_clickhouse_equals(&database, &truth).await;
+    assert_clickhouse_equals(&database, &topic, &truth).await;
 }
