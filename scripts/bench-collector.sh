@@ -7,15 +7,18 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 SECS="${BENCH_SECS:-15}"
-CONNS="${BENCH_CONNECTIONS:-32}"
+CONNS="${BENCH_CONNECTIONS:-128}"
 PORT=18181
 cd "$ROOT"
 cargo build --release -p qoe-collector --bins >/dev/null 2>&1
-TOPIC="bench.collector.$(date +%s)"
-tansu topic create "$TOPIC" --broker "tcp://127.0.0.1:${QOE_KAFKA_PORT:-9092}" --partitions 6 >/dev/null
+RUN="$(date +%s)"
+N=0
 
 run() { # label rate sink
-  "$BIN/collector" --listen "127.0.0.1:$PORT" --topic "$TOPIC" --sink "$3" \
+  # A fresh topic per run: the local broker keeps topics in memory and slows as they grow.
+  local topic="bench.collector.$RUN.$((++N))"
+  tansu topic create "$topic" --broker "tcp://127.0.0.1:${QOE_KAFKA_PORT:-9092}" --partitions 6 >/dev/null
+  "$BIN/collector" --listen "127.0.0.1:$PORT" --topic "$topic" --sink "$3" \
     --rate-per-ip 0 --rate-per-view 0 --rate-global 0 >/dev/null 2>&1 &
   local pid=$!
   until curl -fsS "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1; do sleep 0.2; done

@@ -64,6 +64,10 @@ pub struct Config {
     /// Events older than this (after clock-skew correction) are rejected.
     #[arg(long, env = "QOE_MAX_EVENT_AGE_SECS", default_value_t = 3600)]
     pub max_event_age_secs: u64,
+    /// Time allowed to receive a request's headers; a client that has not sent them all by
+    /// then is disconnected.
+    #[arg(long, env = "QOE_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
     /// Time allowed to receive a whole request, body included (slow clients get 408).
     #[arg(long, env = "QOE_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub request_timeout_ms: u64,

@@ -6,10 +6,12 @@
 //! - [`rate_limit`]: bounded per-client, per-view and global limits.
 //! - [`sink`]: the Kafka producer (acknowledged delivery, backpressure, recovery).
 //! - [`http`]: routes, status codes and tower layers.
+//! - [`server`]: the accept loop (header read timeout, graceful shutdown).
 
 pub mod client;
 pub mod config;
 pub mod http;
 pub mod ingest;
 pub mod rate_limit;
+pub mod server;
 pub mod sink;

@@ -481,3 +481,75 @@ async fn regions_resolve_from_edge_header_geoip_database_envelope() {
     let _ = std::fs::remove_file(&db);
     drop(c.service);
 }
+
+/// Slow clients: one that never finishes its headers is disconnected after the header read
+/// timeout; one that stalls in its body gets 408 after the request timeout; neither holds
+/// up anyone else.
+#[tokio::test]
+async fn slow_clients_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let topic = unique("test.collector.slow");
+    create_topic(&topic, 1).await.unwrap();
+    let c = collector(
+        &topic,
+        &[
+            "--header-read-timeout-ms",
+            "1000",
+            "--request-timeout-ms",
+            "2000",
+        ],
+    )
+    .await;
+    let addr = c.base.trim_start_matches("http://").to_owned();
+    // Reads until the server closes; returns what it sent and when it closed.
+    async fn until_closed(mut s: tokio::net::TcpStream) -> (String, Duration) {
+        let t = std::time::Instant::now();
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got)).await;
+        assert!(
+            read.is_ok(),
+            "server kept the slow connection open for 10 s"
+        );
+        (String::from_utf8_lossy(&got).into_owned(), t.elapsed())
+    }
+
+    let mut headers = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    headers
+        .write_all(b"POST /v1/beacons HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n")
+        .await
+        .unwrap();
+    let mut body = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    body.write_all(
+        b"POST /v1/beacons HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"view\":",
+    )
+    .await
+    .unwrap();
+    let slow_headers = tokio::spawn(until_closed(headers));
+    let slow_body = tokio::spawn(until_closed(body));
+
+    // Meanwhile a normal client is served at once.
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/beacons", c.base))
+        .json(&beacon("v-fast", now_ms(), 0, 1, None))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+
+    let (_, waited) = slow_headers.await.unwrap();
+    assert!(
+        waited >= Duration::from_millis(700) && waited < Duration::from_secs(5),
+        "incomplete headers cut off after {waited:?} (timeout 1 s)"
+    );
+    let (response, waited) = slow_body.await.unwrap();
+    assert!(
+        response.starts_with("HTTP/1.1 408"),
+        "stalled body: {response:?}"
+    );
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(6),
+        "stalled body answered after {waited:?} (timeout 2 s)"
+    );
+    let messages = read_topic(&topic, Duration::from_secs(2)).await;
+    assert_eq!(messages.len(), 1, "only the normal client's event lands");
+}
