@@ -10,12 +10,14 @@ use crate::config::{AckMode, Config, SinkKind};
 use qoe_schemas::{QoeEvent, SCHEMA_VERSION};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::ClientConfig;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientConfig, ClientContext};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PublishError {
     #[error("producer queue is full")]
     QueueFull,
@@ -30,17 +32,73 @@ pub enum Sink {
     Null,
 }
 
+/// The producer: librdkafka's queue with a thread serving its delivery reports.
+type KafkaProducer = ThreadedProducer<DeliveryContext>;
+
+/// Delivery state of one request's messages, shared with the delivery-report callback: one
+/// counter and one wake-up per request, not per message.
+struct RequestDelivery {
+    /// Reports still expected, plus one held by the request until it has enqueued all it will.
+    remaining: AtomicUsize,
+    failure: std::sync::Mutex<Option<PublishError>>,
+    done: std::sync::Mutex<Option<oneshot::Sender<()>>>,
+}
+
+impl RequestDelivery {
+    fn new(messages: usize) -> (Arc<Self>, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        let delivery = RequestDelivery {
+            remaining: AtomicUsize::new(messages + 1),
+            failure: std::sync::Mutex::new(None),
+            done: std::sync::Mutex::new(Some(tx)),
+        };
+        (Arc::new(delivery), rx)
+    }
+
+    /// Accounts for `n` messages that are settled (delivered, failed, or never enqueued).
+    fn settle(&self, n: usize, failure: Option<PublishError>) {
+        if let Some(f) = failure {
+            lock(&self.failure).get_or_insert(f);
+        }
+        if self.remaining.fetch_sub(n, Ordering::AcqRel) == n {
+            if let Some(done) = lock(&self.done).take() {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+/// Routes each delivery report to its request.
+struct DeliveryContext;
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = Arc<RequestDelivery>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, delivery: Arc<RequestDelivery>) {
+        let failure = match result {
+            Ok(_) => None,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut), _)) => {
+                Some(PublishError::Timeout)
+            }
+            Err((e, _)) => Some(PublishError::Delivery(e.clone())),
+        };
+        delivery.settle(1, failure);
+    }
+}
+
 pub struct KafkaSink {
     config: ClientConfig,
     topic: String,
     ack_mode: AckMode,
     delivery_timeout: Duration,
-    producer: RwLock<Arc<FutureProducer>>,
+    producer: RwLock<Arc<KafkaProducer>>,
     /// Since when every delivery has failed (None while deliveries succeed).
     failing_since: std::sync::Mutex<Option<Instant>>,
     /// Replaced producers, dropped off the async runtime once no request uses them (dropping
     /// a producer blocks while it purges its queues).
-    retired: std::sync::Mutex<Vec<Arc<FutureProducer>>>,
+    retired: std::sync::Mutex<Vec<Arc<KafkaProducer>>>,
 }
 
 impl Sink {
@@ -75,7 +133,7 @@ impl Sink {
         for (k, v) in &c.kafka_options {
             config.set(k, v);
         }
-        let producer = config.create()?;
+        let producer = config.create_with_context(DeliveryContext)?;
         Ok(Sink::Kafka(KafkaSink {
             config,
             topic: c.topic.clone(),
@@ -162,7 +220,7 @@ impl Sink {
 }
 
 impl KafkaSink {
-    fn current(&self) -> Arc<FutureProducer> {
+    fn current(&self) -> Arc<KafkaProducer> {
         match self.producer.read() {
             Ok(p) => p.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
@@ -171,14 +229,14 @@ impl KafkaSink {
 
     /// Called after a failed request: notes the failure, and replaces the producer at once if
     /// it is fatally broken (the stuck-but-not-fatal case is handled by [`Sink::maintain`]).
-    fn on_failure(&self, failed: &Arc<FutureProducer>) {
+    fn on_failure(&self, failed: &Arc<KafkaProducer>) {
         lock(&self.failing_since).get_or_insert_with(Instant::now);
         if let Some((code, reason)) = failed.client().fatal_error() {
             self.replace(failed, &format!("fatal error {code:?}: {reason}"));
         }
     }
 
-    fn replace(&self, failed: &Arc<FutureProducer>, why: &str) {
+    fn replace(&self, failed: &Arc<KafkaProducer>, why: &str) {
         let mut guard = match self.producer.write() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
@@ -186,7 +244,7 @@ impl KafkaSink {
         if !Arc::ptr_eq(&guard, failed) {
             return; // another request already replaced it
         }
-        match self.config.create::<FutureProducer>() {
+        match self.config.create_with_context(DeliveryContext) {
             Ok(fresh) => {
                 tracing::warn!(reason = %why, "replaced the Kafka producer");
                 metrics::counter!("qoe_collector_producer_restarts_total").increment(1);
@@ -206,9 +264,10 @@ impl KafkaSink {
         let producer = self.current();
         let version = SCHEMA_VERSION.to_string();
         let started = Instant::now();
-        let mut deliveries = Vec::with_capacity(events.len());
-        let mut outcome = Ok(());
-        for event in events {
+        let (delivery, delivered) = RequestDelivery::new(events.len());
+        let mut enqueue_failure = None;
+        let mut never_enqueued = 0;
+        for (i, event) in events.iter().enumerate() {
             let payload = event.encode();
             let mut headers = OwnedHeaders::new_with_capacity(2).insert(Header {
                 key: "qoe-schema",
@@ -220,58 +279,40 @@ impl KafkaSink {
                     value: Some(tp),
                 });
             }
-            let record = FutureRecord::to(&self.topic)
+            let record = BaseRecord::with_opaque_to(&self.topic, delivery.clone())
                 .key(event.view_id.as_bytes())
                 .payload(&payload)
                 .headers(headers);
-            match producer.send_result(record) {
-                Ok(delivery) => deliveries.push(delivery),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    outcome = Err(PublishError::QueueFull);
-                    break;
-                }
-                Err((e, _)) => {
-                    outcome = Err(PublishError::Delivery(e));
-                    break;
-                }
+            if let Err((e, _record)) = producer.send(record) {
+                enqueue_failure = Some(match e {
+                    KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => {
+                        PublishError::QueueFull
+                    }
+                    other => PublishError::Delivery(other),
+                });
+                never_enqueued = events.len() - i;
+                break;
             }
         }
+        // The request's own hold, and the messages that never made it into the queue.
+        delivery.settle(1 + never_enqueued, None);
         if self.ack_mode == AckMode::FireAndForget {
-            // Dropping a delivery future does not cancel the message.
-            return outcome;
+            // Enqueued messages are delivered (or reported failed) without anyone waiting.
+            return enqueue_failure.map_or(Ok(()), Err);
         }
-        // Await every enqueued delivery even after an enqueue failure, so that the request's
-        // fate is fully known before answering (the client retries the whole beacon; the
-        // aggregator drops the duplicates by (view_id, seq)).
-        let wait = tokio::time::timeout(self.delivery_timeout + Duration::from_secs(1), async {
-            let mut result = Ok(());
-            for d in deliveries {
-                match d.await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err((e, _))) => {
-                        if result.is_ok() {
-                            result = Err(match e {
-                                KafkaError::MessageProduction(
-                                    RDKafkaErrorCode::MessageTimedOut,
-                                ) => PublishError::Timeout,
-                                other => PublishError::Delivery(other),
-                            });
-                        }
-                    }
-                    Err(_canceled) => {
-                        if result.is_ok() {
-                            result = Err(PublishError::Timeout);
-                        }
-                    }
-                }
-            }
-            result
-        })
-        .await
-        .unwrap_or(Err(PublishError::Timeout));
+        // Wait for every enqueued delivery even after an enqueue failure, so that the
+        // request's fate is fully known before answering (the client retries the whole beacon;
+        // the aggregator drops the duplicates by (view_id, seq)).
+        let waited =
+            tokio::time::timeout(self.delivery_timeout + Duration::from_secs(1), delivered).await;
+        let result = match (enqueue_failure, waited) {
+            (Some(failure), _) => Err(failure),
+            (None, Ok(Ok(()))) => lock(&delivery.failure).take().map_or(Ok(()), Err),
+            // Timed out, or the producer went away without reporting.
+            (None, _) => Err(PublishError::Timeout),
+        };
         metrics::histogram!("qoe_collector_kafka_delivery_seconds")
             .record(started.elapsed().as_secs_f64());
-        let result = outcome.and(wait);
         match &result {
             Ok(()) => *lock(&self.failing_since) = None,
             Err(_) => self.on_failure(&producer),
