@@ -6,8 +6,8 @@
 //!   aggregated. Without a checkpoint a partition starts at the beginning (or the end, if
 //!   configured).
 //! - Every `flush_interval` (or when a batch grows large) each partition's batch is written
-//!   with its checkpoint ([`crate::writer`]), all partitions concurrently. Kafka offsets are committed after that, for lag
-//!   monitoring only.
+//!   with its checkpoint ([`crate::writer`]), all partitions concurrently. Kafka offsets are
+//!   committed after that, for lag monitoring only.
 //! - A failed write keeps the batch, pauses consumption (bounded memory) and retries with
 //!   exponential backoff; consumption resumes once ClickHouse takes writes again.
 //! - On revocation, a partition's batch is written if possible and its state dropped; the

@@ -198,8 +198,14 @@ fn sql_safe_topic(topic: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// Start of the query id of every batch commit of `topic`: a commit still running on the
+/// server (its rows still reaching later materialized views) is found by it.
+pub fn commit_query_id_prefix(topic: &str) -> String {
+    format!("qoe-commit-{topic}-")
+}
+
 fn query_id_prefix(topic: &str, partition: i32) -> String {
-    format!("qoe-commit-{topic}-{partition}-")
+    format!("{}{partition}-", commit_query_id_prefix(topic))
 }
 
 pub struct Writer {

@@ -216,7 +216,8 @@ def run_scenario(name, incident, start_ms):
                 break
             assert time.time() < deadline, f"aggregator behind: {got} of {truth['acknowledged_events']}"
             time.sleep(1)
-        # A commit reaches its tables one materialized view after another: wait for its end.
+        # A commit reaches its tables one materialized view after another: wait for its end
+        # (query ids start with the writer's commit_query_id_prefix).
         while int(ch(database, "SELECT count() AS n FROM system.processes WHERE "
                                f"startsWith(query_id, 'qoe-commit-{topic}-')")["data"][0]["n"]):
             assert time.time() < deadline, "aggregator commits still running"

@@ -431,7 +431,8 @@ pub async fn wait_caught_up(
 pub async fn wait_commits_finished(database: &str, topic: &str, timeout: Duration) {
     let deadline = tokio::time::Instant::now() + timeout;
     let sql = format!(
-        "SELECT count() FROM system.processes WHERE startsWith(query_id, 'qoe-commit-{topic}-')"
+        "SELECT count() FROM system.processes WHERE startsWith(query_id, '{}')",
+        qoe_aggregator::writer::commit_query_id_prefix(topic)
     );
     loop {
         let running = clickhouse_query(database, &sql)
