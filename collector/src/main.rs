@@ -14,6 +14,7 @@ use std::time::Duration;
 
 // Every request allocates many small, short-lived objects (parsed events, encoded messages,
 // headers); mimalloc serves them measurably cheaper than the system allocator (BENCHMARKS.md).
+// The crate's `override` feature routes librdkafka's C allocations to it as well.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
