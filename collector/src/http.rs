@@ -243,8 +243,8 @@ async fn handle_beacon(
             }
             Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
         };
-    tracing::Span::current().record("view_id", accepted.view_id.as_str());
-    if let Err(hit) = state.rate.check_view(&accepted.view_id) {
+    tracing::Span::current().record("view_id", accepted.context.view_id.as_str());
+    if let Err(hit) = state.rate.check_view(&accepted.context.view_id) {
         return rate_limited(hit);
     }
     for r in &accepted.rejected {
@@ -254,7 +254,11 @@ async fn handle_beacon(
     tracing::Span::current().record("rejected", accepted.rejected.len());
 
     if !accepted.events.is_empty() {
-        if let Err(e) = state.sink.publish(&accepted.events, traceparent).await {
+        if let Err(e) = state
+            .sink
+            .publish(&accepted.context, &accepted.events, traceparent)
+            .await
+        {
             metrics::counter!("qoe_collector_publish_failures_total", "kind" => match e {
                 PublishError::QueueFull => "queue_full",
                 PublishError::Timeout => "timeout",

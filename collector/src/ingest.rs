@@ -2,7 +2,7 @@
 //! validation and enrichment. No I/O here, so every rule is unit-tested directly.
 
 use qoe_schemas::validate::{validate_envelope, validate_event, Arrival, EnvelopeError};
-use qoe_schemas::{Envelope, Limits, QoeEvent};
+use qoe_schemas::{Envelope, EventContext, EventFields, Limits};
 use serde::Serialize;
 
 /// Why a request cannot be used at all; maps to an HTTP status.
@@ -25,11 +25,12 @@ pub struct RejectedEvent {
     pub class: &'static str,
 }
 
-/// The result of a usable beacon.
+/// The result of a usable beacon: the context shared by its events, and each accepted event's
+/// own fields (a message is the two together).
 #[derive(Debug)]
 pub struct Accepted {
-    pub view_id: String,
-    pub events: Vec<QoeEvent>,
+    pub context: EventContext,
+    pub events: Vec<EventFields>,
     pub rejected: Vec<RejectedEvent>,
 }
 
@@ -73,15 +74,15 @@ pub fn process(
         other => IngestError::BadEnvelope(other.to_string()),
     })?;
     let region = resolve_region(server_region, view.claimed_region.as_deref());
+    let context = view.into_context(region);
     let arrival = Arrival {
         received_at,
         sent_at: envelope.sent_at,
-        region: &region,
     };
     let mut events = Vec::with_capacity(envelope.events.len());
     let mut rejected = Vec::new();
     for (index, raw) in envelope.events.iter().enumerate() {
-        match validate_event(raw, &view, &arrival, limits) {
+        match validate_event(raw, &arrival, limits) {
             Ok(event) => events.push(event),
             Err(r) => rejected.push(RejectedEvent {
                 index,
@@ -91,7 +92,7 @@ pub fn process(
         }
     }
     Ok(Accepted {
-        view_id: view.view_id,
+        context,
         events,
         rejected,
     })
@@ -137,12 +138,12 @@ mod tests {
             ),
         );
         let out = process(body.as_bytes(), NOW + 50, None, &Limits::default()).unwrap();
-        assert_eq!(out.view_id, "v1");
+        assert_eq!(out.context.view_id, "v1");
         assert_eq!(
             out.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
             vec![0, 2]
         );
-        assert_eq!(out.events[0].region, "eu-west");
+        assert_eq!(out.context.region, "eu-west");
         assert_eq!(out.events[0].event_time, NOW + 50);
         assert_eq!(out.rejected.len(), 1);
         assert_eq!(out.rejected[0].index, 1);

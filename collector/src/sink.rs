@@ -7,7 +7,7 @@
 //! the old producer id forever). So the process recovers by itself.
 
 use crate::config::{AckMode, Config, SinkKind};
-use qoe_schemas::{QoeEvent, SCHEMA_VERSION};
+use qoe_schemas::{EventContext, EventFields, MessageEncoder, SCHEMA_VERSION};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -145,21 +145,23 @@ impl Sink {
         }))
     }
 
-    /// Publishes the events of one request, keyed by view.
+    /// Publishes the events of one request (one view), keyed by view.
     pub async fn publish(
         &self,
-        events: &[QoeEvent],
+        context: &EventContext,
+        events: &[EventFields],
         traceparent: Option<&str>,
     ) -> Result<(), PublishError> {
         match self {
             Sink::Null => {
                 // Same serialization work as the Kafka path, so the comparison is fair.
+                let encoder = MessageEncoder::new(context);
                 for e in events {
-                    std::hint::black_box(e.encode());
+                    std::hint::black_box(encoder.encode(e));
                 }
                 Ok(())
             }
-            Sink::Kafka(k) => k.publish(events, traceparent).await,
+            Sink::Kafka(k) => k.publish(context, events, traceparent).await,
         }
     }
 
@@ -258,17 +260,19 @@ impl KafkaSink {
 
     async fn publish(
         &self,
-        events: &[QoeEvent],
+        context: &EventContext,
+        events: &[EventFields],
         traceparent: Option<&str>,
     ) -> Result<(), PublishError> {
         let producer = self.current();
+        let encoder = MessageEncoder::new(context);
         let version = SCHEMA_VERSION.to_string();
         let started = Instant::now();
         let (delivery, delivered) = RequestDelivery::new(events.len());
         let mut enqueue_failure = None;
         let mut never_enqueued = 0;
         for (i, event) in events.iter().enumerate() {
-            let payload = event.encode();
+            let payload = encoder.encode(event);
             let mut headers = OwnedHeaders::new_with_capacity(2).insert(Header {
                 key: "qoe-schema",
                 value: Some(version.as_str()),
@@ -280,7 +284,7 @@ impl KafkaSink {
                 });
             }
             let record = BaseRecord::with_opaque_to(&self.topic, delivery.clone())
-                .key(event.view_id.as_bytes())
+                .key(context.view_id.as_bytes())
                 .payload(&payload)
                 .headers(headers);
             if let Err((e, _record)) = producer.send(record) {

@@ -152,6 +152,116 @@ pub struct QoeEvent {
     pub reason: Option<EndReason>,
 }
 
+/// What every event of one view shares: the view's context with the region the collector
+/// resolved. The collector validates it once per beacon and copies it into each message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventContext {
+    pub view_id: String,
+    pub stream_id: String,
+    pub stream_type: StreamType,
+    pub cdn: String,
+    pub platform: String,
+    pub player: String,
+    pub protocol: String,
+    pub region: String,
+    pub custom: BTreeMap<String, String>,
+}
+
+/// The player's event itself: every field of a [`QoeEvent`] but the context, serialized in
+/// the same order and with the same names.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventFields {
+    pub seq: u32,
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    pub ts: i64,
+    pub event_time: i64,
+    pub received_at: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub playing_ms: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stall_ms: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bitrate_kbps: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prev_bitrate_kbps: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub startup_ms: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dropped_frames: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fatal: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<EndReason>,
+}
+
+/// Encodes the events of one context as Kafka message values, byte for byte what
+/// [`QoeEvent::encode`] gives for the assembled event, but serializing the context once per
+/// beacon instead of once per event and cloning nothing (the collector's hot path).
+#[derive(Debug, Clone)]
+pub struct MessageEncoder {
+    /// The encoded context without its closing brace: every message begins with it.
+    prefix: Vec<u8>,
+}
+
+/// The context as [`QoeEvent`] serializes it: `v` first, `custom` left out when empty.
+#[derive(Serialize)]
+struct ContextWire<'a> {
+    v: u8,
+    view_id: &'a str,
+    stream_id: &'a str,
+    stream_type: StreamType,
+    cdn: &'a str,
+    platform: &'a str,
+    player: &'a str,
+    protocol: &'a str,
+    region: &'a str,
+    #[serde(skip_serializing_if = "is_empty_map")]
+    custom: &'a BTreeMap<String, String>,
+}
+
+fn is_empty_map(m: &&BTreeMap<String, String>) -> bool {
+    m.is_empty()
+}
+
+impl MessageEncoder {
+    pub fn new(context: &EventContext) -> Self {
+        let wire = ContextWire {
+            v: SCHEMA_VERSION,
+            view_id: &context.view_id,
+            stream_id: &context.stream_id,
+            stream_type: context.stream_type,
+            cdn: &context.cdn,
+            platform: &context.platform,
+            player: &context.player,
+            protocol: &context.protocol,
+            region: &context.region,
+            custom: &context.custom,
+        };
+        // Strings, numbers and string-keyed maps always serialize.
+        let mut prefix = serde_json::to_vec(&wire).expect("context serializes");
+        prefix.pop(); // the closing '}'
+        MessageEncoder { prefix }
+    }
+
+    pub fn encode(&self, fields: &EventFields) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.prefix.len() + 192);
+        out.extend_from_slice(&self.prefix);
+        let start = out.len();
+        serde_json::to_writer(&mut out, fields).expect("event fields serialize");
+        // The fields' object opens with '{' (never empty: `seq` is always there); it becomes
+        // the comma after the context's last field.
+        out[start] = b',';
+        out
+    }
+}
+
 /// The fields of a [`QoeEvent`] that aggregation reads, borrowed from the message bytes.
 ///
 /// Decoding one allocates nothing unless a string contains JSON escapes (then that string
@@ -266,6 +376,38 @@ impl QoeEvent {
         Ok(event)
     }
 
+    /// The event a context and an event's own fields make together.
+    pub fn from_parts(context: &EventContext, fields: EventFields) -> Self {
+        QoeEvent {
+            v: SCHEMA_VERSION,
+            view_id: context.view_id.clone(),
+            stream_id: context.stream_id.clone(),
+            stream_type: context.stream_type,
+            cdn: context.cdn.clone(),
+            platform: context.platform.clone(),
+            player: context.player.clone(),
+            protocol: context.protocol.clone(),
+            region: context.region.clone(),
+            custom: context.custom.clone(),
+            seq: fields.seq,
+            kind: fields.kind,
+            ts: fields.ts,
+            event_time: fields.event_time,
+            received_at: fields.received_at,
+            started: fields.started,
+            playing_ms: fields.playing_ms,
+            stall_ms: fields.stall_ms,
+            bitrate_kbps: fields.bitrate_kbps,
+            prev_bitrate_kbps: fields.prev_bitrate_kbps,
+            startup_ms: fields.startup_ms,
+            latency_ms: fields.latency_ms,
+            dropped_frames: fields.dropped_frames,
+            code: fields.code,
+            fatal: fields.fatal,
+            reason: fields.reason,
+        }
+    }
+
     /// An event with the given identity and time and no optional fields, in a fixed context
     /// (`region` "r", `cdn` "c", `platform` "p", `stream_id` "s", live): a starting point
     /// for tests and benchmarks, which then set what they need.
@@ -364,6 +506,75 @@ mod tests {
             Err(DecodeError::Version(9))
         ));
         assert!(EventRef::decode(b"{\"v\":1}").is_err());
+    }
+
+    #[test]
+    fn message_encoder_writes_what_the_owned_event_encodes() {
+        let plain = EventContext {
+            view_id: "v1".into(),
+            stream_id: "ch-1".into(),
+            stream_type: StreamType::Vod,
+            cdn: "cdn-a".into(),
+            platform: "web".into(),
+            player: "hls.js".into(),
+            protocol: "hls".into(),
+            region: "eu-west".into(),
+            custom: BTreeMap::new(),
+        };
+        let mut custom = plain.clone();
+        custom.custom.insert("exp".into(), "b".into());
+        custom
+            .custom
+            .insert("tier".into(), "premium \"gold\"".into());
+        let mut escaped = plain.clone();
+        escaped.stream_id = "line\nbreak \u{e9}\u{1f600}".into();
+
+        let minimal = EventFields {
+            seq: 0,
+            kind: EventType::ViewStart,
+            ts: -5,
+            event_time: 1_763_721_600_000,
+            received_at: 1_763_721_600_100,
+            started: None,
+            playing_ms: None,
+            stall_ms: None,
+            bitrate_kbps: None,
+            prev_bitrate_kbps: None,
+            startup_ms: None,
+            latency_ms: None,
+            dropped_frames: None,
+            code: None,
+            fatal: None,
+            reason: None,
+        };
+        let full = EventFields {
+            seq: u32::MAX,
+            kind: EventType::ViewEnd,
+            started: Some(false),
+            playing_ms: Some(1),
+            stall_ms: Some(2),
+            bitrate_kbps: Some(3),
+            prev_bitrate_kbps: Some(4),
+            startup_ms: Some(5),
+            latency_ms: Some(6),
+            dropped_frames: Some(7),
+            code: Some("E\"1\"".into()),
+            fatal: Some(true),
+            reason: Some(EndReason::Exit),
+            ..minimal.clone()
+        };
+        for context in [&plain, &custom, &escaped] {
+            let encoder = MessageEncoder::new(context);
+            for fields in [&minimal, &full] {
+                let owned = QoeEvent::from_parts(context, fields.clone());
+                let bytes = encoder.encode(fields);
+                assert_eq!(
+                    String::from_utf8(bytes.clone()).unwrap(),
+                    String::from_utf8(owned.encode()).unwrap()
+                );
+                assert_eq!(QoeEvent::decode(&bytes).unwrap(), owned);
+            }
+        }
     }
 
     pub(crate) fn sample() -> QoeEvent {

@@ -5,9 +5,10 @@
 //! - [`beacon`]: the wire format players post (beacon protocol v1), parsed leniently
 //!   (unknown fields are ignored) but bounded.
 //! - [`validate`]: the per-event rules, clock-skew correction and age checks that turn a
-//!   beacon into publishable [`event::QoeEvent`]s, with a reason for every rejection.
+//!   beacon into publishable events (one [`event::EventContext`] per beacon, the
+//!   [`event::EventFields`] of each event), with a reason for every rejection.
 //! - [`event`]: the self-describing event the collector publishes to Kafka and the
-//!   aggregator consumes.
+//!   aggregator consumes, and [`event::MessageEncoder`], which writes it.
 //! - [`migrations`]: the ClickHouse schema, as versioned SQL files embedded at build time.
 //!
 //! This crate does no I/O, so all of it is unit-testable and benchmarkable without servers.
@@ -18,7 +19,10 @@ pub mod migrations;
 pub mod validate;
 
 pub use beacon::{Envelope, RawEvent, ViewContext};
-pub use event::{EndReason, EventRef, EventType, QoeEvent, StreamType, SCHEMA_VERSION};
+pub use event::{
+    EndReason, EventContext, EventFields, EventRef, EventType, MessageEncoder, QoeEvent,
+    StreamType, SCHEMA_VERSION,
+};
 pub use validate::{Limits, Rejection};
 
 /// The JSON Schema of beacon protocol v1, as published to player developers.

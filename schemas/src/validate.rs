@@ -1,13 +1,14 @@
 //! Validation and enrichment rules of beacon protocol v1.
 //!
-//! Turns a parsed [`Envelope`] into publishable [`QoeEvent`]s. Envelope-level problems make
+//! Turns a parsed [`Envelope`] into publishable events: one [`EventContext`] per beacon and
+//! the [`EventFields`] of each event. Envelope-level problems make
 //! the whole request unusable ([`EnvelopeError`], HTTP 400/413); event-level problems reject
 //! only that event ([`Rejection`], reported back by index). Every string and count is bounded
 //! here, so nothing a client sends can grow the pipeline's memory or its ClickHouse keys
 //! without limit.
 
 use crate::beacon::{Envelope, RawEvent, ViewContext};
-use crate::event::{EndReason, EventType, QoeEvent, StreamType, SCHEMA_VERSION};
+use crate::event::{EndReason, EventContext, EventFields, EventType, StreamType};
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;
 
@@ -113,6 +114,24 @@ pub struct ValidView {
     /// The region the envelope claims, if any; the collector decides what to trust.
     pub claimed_region: Option<String>,
     pub custom: BTreeMap<String, String>,
+}
+
+impl ValidView {
+    /// The context copied into every event of the beacon, with the region the collector
+    /// resolved (which may or may not be the claimed one).
+    pub fn into_context(self, region: String) -> EventContext {
+        EventContext {
+            view_id: self.view_id,
+            stream_id: self.stream_id,
+            stream_type: self.stream_type,
+            cdn: self.cdn,
+            platform: self.platform,
+            player: self.player,
+            protocol: self.protocol,
+            region,
+            custom: self.custom,
+        }
+    }
 }
 
 /// `view_id`: 1-64 characters of `[A-Za-z0-9_.:-]`.
@@ -229,14 +248,12 @@ fn truncate(s: &str, max: usize) -> &str {
 }
 
 /// Server-side facts about the request that every event inherits.
-#[derive(Debug, Clone)]
-pub struct Arrival<'a> {
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival {
     /// Collector clock, ms since the epoch.
     pub received_at: i64,
     /// Client clock when sent, from the envelope.
     pub sent_at: Option<i64>,
-    /// Region as resolved by the collector.
-    pub region: &'a str,
 }
 
 /// Clock-skew correction: `event_time = ts + (received_at - sent_at)`, or `ts` without `sent_at`.
@@ -247,13 +264,13 @@ pub fn corrected_time(ts: i64, received_at: i64, sent_at: Option<i64>) -> i64 {
     }
 }
 
-/// Validates and enriches one raw event of a beacon.
+/// Validates and enriches one raw event of a beacon. The result is the event's own fields;
+/// its context is the beacon's ([`ValidView::into_context`]), shared by all its events.
 pub fn validate_event(
     raw: &RawValue,
-    view: &ValidView,
-    arrival: &Arrival<'_>,
+    arrival: &Arrival,
     limits: &Limits,
-) -> Result<QoeEvent, Rejection> {
+) -> Result<EventFields, Rejection> {
     let ev: RawEvent = serde_json::from_str(raw.get())
         .map_err(|e| Rejection::new(RejectReason::Malformed, e.to_string()))?;
     let kind = EventType::parse(&ev.kind).ok_or_else(|| {
@@ -374,17 +391,7 @@ pub fn validate_event(
         _ => {}
     }
 
-    Ok(QoeEvent {
-        v: SCHEMA_VERSION,
-        view_id: view.view_id.clone(),
-        stream_id: view.stream_id.clone(),
-        stream_type: view.stream_type,
-        cdn: view.cdn.clone(),
-        platform: view.platform.clone(),
-        player: view.player.clone(),
-        protocol: view.protocol.clone(),
-        region: arrival.region.to_owned(),
-        custom: view.custom.clone(),
+    Ok(EventFields {
         seq: ev.seq,
         kind,
         ts: ev.ts,
@@ -407,6 +414,7 @@ pub fn validate_event(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::QoeEvent;
 
     const NOW: i64 = 1_763_721_600_000;
 
@@ -422,14 +430,17 @@ mod tests {
         let b = body(events);
         let env = Envelope::parse(b.as_bytes()).unwrap();
         let view = validate_envelope(&env, &Limits::default()).unwrap();
+        let context = view.into_context("eu-west".into());
         let arrival = Arrival {
             received_at: NOW + 2_000,
             sent_at: env.sent_at,
-            region: "eu-west",
         };
         env.events
             .iter()
-            .map(|raw| validate_event(raw, &view, &arrival, &Limits::default()))
+            .map(|raw| {
+                validate_event(raw, &arrival, &Limits::default())
+                    .map(|fields| QoeEvent::from_parts(&context, fields))
+            })
             .collect()
     }
 

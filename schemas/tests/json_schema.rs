@@ -21,11 +21,15 @@ fn rust_accepts(example: &Value) -> Result<usize, String> {
     let arrival = Arrival {
         received_at,
         sent_at: env.sent_at,
-        region: "unknown",
     };
+    let context = view.into_context("unknown".into());
     for (i, raw) in env.events.iter().enumerate() {
-        let event = validate_event(raw, &view, &arrival, &limits)
+        let fields = validate_event(raw, &arrival, &limits)
             .map_err(|r| format!("event {i}: {}", r.detail))?;
+        let event = qoe_schemas::QoeEvent::from_parts(&context, fields.clone());
+        // What the collector publishes is exactly the assembled event's encoding.
+        let published = qoe_schemas::MessageEncoder::new(&context).encode(&fields);
+        assert_eq!(published, event.encode());
         // The published form round-trips through the Kafka message encoding.
         let decoded = qoe_schemas::QoeEvent::decode(&event.encode()).unwrap();
         assert_eq!(decoded, event);

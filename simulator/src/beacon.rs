@@ -101,6 +101,7 @@ mod tests {
     use crate::population::{baseline_quality, draw_context};
     use qoe_schemas::beacon::Envelope as Parsed;
     use qoe_schemas::validate::{validate_envelope, validate_event, Arrival, Limits};
+    use qoe_schemas::QoeEvent;
     use rand::SeedableRng;
 
     /// Every event a view produces passes the collector's own validation unchanged.
@@ -124,13 +125,14 @@ mod tests {
                     let env = Parsed::parse(&bytes).unwrap();
                     assert!(env.sent_at.is_none());
                     let view = validate_envelope(&env, &limits).unwrap();
+                    let context = view.into_context(ctx.region.to_owned());
                     let arrival = Arrival {
                         received_at: t + 1000,
                         sent_at: None,
-                        region: ctx.region,
                     };
                     for (raw, sent) in env.events.iter().zip(&events) {
-                        let got = validate_event(raw, &view, &arrival, &limits).unwrap();
+                        let fields = validate_event(raw, &arrival, &limits).unwrap();
+                        let got = QoeEvent::from_parts(&context, fields);
                         let mut want = sent.clone();
                         want.received_at = t + 1000;
                         assert_eq!(got, want);
