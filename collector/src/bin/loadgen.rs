@@ -8,7 +8,7 @@
 use clap::Parser;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::{json, Value};
+use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -82,35 +82,56 @@ impl ViewSim {
     }
 
     /// Next `n` events of this view; returns true when the view ended.
-    fn events(&mut self, rng: &mut StdRng, n: u32, out: &mut Vec<Value>) -> bool {
+    fn events(&mut self, rng: &mut StdRng, n: u32, out: &mut Vec<Event>) -> bool {
         let now = now_ms();
         for _ in 0..n {
             let seq = self.seq;
             self.seq += 1;
             let ts = now - 1000 + i64::from(seq % 1000);
             let e = if seq == 0 {
-                json!({"seq": seq, "type": "view_start", "ts": ts})
+                Event::new(seq, "view_start", ts)
             } else if !self.started {
                 self.started = true;
-                json!({"seq": seq, "type": "first_frame", "ts": ts,
-                       "startup_ms": rng.random_range(300..4000), "bitrate_kbps": self.bitrate})
+                Event {
+                    startup_ms: Some(rng.random_range(300..4000)),
+                    bitrate_kbps: Some(self.bitrate),
+                    ..Event::new(seq, "first_frame", ts)
+                }
             } else if self.heartbeats_left == 0 {
-                out.push(json!({"seq": seq, "type": "view_end", "ts": ts, "reason": "exit", "started": true}));
+                out.push(Event {
+                    reason: Some("exit"),
+                    started: Some(true),
+                    ..Event::new(seq, "view_end", ts)
+                });
                 return true;
             } else {
                 self.heartbeats_left -= 1;
                 let r: f64 = rng.random();
                 if r < 0.05 {
-                    json!({"seq": seq, "type": "stall_start", "ts": ts, "playing_ms": 4000, "bitrate_kbps": self.bitrate})
+                    Event {
+                        playing_ms: Some(4000),
+                        bitrate_kbps: Some(self.bitrate),
+                        ..Event::new(seq, "stall_start", ts)
+                    }
                 } else if r < 0.1 {
                     let prev = self.bitrate;
                     self.bitrate = [800, 1500, 2500, 4500][rng.random_range(0..4)];
-                    json!({"seq": seq, "type": "bitrate_change", "ts": ts, "bitrate_kbps": self.bitrate,
-                           "prev_bitrate_kbps": prev, "playing_ms": 2000})
+                    Event {
+                        bitrate_kbps: Some(self.bitrate),
+                        prev_bitrate_kbps: Some(prev),
+                        playing_ms: Some(2000),
+                        ..Event::new(seq, "bitrate_change", ts)
+                    }
                 } else {
-                    json!({"seq": seq, "type": "heartbeat", "ts": ts, "playing_ms": 10000,
-                           "stall_ms": if r < 0.15 { 700 } else { 0 }, "bitrate_kbps": self.bitrate,
-                           "latency_ms": 4000, "dropped_frames": 1, "started": true})
+                    Event {
+                        playing_ms: Some(10000),
+                        stall_ms: Some(if r < 0.15 { 700 } else { 0 }),
+                        bitrate_kbps: Some(self.bitrate),
+                        latency_ms: Some(4000),
+                        dropped_frames: Some(1),
+                        started: Some(true),
+                        ..Event::new(seq, "heartbeat", ts)
+                    }
                 }
             };
             out.push(e);
@@ -118,14 +139,87 @@ impl ViewSim {
         false
     }
 
-    fn beacon(&self, events: Vec<Value>) -> Value {
-        json!({
-            "sent_at": now_ms(),
-            "view": {"view_id": self.id, "stream_id": self.stream, "stream_type": "live",
-                     "cdn": self.cdn, "platform": self.platform, "player": "loadgen/1",
-                     "protocol": "hls", "region": self.region},
-            "events": events
-        })
+    fn beacon<'a>(&'a self, events: &'a [Event]) -> Beacon<'a> {
+        Beacon {
+            sent_at: now_ms(),
+            view: View {
+                view_id: &self.id,
+                stream_id: &self.stream,
+                stream_type: "live",
+                cdn: self.cdn,
+                platform: self.platform,
+                player: "loadgen/1",
+                protocol: "hls",
+                region: self.region,
+            },
+            events,
+        }
+    }
+}
+
+// Typed beacon structs rather than `serde_json::Value`: building a body costs the load
+// generator a fraction of the CPU, which is left to the collector on a shared machine.
+#[derive(Serialize)]
+struct Beacon<'a> {
+    sent_at: i64,
+    view: View<'a>,
+    events: &'a [Event],
+}
+
+#[derive(Serialize)]
+struct View<'a> {
+    view_id: &'a str,
+    stream_id: &'a str,
+    stream_type: &'static str,
+    cdn: &'static str,
+    platform: &'static str,
+    player: &'static str,
+    protocol: &'static str,
+    region: &'static str,
+}
+
+#[derive(Serialize)]
+struct Event {
+    seq: u32,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    ts: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    started: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    startup_ms: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    playing_ms: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stall_ms: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bitrate_kbps: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prev_bitrate_kbps: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    latency_ms: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dropped_frames: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+}
+
+impl Event {
+    fn new(seq: u32, kind: &'static str, ts: i64) -> Self {
+        Event {
+            seq,
+            kind,
+            ts,
+            started: None,
+            startup_ms: None,
+            playing_ms: None,
+            stall_ms: None,
+            bitrate_kbps: None,
+            prev_bitrate_kbps: None,
+            latency_ms: None,
+            dropped_frames: None,
+            reason: None,
+        }
     }
 }
 
@@ -168,6 +262,7 @@ async fn main() -> anyhow::Result<()> {
                 .collect();
             let mut next_at = Instant::now();
             let mut lat = Vec::new();
+            let mut events = Vec::with_capacity(args.batch as usize);
             let mut i = 0;
             while Instant::now() < deadline {
                 if let Some(interval) = per_conn_interval {
@@ -176,10 +271,10 @@ async fn main() -> anyhow::Result<()> {
                 }
                 let v = i % views.len();
                 i += 1;
-                let mut events = Vec::with_capacity(args.batch as usize);
+                events.clear();
                 let ended = views[v].events(&mut rng, args.batch, &mut events);
                 let n = events.len() as u64;
-                let body = serde_json::to_vec(&views[v].beacon(events)).unwrap_or_default();
+                let body = serde_json::to_vec(&views[v].beacon(&events)).unwrap_or_default();
                 if ended {
                     counter += 1;
                     views[v] = ViewSim::new(&mut rng, counter);
