@@ -21,7 +21,12 @@ run() { # label rate sink
   "$BIN/collector" --listen "127.0.0.1:$PORT" --topic "$topic" --sink "$3" \
     --rate-per-ip 0 --rate-per-view 0 --rate-global 0 >/dev/null 2>&1 &
   local pid=$!
-  until curl -fsS "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1; do sleep 0.2; done
+  # Wait for this collector (not some other process on the port) to answer.
+  until curl -fsS "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1; do
+    kill -0 "$pid" 2>/dev/null || { echo "collector exited at start (is port $PORT in use?)" >&2; exit 1; }
+    sleep 0.2
+  done
+  kill -0 "$pid" 2>/dev/null || { echo "collector exited at start (is port $PORT in use?)" >&2; exit 1; }
   local out
   out="$("$BIN/loadgen" --url "http://127.0.0.1:$PORT" --rate "$2" --duration-secs "$SECS" \
     --connections "$CONNS" --batch 20)"

@@ -24,6 +24,16 @@ async fn main() -> anyhow::Result<()> {
     let telemetry = qoe_telemetry::Telemetry::init("qoe-collector", config.log_format)?;
 
     let sink = Sink::from_config(&config).context("creating the Kafka producer")?;
+    // Learn the topic's partitions before taking traffic: otherwise the first requests wait
+    // (~1 s here) while the producer fetches metadata on first use. Not fatal: without Kafka
+    // the collector still starts, answers 503 and recovers when the broker appears.
+    if !sink.ready().await {
+        tracing::warn!(
+            brokers = %config.kafka_brokers,
+            topic = %config.topic,
+            "Kafka is not reachable or the topic does not exist yet; beacons get 503 until it is"
+        );
+    }
     let region = RegionResolver::new(config.region_header.as_deref(), config.geoip_db.as_deref())?;
     let state = Arc::new(AppState {
         limits: config.limits(),
