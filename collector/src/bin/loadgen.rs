@@ -4,6 +4,9 @@
 //! Each simulated view goes view_start -> first_frame -> heartbeats (with the occasional
 //! stall and bitrate switch) -> view_end, with its own seq numbers, spread over regions,
 //! CDNs and platforms. Deterministic for a given --seed.
+//!
+//! Latency is per request. Flat out it counts from sending; at a target rate it counts from
+//! when the request was due, so time spent waiting behind a slow response is included.
 
 use clap::Parser;
 use rand::rngs::StdRng;
@@ -23,7 +26,8 @@ struct Args {
     /// Collector base URL.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
-    /// Target events per second across all connections (0: as fast as possible).
+    /// Target events per second across all connections (0: as fast as possible). Latency is
+    /// then measured from each request's scheduled time.
     #[arg(long, default_value_t = 0)]
     rate: u64,
     /// How long to run.
@@ -240,9 +244,10 @@ async fn main() -> anyhow::Result<()> {
     let sent_events = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(Mutex::new(Vec::<u32>::new()));
     let statuses = Arc::new(Mutex::new(std::collections::BTreeMap::<u16, u64>::new()));
-    let per_conn_interval = (args.rate > 0).then(|| {
-        Duration::from_secs_f64(f64::from(args.batch) * args.connections as f64 / args.rate as f64)
-    });
+    // Pacing is per event, not per request: a view's last request carries fewer than
+    // `batch` events, and the target is events/s.
+    let per_event_interval = (args.rate > 0)
+        .then(|| Duration::from_secs_f64(args.connections as f64 / args.rate as f64));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..args.connections {
@@ -265,21 +270,30 @@ async fn main() -> anyhow::Result<()> {
             let mut events = Vec::with_capacity(args.batch as usize);
             let mut i = 0;
             while Instant::now() < deadline {
-                if let Some(interval) = per_conn_interval {
-                    tokio::time::sleep_until(next_at.into()).await;
-                    next_at += interval;
+                // Paced: latency counts from when the request was due, so a collector that
+                // falls behind shows up in the percentiles (no coordinated omission).
+                let due = next_at;
+                if per_event_interval.is_some() {
+                    tokio::time::sleep_until(due.into()).await;
                 }
                 let v = i % views.len();
                 i += 1;
                 events.clear();
                 let ended = views[v].events(&mut rng, args.batch, &mut events);
                 let n = events.len() as u64;
+                if let Some(interval) = per_event_interval {
+                    next_at += interval * events.len() as u32;
+                }
                 let body = serde_json::to_vec(&views[v].beacon(&events)).unwrap_or_default();
                 if ended {
                     counter += 1;
                     views[v] = ViewSim::new(&mut rng, counter);
                 }
-                let t = Instant::now();
+                let t = if per_event_interval.is_some() {
+                    due
+                } else {
+                    Instant::now()
+                };
                 let status = match client
                     .post(&url)
                     .header("content-type", "text/plain")
