@@ -7,6 +7,7 @@
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// The request body. Borrows the raw events from the input buffer.
@@ -41,11 +42,12 @@ pub struct ViewContext {
 /// One event as the player sent it, before validation.
 ///
 /// `type` is kept as a string so that an unknown type yields a precise rejection reason.
+/// Strings borrow from the request body unless they contain JSON escapes.
 #[derive(Debug, Clone, Deserialize)]
-pub struct RawEvent {
+pub struct RawEvent<'a> {
     pub seq: u32,
-    #[serde(rename = "type")]
-    pub kind: String,
+    #[serde(rename = "type", borrow)]
+    pub kind: Cow<'a, str>,
     pub ts: i64,
     #[serde(default)]
     pub started: Option<bool>,
@@ -63,12 +65,12 @@ pub struct RawEvent {
     pub latency_ms: Option<u32>,
     #[serde(default)]
     pub dropped_frames: Option<u32>,
-    #[serde(default)]
-    pub code: Option<String>,
+    #[serde(default, borrow)]
+    pub code: Option<Cow<'a, str>>,
     #[serde(default)]
     pub fatal: Option<bool>,
-    #[serde(default)]
-    pub reason: Option<String>,
+    #[serde(default, borrow)]
+    pub reason: Option<Cow<'a, str>>,
 }
 
 impl<'a> Envelope<'a> {

@@ -10,6 +10,7 @@
 use crate::beacon::{Envelope, RawEvent, ViewContext};
 use crate::event::{EndReason, EventContext, EventFields, EventType, StreamType};
 use serde_json::value::RawValue;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// Bounds applied to every beacon. Defaults are what a production collector would use.
@@ -405,7 +406,7 @@ pub fn validate_event(
         startup_ms: ev.startup_ms,
         latency_ms: ev.latency_ms,
         dropped_frames: ev.dropped_frames,
-        code: ev.code,
+        code: ev.code.map(Cow::into_owned),
         fatal: ev.fatal,
         reason,
     })
@@ -460,6 +461,19 @@ mod tests {
         assert_eq!(first.kind, EventType::FirstFrame);
         assert_eq!(first.view_id, "v-1");
         assert!(out[0].is_ok());
+    }
+
+    #[test]
+    fn escaped_strings_in_events_are_unescaped() {
+        let out = run(&format!(
+            r#"{{"seq":0,"type":"view\u005fstart","ts":{NOW}}},
+               {{"seq":1,"type":"error","ts":{NOW},"started":true,"fatal":false,"code":"E\"42\"\n"}},
+               {{"seq":2,"type":"view_end","ts":{NOW},"started":true,"reason":"\u0065xit"}}"#
+        ));
+        let events: Vec<&QoeEvent> = out.iter().map(|r| r.as_ref().unwrap()).collect();
+        assert_eq!(events[0].kind, EventType::ViewStart);
+        assert_eq!(events[1].code.as_deref(), Some("E\"42\"\n"));
+        assert_eq!(events[2].reason, Some(EndReason::Exit));
     }
 
     #[test]
