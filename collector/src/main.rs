@@ -10,7 +10,10 @@ use qoe_collector::rate_limit::RateLimits;
 use qoe_collector::server::{serve, ConnectionLimits};
 use qoe_collector::sink::Sink;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How long start-up waits for Kafka before serving anyway.
+const STARTUP_KAFKA_WAIT: Duration = Duration::from_secs(5);
 
 // Every request allocates many small, short-lived objects (parsed events, encoded messages,
 // headers); mimalloc serves them measurably cheaper than the system allocator (BENCHMARKS.md).
@@ -24,15 +27,22 @@ async fn main() -> anyhow::Result<()> {
     let telemetry = qoe_telemetry::Telemetry::init("qoe-collector", config.log_format)?;
 
     let sink = Sink::from_config(&config).context("creating the Kafka producer")?;
-    // Learn the topic's partitions before taking traffic: otherwise the first requests wait
-    // (~1 s here) while the producer fetches metadata on first use. Not fatal: without Kafka
-    // the collector still starts, answers 503 and recovers when the broker appears.
-    if !sink.ready().await {
-        tracing::warn!(
-            brokers = %config.kafka_brokers,
-            topic = %config.topic,
-            "Kafka is not reachable or the topic does not exist yet; beacons get 503 until it is"
-        );
+    // Before taking traffic, learn the topic's partitions and obtain the idempotent producer
+    // id: otherwise the first requests wait while the producer does both on first use (up to
+    // ~1 s here). Bounded and not fatal: without Kafka the collector still starts, answers
+    // 503 and recovers when the broker appears.
+    let warm_up = Instant::now();
+    while !sink.ready().await {
+        if warm_up.elapsed() >= STARTUP_KAFKA_WAIT {
+            tracing::warn!(
+                brokers = %config.kafka_brokers,
+                topic = %config.topic,
+                waited = ?STARTUP_KAFKA_WAIT,
+                "Kafka is not ready (unreachable, topic missing, or no producer id yet); beacons get 503 until it is"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let region = RegionResolver::new(config.region_header.as_deref(), config.geoip_db.as_deref())?;
     let state = Arc::new(AppState {

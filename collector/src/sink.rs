@@ -12,7 +12,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -68,10 +68,37 @@ impl RequestDelivery {
     }
 }
 
-/// Routes each delivery report to its request.
-struct DeliveryContext;
+/// Routes each delivery report to its request, and follows the idempotent producer's state.
+#[derive(Default)]
+struct DeliveryContext {
+    /// Whether the producer has its idempotent producer id: librdkafka holds every message
+    /// until it does (up to ~1 s after start when its first attempt finds no broker
+    /// connection yet). Learned from librdkafka's periodic statistics; false until the first.
+    producer_id_assigned: AtomicBool,
+}
 
-impl ClientContext for DeliveryContext {}
+/// The part of librdkafka's statistics JSON read here (`eos` is absent without idempotence).
+#[derive(serde::Deserialize)]
+struct ProducerStats {
+    eos: Option<IdempotenceStats>,
+}
+
+#[derive(serde::Deserialize)]
+struct IdempotenceStats {
+    idemp_state: String,
+}
+
+impl ClientContext for DeliveryContext {
+    fn stats_raw(&self, statistics: &[u8]) {
+        match serde_json::from_slice::<ProducerStats>(statistics) {
+            Ok(stats) => {
+                let assigned = stats.eos.is_none_or(|eos| eos.idemp_state == "Assigned");
+                self.producer_id_assigned.store(assigned, Ordering::Relaxed);
+            }
+            Err(e) => tracing::debug!(error = %e, "unreadable librdkafka statistics"),
+        }
+    }
+}
 
 impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = Arc<RequestDelivery>;
@@ -129,11 +156,13 @@ impl Sink {
             // Consumers rewind by one batch when resuming (see the aggregator's `source`), so
             // batches must not grow beyond librdkafka's default count.
             .set("batch.num.messages", "10000")
-            .set("partitioner", "murmur2_random");
+            .set("partitioner", "murmur2_random")
+            // Statistics only to learn when the idempotent producer id is assigned (readiness).
+            .set("statistics.interval.ms", "200");
         for (k, v) in &c.kafka_options {
             config.set(k, v);
         }
-        let producer = config.create_with_context(DeliveryContext)?;
+        let producer = config.create_with_context(DeliveryContext::default())?;
         Ok(Sink::Kafka(KafkaSink {
             config,
             topic: c.topic.clone(),
@@ -165,7 +194,8 @@ impl Sink {
         }
     }
 
-    /// Whether events can be published right now (Kafka reachable, topic present).
+    /// Whether events can be published right now: Kafka reachable, the topic present, and
+    /// the producer holding its idempotent producer id (so the next message is not held back).
     pub async fn ready(&self) -> bool {
         match self {
             Sink::Null => true,
@@ -187,7 +217,7 @@ impl Sink {
         if let Sink::Kafka(k) = self {
             let since = *lock(&k.failing_since);
             let Some(since) = since else { return };
-            if since.elapsed() >= 2 * k.delivery_timeout && k.ready().await {
+            if since.elapsed() >= 2 * k.delivery_timeout && k.reachable().await {
                 let current = k.current();
                 let why = format!(
                     "deliveries failing for {:?} while the cluster is reachable",
@@ -246,7 +276,7 @@ impl KafkaSink {
         if !Arc::ptr_eq(&guard, failed) {
             return; // another request already replaced it
         }
-        match self.config.create_with_context(DeliveryContext) {
+        match self.config.create_with_context(DeliveryContext::default()) {
             Ok(fresh) => {
                 tracing::warn!(reason = %why, "replaced the Kafka producer");
                 metrics::counter!("qoe_collector_producer_restarts_total").increment(1);
@@ -325,6 +355,16 @@ impl KafkaSink {
     }
 
     async fn ready(&self) -> bool {
+        let producer_id = self
+            .current()
+            .context()
+            .producer_id_assigned
+            .load(Ordering::Relaxed);
+        producer_id && self.reachable().await
+    }
+
+    /// Whether the cluster answers a metadata request for the topic and has its partitions.
+    async fn reachable(&self) -> bool {
         let producer = self.current();
         let topic = self.topic.clone();
         tokio::task::spawn_blocking(move || {

@@ -112,6 +112,24 @@ async fn broker_outage_gives_503_then_recovers() {
         i += 1;
     }
     assert!(collector.is_running());
+    // Ready again: the topic answers and the (possibly replaced) producer has its id.
+    let ready_by = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = http
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < ready_by,
+            "/readyz still {status} after delivery recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let in_kafka: BTreeSet<String> = read_topic(&topic, Duration::from_secs(3))
         .await
         .into_iter()
