@@ -6,13 +6,14 @@
 //! few milliseconds that no client can know).
 
 use crate::population::ViewContext;
-use qoe_schemas::QoeEvent;
+use qoe_schemas::{QoeEvent, RawEvent};
 use serde::Serialize;
+use std::borrow::Cow;
 
 #[derive(Serialize)]
 struct Envelope<'a> {
     view: View<'a>,
-    events: Vec<Event<'a>>,
+    events: Vec<RawEvent<'a>>,
 }
 
 #[derive(Serialize)]
@@ -25,36 +26,6 @@ struct View<'a> {
     player: &'a str,
     protocol: &'a str,
     region: &'a str,
-}
-
-#[derive(Serialize)]
-struct Event<'a> {
-    seq: u32,
-    #[serde(rename = "type")]
-    kind: &'a str,
-    ts: i64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    started: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    playing_ms: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stall_ms: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    bitrate_kbps: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    prev_bitrate_kbps: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    startup_ms: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    latency_ms: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    dropped_frames: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    code: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    fatal: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<&'a str>,
 }
 
 /// The JSON body of a beacon carrying `events` of the view `ctx`.
@@ -72,10 +43,7 @@ pub fn body(ctx: &ViewContext, events: &[QoeEvent]) -> Vec<u8> {
         },
         events: events
             .iter()
-            .map(|e| Event {
-                seq: e.seq,
-                kind: e.kind.as_str(),
-                ts: e.ts,
+            .map(|e| RawEvent {
                 started: e.started,
                 playing_ms: e.playing_ms,
                 stall_ms: e.stall_ms,
@@ -84,9 +52,10 @@ pub fn body(ctx: &ViewContext, events: &[QoeEvent]) -> Vec<u8> {
                 startup_ms: e.startup_ms,
                 latency_ms: e.latency_ms,
                 dropped_frames: e.dropped_frames,
-                code: e.code.as_deref(),
+                code: e.code.as_deref().map(Cow::Borrowed),
                 fatal: e.fatal,
-                reason: e.reason.map(|r| r.as_str()),
+                reason: e.reason.map(|r| Cow::Borrowed(r.as_str())),
+                ..RawEvent::new(e.seq, e.kind.as_str(), e.ts)
             })
             .collect(),
     };

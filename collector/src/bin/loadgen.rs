@@ -9,6 +9,7 @@
 //! when the request was due, so time spent waiting behind a slow response is included.
 
 use clap::Parser;
+use qoe_schemas::RawEvent;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -86,55 +87,55 @@ impl ViewSim {
     }
 
     /// Next `n` events of this view; returns true when the view ended.
-    fn events(&mut self, rng: &mut StdRng, n: u32, out: &mut Vec<Event>) -> bool {
+    fn events(&mut self, rng: &mut StdRng, n: u32, out: &mut Vec<RawEvent<'static>>) -> bool {
         let now = now_ms();
         for _ in 0..n {
             let seq = self.seq;
             self.seq += 1;
             let ts = now - 1000 + i64::from(seq % 1000);
             let e = if seq == 0 {
-                Event::new(seq, "view_start", ts)
+                RawEvent::new(seq, "view_start", ts)
             } else if !self.started {
                 self.started = true;
-                Event {
+                RawEvent {
                     startup_ms: Some(rng.random_range(300..4000)),
                     bitrate_kbps: Some(self.bitrate),
-                    ..Event::new(seq, "first_frame", ts)
+                    ..RawEvent::new(seq, "first_frame", ts)
                 }
             } else if self.heartbeats_left == 0 {
-                out.push(Event {
-                    reason: Some("exit"),
+                out.push(RawEvent {
+                    reason: Some("exit".into()),
                     started: Some(true),
-                    ..Event::new(seq, "view_end", ts)
+                    ..RawEvent::new(seq, "view_end", ts)
                 });
                 return true;
             } else {
                 self.heartbeats_left -= 1;
                 let r: f64 = rng.random();
                 if r < 0.05 {
-                    Event {
+                    RawEvent {
                         playing_ms: Some(4000),
                         bitrate_kbps: Some(self.bitrate),
-                        ..Event::new(seq, "stall_start", ts)
+                        ..RawEvent::new(seq, "stall_start", ts)
                     }
                 } else if r < 0.1 {
                     let prev = self.bitrate;
                     self.bitrate = [800, 1500, 2500, 4500][rng.random_range(0..4)];
-                    Event {
+                    RawEvent {
                         bitrate_kbps: Some(self.bitrate),
                         prev_bitrate_kbps: Some(prev),
                         playing_ms: Some(2000),
-                        ..Event::new(seq, "bitrate_change", ts)
+                        ..RawEvent::new(seq, "bitrate_change", ts)
                     }
                 } else {
-                    Event {
+                    RawEvent {
                         playing_ms: Some(10000),
                         stall_ms: Some(if r < 0.15 { 700 } else { 0 }),
                         bitrate_kbps: Some(self.bitrate),
                         latency_ms: Some(4000),
                         dropped_frames: Some(1),
                         started: Some(true),
-                        ..Event::new(seq, "heartbeat", ts)
+                        ..RawEvent::new(seq, "heartbeat", ts)
                     }
                 }
             };
@@ -143,7 +144,7 @@ impl ViewSim {
         false
     }
 
-    fn beacon<'a>(&'a self, events: &'a [Event]) -> Beacon<'a> {
+    fn beacon<'a>(&'a self, events: &'a [RawEvent<'static>]) -> Beacon<'a> {
         Beacon {
             sent_at: now_ms(),
             view: View {
@@ -167,7 +168,7 @@ impl ViewSim {
 struct Beacon<'a> {
     sent_at: i64,
     view: View<'a>,
-    events: &'a [Event],
+    events: &'a [RawEvent<'static>],
 }
 
 #[derive(Serialize)]
@@ -180,51 +181,6 @@ struct View<'a> {
     player: &'static str,
     protocol: &'static str,
     region: &'static str,
-}
-
-#[derive(Serialize)]
-struct Event {
-    seq: u32,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    ts: i64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    started: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    startup_ms: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    playing_ms: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stall_ms: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    bitrate_kbps: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    prev_bitrate_kbps: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    latency_ms: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    dropped_frames: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<&'static str>,
-}
-
-impl Event {
-    fn new(seq: u32, kind: &'static str, ts: i64) -> Self {
-        Event {
-            seq,
-            kind,
-            ts,
-            started: None,
-            startup_ms: None,
-            playing_ms: None,
-            stall_ms: None,
-            bitrate_kbps: None,
-            prev_bitrate_kbps: None,
-            latency_ms: None,
-            dropped_frames: None,
-            reason: None,
-        }
-    }
 }
 
 // The load generator shares the machine with what it measures: the cheaper its allocations,
