@@ -89,6 +89,18 @@ struct IdempotenceStats {
 }
 
 impl ClientContext for DeliveryContext {
+    /// Connection failures are already in librdkafka's own log line (`FAIL ...`), and the
+    /// same failure arrives here more than once: logged at debug, so a broker outage is one
+    /// line per attempt rather than five. Every other error is logged as an error.
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown) => {
+                tracing::debug!(error = %error, reason, "librdkafka")
+            }
+            _ => tracing::error!(error = %error, reason, "librdkafka error"),
+        }
+    }
+
     fn stats_raw(&self, statistics: &[u8]) {
         match serde_json::from_slice::<ProducerStats>(statistics) {
             Ok(stats) => {
