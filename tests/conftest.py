@@ -5,7 +5,6 @@ project's migrations applied to database `qoe`.
 """
 
 import pathlib
-import tempfile
 
 import pytest
 from chdb import session
@@ -30,9 +29,10 @@ def statements(path):
 
 
 @pytest.fixture(scope="session")
-def chdb_session():
+def chdb_session(tmp_path_factory):
     """Current ClickHouse (chDB, in-process) with every migration statement applied unchanged."""
-    s = session.Session(tempfile.mkdtemp())
+    # pytest's own temporary directory: cleaned up by pytest, not left behind in /tmp.
+    s = session.Session(str(tmp_path_factory.mktemp("chdb")))
     s.query("CREATE DATABASE qoe")
     s.query("USE qoe")
     for path in MIGRATIONS:
