@@ -6,6 +6,8 @@ statement included (also those gated to newer servers), and the aggregator's bat
 move mirrors `aggregator/src/writer.rs`.
 """
 
+import datetime
+
 import pytest
 
 
@@ -22,8 +24,10 @@ def stage(s, batch_id, rows):
     cols = ["batch_id", "staged_at", "kind", "window_start", "region", "cdn", "view_id",
             "attempts", "plays", "playing_ms", "stall_ms", "startup_ms_sum", "startup_le_1000",
             "topic", "partition", "from_offset", "next_offset"]
+    # Staged now: qoe_staging drops rows a day after `staged_at` (TTL), even on insert.
+    staged_at = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
     values = ",".join(
-        "(" + ",".join(repr(v) if isinstance(v, str) else str(v) for v in (batch_id, "2026-11-21 10:00:00") + r) + ")"
+        "(" + ",".join(repr(v) if isinstance(v, str) else str(v) for v in (batch_id, staged_at) + r) + ")"
         for r in rows
     )
     s.query(f"INSERT INTO qoe_staging ({','.join(cols)}) VALUES {values}")
