@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help demo test stack stop status lint unit migrate dashboards
+.PHONY: help demo test stack stop status lint unit migrate dashboards metrics-json
 
 help:
 	@echo "make demo    set up everything and run the pipeline on local defaults"
@@ -11,6 +11,7 @@ help:
 	@echo "make stop    stop the services this project started"
 	@echo "make status  what runs"
 	@echo "make dashboards  regenerate dashboards/json and the alert rules from dashboards/generate.py"
+	@echo "make metrics-json  regenerate schemas/metrics.json from the metric catalogue"
 
 stack:
 	scripts/stack.sh start
@@ -38,3 +39,6 @@ test: stack lint
 
 dashboards:
 	python3 dashboards/generate.py
+
+metrics-json:
+	QOE_BLESS=1 $(CARGO) test -q -p qoe-schemas --lib metrics::tests::committed_json_is_current

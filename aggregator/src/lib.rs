@@ -2,7 +2,8 @@
 //! per-view partials, and writes them to ClickHouse effectively once.
 //!
 //! Pure logic:
-//! - [`metrics`]: the spec's per-window metrics and how one event adds to them.
+//! - [`metrics`]: how one event adds to the per-window metrics of the catalogue.
+//! - [`staging`]: the staged row's columns and RowBinary encoding.
 //! - [`window`]: per-partition windowing, watermark, lateness and duplicate rules.
 //!
 //! I/O:
@@ -18,6 +19,7 @@ pub mod kafka_check;
 pub mod metrics;
 pub mod migrate;
 pub mod source;
+pub mod staging;
 pub mod store;
 pub mod window;
 pub mod writer;

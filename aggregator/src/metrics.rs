@@ -1,49 +1,22 @@
-//! The per-window QoE metrics of the spec, as additive counters, and the rule that adds one
-//! event to them. Pure: no I/O, no clocks.
+//! The aggregator's rules for the per-window QoE metrics of the spec: how one accepted event
+//! adds to the additive counters of its window ([`WindowMetrics`], generated from the metric
+//! catalogue in `qoe-schemas`). Pure: no I/O, no clocks.
 
+use qoe_schemas::metrics::{bucket_index, STARTUP_BUCKETS};
 use qoe_schemas::{EndReason, EventRef, EventType};
 
-/// Inclusive upper bounds of the startup-time histogram buckets (ms); a last bucket is +inf.
-pub const STARTUP_BUCKETS_MS: [u32; 8] = [250, 500, 1000, 2000, 3000, 5000, 8000, 15000];
+pub use qoe_schemas::metrics::WindowMetrics;
 
-/// Index of the histogram bucket of a startup time: the first whose bound is >= it.
-pub fn startup_bucket(startup_ms: u32) -> usize {
-    STARTUP_BUCKETS_MS
-        .iter()
-        .position(|&bound| startup_ms <= bound)
-        .unwrap_or(STARTUP_BUCKETS_MS.len())
+/// The aggregator's rule for each catalogue metric: how one accepted event adds to a window's
+/// [`WindowMetrics`]. `late_events` and `duplicate_events` are not set here: the window logic
+/// counts them for events it does not accept.
+pub trait AddEvent {
+    fn add(&mut self, e: &EventRef<'_>);
 }
 
-/// Additive metrics of one window and slice. Partial values from many batches and many
-/// aggregator instances add up to the same totals.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct WindowMetrics {
-    /// Events counted in the metrics below (accepted: not late, not duplicate).
-    pub events: u64,
-    pub attempts: u64,
-    pub plays: u64,
-    pub startup_ms_sum: u64,
-    pub startup_hist: [u64; 9],
-    pub vsf: u64,
-    pub vpf: u64,
-    pub ebvs: u64,
-    pub errors: u64,
-    pub playing_ms: u64,
-    pub stall_ms: u64,
-    pub stalls: u64,
-    pub bitrate_kbps_ms: u64,
-    pub upswitches: u64,
-    pub downswitches: u64,
-    pub latency_ms_sum: u64,
-    pub latency_samples: u64,
-    pub dropped_frames: u64,
-    pub late_events: u64,
-    pub duplicate_events: u64,
-}
-
-impl WindowMetrics {
+impl AddEvent for WindowMetrics {
     /// Adds one accepted event, exactly as the spec defines each metric.
-    pub fn add(&mut self, e: &EventRef<'_>) {
+    fn add(&mut self, e: &EventRef<'_>) {
         self.events += 1;
         match e.kind {
             EventType::ViewStart => self.attempts += 1,
@@ -51,7 +24,7 @@ impl WindowMetrics {
                 self.plays += 1;
                 if let Some(s) = e.startup_ms {
                     self.startup_ms_sum += u64::from(s);
-                    self.startup_hist[startup_bucket(s)] += 1;
+                    self.startup_hist[bucket_index(STARTUP_BUCKETS, s)] += 1;
                 }
             }
             EventType::Error => {
@@ -70,6 +43,7 @@ impl WindowMetrics {
                 self.ebvs += 1
             }
             EventType::StallStart => self.stalls += 1,
+            EventType::Seek => self.seeks += 1,
             EventType::BitrateChange => {
                 if let (Some(now), Some(prev)) = (e.bitrate_kbps, e.prev_bitrate_kbps) {
                     if now > prev {
@@ -107,15 +81,6 @@ mod tests {
 
     fn event(kind: EventType) -> QoeEvent {
         QoeEvent::blank("v", 0, kind, 0)
-    }
-
-    #[test]
-    fn bucket_bounds_are_inclusive() {
-        assert_eq!(startup_bucket(0), 0);
-        assert_eq!(startup_bucket(250), 0);
-        assert_eq!(startup_bucket(251), 1);
-        assert_eq!(startup_bucket(15000), 7);
-        assert_eq!(startup_bucket(15001), 8);
     }
 
     #[test]
@@ -166,5 +131,7 @@ mod tests {
         assert_eq!((m.latency_ms_sum, m.latency_samples), (4000, 1));
         assert_eq!((m.upswitches, m.downswitches), (1, 1));
         assert_eq!((m.plays, m.startup_ms_sum, m.startup_hist[3]), (1, 1200, 1));
+        m.add(&event(EventType::Seek).borrowed());
+        assert_eq!((m.seeks, m.events), (1, 5));
     }
 }

@@ -1,6 +1,8 @@
 //! Applies the ClickHouse migrations of `qoe-schemas` in order, recording each applied
 //! version in `schema_migrations`. Re-running is a no-op; statements a server is too old for
-//! are skipped by the migration's own `-- qoe:min-version` directives.
+//! are skipped by the migration's own `-- qoe:min-version` directives, and an
+//! `ALTER TABLE t ADD COLUMN c` whose column exists already (a re-run after a failure half-way)
+//! is skipped too.
 
 use crate::store::{Store, StoreError};
 use clickhouse::Row;
@@ -79,6 +81,21 @@ pub async fn run(store: &Store) -> Result<MigrationReport, MigrateError> {
         let statements = migration.statements_for(store.version)?;
         report.skipped_statements += all.len() - statements.len();
         for (index, statement) in statements.iter().enumerate() {
+            if let Some((table, column)) = statement.added_column() {
+                let present: u64 = client
+                    .query(
+                        "SELECT count() FROM system.columns \
+                         WHERE database = currentDatabase() AND table = ? AND name = ?",
+                    )
+                    .bind(&table)
+                    .bind(&column)
+                    .fetch_one()
+                    .await
+                    .map_err(StoreError::from)?;
+                if present > 0 {
+                    continue;
+                }
+            }
             client
                 .query(&statement.sql)
                 .execute()

@@ -19,7 +19,7 @@
 //! (region, CDN, stream, platform, player, protocol) once and keys its rows by small indices;
 //! events are read borrowed from the message bytes ([`EventRef`]).
 
-use crate::metrics::WindowMetrics;
+use crate::metrics::{AddEvent, WindowMetrics};
 use hashbrown::{DefaultHashBuilder, HashMap, HashSet};
 use indexmap::{Equivalent, IndexMap, IndexSet};
 use qoe_schemas::{EventRef, EventType, StreamType};

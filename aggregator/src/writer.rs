@@ -12,10 +12,12 @@
 //! Then the checkpoint is read back: present means committed. A step-2 error is not retried
 //! blindly; the checkpoint decides.
 
+use crate::staging::{self, secs, Kind, StagingRow};
 use crate::store::Store;
-use crate::window::{Batch, Checkpoint, Slice};
+use crate::window::{Batch, Checkpoint};
 use clickhouse::Row;
-use serde::{Deserialize, Serialize};
+use qoe_schemas::metrics::WindowMetrics;
+use serde::Deserialize;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -26,152 +28,6 @@ pub enum WriteError {
     Fenced { partition: i32, from: i64 },
     #[error("ClickHouse did not answer within {0:?}")]
     Timeout(Duration),
-}
-
-#[repr(i8)]
-#[derive(Debug, Clone, Copy, serde_repr::Serialize_repr)]
-enum Kind {
-    Window = 1,
-    Presence = 2,
-    View = 3,
-    Checkpoint = 4,
-}
-
-/// One row of `qoe_staging`, in the table's column order (RowBinary has no names).
-#[derive(Debug, Row, Serialize)]
-struct StagingRow<'a> {
-    batch_id: u64,
-    staged_at: u32,
-    kind: Kind,
-    window_start: u32,
-    region: &'a str,
-    cdn: &'a str,
-    stream_type: &'a str,
-    platform: &'a str,
-    stream_id: &'a str,
-    view_id: &'a str,
-    events: u64,
-    attempts: u64,
-    plays: u64,
-    startup_ms_sum: u64,
-    startup_le_250: u64,
-    startup_le_500: u64,
-    startup_le_1000: u64,
-    startup_le_2000: u64,
-    startup_le_3000: u64,
-    startup_le_5000: u64,
-    startup_le_8000: u64,
-    startup_le_15000: u64,
-    startup_le_inf: u64,
-    vsf: u64,
-    vpf: u64,
-    ebvs: u64,
-    errors: u64,
-    playing_ms: u64,
-    stall_ms: u64,
-    stalls: u64,
-    bitrate_kbps_ms: u64,
-    upswitches: u64,
-    downswitches: u64,
-    latency_ms_sum: u64,
-    latency_samples: u64,
-    dropped_frames: u64,
-    late_events: u64,
-    duplicate_events: u64,
-    player: &'a str,
-    protocol: &'a str,
-    first_event_time: u32,
-    last_event_time: u32,
-    started: u8,
-    startup_ms: u32,
-    error_code: &'a str,
-    error_time: u64,
-    end_reason: &'a str,
-    end_time: u64,
-    topic: &'a str,
-    partition: u32,
-    from_offset: u64,
-    next_offset: u64,
-    state_offset: u64,
-    max_event_time: i64,
-}
-
-impl<'a> StagingRow<'a> {
-    fn empty(batch_id: u64, staged_at: u32, kind: Kind) -> Self {
-        StagingRow {
-            batch_id,
-            staged_at,
-            kind,
-            window_start: 0,
-            region: "",
-            cdn: "",
-            stream_type: "",
-            platform: "",
-            stream_id: "",
-            view_id: "",
-            events: 0,
-            attempts: 0,
-            plays: 0,
-            startup_ms_sum: 0,
-            startup_le_250: 0,
-            startup_le_500: 0,
-            startup_le_1000: 0,
-            startup_le_2000: 0,
-            startup_le_3000: 0,
-            startup_le_5000: 0,
-            startup_le_8000: 0,
-            startup_le_15000: 0,
-            startup_le_inf: 0,
-            vsf: 0,
-            vpf: 0,
-            ebvs: 0,
-            errors: 0,
-            playing_ms: 0,
-            stall_ms: 0,
-            stalls: 0,
-            bitrate_kbps_ms: 0,
-            upswitches: 0,
-            downswitches: 0,
-            latency_ms_sum: 0,
-            latency_samples: 0,
-            dropped_frames: 0,
-            late_events: 0,
-            duplicate_events: 0,
-            player: "",
-            protocol: "",
-            first_event_time: 0,
-            last_event_time: 0,
-            started: 0,
-            startup_ms: 0,
-            error_code: "",
-            error_time: 0,
-            end_reason: "",
-            end_time: 0,
-            topic: "",
-            partition: 0,
-            from_offset: 0,
-            next_offset: 0,
-            state_offset: 0,
-            max_event_time: 0,
-        }
-    }
-}
-
-impl<'a> StagingRow<'a> {
-    /// Sets the window and the slice's dimensions.
-    fn at(mut self, window_start: i64, slice: &'a Slice) -> Self {
-        self.window_start = secs(window_start);
-        self.region = &slice.region;
-        self.cdn = &slice.cdn;
-        self.stream_type = &slice.stream_type;
-        self.platform = &slice.platform;
-        self.stream_id = &slice.stream_id;
-        self
-    }
-}
-
-fn secs(ms: i64) -> u32 {
-    (ms.div_euclid(1000)).clamp(0, i64::from(u32::MAX)) as u32
 }
 
 fn now_secs() -> u32 {
@@ -356,42 +212,29 @@ impl Writer {
         let staged_at = now_secs();
         let client = &self.store.client;
 
-        let mut insert = client.insert::<StagingRow<'_>>("qoe_staging").await?;
+        let mut body = Vec::with_capacity(256 * (batch.rows() + 1));
         for (window_start, slice, m) in batch.window_rows() {
             let mut r =
                 StagingRow::empty(batch_id, staged_at, Kind::Window).at(window_start, slice);
-            r.events = m.events;
-            r.attempts = m.attempts;
-            r.plays = m.plays;
-            r.startup_ms_sum = m.startup_ms_sum;
-            let h = &m.startup_hist;
-            (r.startup_le_250, r.startup_le_500, r.startup_le_1000) = (h[0], h[1], h[2]);
-            (r.startup_le_2000, r.startup_le_3000, r.startup_le_5000) = (h[3], h[4], h[5]);
-            (r.startup_le_8000, r.startup_le_15000, r.startup_le_inf) = (h[6], h[7], h[8]);
-            r.vsf = m.vsf;
-            r.vpf = m.vpf;
-            r.ebvs = m.ebvs;
-            r.errors = m.errors;
-            r.playing_ms = m.playing_ms;
-            r.stall_ms = m.stall_ms;
-            r.stalls = m.stalls;
-            r.bitrate_kbps_ms = m.bitrate_kbps_ms;
-            r.upswitches = m.upswitches;
-            r.downswitches = m.downswitches;
-            r.latency_ms_sum = m.latency_ms_sum;
-            r.latency_samples = m.latency_samples;
-            r.dropped_frames = m.dropped_frames;
-            r.late_events = m.late_events;
-            r.duplicate_events = m.duplicate_events;
-            insert.write(&r).await?;
+            r.metrics = Some(m);
+            r.encode(&mut body);
         }
         for (window_start, slice, view_id) in batch.presence_rows() {
             let mut r =
                 StagingRow::empty(batch_id, staged_at, Kind::Presence).at(window_start, slice);
             r.view_id = view_id;
-            insert.write(&r).await?;
+            r.encode(&mut body);
         }
         for (view_id, c, v) in batch.view_rows() {
+            // The per-view totals travel in the metric columns of the same names.
+            let totals = WindowMetrics {
+                playing_ms: v.playing_ms,
+                stall_ms: v.stall_ms,
+                stalls: v.stalls,
+                bitrate_kbps_ms: v.bitrate_kbps_ms,
+                errors: v.errors,
+                ..WindowMetrics::default()
+            };
             let mut r = StagingRow::empty(batch_id, staged_at, Kind::View);
             r.view_id = view_id;
             r.region = &c.region;
@@ -405,16 +248,12 @@ impl Writer {
             r.last_event_time = secs(v.last_event_time);
             r.started = u8::from(v.started);
             r.startup_ms = v.startup_ms;
-            r.playing_ms = v.playing_ms;
-            r.stall_ms = v.stall_ms;
-            r.stalls = v.stalls;
-            r.bitrate_kbps_ms = v.bitrate_kbps_ms;
-            r.errors = v.errors;
+            r.metrics = Some(&totals);
             r.error_code = &v.error_code;
             r.error_time = v.error_time.max(0) as u64;
             r.end_reason = v.end_reason;
             r.end_time = v.end_time.max(0) as u64;
-            insert.write(&r).await?;
+            r.encode(&mut body);
         }
         let mut r = StagingRow::empty(batch_id, staged_at, Kind::Checkpoint);
         r.topic = &self.topic;
@@ -423,11 +262,16 @@ impl Writer {
         r.next_offset = checkpoint.next_offset as u64;
         r.state_offset = checkpoint.state_offset as u64;
         r.max_event_time = checkpoint.max_event_time;
-        insert.write(&r).await?;
+        r.encode(&mut body);
+        let columns = staging::column_list();
+        let mut insert = client.insert_formatted_with(format!(
+            "INSERT INTO qoe_staging ({columns}) FORMAT RowBinary"
+        ));
+        insert.send(body.into()).await?;
         insert.end().await?;
 
         let move_batch = format!(
-            "INSERT INTO qoe_ingest SELECT * FROM qoe_staging WHERE batch_id = {batch_id} \
+            "INSERT INTO qoe_ingest ({columns}) SELECT {columns} FROM qoe_staging WHERE batch_id = {batch_id} \
              AND (SELECT count() FROM qoe_checkpoints WHERE topic = '{topic}' \
                   AND partition = {partition} AND next_offset > {from}) = 0",
             topic = self.topic,

@@ -9,12 +9,15 @@
 //!   [`event::EventFields`] of each event), with a reason for every rejection.
 //! - [`event`]: the self-describing event the collector publishes to Kafka and the
 //!   aggregator consumes, and [`event::MessageEncoder`], which writes it.
+//! - [`metrics`]: the metric catalogue, the one definition of every windowed metric (its
+//!   columns, roll-up, unit and doc) from which the window row and `metrics.json` are made.
 //! - [`migrations`]: the ClickHouse schema, as versioned SQL files embedded at build time.
 //!
 //! This crate does no I/O, so all of it is unit-testable and benchmarkable without servers.
 
 pub mod beacon;
 pub mod event;
+pub mod metrics;
 pub mod migrations;
 pub mod validate;
 

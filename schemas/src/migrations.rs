@@ -7,7 +7,10 @@
 //! File format: statements end with `;` at the end of a line. A comment line
 //! `-- qoe:min-version X.Y` directly before a statement makes it apply only to servers of at
 //! least that version (features such as TTL that old servers lack). Every statement must be
-//! idempotent (`IF NOT EXISTS`, `MODIFY`), so a migration interrupted half-way can be re-run.
+//! idempotent (`IF NOT EXISTS`, `IF EXISTS`, `MODIFY`), so a migration interrupted half-way can
+//! be re-run. ClickHouse 18.16 has no `ADD COLUMN IF NOT EXISTS`: a plain
+//! `ALTER TABLE t ADD COLUMN c ...` is recognised ([`Statement::added_column`]) and skipped by
+//! the migrator when the column is already there.
 
 /// One migration file.
 #[derive(Debug, Clone, Copy)]
@@ -18,11 +21,18 @@ pub struct Migration {
 }
 
 /// All migrations, in order. A test checks this list against the files on disk.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_core.sql",
-    sql: include_str!("../clickhouse/0001_core.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_core.sql",
+        sql: include_str!("../clickhouse/0001_core.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_seeks.sql",
+        sql: include_str!("../clickhouse/0002_seeks.sql"),
+    },
+];
 
 /// A ClickHouse server version, as `SELECT version()` reports it (`18.16.1`, `25.3.2.39`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -60,6 +70,23 @@ impl std::fmt::Display for ServerVersion {
 pub struct Statement {
     pub sql: String,
     pub min_version: Option<ServerVersion>,
+}
+
+impl Statement {
+    /// `(table, column)` when the statement is `ALTER TABLE table ADD COLUMN column ...`
+    /// (one column, no `IF NOT EXISTS`), so that the migrator can skip it when the column exists.
+    pub fn added_column(&self) -> Option<(String, String)> {
+        let words: Vec<&str> = self.sql.split_whitespace().take(7).collect();
+        let is = |i: usize, w: &str| words.get(i).is_some_and(|x| x.eq_ignore_ascii_case(w));
+        if !(is(0, "ALTER") && is(1, "TABLE") && is(3, "ADD") && is(4, "COLUMN")) || is(5, "IF") {
+            return None;
+        }
+        let ident =
+            |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        let (table, column) = (*words.get(2)?, *words.get(5)?);
+        (ident(table) && ident(column) && !self.sql.contains(','))
+            .then(|| (table.to_owned(), column.to_owned()))
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -194,6 +221,35 @@ mod tests {
             open.statements(),
             Err(MigrationError::Unterminated { .. })
         ));
+    }
+
+    #[test]
+    fn added_columns_are_recognised() {
+        let st = |sql: &str| Statement {
+            sql: sql.to_owned(),
+            min_version: None,
+        };
+        assert_eq!(
+            st("ALTER TABLE qoe_window_1m ADD COLUMN seeks UInt64").added_column(),
+            Some(("qoe_window_1m".into(), "seeks".into()))
+        );
+        assert_eq!(
+            st("alter table t\n  add column c UInt64 AFTER b").added_column(),
+            Some(("t".into(), "c".into()))
+        );
+        assert_eq!(
+            st("ALTER TABLE t ADD COLUMN IF NOT EXISTS c UInt64").added_column(),
+            None
+        );
+        assert_eq!(
+            st("ALTER TABLE t ADD COLUMN c UInt64, ADD COLUMN d UInt64").added_column(),
+            None
+        );
+        assert_eq!(st("ALTER TABLE t MODIFY TTL x").added_column(), None);
+        assert_eq!(
+            st("CREATE TABLE t (x UInt8) ENGINE = Memory").added_column(),
+            None
+        );
     }
 
     #[test]

@@ -511,11 +511,11 @@ fn summary(truth: &Truth, t: &Totals, sim: &Simulation, wall: Duration) {
             "{:<10} {:<6} {:>8} {:>8} {:>10.2} {:>7.2} {:>11.2}",
             region,
             cdn,
-            m[1],
-            m[2],
-            pct(m[13], m[1]),
-            pct(m[15], m[1]),
-            pct(m[18], m[17] + m[18]),
+            m.get("attempts"),
+            m.get("plays"),
+            pct(m.get("vsf"), m.get("attempts")),
+            pct(m.get("ebvs"), m.get("attempts")),
+            pct(m.get("stall_ms"), m.get("playing_ms") + m.get("stall_ms")),
         );
     }
 }

@@ -27,6 +27,9 @@ const BASE_EARLY_EXIT: f64 = 0.015;
 /// Fatal and non-fatal playback errors per hour of playback.
 const FATAL_ERRORS_PER_HOUR: f64 = 0.3;
 const SOFT_ERRORS_PER_HOUR: f64 = 1.0;
+/// Viewer seeks per hour of playback (VOD viewers skip around; live viewers rarely do).
+const SEEKS_PER_HOUR_VOD: f64 = 6.0;
+const SEEKS_PER_HOUR_LIVE: f64 = 1.0;
 
 /// What the view's slice is like at the current tick.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -54,6 +57,7 @@ enum Action {
     StallEnd,
     Switch { rung: usize },
     PlaybackError { fatal: bool },
+    Seek,
     Leave,
 }
 
@@ -202,6 +206,11 @@ impl Player {
                     rung: self.rung + 1,
                 },
             );
+        } else if self.rng.random_bool(per_second(match self.ctx.stream_type {
+            StreamType::Vod => SEEKS_PER_HOUR_VOD,
+            StreamType::Live => SEEKS_PER_HOUR_LIVE,
+        })) {
+            self.schedule(at, Action::Seek);
         }
     }
 
@@ -315,6 +324,14 @@ impl Player {
                 if fatal {
                     self.end(at + 50, EndReason::Error);
                 }
+            }
+            Action::Seek => {
+                if self.state != State::Playing {
+                    return;
+                }
+                self.emit_with_time(EventType::Seek, at, |e| {
+                    e.bitrate_kbps = Some(bitrate);
+                });
             }
             Action::Leave => {
                 let reason = if self.ctx.stream_type == StreamType::Vod && self.rng.random_bool(0.4)

@@ -477,7 +477,8 @@ pub async fn window_rows(
                 r[4].clone(),
                 r[5].clone(),
             );
-            (key, r[6..].iter().map(|v| v.parse().unwrap()).collect())
+            let values: Vec<u64> = r[6..].iter().map(|v| v.parse().unwrap()).collect();
+            (key, truth::Row::from_values(&values))
         })
         .collect()
 }
@@ -554,11 +555,10 @@ pub fn assert_rows_eq<V: PartialEq + std::fmt::Debug>(
     }
     assert!(
         diffs.is_empty(),
-        "{what}: {} of {} rows differ; first: {:#?}\n(metric order: {:?})",
+        "{what}: {} of {} rows differ; first: {:#?}",
         diffs.len(),
         expected.len(),
         &diffs[..diffs.len().min(5)],
-        truth::METRIC_COLUMNS
     );
 }
 

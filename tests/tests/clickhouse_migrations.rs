@@ -133,3 +133,163 @@ async fn bad_database_names_are_refused_before_any_query() {
     let err = Store::connect(config("x; DROP TABLE y"), true).await;
     assert!(err.is_err());
 }
+
+/// `(name, type)` of every column of a table, in table order (`system.columns` lists a
+/// table's columns in order; 18.16 has no `position` column to sort by).
+async fn columns(database: &str, table: &str) -> Vec<(String, String)> {
+    qoe_tests::clickhouse_query(
+        database,
+        &format!(
+            "SELECT name, type FROM system.columns WHERE database = '{database}' \
+             AND table = '{table}'"
+        ),
+    )
+    .await
+    .expect("system.columns")
+    .into_iter()
+    .map(|r| (r[0].clone(), r[1].clone()))
+    .collect()
+}
+
+/// The migrated schema holds exactly the metric catalogue: every window table has the
+/// catalogue's columns (in order, with their types), staging and the fan-out table have the
+/// writer's columns in the writer's order, every materialized view carries every metric to
+/// its table, and the per-view summary has the per-view metrics. A migration that forgets a
+/// column, or a view that forgets to carry one, fails here.
+#[tokio::test]
+async fn schema_matches_the_metric_catalogue() {
+    use qoe_schemas::metrics::{self, WINDOW_COLUMNS, WINDOW_METRICS, WINDOW_TABLES};
+    let db = unique("qoe_test_catalogue");
+    let store = Store::connect(config(&db), true)
+        .await
+        .expect("ClickHouse reachable");
+    migrate::run(&store).await.unwrap();
+
+    for (table, _) in WINDOW_TABLES {
+        let cols = columns(&db, table).await;
+        let keys: Vec<&str> = cols.iter().take(6).map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "window_start",
+                "region",
+                "cdn",
+                "stream_type",
+                "platform",
+                "stream_id"
+            ]
+        );
+        let metric_cols: Vec<(String, String)> = cols[6..].to_vec();
+        let want: Vec<(String, String)> = WINDOW_METRICS
+            .iter()
+            .flat_map(|m| {
+                m.columns()
+                    .into_iter()
+                    .map(|c| (c.to_owned(), m.clickhouse_type.to_owned()))
+            })
+            .collect();
+        assert_eq!(
+            metric_cols, want,
+            "{table}: metric columns differ from the catalogue"
+        );
+    }
+    let staging = columns(&db, "qoe_staging").await;
+    let names: Vec<&str> = staging.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        qoe_aggregator::staging::COLUMNS.as_slice(),
+        "qoe_staging's columns differ from what the writer stages"
+    );
+    assert_eq!(
+        columns(&db, "qoe_ingest").await,
+        staging,
+        "qoe_ingest must mirror qoe_staging"
+    );
+    let active = columns(&db, metrics::ACTIVE_VIEWS_TABLE).await;
+    assert_eq!(
+        active.last().map(|(_, t)| t.as_str()),
+        Some(metrics::ACTIVE_VIEWS.clickhouse_type)
+    );
+
+    // One window row through the fan-out with a distinct value in every metric column: each
+    // window table must hold exactly those values.
+    let values: Vec<String> = (1..=WINDOW_COLUMNS.len())
+        .map(|i| (i * 1000 + 7).to_string())
+        .collect();
+    qoe_tests::clickhouse_query(
+        &db,
+        &format!(
+            "INSERT INTO qoe_ingest (kind, window_start, region, {}) SELECT 'window', \
+             toDateTime(1763721600, 'UTC'), 'eu-west', {}",
+            WINDOW_COLUMNS.join(", "),
+            values.join(", ")
+        ),
+    )
+    .await
+    .unwrap();
+    for (table, _) in WINDOW_TABLES {
+        let sums: Vec<String> = WINDOW_COLUMNS.iter().map(|c| format!("sum({c})")).collect();
+        let got =
+            qoe_tests::clickhouse_query(&db, &format!("SELECT {} FROM {table}", sums.join(", ")))
+                .await
+                .unwrap();
+        let diffs: Vec<String> = WINDOW_COLUMNS
+            .iter()
+            .zip(&values)
+            .zip(&got[0])
+            .filter(|((_, want), have)| want != have)
+            .map(|((c, want), have)| format!("{c}: expected {want}, got {have}"))
+            .collect();
+        assert!(
+            diffs.is_empty(),
+            "{table}: its materialized view drops metrics: {diffs:?}"
+        );
+    }
+
+    let views: Vec<String> = columns(&db, "qoe_views")
+        .await
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    for m in WINDOW_METRICS.iter().filter(|m| m.per_view) {
+        assert!(
+            views.iter().any(|v| v == m.name),
+            "qoe_views lacks per-view metric {}",
+            m.name
+        );
+    }
+
+    // A migration interrupted half-way is re-run from its start: columns it already added are
+    // skipped, the rest still applies.
+    let last = MIGRATIONS.last().unwrap();
+    qoe_tests::clickhouse_query(
+        &db,
+        &format!(
+            "ALTER TABLE schema_migrations DELETE WHERE version = {}",
+            last.version
+        ),
+    )
+    .await
+    .unwrap();
+    for _ in 0..100 {
+        let n = qoe_tests::clickhouse_query(&db, "SELECT count() FROM schema_migrations")
+            .await
+            .unwrap();
+        if n[0][0] == (MIGRATIONS.len() - 1).to_string() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let rerun = migrate::run(&store)
+        .await
+        .expect("re-running a migration succeeds");
+    assert_eq!(rerun.applied, vec![last.name.to_owned()]);
+    assert_eq!(columns(&db, "qoe_staging").await, staging);
+
+    store
+        .client
+        .query(&format!("DROP DATABASE {db}"))
+        .execute()
+        .await
+        .unwrap();
+}
