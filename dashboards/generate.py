@@ -6,6 +6,13 @@ with the metric formulas of the spec shared between them.
     dashboards/generate.py          write dashboards/json/*.json and
                                     dashboards/provisioning/alerting/qoe-alerts.yaml
     dashboards/generate.py --check  exit 1 if the committed files differ from the output
+    dashboards/generate.py --report-sql NAME FROM TO
+                                    print the SQL of one table of the demo report (`slices`,
+                                    `minutes`) over [FROM, TO) (Unix seconds), so the report
+                                    uses the same KPI formulas as the dashboards
+
+The metric columns (and the startup histogram's buckets) come from the metric catalogue,
+schemas/metrics.json; a KPI that names a column the catalogue does not have fails generation.
 
 Every query is plain SQL for the official ClickHouse plugin (grafana-clickhouse-datasource) and
 uses only the macros that expand to SQL valid on ClickHouse 18.16 as well as current versions:
@@ -20,6 +27,8 @@ import sys
 import yaml
 
 HERE = pathlib.Path(__file__).resolve().parent
+CATALOGUE = json.loads((HERE.parent / "schemas" / "metrics.json").read_text())
+WINDOW_COLUMNS = CATALOGUE["window_columns"]
 DS_UID = "qoe-clickhouse"
 DS = {"type": "grafana-clickhouse-datasource", "uid": DS_UID}
 EXPR = {"type": "__expr__", "uid": "__expr__"}  # Grafana's server-side expressions
@@ -34,13 +43,20 @@ DIMENSIONS = [
 ]
 FILTER = " AND ".join(f"{col} IN (${{{var}:singlequote}})" for var, col, _ in DIMENSIONS)
 
-STARTUP_COLUMNS = [
-    "startup_le_250", "startup_le_500", "startup_le_1000", "startup_le_2000", "startup_le_3000",
-    "startup_le_5000", "startup_le_8000", "startup_le_15000", "startup_le_inf",
-]
-# Bucket bounds for interpolating percentiles; the open last bucket is reported at 15 s.
-STARTUP_LO = "[0, 250, 500, 1000, 2000, 3000, 5000, 8000, 15000]"
-STARTUP_HI = "[250, 500, 1000, 2000, 3000, 5000, 8000, 15000, 15000]"
+[_STARTUP] = [m for m in CATALOGUE["metrics"] if m["name"] == "startup_hist"]
+STARTUP_COLUMNS = [b["column"] for b in _STARTUP["buckets"]]
+# Bucket bounds for interpolating percentiles; the open last bucket is reported at its lower
+# bound (the last finite bound).
+_BOUNDS = [b["le"] for b in _STARTUP["buckets"] if b["le"] is not None]
+STARTUP_LO = "[" + ", ".join(str(b) for b in [0] + _BOUNDS) + "]"
+STARTUP_HI = "[" + ", ".join(str(b) for b in _BOUNDS + [_BOUNDS[-1]]) + "]"
+
+
+def column(name):
+    """A window column, checked against the catalogue."""
+    if name not in WINDOW_COLUMNS:
+        raise SystemExit(f"dashboards/generate.py: {name!r} is not a column of the metric catalogue")
+    return name
 
 
 def bucket(seconds_floor):
@@ -50,7 +66,7 @@ def bucket(seconds_floor):
 
 
 def histogram(cond=None):
-    agg = (lambda c: f"sum({c})") if cond is None else (lambda c: f"sumIf({c}, {cond})")
+    agg = (lambda c: f"sum({column(c)})") if cond is None else (lambda c: f"sumIf({column(c)}, {cond})")
     return "[" + ", ".join(agg(c) for c in STARTUP_COLUMNS) + "]"
 
 
@@ -64,11 +80,17 @@ def percentile(q, h, c, n):
     )
 
 
-# All sums a KPI needs, as an inner SELECT list; outer queries compute the ratios.
-SUMS = """sum(attempts) AS attempts_, sum(plays) AS plays_, sum(vsf) AS vsf_, sum(vpf) AS vpf_,
-    sum(ebvs) AS ebvs_, sum(errors) AS errors_, sum(playing_ms) AS playing_, sum(stall_ms) AS stall_,
-    sum(stalls) AS stalls_, sum(bitrate_kbps_ms) AS kbps_ms_, sum(latency_ms_sum) AS latency_sum_,
-    sum(latency_samples) AS latency_n_, """ + histogram() + """ AS h, arrayCumSum(h) AS c"""
+# All sums a KPI needs (alias: catalogue column), as an inner SELECT list; outer queries
+# compute the ratios.
+SUM_ALIASES = {
+    "attempts_": "attempts", "plays_": "plays", "vsf_": "vsf", "vpf_": "vpf", "ebvs_": "ebvs",
+    "errors_": "errors", "playing_": "playing_ms", "stall_": "stall_ms", "stalls_": "stalls",
+    "kbps_ms_": "bitrate_kbps_ms", "latency_sum_": "latency_ms_sum",
+    "latency_n_": "latency_samples", "seeks_": "seeks",
+}
+_sums = [f"sum({column(c)}) AS {a}" for a, c in SUM_ALIASES.items()]
+SUMS = ("\n    ".join(", ".join(_sums[i:i + 4]) + "," for i in range(0, len(_sums), 4))
+        + "\n    " + histogram() + " AS h, arrayCumSum(h) AS c")
 
 KPIS = {
     "attempts": "attempts_",
@@ -79,6 +101,7 @@ KPIS = {
     "playback_failure_pct": "if(plays_ = 0, NULL, round(100 * vpf_ / plays_, 2))",
     "rebuffering_pct": "if(playing_ + stall_ = 0, NULL, round(100 * stall_ / (playing_ + stall_), 3))",
     "stalls_per_hour": "if(playing_ = 0, NULL, round(stalls_ / (playing_ / 3600000), 2))",
+    "seeks_per_hour": "if(playing_ = 0, NULL, round(seeks_ / (playing_ / 3600000), 2))",
     "startup_p50_ms": percentile(0.5, "h", "c", "plays_"),
     "startup_p95_ms": percentile(0.95, "h", "c", "plays_"),
     "avg_bitrate_kbps": "if(playing_ = 0, NULL, round(kbps_ms_ / playing_))",
@@ -103,15 +126,33 @@ def kpi_series(names, custom=(), table="qoe_window_1m", grain=60):
     )
 
 
-def kpi_table(keys, names, order, where_outer="1", limit=50):
+def kpi_table(keys, names, order, where_outer="1", limit=50,
+              where=f"$__timeFilter(window_start) AND {FILTER}"):
     """KPIs per group over the whole time range."""
     keys_sql = ", ".join(keys)
     cols = ", ".join(f"{KPIS[n]} AS {n}" for n in names)
     return (
         f"SELECT {keys_sql}, {cols}\nFROM (\n  SELECT {keys_sql}, {SUMS}\n  FROM qoe_window_1m\n"
-        f"  WHERE $__timeFilter(window_start) AND {FILTER}\n  GROUP BY {keys_sql}\n)\n"
+        f"  WHERE {where}\n  GROUP BY {keys_sql}\n)\n"
         f"WHERE {where_outer}\nORDER BY {order}\nLIMIT {limit}"
     )
+
+
+def report_sql(name, frm, to):
+    """A table of the demo report (scripts/demo.sh) over [frm, to), with the dashboards' KPIs."""
+    where = f"window_start >= toDateTime({int(frm)}) AND window_start < toDateTime({int(to)})"
+    if name == "slices":
+        return kpi_table(["region", "cdn"],
+                         ["attempts", "plays", "start_failure_pct", "ebvs_pct", "rebuffering_pct",
+                          "startup_p50_ms", "startup_p95_ms", "avg_bitrate_kbps", "seeks_per_hour"],
+                         "rebuffering_pct DESC", limit=1000, where=where)
+    if name == "minutes":
+        # Slice-minutes with at least 50 minutes of viewing, so that a ratio means something.
+        return kpi_table(["window_start", "region", "cdn"],
+                         ["attempts", "start_failure_pct", "rebuffering_pct", "startup_p50_ms"],
+                         "rebuffering_pct DESC", where_outer="playing_ + stall_ >= 50 * 60000",
+                         limit=8, where=where)
+    raise SystemExit(f"unknown report table {name!r} (slices, minutes)")
 
 
 class Dashboard:
@@ -213,8 +254,10 @@ def overview():
     d.panel("timeseries", "Rebuffering ratio (%)",
             "Stalled time / (playing + stalled time).",
             kpi_series(["rebuffering_pct"]), "timeseries", columns=["rebuffering_pct"])
-    d.panel("timeseries", "Stalls per hour of playback", "stall_start events per playing hour.",
-            kpi_series(["stalls_per_hour"]), "timeseries", columns=["stalls_per_hour"])
+    d.panel("timeseries", "Stalls and seeks per hour of playback",
+            "stall_start and seek events per playing hour.",
+            kpi_series(["stalls_per_hour", "seeks_per_hour"]), "timeseries",
+            columns=["stalls_per_hour", "seeks_per_hour"])
     d.panel("timeseries", "Startup time p50 / p95",
             "From the startup histogram, interpolated inside buckets.",
             kpi_series(["startup_p50_ms", "startup_p95_ms"]), "timeseries",
@@ -241,8 +284,8 @@ def region_cdn():
                   "Which slice is broken: KPIs as region x CDN matrices, and slices ranked by "
                   "how many viewers they affect.")
     all_kpis = ["attempts", "plays", "viewer_hours", "start_failure_pct", "ebvs_pct",
-                "playback_failure_pct", "rebuffering_pct", "stalls_per_hour", "startup_p50_ms",
-                "startup_p95_ms", "avg_bitrate_kbps", "live_latency_ms"]
+                "playback_failure_pct", "rebuffering_pct", "stalls_per_hour", "seeks_per_hour",
+                "startup_p50_ms", "startup_p95_ms", "avg_bitrate_kbps", "live_latency_ms"]
     for name, title in [("rebuffering_pct", "Rebuffering ratio (%)"),
                         ("start_failure_pct", "Start failures (%)"),
                         ("ebvs_pct", "Exits before video start (%)"),
@@ -537,6 +580,11 @@ def outputs():
 
 
 def main():
+    if sys.argv[1:2] == ["--report-sql"]:
+        if len(sys.argv) != 5:
+            raise SystemExit("usage: generate.py --report-sql slices|minutes FROM TO")
+        print(report_sql(sys.argv[2], sys.argv[3], sys.argv[4]))
+        return
     check = "--check" in sys.argv[1:]
     stale = []
     for path, text in outputs().items():

@@ -57,49 +57,22 @@ secs() {
   esac
 }
 
-# Startup percentile (ms) from the histogram columns h (array) and c (its running sum) over
-# n plays, interpolated linearly inside the bucket that holds it.
-pct() { # quantile
-  local q="$1"
-  echo "round(lo[arrayFirstIndex(x -> x >= $q * n, c)] + (hi[arrayFirstIndex(x -> x >= $q * n, c)] - lo[arrayFirstIndex(x -> x >= $q * n, c)]) * ($q * n - (c[arrayFirstIndex(x -> x >= $q * n, c)] - h[arrayFirstIndex(x -> x >= $q * n, c)])) / greatest(h[arrayFirstIndex(x -> x >= $q * n, c)], 1))"
+# One table of the report: the SQL comes from the dashboards' generator, so the report's KPIs
+# are the dashboards' formulas over the metric catalogue's columns.
+report_table() { # name from to
+  ch "$(python3 "$ROOT/dashboards/generate.py" --report-sql "$1" "$2" "$3") FORMAT PrettyCompactMonoBlock"
 }
 
 report() {
-  local where="1"
-  if [ -f "$RANGE_FILE" ]; then
-    read -r from to <"$RANGE_FILE"
-    where="window_start >= toDateTime($from) AND window_start < toDateTime($to)"
-  fi
+  local from=0 to=4294967295
+  [ -f "$RANGE_FILE" ] && read -r from to <"$RANGE_FILE"
+  local where="window_start >= toDateTime($from) AND window_start < toDateTime($to)"
   echo
   echo "QoE by region x CDN, worst rebuffering first (ClickHouse $DB.qoe_window_1m, simulated run)"
-  ch "SELECT region, cdn, attempts_ AS attempts, plays_ AS plays,
-        round(100 * vsf_ / greatest(attempts_, 1), 2) AS start_fail_pct,
-        round(100 * ebvs_ / greatest(attempts_, 1), 2) AS ebvs_pct,
-        round(100 * stall_ / greatest(playing_ + stall_, 1), 3) AS rebuffer_pct,
-        $(pct 0.5) AS startup_p50_ms, $(pct 0.95) AS startup_p95_ms,
-        round(kbps_ms_ / greatest(playing_, 1)) AS avg_kbps
-      FROM (
-        SELECT region, cdn, sum(attempts) AS attempts_, sum(plays) AS plays_, sum(plays) AS n,
-          sum(vsf) AS vsf_, sum(ebvs) AS ebvs_, sum(stall_ms) AS stall_, sum(playing_ms) AS playing_,
-          sum(bitrate_kbps_ms) AS kbps_ms_,
-          [sum(startup_le_250), sum(startup_le_500), sum(startup_le_1000), sum(startup_le_2000),
-           sum(startup_le_3000), sum(startup_le_5000), sum(startup_le_8000), sum(startup_le_15000),
-           sum(startup_le_inf)] AS h,
-          arrayCumSum(h) AS c,
-          [0, 250, 500, 1000, 2000, 3000, 5000, 8000, 15000] AS lo,
-          [250, 500, 1000, 2000, 3000, 5000, 8000, 15000, 15000] AS hi
-        FROM qoe_window_1m WHERE $where GROUP BY region, cdn)
-      ORDER BY rebuffer_pct DESC FORMAT PrettyCompactMonoBlock"
+  report_table slices "$from" "$to"
   echo
   echo "Worst slice-minutes (at least 50 minutes of viewing, so a ratio means something): when it happened"
-  ch "SELECT window_start AS minute_utc, region, cdn, sum(attempts) AS attempts_,
-        round(100 * sum(vsf) / greatest(attempts_, 1), 1) AS start_fail_pct,
-        round(100 * sum(stall_ms) / greatest(sum(playing_ms) + sum(stall_ms), 1), 2) AS rebuffer_pct,
-        round(sum(startup_ms_sum) / greatest(sum(plays), 1)) AS avg_startup_ms
-      FROM qoe_window_1m WHERE $where
-      GROUP BY window_start, region, cdn
-      HAVING sum(playing_ms) + sum(stall_ms) >= 50 * 60000
-      ORDER BY rebuffer_pct DESC LIMIT 8 FORMAT PrettyCompactMonoBlock"
+  report_table minutes "$from" "$to"
   echo
   echo "Pipeline: counted, late and duplicate events; views summarised"
   ch "SELECT sum(events) AS counted_events, sum(late_events) AS late, sum(duplicate_events) AS duplicates,

@@ -13,10 +13,12 @@
 //! - On revocation, a partition's batch is written if possible and its state dropped; the
 //!   next owner resumes from the checkpoint either way.
 
-use crate::source::resume_fetch_offset;
+use crate::names;
+use crate::source::{self, Backoff, FetchFrom, ResumePlan, Route};
 use crate::window::{Batch, Checkpoint, Outcome, PartitionState, WindowConfig};
 use crate::writer::{WriteError, Writer};
 use qoe_schemas::EventRef;
+use qoe_telemetry::process::Shutdown;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::message::{Headers, Message};
 use rdkafka::types::RDKafkaRespErr;
@@ -41,10 +43,8 @@ pub struct ConsumerConfig {
 
 struct Slot {
     state: PartitionState,
-    /// Messages below this offset are not ours to look at (rewind margin).
-    skip_below: i64,
-    /// Messages below this offset only rebuild state.
-    restore_until: i64,
+    /// Which offsets are skipped, only rebuild state, or are aggregated.
+    plan: ResumePlan,
     /// Distinct trace contexts of the pending batch's first traced messages (at most
     /// [`MAX_TRACE_LINKS`]); its write span continues them.
     traceparents: Vec<String>,
@@ -61,7 +61,14 @@ pub struct Shared {
     slots: Mutex<HashMap<i32, Slot>>,
     /// Whether the last write succeeded (readiness).
     pub healthy: AtomicBool,
-    pub stop: AtomicBool,
+}
+
+fn offset(f: FetchFrom) -> Offset {
+    match f {
+        FetchFrom::Offset(o) => Offset::Offset(o),
+        FetchFrom::Beginning => Offset::Beginning,
+        FetchFrom::End => Offset::End,
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -80,69 +87,41 @@ impl Shared {
             runtime,
             slots: Mutex::new(HashMap::new()),
             healthy: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
         })
     }
 
     /// Builds a partition's slot from its checkpoint; returns it with the offset to fetch from.
     fn open_partition(&self, partition: i32) -> (Slot, Offset) {
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         let checkpoint = loop {
             match self.runtime.block_on(self.writer.checkpoint(partition)) {
                 Ok(c) => break c,
                 Err(e) => {
-                    tracing::warn!(partition, error = %e, "cannot read checkpoint; retrying");
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    let wait = backoff.failed(Instant::now());
+                    tracing::warn!(partition, error = %e, retry_in = ?wait, "cannot read checkpoint; retrying");
+                    std::thread::sleep(wait);
                 }
             }
         };
-        let state = PartitionState::new(self.config.window, checkpoint);
-        match checkpoint {
-            Some(c) => {
-                tracing::info!(
-                    partition,
-                    next_offset = c.next_offset,
-                    state_offset = c.state_offset,
-                    "resuming partition from checkpoint"
-                );
-                (
-                    Slot {
-                        state,
-                        skip_below: c.state_offset,
-                        restore_until: c.next_offset,
-                        traceparents: Vec::new(),
-                        unacked: None,
-                    },
-                    Offset::Offset(resume_fetch_offset(c.state_offset)),
-                )
-            }
+        let plan = source::resume_plan(checkpoint.as_ref(), self.config.start_from_latest);
+        match &checkpoint {
+            Some(c) => tracing::info!(
+                partition,
+                next_offset = c.next_offset,
+                state_offset = c.state_offset,
+                "resuming partition from checkpoint"
+            ),
             None => {
-                tracing::info!(
-                    partition,
-                    "no checkpoint: starting partition from the {}",
-                    if self.config.start_from_latest {
-                        "end"
-                    } else {
-                        "beginning"
-                    }
-                );
-                (
-                    Slot {
-                        state,
-                        skip_below: 0,
-                        restore_until: 0,
-                        traceparents: Vec::new(),
-                        unacked: None,
-                    },
-                    if self.config.start_from_latest {
-                        Offset::End
-                    } else {
-                        Offset::Beginning
-                    },
-                )
+                tracing::info!(partition, from = ?plan.fetch, "no checkpoint: starting partition")
             }
         }
+        let slot = Slot {
+            state: PartitionState::new(self.config.window, checkpoint),
+            plan,
+            traceparents: Vec::new(),
+            unacked: None,
+        };
+        (slot, offset(plan.fetch))
     }
 
     /// Writes one partition's unacknowledged batch (if any), then its pending batch. A failed
@@ -198,15 +177,13 @@ impl Shared {
             .await;
         match written {
             Ok(()) => {
-                metrics::histogram!("qoe_aggregator_insert_seconds")
-                    .record(started.elapsed().as_secs_f64());
-                metrics::counter!("qoe_aggregator_batches_written_total").increment(1);
-                metrics::counter!("qoe_aggregator_rows_written_total")
-                    .increment(batch.rows() as u64);
+                metrics::histogram!(names::INSERT_SECONDS).record(started.elapsed().as_secs_f64());
+                metrics::counter!(names::BATCHES_WRITTEN).increment(1);
+                metrics::counter!(names::ROWS_WRITTEN).increment(batch.rows() as u64);
                 Ok(())
             }
             Err(e) => {
-                metrics::counter!("qoe_aggregator_write_failures_total").increment(1);
+                metrics::counter!(names::WRITE_FAILURES).increment(1);
                 if !matches!(e, WriteError::Fenced { .. }) {
                     slot.unacked = Some((batch, checkpoint, batch_id));
                 }
@@ -234,7 +211,7 @@ impl ClientContext for AggregatorContext {
         for topic in statistics.topics.values() {
             for (id, p) in &topic.partitions {
                 if *id >= 0 && p.consumer_lag >= 0 {
-                    metrics::gauge!("qoe_aggregator_consumer_lag", "partition" => id.to_string())
+                    metrics::gauge!(names::CONSUMER_LAG, "partition" => id.to_string())
                         .set(p.consumer_lag as f64);
                 }
             }
@@ -322,14 +299,22 @@ pub fn create_consumer(shared: &Arc<Shared>) -> anyhow::Result<BaseConsumer<Aggr
     Ok(consumer)
 }
 
-/// Runs until `shared.stop` is set; then writes what it holds and leaves the group.
-pub fn run(shared: Arc<Shared>, consumer: BaseConsumer<AggregatorContext>) {
+/// Shutdown waits for ClickHouse at most this long; the checkpoint makes it safe to give up.
+const STOP_GRACE: Duration = Duration::from_secs(20);
+
+/// Runs until `shutdown` is triggered; then writes what it holds (for at most [`STOP_GRACE`]
+/// while ClickHouse fails) and leaves the group.
+pub fn run(shared: Arc<Shared>, consumer: BaseConsumer<AggregatorContext>, shutdown: Shutdown) {
     let mut last_flush = Instant::now();
-    let mut backoff: Option<(Instant, Duration)> = None;
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     let mut paused = false;
     let mut last_stats = Instant::now();
+    let mut stop_requested: Option<Instant> = None;
     loop {
-        let stopping = shared.stop.load(Ordering::Relaxed);
+        if stop_requested.is_none() && shutdown.is_cancelled() {
+            stop_requested = Some(Instant::now());
+        }
+        let stopping = stop_requested.is_some();
         if !paused && !stopping {
             if let Some(result) = consumer.poll(Duration::from_millis(100)) {
                 match result {
@@ -346,12 +331,11 @@ pub fn run(shared: Arc<Shared>, consumer: BaseConsumer<AggregatorContext>) {
             || lock(&shared.slots)
                 .values()
                 .any(|s| s.state.pending().rows() >= shared.config.max_batch_rows);
-        let retry_ready = backoff.is_none_or(|(at, _)| Instant::now() >= at);
-        if (due || stopping) && retry_ready {
+        if (due || stopping) && backoff.ready(Instant::now()) {
             match flush_all(&shared, &consumer) {
                 Ok(()) => {
                     shared.healthy.store(true, Ordering::Relaxed);
-                    backoff = None;
+                    backoff.reset();
                     if paused {
                         reposition(&shared, &consumer);
                         paused = false;
@@ -360,30 +344,23 @@ pub fn run(shared: Arc<Shared>, consumer: BaseConsumer<AggregatorContext>) {
                 }
                 Err(e) => {
                     shared.healthy.store(false, Ordering::Relaxed);
-                    let wait = backoff
-                        .map(|(_, d)| (d * 2).min(Duration::from_secs(30)))
-                        .unwrap_or(Duration::from_millis(500));
+                    let wait = backoff.failed(Instant::now());
                     tracing::warn!(error = %e, retry_in = ?wait, "write failed: pausing consumption and retrying");
-                    backoff = Some((Instant::now() + wait, wait));
                     if !paused {
                         if let Ok(assignment) = consumer.assignment() {
                             let _ = consumer.pause(&assignment);
                         }
                         paused = true;
                     }
-                    metrics::gauge!("qoe_aggregator_paused").set(1.0);
                 }
             }
             last_flush = Instant::now();
-            if stopping && (backoff.is_none() || shared.stop_deadline_passed()) {
+            let gave_up = stop_requested.is_some_and(|at| at.elapsed() > STOP_GRACE);
+            if stopping && (!backoff.failing() || gave_up) {
                 break;
             }
         }
-        if paused {
-            metrics::gauge!("qoe_aggregator_paused").set(1.0);
-        } else {
-            metrics::gauge!("qoe_aggregator_paused").set(0.0);
-        }
+        metrics::gauge!(names::PAUSED).set(if paused { 1.0 } else { 0.0 });
         if last_stats.elapsed() >= Duration::from_secs(5) {
             report_stats(&shared);
             last_stats = Instant::now();
@@ -393,21 +370,14 @@ pub fn run(shared: Arc<Shared>, consumer: BaseConsumer<AggregatorContext>) {
     tracing::info!("consumer stopped");
 }
 
-impl Shared {
-    fn stop_deadline_passed(&self) -> bool {
-        // Shutdown waits for ClickHouse at most this long; the checkpoint makes it safe to give up.
-        static STOP_AT: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-        STOP_AT.get_or_init(Instant::now).elapsed() > Duration::from_secs(20)
-    }
-}
-
 fn handle_message(shared: &Shared, m: &rdkafka::message::BorrowedMessage<'_>) {
     let mut slots = lock(&shared.slots);
     let Some(slot) = slots.get_mut(&m.partition()) else {
         return;
     };
     let offset = m.offset();
-    if offset < slot.skip_below {
+    let route = source::route(offset, &slot.plan, slot.state.next_offset());
+    if matches!(route, Route::Ignore | Route::AlreadyProcessed) {
         return;
     }
     let event = match m.payload().map(EventRef::decode) {
@@ -418,17 +388,14 @@ fn handle_message(shared: &Shared, m: &rdkafka::message::BorrowedMessage<'_>) {
         }
         None => None,
     };
-    if offset < slot.restore_until {
+    if route == Route::Restore {
         if let Some(e) = &event {
             slot.state.restore(offset, e);
         }
         return;
     }
-    if offset < slot.state.next_offset() {
-        return; // already processed (seen again after a rewind)
-    }
     let Some(event) = event else {
-        metrics::counter!("qoe_aggregator_events_total", "outcome" => "invalid").increment(1);
+        metrics::counter!(names::EVENTS, "outcome" => "invalid").increment(1);
         slot.state.skip(offset);
         return;
     };
@@ -446,7 +413,7 @@ fn handle_message(shared: &Shared, m: &rdkafka::message::BorrowedMessage<'_>) {
         }
     }
     let outcome = slot.state.apply(offset, &event);
-    metrics::counter!("qoe_aggregator_events_total", "outcome" => match outcome {
+    metrics::counter!(names::EVENTS, "outcome" => match outcome {
         Outcome::Accepted => "accepted",
         Outcome::Late => "late",
         Outcome::Duplicate => "duplicate",
@@ -513,18 +480,12 @@ fn reposition<C: ConsumerContext>(shared: &Shared, consumer: &BaseConsumer<C>) {
     let slots = lock(&shared.slots);
     let mut tpl = TopicPartitionList::new();
     for (&p, slot) in slots.iter() {
-        let next = slot.state.next_offset();
-        let from = if next <= slot.restore_until {
-            slot.skip_below // still rebuilding state: replaying it is harmless
-        } else {
-            next
-        };
-        let offset = if next == 0 && slot.restore_until == 0 && shared.config.start_from_latest {
-            Offset::End
-        } else {
-            Offset::Offset(resume_fetch_offset(from))
-        };
-        if let Err(e) = tpl.add_partition_offset(&shared.config.topic, p, offset) {
+        let from = source::refetch_from(
+            &slot.plan,
+            slot.state.next_offset(),
+            shared.config.start_from_latest,
+        );
+        if let Err(e) = tpl.add_partition_offset(&shared.config.topic, p, offset(from)) {
             tracing::error!(partition = p, error = %e, "cannot set fetch offset");
         }
     }
@@ -539,21 +500,18 @@ fn reposition<C: ConsumerContext>(shared: &Shared, consumer: &BaseConsumer<C>) {
 
 fn report_stats(shared: &Shared) {
     let slots = lock(&shared.slots);
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let now_ms = qoe_telemetry::process::now_ms();
     let (mut open, mut tracked) = (0, 0);
     for (p, slot) in slots.iter() {
         open += slot.state.open_windows();
         tracked += slot.state.tracked_events();
         let wm = slot.state.watermark();
         if wm > 0 {
-            metrics::gauge!("qoe_aggregator_watermark_delay_seconds", "partition" => p.to_string())
+            metrics::gauge!(names::WATERMARK_DELAY, "partition" => p.to_string())
                 .set((now_ms - wm) as f64 / 1000.0);
         }
     }
-    metrics::gauge!("qoe_aggregator_open_windows").set(open as f64);
-    metrics::gauge!("qoe_aggregator_tracked_events").set(tracked as f64);
-    metrics::gauge!("qoe_aggregator_assigned_partitions").set(slots.len() as f64);
+    metrics::gauge!(names::OPEN_WINDOWS).set(open as f64);
+    metrics::gauge!(names::TRACKED_EVENTS).set(tracked as f64);
+    metrics::gauge!(names::ASSIGNED_PARTITIONS).set(slots.len() as f64);
 }

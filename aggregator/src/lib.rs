@@ -10,14 +10,17 @@
 //! - [`store`]: the ClickHouse connection (server version detection, legacy-server mode).
 //! - [`migrate`]: applies the schema migrations of the `qoe-schemas` crate.
 //! - [`writer`]: writes a batch and its checkpoint atomically; reads checkpoints back.
-//! - [`source`]: where to resume a partition.
+//! - [`source`] (pure): the rules of reading a partition: resume plan, routing of fetched
+//!   messages, refetch position, backoff.
 //! - [`consumer`]: the consumer-group loop tying it together.
 //! - [`kafka_check`]: reachability check.
+//! - [`names`]: the Prometheus metric names and their help texts.
 
 pub mod consumer;
 pub mod kafka_check;
 pub mod metrics;
 pub mod migrate;
+pub mod names;
 pub mod source;
 pub mod staging;
 pub mod store;

@@ -198,6 +198,7 @@ fn dimensions(names: &[String]) -> anyhow::Result<Dimensions> {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let telemetry = qoe_telemetry::Telemetry::init("qoe-aggregator", args.log_format)?;
+    qoe_aggregator::names::describe();
     anyhow::ensure!(args.window_secs > 0, "--window-secs must be positive");
     let window = WindowConfig {
         window_ms: i64::from(args.window_secs) * 1000,
@@ -236,9 +237,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     let consumer = consumer::create_consumer(&shared)?;
     let loop_shared = shared.clone();
+    let shutdown = qoe_telemetry::process::shutdown_on_signal();
+    let loop_shutdown = shutdown.clone();
     let worker = std::thread::Builder::new()
         .name("consumer".into())
-        .spawn(move || consumer::run(loop_shared, consumer))?;
+        .spawn(move || consumer::run(loop_shared, consumer, loop_shutdown))?;
 
     let prometheus = telemetry.prometheus();
     let health = shared.clone();
@@ -273,14 +276,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!(listen = %args.listen, topic = %args.topic, group = %args.group, window_secs = args.window_secs, "aggregator running");
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let stop = shared.clone();
     tokio::select! {
-        _ = shutdown_signal() => {
+        _ = shutdown.cancelled() => {
             tracing::info!("shutdown: writing pending batches and leaving the group");
         }
         _ = wait_thread_exit(&worker) => {}
     }
-    stop.stop.store(true, Ordering::Relaxed);
+    shutdown.cancel();
     let joined = tokio::task::spawn_blocking(move || worker.join()).await?;
     if joined.is_err() {
         anyhow::bail!("consumer thread panicked");
@@ -347,23 +349,5 @@ async fn check_checkpoints(writer: &Writer, args: &RunArgs) -> anyhow::Result<()
 async fn wait_thread_exit(worker: &std::thread::JoinHandle<()>) {
     while !worker.is_finished() {
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = terminate => {},
     }
 }

@@ -154,6 +154,33 @@ impl Compression {
 }
 
 impl Config {
+    /// The Kafka sink's settings.
+    pub fn sink_config(&self) -> crate::sink::SinkConfig {
+        crate::sink::SinkConfig {
+            kind: self.sink,
+            brokers: self.kafka_brokers.clone(),
+            topic: self.topic.clone(),
+            ack_mode: self.ack_mode,
+            compression: self.kafka_compression,
+            linger_ms: self.kafka_linger_ms,
+            batch_bytes: self.kafka_batch_bytes,
+            queue_messages: self.kafka_queue_messages,
+            queue_kbytes: self.kafka_queue_kbytes,
+            delivery_timeout: std::time::Duration::from_millis(self.kafka_delivery_timeout_ms),
+            kafka_options: self.kafka_options.clone(),
+        }
+    }
+
+    /// The HTTP layer's settings.
+    pub fn http_config(&self) -> crate::http::HttpConfig {
+        crate::http::HttpConfig {
+            cors_origins: self.cors_origins.clone(),
+            max_body_bytes: self.max_body_bytes,
+            max_decompressed_bytes: self.max_decompressed_bytes,
+            request_timeout: std::time::Duration::from_millis(self.request_timeout_ms),
+        }
+    }
+
     pub fn limits(&self) -> qoe_schemas::Limits {
         qoe_schemas::Limits {
             max_events: self.max_events,

@@ -7,8 +7,8 @@
 //! error body is JSON `{"error": ...}`.
 
 use crate::client::{client_ip, RegionResolver};
-use crate::config::Config;
 use crate::ingest::{self, IngestError, RejectedEvent};
+use crate::names;
 use crate::rate_limit::{Limited, RateLimits};
 use crate::sink::{PublishError, Sink};
 use axum::body::Bytes;
@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::decompression::RequestDecompressionLayer;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -64,14 +64,20 @@ fn retry_after(status: StatusCode, message: &str, after: Duration) -> Response {
     response
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+/// The HTTP layer's settings; `Config::http_config` builds them from the flags.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Allowed CORS origins; `*` allows any.
+    pub cors_origins: Vec<String>,
+    /// Largest request body as sent (compressed).
+    pub max_body_bytes: usize,
+    /// Largest request body after decompression.
+    pub max_decompressed_bytes: usize,
+    /// Everything after the headers, body included, must arrive within this.
+    pub request_timeout: Duration,
 }
 
-pub fn router(state: Arc<AppState>, config: &Config) -> Router {
+pub fn router(state: Arc<AppState>, config: &HttpConfig) -> Router {
     let cors = CorsLayer::new()
         .allow_methods([Method::POST, Method::OPTIONS])
         .allow_headers([
@@ -110,7 +116,7 @@ pub fn router(state: Arc<AppState>, config: &Config) -> Router {
         .route("/metrics", get(metrics_endpoint))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
-            Duration::from_millis(config.request_timeout_ms),
+            config.request_timeout,
         ))
         .layer(axum::middleware::from_fn(count_responses))
         .with_state(state)
@@ -130,9 +136,8 @@ async fn count_responses(
     let started = std::time::Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
-    metrics::counter!("qoe_collector_http_requests_total", "path" => path, "status" => status)
-        .increment(1);
-    metrics::histogram!("qoe_collector_http_request_seconds", "path" => path)
+    metrics::counter!(names::HTTP_REQUESTS, "path" => path, "status" => status).increment(1);
+    metrics::histogram!(names::HTTP_REQUEST_SECONDS, "path" => path)
         .record(started.elapsed().as_secs_f64());
     response
 }
@@ -146,8 +151,8 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics_endpoint(State(state): State<Arc<AppState>>) -> Response {
-    metrics::gauge!("qoe_collector_kafka_in_flight").set(f64::from(state.sink.in_flight()));
-    metrics::gauge!("qoe_collector_rate_limiter_buckets").set(state.rate.state_size() as f64);
+    metrics::gauge!(names::KAFKA_IN_FLIGHT).set(f64::from(state.sink.in_flight()));
+    metrics::gauge!(names::RATE_LIMITER_BUCKETS).set(state.rate.state_size() as f64);
     match &state.prometheus {
         Some(p) => p.render().into_response(),
         None => error(StatusCode::NOT_FOUND, "metrics are not enabled"),
@@ -155,7 +160,7 @@ async fn metrics_endpoint(State(state): State<Arc<AppState>>) -> Response {
 }
 
 fn rate_limited(hit: Limited) -> Response {
-    metrics::counter!("qoe_collector_rate_limited_total", "scope" => hit.scope).increment(1);
+    metrics::counter!(names::RATE_LIMITED, "scope" => hit.scope).increment(1);
     retry_after(
         StatusCode::TOO_MANY_REQUESTS,
         &format!("rate limited ({} limit)", hit.scope),
@@ -201,7 +206,7 @@ async fn handle_beacon(
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
     traceparent: Option<&str>,
 ) -> Response {
-    let received_at = now_ms();
+    let received_at = qoe_telemetry::process::now_ms();
     if !state.ingest_keys.is_empty() {
         let key = headers
             .get("x-qoe-key")
@@ -248,7 +253,7 @@ async fn handle_beacon(
         return rate_limited(hit);
     }
     for r in &accepted.rejected {
-        metrics::counter!("qoe_collector_events_rejected_total", "reason" => r.class).increment(1);
+        metrics::counter!(names::EVENTS_REJECTED, "reason" => r.class).increment(1);
     }
     tracing::Span::current().record("accepted", accepted.events.len());
     tracing::Span::current().record("rejected", accepted.rejected.len());
@@ -259,7 +264,7 @@ async fn handle_beacon(
             .publish(&accepted.context, &accepted.events, traceparent)
             .await
         {
-            metrics::counter!("qoe_collector_publish_failures_total", "kind" => match e {
+            metrics::counter!(names::PUBLISH_FAILURES, "kind" => match e {
                 PublishError::QueueFull => "queue_full",
                 PublishError::Timeout => "timeout",
                 PublishError::Delivery(_) => "delivery",
@@ -272,8 +277,7 @@ async fn handle_beacon(
                 Duration::from_secs(1),
             );
         }
-        metrics::counter!("qoe_collector_events_accepted_total")
-            .increment(accepted.events.len() as u64);
+        metrics::counter!(names::EVENTS_ACCEPTED).increment(accepted.events.len() as u64);
     }
 
     if accepted.rejected.is_empty() {

@@ -4,14 +4,17 @@
 //! - [`ingest`]: pure parsing and validation of a beacon (rules live in `qoe-schemas`).
 //! - [`client`]: client address and server-side region resolution.
 //! - [`rate_limit`]: bounded per-client, per-view and global limits.
-//! - [`sink`]: the Kafka producer (acknowledged delivery, backpressure, recovery).
+//! - [`sink`]: the Kafka producer (its own `SinkConfig`; `http` takes an `HttpConfig`, so only
+//!   `config` knows the flags) (acknowledged delivery, backpressure, recovery).
 //! - [`http`]: routes, status codes and tower layers.
 //! - [`server`]: the accept loop (header read timeout, graceful shutdown).
+//! - [`names`]: the Prometheus metric names and their help texts.
 
 pub mod client;
 pub mod config;
 pub mod http;
 pub mod ingest;
+pub mod names;
 pub mod rate_limit;
 pub mod server;
 pub mod sink;

@@ -25,8 +25,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let telemetry = qoe_telemetry::Telemetry::init("qoe-collector", config.log_format)?;
+    qoe_collector::names::describe();
 
-    let sink = Sink::from_config(&config).context("creating the Kafka producer")?;
+    let sink = Sink::from_config(&config.sink_config()).context("creating the Kafka producer")?;
     // Before taking traffic, learn the topic's partitions and obtain the idempotent producer
     // id: otherwise the first requests wait while the producer does both on first use (up to
     // ~1 s here). Bounded and not fatal: without Kafka the collector still starts, answers
@@ -88,12 +89,13 @@ async fn main() -> anyhow::Result<()> {
         ack_mode = ?config.ack_mode,
         "collector listening"
     );
-    let app = router(state.clone(), &config);
+    let app = router(state.clone(), &config.http_config());
     let limits = ConnectionLimits {
         header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
         shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
     };
-    serve(listener, app, limits, shutdown_signal()).await;
+    let shutdown = qoe_telemetry::process::shutdown_on_signal();
+    serve(listener, app, limits, shutdown.cancelled_owned()).await;
 
     tracing::info!(
         in_flight = state.sink.in_flight(),
@@ -106,26 +108,4 @@ async fn main() -> anyhow::Result<()> {
     telemetry.shutdown();
     tracing::info!("collector stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = terminate => {},
-    }
-    tracing::info!("shutdown signal received: no new connections, finishing in-flight requests");
 }

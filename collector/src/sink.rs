@@ -6,7 +6,8 @@
 //! broker that lost the idempotent producer's state in a restart can reject every retry of
 //! the old producer id forever). So the process recovers by itself.
 
-use crate::config::{AckMode, Config, SinkKind};
+use crate::config::{AckMode, Compression, SinkKind};
+use crate::names;
 use qoe_schemas::{EventContext, EventFields, MessageEncoder, SCHEMA_VERSION};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -140,30 +141,41 @@ pub struct KafkaSink {
     retired: std::sync::Mutex<Vec<Arc<KafkaProducer>>>,
 }
 
+/// What the sink needs to know; `Config::sink_config` builds it from the flags.
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    pub kind: SinkKind,
+    pub brokers: String,
+    pub topic: String,
+    pub ack_mode: AckMode,
+    pub compression: Compression,
+    pub linger_ms: u32,
+    pub batch_bytes: u32,
+    pub queue_messages: u32,
+    pub queue_kbytes: u32,
+    pub delivery_timeout: Duration,
+    /// Extra librdkafka properties, applied last.
+    pub kafka_options: Vec<(String, String)>,
+}
+
 impl Sink {
-    pub fn from_config(c: &Config) -> anyhow::Result<Sink> {
-        if c.sink == SinkKind::Null {
+    pub fn from_config(c: &SinkConfig) -> anyhow::Result<Sink> {
+        if c.kind == SinkKind::Null {
             return Ok(Sink::Null);
         }
         let mut config = ClientConfig::new();
         config
-            .set("bootstrap.servers", &c.kafka_brokers)
+            .set("bootstrap.servers", &c.brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("compression.type", c.kafka_compression.as_kafka())
-            .set("linger.ms", c.kafka_linger_ms.to_string())
-            .set("batch.size", c.kafka_batch_bytes.to_string())
-            .set(
-                "queue.buffering.max.messages",
-                c.kafka_queue_messages.to_string(),
-            )
-            .set(
-                "queue.buffering.max.kbytes",
-                c.kafka_queue_kbytes.to_string(),
-            )
+            .set("compression.type", c.compression.as_kafka())
+            .set("linger.ms", c.linger_ms.to_string())
+            .set("batch.size", c.batch_bytes.to_string())
+            .set("queue.buffering.max.messages", c.queue_messages.to_string())
+            .set("queue.buffering.max.kbytes", c.queue_kbytes.to_string())
             .set(
                 "message.timeout.ms",
-                c.kafka_delivery_timeout_ms.to_string(),
+                c.delivery_timeout.as_millis().to_string(),
             )
             // Consumers rewind by one batch when resuming (see the aggregator's `source`), so
             // batches must not grow beyond librdkafka's default count.
@@ -179,7 +191,7 @@ impl Sink {
             config,
             topic: c.topic.clone(),
             ack_mode: c.ack_mode,
-            delivery_timeout: Duration::from_millis(c.kafka_delivery_timeout_ms),
+            delivery_timeout: c.delivery_timeout,
             producer: RwLock::new(Arc::new(producer)),
             failing_since: std::sync::Mutex::new(None),
             retired: std::sync::Mutex::new(Vec::new()),
@@ -291,7 +303,7 @@ impl KafkaSink {
         match self.config.create_with_context(DeliveryContext::default()) {
             Ok(fresh) => {
                 tracing::warn!(reason = %why, "replaced the Kafka producer");
-                metrics::counter!("qoe_collector_producer_restarts_total").increment(1);
+                metrics::counter!(names::PRODUCER_RESTARTS).increment(1);
                 let old = std::mem::replace(&mut *guard, Arc::new(fresh));
                 lock(&self.retired).push(old);
                 *lock(&self.failing_since) = None;
@@ -357,8 +369,7 @@ impl KafkaSink {
             // Timed out, or the producer went away without reporting.
             (None, _) => Err(PublishError::Timeout),
         };
-        metrics::histogram!("qoe_collector_kafka_delivery_seconds")
-            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!(names::KAFKA_DELIVERY_SECONDS).record(started.elapsed().as_secs_f64());
         match &result {
             Ok(()) => *lock(&self.failing_since) = None,
             Err(_) => self.on_failure(&producer),

@@ -7,6 +7,9 @@
 //!   ([`traceparent`], [`extract`], [`continue_batch`]).
 //! - Metrics: a Prometheus recorder for the `metrics` facade; serve [`Telemetry::render`] on
 //!   `/metrics`.
+//! - [`process`]: the wall clock (`now_ms`) and the shutdown token both services use.
+
+pub mod process;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};

@@ -1,12 +1,18 @@
 """The ClickHouse schema on a current ClickHouse (chDB, in-process, ClickHouse 26.x).
 
 The same migration files the aggregator applies to the server run here unchanged, every
-statement included (also those gated to newer servers), and the aggregator's batch path
-(stage, fenced move, materialized views) gives the same totals at every grain. The SQL of the
-move mirrors `aggregator/src/writer.rs`.
+statement included (also those gated to newer servers); the tables hold exactly the metric
+catalogue (`schemas/metrics.json`); and the aggregator's batch path (stage, fenced move by
+column name, materialized views) gives the same totals at every grain. The SQL of the move
+mirrors `aggregator/src/writer.rs`.
 """
 
 import datetime
+import json
+import pathlib
+
+CATALOGUE = json.loads((pathlib.Path(__file__).resolve().parents[2] / "schemas" / "metrics.json").read_text())
+KEYS = ["window_start"] + CATALOGUE["dimensions"]
 
 import pytest
 
@@ -33,9 +39,14 @@ def stage(s, batch_id, rows):
     s.query(f"INSERT INTO qoe_staging ({','.join(cols)}) VALUES {values}")
 
 
+def columns(s, table):
+    return q(s, f"SELECT name, type FROM system.columns WHERE database = 'qoe' AND table = '{table}' ORDER BY position")
+
+
 def move(s, batch_id, partition, from_offset):
+    cols = ", ".join(name for name, _ in columns(s, "qoe_staging"))
     s.query(
-        f"INSERT INTO qoe_ingest SELECT * FROM qoe_staging WHERE batch_id = {batch_id} "
+        f"INSERT INTO qoe_ingest ({cols}) SELECT {cols} FROM qoe_staging WHERE batch_id = {batch_id} "
         f"AND (SELECT count() FROM qoe_checkpoints WHERE topic = 'qoe.events' "
         f"AND partition = {partition} AND next_offset > {from_offset}) = 0"
     )
@@ -79,10 +90,48 @@ def test_batches_fan_out_with_equal_totals_and_fencing(ch):
 
     totals = {}
     for table in ["qoe_window_10s", "qoe_window_1m", "qoe_window_1h"]:
-        totals[table] = q(ch, f"SELECT sum(attempts), sum(plays), sum(playing_ms), sum(stall_ms), sum(startup_le_1000) FROM {table}")[0]
+        totals[table] = q(ch, f"SELECT sum(attempts), sum(plays), sum(playing_ms), sum(stall_ms), sum(startup_le_1000) FROM {table} WHERE region != 'fanout'")[0]
     assert totals["qoe_window_10s"] == ["8", "6", "12100", "150", "6"]
     assert totals["qoe_window_1m"] == totals["qoe_window_10s"] == totals["qoe_window_1h"]
-    per_minute = q(ch, "SELECT toString(window_start), region, sum(attempts) FROM qoe_window_1m GROUP BY window_start, region ORDER BY window_start, region")
+    per_minute = q(ch, "SELECT toString(window_start), region, sum(attempts) FROM qoe_window_1m WHERE region != 'fanout' GROUP BY window_start, region ORDER BY window_start, region")
     assert per_minute == [["2026-11-21 10:00:00", "eu", "3"], ["2026-11-21 10:00:00", "us", "4"], ["2026-11-21 10:01:00", "eu", "1"]]
     assert q(ch, "SELECT uniqExactMerge(views) FROM qoe_active_views_10s WHERE region = 'eu'") == [["2"]]
     assert q(ch, "SELECT partition, max(next_offset) FROM qoe_checkpoints GROUP BY partition ORDER BY partition") == [["0", "15"], ["1", "3"]]
+
+
+def test_schema_matches_the_metric_catalogue(ch):
+    """Every window table holds the catalogue's columns in its order and types, staging and the
+    fan-out table agree, and every materialized view carries every metric column."""
+    want = [[c, m["clickhouse_type"]] for m in CATALOGUE["metrics"] if "qoe_window_10s" in m["tables"]
+            for c in m["columns"]]
+    assert [c for c, _ in want] == CATALOGUE["window_columns"]
+    for t in CATALOGUE["window_tables"]:
+        cols = columns(ch, t["table"])
+        assert [c for c, _ in cols[:len(KEYS)]] == KEYS
+        assert cols[len(KEYS):] == want, f"{t['table']}: columns differ from the catalogue"
+    staging = columns(ch, "qoe_staging")
+    assert columns(ch, "qoe_ingest") == staging
+    staged = [c for c, _ in staging]
+    for c in CATALOGUE["window_columns"]:
+        assert c in staged, f"qoe_staging lacks {c}"
+    view_cols = [c for c, _ in columns(ch, "qoe_views")]
+    for m in CATALOGUE["metrics"]:
+        if m["per_view"]:
+            assert m["name"] in view_cols, f"qoe_views lacks per-view metric {m['name']}"
+        if m["rollup"] == "distinct_base_grain":
+            for table in m["tables"]:
+                assert columns(ch, table)[-1][1] == m["clickhouse_type"]
+
+    # A distinct value per metric column through the fan-out, in a slice of its own ('fanout',
+    # which the batch test leaves out of its totals).
+    names = CATALOGUE["window_columns"]
+    values = [1000 * (i + 1) + 7 for i in range(len(names))]
+    ch.query(
+        f"INSERT INTO qoe.qoe_ingest (kind, window_start, region, {', '.join(names)}) "
+        f"SELECT 'window', toDateTime('2020-01-01 00:00:00', 'UTC'), 'fanout', "
+        f"{', '.join(map(str, values))}"
+    )
+    for t in CATALOGUE["window_tables"]:
+        got = q(ch, f"SELECT {', '.join(f'sum({c})' for c in names)} FROM qoe.{t['table']} WHERE region = 'fanout'")[0]
+        missing = [c for c, v, g in zip(names, values, got) if str(v) != g]
+        assert not missing, f"{t['table']}: its materialized view drops {missing}"

@@ -7,14 +7,9 @@ use qoe_tests::{create_topic, read_topic, rss_kib, spawn_collector, unique, Serv
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
+use qoe_telemetry::process::now_ms;
 
 struct Collector {
     service: Service,

@@ -10,14 +10,9 @@ use qoe_tests::{
 };
 use serde_json::json;
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
+use qoe_telemetry::process::now_ms;
 
 #[tokio::test]
 async fn broker_outage_gives_503_then_recovers() {

@@ -15,7 +15,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -64,13 +64,6 @@ const REGIONS: [&str; 4] = ["eu-west", "us-east", "ap-south", "sa-east"];
 const CDNS: [&str; 3] = ["cdn-a", "cdn-b", "cdn-c"];
 const PLATFORMS: [&str; 3] = ["web", "ios", "android"];
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 impl ViewSim {
     fn new(rng: &mut StdRng, n: u64) -> Self {
         ViewSim {
@@ -88,7 +81,7 @@ impl ViewSim {
 
     /// Next `n` events of this view; returns true when the view ended.
     fn events(&mut self, rng: &mut StdRng, n: u32, out: &mut Vec<RawEvent<'static>>) -> bool {
-        let now = now_ms();
+        let now = qoe_telemetry::process::now_ms();
         for _ in 0..n {
             let seq = self.seq;
             self.seq += 1;
@@ -146,7 +139,7 @@ impl ViewSim {
 
     fn beacon<'a>(&'a self, events: &'a [RawEvent<'static>]) -> Beacon<'a> {
         Beacon {
-            sent_at: now_ms(),
+            sent_at: qoe_telemetry::process::now_ms(),
             view: View {
                 view_id: &self.id,
                 stream_id: &self.stream,

@@ -1,0 +1,45 @@
+//! The collector's Prometheus metrics: every name in one place, with its help text. Code
+//! records through these constants; [`describe`] registers the help texts at start-up.
+
+pub const HTTP_REQUESTS: &str = "qoe_collector_http_requests_total";
+pub const HTTP_REQUEST_SECONDS: &str = "qoe_collector_http_request_seconds";
+pub const EVENTS_ACCEPTED: &str = "qoe_collector_events_accepted_total";
+pub const EVENTS_REJECTED: &str = "qoe_collector_events_rejected_total";
+pub const RATE_LIMITED: &str = "qoe_collector_rate_limited_total";
+pub const PUBLISH_FAILURES: &str = "qoe_collector_publish_failures_total";
+pub const KAFKA_IN_FLIGHT: &str = "qoe_collector_kafka_in_flight";
+pub const KAFKA_DELIVERY_SECONDS: &str = "qoe_collector_kafka_delivery_seconds";
+pub const PRODUCER_RESTARTS: &str = "qoe_collector_producer_restarts_total";
+pub const RATE_LIMITER_BUCKETS: &str = "qoe_collector_rate_limiter_buckets";
+
+/// Registers the help text of every metric (call once the recorder is installed).
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(HTTP_REQUESTS, "HTTP responses by path and status");
+    describe_histogram!(
+        HTTP_REQUEST_SECONDS,
+        Unit::Seconds,
+        "Request latency by path, Kafka acknowledgement included"
+    );
+    describe_counter!(EVENTS_ACCEPTED, "Events acknowledged by Kafka");
+    describe_counter!(EVENTS_REJECTED, "Events refused by validation, by reason");
+    describe_counter!(RATE_LIMITED, "Requests refused by a rate limit, by scope");
+    describe_counter!(
+        PUBLISH_FAILURES,
+        "Requests answered 503 because Kafka did not take or acknowledge them, by kind"
+    );
+    describe_gauge!(
+        KAFKA_IN_FLIGHT,
+        "Messages enqueued and not yet acknowledged"
+    );
+    describe_histogram!(
+        KAFKA_DELIVERY_SECONDS,
+        Unit::Seconds,
+        "Time from enqueueing a request's events to their last delivery report"
+    );
+    describe_counter!(
+        PRODUCER_RESTARTS,
+        "Kafka producers replaced after a fatal error or lasting delivery failures"
+    );
+    describe_gauge!(RATE_LIMITER_BUCKETS, "Keys held by the rate limiters");
+}
