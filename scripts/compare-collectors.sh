@@ -23,7 +23,8 @@ ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 run() { # label binary
   local topic="bench.compare.$(date +%s%N)"
   tansu topic create "$topic" --broker "tcp://127.0.0.1:${QOE_KAFKA_PORT:-9092}" --partitions 6 >/dev/null
-  "$2" --listen "127.0.0.1:$PORT" --topic "$topic" --sink "$SINK" \
+  # (the events-per-client limit by environment, which builds without it ignore)
+  QOE_RATE_EVENTS_PER_IP=0 "$2" --listen "127.0.0.1:$PORT" --topic "$topic" --sink "$SINK" \
     --rate-per-ip 0 --rate-per-view 0 --rate-global 0 >/dev/null 2>&1 &
   local pid=$!
   until curl -fsS "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1; do

@@ -94,8 +94,8 @@ case "${1:-}" in
     # The local broker keeps topics in memory: after a stack restart the topic is new and the
     # checkpoints of the previous one are stale, so the demo lets the aggregator start over.
     start_service aggregator run --clickhouse-database "$DB" --listen 127.0.0.1:9100 --reset-stale-checkpoints
-    # The demo's traffic all comes from 127.0.0.1, so the per-address limit is lifted here.
-    start_service collector --listen 127.0.0.1:8080 --rate-per-ip 0
+    # The demo's traffic all comes from 127.0.0.1, so the per-address limits are lifted here.
+    start_service collector --listen 127.0.0.1:8080 --rate-per-ip 0 --rate-events-per-ip 0
     wait_ok http://127.0.0.1:8080/readyz 60
     wait_ok http://127.0.0.1:9100/healthz 60
     span=$(secs "$DURATION")

@@ -49,7 +49,8 @@ pub struct Config {
     /// Extra librdkafka producer properties, `key=value` (repeatable, or `;`-separated in the
     /// environment; e.g. security.protocol=SSL,
     /// or debug=broker,msg when diagnosing delivery problems).
-    #[arg(long = "kafka-option", env = "QOE_KAFKA_OPTIONS", value_delimiter = ';', value_parser = parse_key_value)]
+    /// (The environment variable's value is never printed: it can hold credentials.)
+    #[arg(long = "kafka-option", env = "QOE_KAFKA_OPTIONS", value_delimiter = ';', value_parser = parse_key_value, hide_env_values = true)]
     pub kafka_options: Vec<(String, String)>,
 
     /// Largest accepted request body, as sent (compressed or not).
@@ -75,6 +76,14 @@ pub struct Config {
     /// Requests per second per client address (0: no limit).
     #[arg(long, env = "QOE_RATE_PER_IP", default_value_t = 100)]
     pub rate_per_ip: u32,
+    /// Events per second per client address (a request of n events counts n; 0: no limit).
+    /// Keeps one address from taking the collector's whole Kafka capacity with big requests.
+    #[arg(long, env = "QOE_RATE_EVENTS_PER_IP", default_value_t = 2_000)]
+    pub rate_events_per_ip: u32,
+    /// IPv6 clients are rate-limited by their network of this many bits (a subscriber usually
+    /// gets a /64 and can rotate addresses inside it).
+    #[arg(long, env = "QOE_IPV6_PREFIX_LEN", default_value_t = 64, value_parser = clap::value_parser!(u8).range(1..=128))]
+    pub ipv6_prefix_len: u8,
     /// Requests per second per view_id (0: no limit).
     #[arg(long, env = "QOE_RATE_PER_VIEW", default_value_t = 10)]
     pub rate_per_view: u32,
@@ -168,6 +177,19 @@ impl Config {
             queue_kbytes: self.kafka_queue_kbytes,
             delivery_timeout: std::time::Duration::from_millis(self.kafka_delivery_timeout_ms),
             kafka_options: self.kafka_options.clone(),
+        }
+    }
+
+    /// The rate limits.
+    pub fn rate_config(&self) -> crate::rate_limit::RateConfig {
+        crate::rate_limit::RateConfig {
+            per_ip: self.rate_per_ip,
+            events_per_ip: self.rate_events_per_ip,
+            per_view: self.rate_per_view,
+            global: self.rate_global,
+            burst_factor: self.rate_burst_factor,
+            buckets: self.rate_limit_buckets,
+            ipv6_prefix_len: self.ipv6_prefix_len,
         }
     }
 

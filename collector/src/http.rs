@@ -4,7 +4,12 @@
 //! Status codes follow beacon protocol v1: 204 all accepted; 200 with counts and reasons when
 //! some events were rejected; 400 unusable envelope; 401 missing ingest key; 413 too large;
 //! 415 unsupported type or encoding; 429 rate limited; 503 Kafka cannot take more. Every
-//! error body is JSON `{"error": ...}`.
+//! error body is JSON `{"error": ...}`, its reason cut to [`ingest::MAX_REASON_BYTES`] so that an
+//! answer never echoes a large input back.
+//!
+//! A refused request costs as little as possible: the ingest key, the client's request limit
+//! and the content type are checked from the head, before the body is read or decompressed
+//! (so `Expect: 100-continue` gets its answer instead of a 100).
 
 use crate::client::{client_ip, RegionResolver};
 use crate::ingest::{self, IngestError, RejectedEvent};
@@ -12,7 +17,7 @@ use crate::names;
 use crate::rate_limit::{Limited, RateLimits};
 use crate::sink::{PublishError, Sink};
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -52,7 +57,14 @@ struct KeyQuery {
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
+    let message = ingest::truncate_reason(&message.into(), ingest::MAX_REASON_BYTES);
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+/// Retry-After for a 503: 1-3 s, random, so that clients refused together do not all come
+/// back in the same second.
+fn backpressure_retry_after() -> Duration {
+    Duration::from_secs(rand::random_range(1..=3))
 }
 
 fn retry_after(status: StatusCode, message: &str, after: Duration) -> Response {
@@ -173,7 +185,7 @@ async fn post_beacons(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(query): Query<KeyQuery>,
     headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    request: Request,
 ) -> Response {
     let span = tracing::info_span!(
         "beacon",
@@ -189,9 +201,16 @@ async fn post_beacons(
         .unwrap_or_default();
     qoe_telemetry::extract(&span, &header_pairs);
     let traceparent = qoe_telemetry::traceparent(&span);
-    let mut response = handle_beacon(&state, peer, query, &headers, body, traceparent.as_deref())
-        .instrument(span)
-        .await;
+    let mut response = handle_beacon(
+        &state,
+        peer,
+        query,
+        &headers,
+        request,
+        traceparent.as_deref(),
+    )
+    .instrument(span)
+    .await;
     if let Some(tp) = traceparent.and_then(|tp| HeaderValue::from_str(&tp).ok()) {
         response.headers_mut().insert("traceparent", tp);
     }
@@ -203,7 +222,7 @@ async fn handle_beacon(
     peer: SocketAddr,
     query: KeyQuery,
     headers: &HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    request: Request,
     traceparent: Option<&str>,
 ) -> Response {
     let received_at = qoe_telemetry::process::now_ms();
@@ -220,14 +239,21 @@ async fn handle_beacon(
     if let Err(hit) = state.rate.check_client(ip) {
         return rate_limited(hit);
     }
-    if let Err(e) = ingest::check_content_type(
-        headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok()),
-    ) {
+    let content_type = match headers.get(header::CONTENT_TYPE).map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(v)) => Some(v),
+        Some(Err(_)) => {
+            return error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Content-Type is not visible ASCII",
+            )
+        }
+    };
+    if let Err(e) = ingest::check_content_type(content_type) {
         return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, e.to_string());
     }
-    let body = match body {
+    // Only now is the body read (and decompressed, within the limits of the layers).
+    let body = match Bytes::from_request(request, &()).await {
         Ok(b) => b,
         Err(rejection) => {
             let status = rejection.status();
@@ -252,6 +278,9 @@ async fn handle_beacon(
     if let Err(hit) = state.rate.check_view(&accepted.context.view_id) {
         return rate_limited(hit);
     }
+    if let Err(hit) = state.rate.check_client_events(ip, accepted.events.len()) {
+        return rate_limited(hit);
+    }
     for r in &accepted.rejected {
         metrics::counter!(names::EVENTS_REJECTED, "reason" => r.class).increment(1);
     }
@@ -274,7 +303,7 @@ async fn handle_beacon(
             return retry_after(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!("cannot publish right now: {e}"),
-                Duration::from_secs(1),
+                backpressure_retry_after(),
             );
         }
         metrics::counter!(names::EVENTS_ACCEPTED).increment(accepted.events.len() as u64);

@@ -34,6 +34,21 @@ pub struct Accepted {
     pub rejected: Vec<RejectedEvent>,
 }
 
+/// Longest reason in an error body or a rejected event's entry.
+pub const MAX_REASON_BYTES: usize = 256;
+
+/// `s` cut to at most `max` bytes at a character boundary, marked when cut.
+pub fn truncate_reason(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max.saturating_sub(3);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
 /// `application/json` and `text/plain` (what `navigator.sendBeacon` sends for strings), with
 /// any parameters; a missing type is treated as JSON.
 pub fn check_content_type(value: Option<&str>) -> Result<(), IngestError> {
@@ -86,7 +101,7 @@ pub fn process(
             Ok(event) => events.push(event),
             Err(r) => rejected.push(RejectedEvent {
                 index,
-                reason: r.detail,
+                reason: truncate_reason(&r.detail, MAX_REASON_BYTES),
                 class: r.reason.as_str(),
             }),
         }
@@ -166,5 +181,18 @@ mod tests {
             process(beacon("", &many).as_bytes(), NOW, None, &limits),
             Err(IngestError::TooManyEvents(_))
         ));
+    }
+}
+
+#[cfg(test)]
+mod reason_tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_cut_at_a_character_boundary() {
+        assert_eq!(truncate_reason("short", 256), "short");
+        let long = "é".repeat(500);
+        let cut = truncate_reason(&long, 256);
+        assert!(cut.len() <= 256 && cut.ends_with("..."), "{}", cut.len());
     }
 }

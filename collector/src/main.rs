@@ -49,13 +49,7 @@ async fn main() -> anyhow::Result<()> {
     let state = Arc::new(AppState {
         limits: config.limits(),
         sink,
-        rate: RateLimits::new(
-            config.rate_per_ip,
-            config.rate_per_view,
-            config.rate_global,
-            config.rate_burst_factor,
-            config.rate_limit_buckets,
-        ),
+        rate: RateLimits::new(config.rate_config()),
         region,
         trusted_proxies: config.trusted_proxies.clone(),
         ingest_keys: config.ingest_keys.iter().cloned().collect(),

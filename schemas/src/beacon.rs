@@ -97,8 +97,29 @@ impl<'a> RawEvent<'a> {
 }
 
 impl<'a> Envelope<'a> {
-    /// Parses a request body. The error text is safe to return to the client.
+    /// Parses a request body. The error text is safe to return to the client (callers bound
+    /// its length). Only a JSON object is an envelope: serde would also take the struct from a
+    /// JSON array of its fields in order, which the protocol does not allow.
     pub fn parse(body: &'a [u8]) -> Result<Self, serde_json::Error> {
+        let first = body.iter().find(|b| !b.is_ascii_whitespace());
+        if first.is_some_and(|b| *b != b'{') {
+            return Err(serde::de::Error::custom(
+                "the envelope must be a JSON object",
+            ));
+        }
         serde_json::from_slice(body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Envelope;
+
+    #[test]
+    fn only_an_object_is_an_envelope() {
+        let array = br#"[1763721600000, {"view_id": "v"}, []]"#;
+        let err = Envelope::parse(array).map(|_| ()).unwrap_err().to_string();
+        assert!(err.contains("JSON object"), "{err}");
+        assert!(Envelope::parse(b"  \n\"x\"").is_err());
     }
 }

@@ -191,7 +191,7 @@ def run_scenario(name, incident, start_ms):
                           "--clickhouse-database", database, "--listen", f"127.0.0.1:{aport}",
                           "--flush-interval-ms", "500"], env=env),
         subprocess.Popen([str(TARGET / "collector"), "--listen", f"127.0.0.1:{cport}",
-                          "--kafka-brokers", BROKERS, "--topic", topic, "--rate-per-ip", "0",
+                          "--kafka-brokers", BROKERS, "--topic", topic, "--rate-per-ip", "0", "--rate-events-per-ip", "0",
                           "--rate-per-view", "0", "--rate-global", "0"], env=env),
     ]
     try:

@@ -60,7 +60,18 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 async fn accepted_events_land_in_kafka_exactly() {
     let topic = unique("test.collector");
     create_topic(&topic, 6).await.unwrap();
-    let c = collector(&topic, &["--rate-per-view", "0", "--rate-per-ip", "0"]).await;
+    let c = collector(
+        &topic,
+        &[
+            "--rate-per-view",
+            "0",
+            "--rate-per-ip",
+            "0",
+            "--rate-events-per-ip",
+            "0",
+        ],
+    )
+    .await;
     let http = reqwest::Client::new();
     // Client clock 10 s behind the server: event_time must be shifted forward by the skew.
     let skew = 10_000;
@@ -428,6 +439,8 @@ async fn regions_resolve_from_edge_header_geoip_database_envelope() {
             "x-edge-region",
             "--rate-per-ip",
             "0",
+            "--rate-events-per-ip",
+            "0",
         ],
     )
     .await;
@@ -547,4 +560,175 @@ async fn slow_clients_are_cut_off() {
     );
     let messages = read_topic(&topic, Duration::from_secs(2)).await;
     assert_eq!(messages.len(), 1, "only the normal client's event lands");
+}
+
+/// The first line a raw HTTP/1.1 request with `Expect: 100-continue` gets back, before any
+/// body byte is sent.
+async fn first_answer_line(base: &str, extra_headers: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v1/beacons HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Encoding: gzip\r\nContent-Length: 1000000\r\nExpect: 100-continue\r\n{extra_headers}\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .expect("an answer to the head alone")
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// What a hostile client can no longer do cheaply: be refused only after its body was read, make
+/// one address drain the global budget, dodge its limit by rotating IPv6 addresses in a /64,
+/// push unlimited events through few requests, or get a large input echoed back.
+#[tokio::test]
+async fn hostile_clients_are_refused_cheaply_and_fairly() {
+    let topic = unique("test.collector.hostile");
+    create_topic(&topic, 1).await.unwrap();
+    let c = collector(
+        &topic,
+        &[
+            "--ingest-keys",
+            "k1",
+            "--trusted-proxies",
+            "127.0.0.0/8",
+            "--rate-per-ip",
+            "2",
+            "--rate-global",
+            "20",
+            "--rate-burst-factor",
+            "1",
+            "--rate-events-per-ip",
+            "50",
+            "--rate-per-view",
+            "0",
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/beacons?key=k1", c.base);
+    let post = |from: &str, body: Vec<u8>| {
+        http.post(&url)
+            .header("content-type", "application/json")
+            .header("x-forwarded-for", from)
+            .body(body)
+            .send()
+    };
+    let one = |view: &str, n: u32| serde_json::to_vec(&beacon(view, now_ms(), 0, n, None)).unwrap();
+
+    // Refused from the head: no key, or over the client's limit, gets its answer instead of
+    // "100 Continue", so the body is never sent, read or decompressed.
+    assert_eq!(
+        first_answer_line(&c.base, "").await,
+        "HTTP/1.1 401 Unauthorized"
+    );
+    for i in 0..2 {
+        assert_eq!(
+            post("198.51.100.2", one(&format!("e{i}"), 1))
+                .await
+                .unwrap()
+                .status(),
+            204
+        );
+    }
+    let line = first_answer_line(
+        &c.base,
+        "X-QoE-Key: k1\r\nX-Forwarded-For: 198.51.100.2\r\n",
+    )
+    .await;
+    assert_eq!(line, "HTTP/1.1 429 Too Many Requests");
+
+    // One address far over its own limit takes nothing from the global budget.
+    let mut greedy_ok = 0;
+    for i in 0..40 {
+        let r = post("198.51.100.1", one(&format!("g{i}"), 1))
+            .await
+            .unwrap();
+        greedy_ok += usize::from(r.status() == 204);
+    }
+    assert!(
+        greedy_ok <= 3,
+        "the greedy client got {greedy_ok} requests through"
+    );
+    for i in 10..15 {
+        let from = format!("198.51.100.{i}");
+        let r = post(&from, one(&format!("w{i}"), 1)).await.unwrap();
+        assert_eq!(r.status(), 204, "well-behaved client {from} refused");
+    }
+
+    // IPv6 addresses of one /64 share one budget; another /64 has its own.
+    for (from, want) in [
+        ("2001:db8:7:7::1", 204),
+        ("2001:db8:7:7::2", 204),
+        ("2001:db8:7:7:ffff::3", 429),
+        ("2001:db8:7:8::1", 204),
+    ] {
+        let r = post(from, one(&format!("v6-{from}"), 1)).await.unwrap();
+        assert_eq!(r.status(), want, "{from}");
+    }
+
+    // Events, not only requests, are limited per client (50/s here).
+    assert_eq!(
+        post("198.51.100.30", one("big-1", 40))
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    let r = post("198.51.100.30", one("big-2", 20)).await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().get("retry-after").is_some());
+    let reason: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        reason["error"].as_str().unwrap().contains("client_events"),
+        "{reason}"
+    );
+
+    // A huge field comes back as a short reason, not echoed.
+    let huge = format!(
+        r#"{{"sent_at": "{}", "view": {{"view_id": "v"}}, "events": []}}"#,
+        "9".repeat(700_000)
+    );
+    let r = post("198.51.100.40", huge.into_bytes()).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let body = r.bytes().await.unwrap();
+    assert!(body.len() < 1024, "a {} byte error body", body.len());
+
+    // A JSON array is not an envelope, even with the envelope's fields in order.
+    let array =
+        br#"[1763721600000, {"view_id": "v"}, [{"seq": 0, "type": "view_start", "ts": 1}]]"#;
+    let r = post("198.51.100.41", array.to_vec()).await.unwrap();
+    assert_eq!(r.status(), 400);
+
+    // A Content-Type that is not visible ASCII is not a type we take.
+    let r = http
+        .post(&url)
+        .header("x-forwarded-for", "198.51.100.42")
+        .header(
+            "content-type",
+            reqwest::header::HeaderValue::from_bytes(b"application/json\xff").unwrap(),
+        )
+        .body(one("ct", 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+
+    let metrics = http
+        .get(format!("{}/metrics", c.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("qoe_collector_rate_limited_total{scope=\"client_events\"}"));
+    assert!(metrics.contains("# HELP qoe_collector_rate_limited_total"));
 }

@@ -106,8 +106,18 @@ async fn clickhouse_equals_the_simulators_ground_truth() {
     let topic = unique("test.e2e");
     let database = unique("test_e2e");
     create_topic(&topic, 6).await.unwrap();
-    let (_collector, url) =
-        spawn_collector(&topic, &["--rate-per-ip", "0", "--rate-per-view", "0"]).await;
+    let (_collector, url) = spawn_collector(
+        &topic,
+        &[
+            "--rate-per-ip",
+            "0",
+            "--rate-events-per-ip",
+            "0",
+            "--rate-per-view",
+            "0",
+        ],
+    )
+    .await;
     let _aggregator = spawn_aggregator(&topic, &database, &unique("e2e"), &[]);
     let (truth, _) = simulate(
         &url,
@@ -186,6 +196,8 @@ async fn rate_limited_players_retry_and_lose_nothing() {
         &topic,
         &[
             "--rate-per-ip",
+            "0",
+            "--rate-events-per-ip",
             "0",
             "--rate-per-view",
             "1",
