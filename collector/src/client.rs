@@ -1,35 +1,88 @@
-//! Who sent a request: the client address (X-Forwarded-For honoured only from trusted
-//! proxies) and the server-side region (trusted edge header, else GeoIP database).
+//! Who sent a request: the client address (`Forwarded` / `X-Forwarded-For` honoured only from
+//! trusted proxies) and the server-side region (edge header, believed only from trusted
+//! proxies too, else GeoIP database).
 //! The address is used for rate limiting and region lookup only; it is never published.
 
-use axum::http::HeaderMap;
+use axum::http::{header, HeaderMap};
 use ipnet::IpNet;
 use std::net::IpAddr;
 use std::path::Path;
 
 /// The client address: the peer, or, when the peer is a trusted proxy, the right-most
-/// address in X-Forwarded-For that is not itself a trusted proxy.
+/// address in `Forwarded` (else `X-Forwarded-For`) that is not itself a trusted proxy.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
         return peer;
     }
+    // The standard header wins over the de-facto one when a proxy sends both.
+    let hops = if headers.contains_key(header::FORWARDED) {
+        forwarded_hops(headers)
+    } else {
+        headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .map(|v| v.to_str().ok())
+            .flat_map(|text| match text {
+                Some(t) => t.split(',').map(|part| Some(part.to_owned())).collect(),
+                None => vec![None],
+            })
+            .collect()
+    };
+    // Walk from the nearest hop back; stop at the first untrusted address, or at an entry
+    // that is not an address ("unknown", an obfuscated id, garbage) keeping the last good one.
     let mut candidate = peer;
-    for value in headers.get_all("x-forwarded-for").iter().rev() {
-        let Ok(text) = value.to_str() else { break };
-        for part in text.rsplit(',') {
-            match part.trim().parse::<IpAddr>() {
-                Ok(ip) => {
-                    candidate = ip;
-                    if !is_trusted(&ip) {
-                        return ip;
-                    }
+    for hop in hops.iter().rev() {
+        match hop.as_deref().and_then(parse_node) {
+            Some(ip) => {
+                candidate = ip;
+                if !is_trusted(&ip) {
+                    return ip;
                 }
-                Err(_) => return candidate,
             }
+            None => return candidate,
         }
     }
     candidate
+}
+
+/// The `for=` values of every `Forwarded` element (RFC 7239), in order; `None` for an element
+/// without one or a header that is not text.
+fn forwarded_hops(headers: &HeaderMap) -> Vec<Option<String>> {
+    let mut hops = Vec::new();
+    for value in headers.get_all(header::FORWARDED) {
+        let Ok(text) = value.to_str() else {
+            hops.push(None);
+            continue;
+        };
+        for element in text.split(',') {
+            let node = element.split(';').find_map(|pair| {
+                let (k, v) = pair.split_once('=')?;
+                k.trim()
+                    .eq_ignore_ascii_case("for")
+                    .then(|| v.trim().to_owned())
+            });
+            hops.push(node);
+        }
+    }
+    hops
+}
+
+/// An address from a forwarding header's node: `203.0.113.9`, `203.0.113.9:4711`,
+/// `2001:db8::1`, `[2001:db8::1]:4711`, optionally quoted. `unknown` and obfuscated
+/// identifiers (`_hidden`) are not addresses.
+pub fn parse_node(node: &str) -> Option<IpAddr> {
+    let node = node.trim().trim_matches('"');
+    if let Some(rest) = node.strip_prefix('[') {
+        return rest.split_once(']')?.0.parse().ok();
+    }
+    if let Ok(ip) = node.parse() {
+        return Some(ip);
+    }
+    match node.split_once(':') {
+        Some((v4, port)) if port.bytes().all(|b| b.is_ascii_digit()) => v4.parse().ok(),
+        _ => None,
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,8 +122,15 @@ impl RegionResolver {
         Ok(RegionResolver { header, geoip })
     }
 
-    pub fn resolve(&self, client: IpAddr, headers: &HeaderMap) -> Option<String> {
-        if let Some(name) = &self.header {
+    /// The region of a client. The edge header is believed only when the peer that sent the
+    /// request is one of the trusted proxies (anyone else could set it); then GeoIP.
+    pub fn resolve(
+        &self,
+        client: IpAddr,
+        headers: &HeaderMap,
+        peer_trusted: bool,
+    ) -> Option<String> {
+        if let Some(name) = self.header.as_ref().filter(|_| peer_trusted) {
             if let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) {
                 let value = value.trim();
                 if !value.is_empty()
@@ -130,14 +190,58 @@ mod tests {
     }
 
     #[test]
+    fn forwarding_headers_with_ports_unknown_and_the_standard_header() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let peer: IpAddr = "10.1.2.3".parse().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            client_ip(peer, &headers(&["203.0.113.9:4711, 10.9.9.9"]), &trusted),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            client_ip(peer, &headers(&["[2001:db8::7]:443"]), &trusted),
+            ip("2001:db8::7")
+        );
+        assert_eq!(
+            client_ip(peer, &headers(&["203.0.113.9, unknown"]), &trusted),
+            peer
+        );
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::FORWARDED,
+            HeaderValue::from_static("for=192.0.2.60;proto=http, for=\"[2001:db8:cafe::17]:4711\""),
+        );
+        assert_eq!(client_ip(peer, &h, &trusted), ip("2001:db8:cafe::17"));
+        h.insert(
+            header::FORWARDED,
+            HeaderValue::from_static("for=_hidden, for=10.0.0.9"),
+        );
+        assert_eq!(client_ip(peer, &h, &trusted), ip("10.0.0.9"));
+        // Forwarded wins over X-Forwarded-For.
+        h.insert("x-forwarded-for", HeaderValue::from_static("198.51.100.1"));
+        h.insert(
+            header::FORWARDED,
+            HeaderValue::from_static("For=198.51.100.2"),
+        );
+        assert_eq!(client_ip(peer, &h, &trusted), ip("198.51.100.2"));
+        assert_eq!(parse_node("unknown"), None);
+        assert_eq!(parse_node("1.2.3.4:x"), None);
+    }
+
+    #[test]
     fn edge_header_is_sanitised() {
         let r = RegionResolver::new(Some("x-edge-region"), None).unwrap();
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let mut h = HeaderMap::new();
         h.insert("x-edge-region", HeaderValue::from_static("EU-West"));
-        assert_eq!(r.resolve(ip, &h).as_deref(), Some("eu-west"));
+        assert_eq!(r.resolve(ip, &h, true).as_deref(), Some("eu-west"));
+        assert_eq!(
+            r.resolve(ip, &h, false),
+            None,
+            "only trusted peers set the region"
+        );
         h.insert("x-edge-region", HeaderValue::from_static("bad region!"));
-        assert_eq!(r.resolve(ip, &h), None);
-        assert_eq!(r.resolve(ip, &HeaderMap::new()), None);
+        assert_eq!(r.resolve(ip, &h, true), None);
+        assert_eq!(r.resolve(ip, &HeaderMap::new(), true), None);
     }
 }

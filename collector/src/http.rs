@@ -265,7 +265,8 @@ async fn handle_beacon(
             return error(status, message);
         }
     };
-    let server_region = state.region.resolve(ip, headers);
+    let peer_trusted = state.trusted_proxies.iter().any(|n| n.contains(&peer.ip()));
+    let server_region = state.region.resolve(ip, headers, peer_trusted);
     let accepted =
         match ingest::process(&body, received_at, server_region.as_deref(), &state.limits) {
             Ok(a) => a,

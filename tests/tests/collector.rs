@@ -732,3 +732,53 @@ async fn hostile_clients_are_refused_cheaply_and_fairly() {
     assert!(metrics.contains("qoe_collector_rate_limited_total{scope=\"client_events\"}"));
     assert!(metrics.contains("# HELP qoe_collector_rate_limited_total"));
 }
+
+/// The edge region header and forwarding headers count only when the peer is a trusted proxy:
+/// a client talking to the collector directly cannot choose its region or its address.
+#[tokio::test]
+async fn edge_headers_from_untrusted_peers_are_ignored() {
+    let topic = unique("test.collector.untrusted");
+    create_topic(&topic, 1).await.unwrap();
+    let c = collector(
+        &topic,
+        &[
+            "--trusted-proxies",
+            "10.0.0.0/8",
+            "--region-header",
+            "x-edge-region",
+            "--rate-per-ip",
+            "1",
+            "--rate-burst-factor",
+            "1",
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let mut body = beacon("spoofer", now_ms(), 0, 1, None);
+    body["view"]["region"] = json!("eu-west");
+    let r = http
+        .post(format!("{}/v1/beacons", c.base))
+        .header("x-edge-region", "us-east")
+        .header("x-forwarded-for", "198.51.100.1")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    // A forged X-Forwarded-For does not buy a fresh rate-limit budget either.
+    let r = http
+        .post(format!("{}/v1/beacons", c.base))
+        .header("x-forwarded-for", "198.51.100.2")
+        .json(&beacon("spoofer-2", now_ms(), 0, 1, None))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let messages = read_topic(&topic, Duration::from_secs(2)).await;
+    assert_eq!(messages.len(), 1);
+    let e = QoeEvent::decode(&messages[0].payload).unwrap();
+    assert_eq!(
+        e.region, "eu-west",
+        "the envelope's region, not the forged header's"
+    );
+}
