@@ -22,7 +22,7 @@ run() { # label rate sink
   # A fresh topic per run: the local broker keeps topics in memory and slows as they grow.
   local topic="bench.collector.$RUN.$((++N))"
   tansu topic create "$topic" --broker "tcp://127.0.0.1:${QOE_KAFKA_PORT:-9092}" --partitions 6 >/dev/null
-  QOE_RATE_EVENTS_PER_IP=0 "$BIN/collector" --listen "127.0.0.1:$PORT" --topic "$topic" --sink "$3" \
+  QOE_RATE_EVENTS_PER_IP=0 QOE_ADMIN_LISTEN=127.0.0.1:0 "$BIN/collector" --listen "127.0.0.1:$PORT" --topic "$topic" --sink "$3" \
     --rate-per-ip 0 --rate-per-view 0 --rate-global 0 >/dev/null 2>&1 &
   local pid=$!
   # Wait for this collector (not some other process on the port) to answer.

@@ -24,7 +24,7 @@ run() { # label binary
   local topic="bench.compare.$(date +%s%N)"
   tansu topic create "$topic" --broker "tcp://127.0.0.1:${QOE_KAFKA_PORT:-9092}" --partitions 6 >/dev/null
   # (the events-per-client limit by environment, which builds without it ignore)
-  QOE_RATE_EVENTS_PER_IP=0 "$2" --listen "127.0.0.1:$PORT" --topic "$topic" --sink "$SINK" \
+  QOE_RATE_EVENTS_PER_IP=0 QOE_ADMIN_LISTEN=127.0.0.1:0 "$2" --listen "127.0.0.1:$PORT" --topic "$topic" --sink "$SINK" \
     --rate-per-ip 0 --rate-per-view 0 --rate-global 0 >/dev/null 2>&1 &
   local pid=$!
   until curl -fsS "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1; do

@@ -95,8 +95,9 @@ case "${1:-}" in
     # checkpoints of the previous one are stale, so the demo lets the aggregator start over.
     start_service aggregator run --clickhouse-database "$DB" --listen 127.0.0.1:9100 --reset-stale-checkpoints
     # The demo's traffic all comes from 127.0.0.1, so the per-address limits are lifted here.
-    start_service collector --listen 127.0.0.1:8080 --rate-per-ip 0 --rate-events-per-ip 0
-    wait_ok http://127.0.0.1:8080/readyz 60
+    start_service collector --listen 127.0.0.1:8080 --admin-listen 127.0.0.1:9464 \
+      --rate-per-ip 0 --rate-events-per-ip 0
+    wait_ok http://127.0.0.1:9464/readyz 60
     wait_ok http://127.0.0.1:9100/healthz 60
     span=$(secs "$DURATION")
     wall=$(awk -v s="$span" -v x="$SPEED" 'BEGIN { printf "%d", (x > 0 ? s / x : 0) }')
@@ -116,7 +117,7 @@ case "${1:-}" in
     done
     report
     echo
-    echo "The pipeline keeps running: collector http://127.0.0.1:8080 (POST /v1/beacons, /metrics),"
+    echo "The pipeline keeps running: collector http://127.0.0.1:8080 (POST /v1/beacons; admin: /readyz, /metrics on :9464),"
     echo "aggregator http://127.0.0.1:9100/metrics, ClickHouse $CH database $DB."
     echo "Grafana: provisioning in dashboards/ (see dashboards/README.md); point the ClickHouse data"
     echo "source at http://127.0.0.1:${QOE_CH_HTTP_PORT:-8123}, database $DB, user default, no password."

@@ -13,6 +13,10 @@ pub struct Config {
     /// Address to listen on.
     #[arg(long, env = "QOE_COLLECTOR_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Address of the admin listener: /healthz, /readyz, /metrics. Keep it private (loopback or
+    /// an internal network); the public listener serves only /v1/beacons and /healthz.
+    #[arg(long, env = "QOE_ADMIN_LISTEN", default_value = "127.0.0.1:9464")]
+    pub admin_listen: SocketAddr,
 
     /// Where accepted events go: Kafka, or nowhere (`null`, for benchmarking the HTTP path).
     #[arg(long, env = "QOE_SINK", value_enum, default_value = "kafka")]

@@ -1,5 +1,7 @@
-//! The HTTP surface: `POST /v1/beacons`, `GET /healthz`, `GET /readyz`, `GET /metrics`, and
-//! the tower layers around them (CORS, body limits, gzip decompression, request timeout).
+//! The HTTP surface: `POST /v1/beacons` and `GET /healthz` on the public listener, with the
+//! tower layers around them (CORS, body limits, gzip decompression, request timeout); and the
+//! admin listener's `GET /healthz`, `GET /readyz` (cached for a second, so probes cannot turn
+//! into a flood of Kafka metadata requests) and `GET /metrics` ([`admin_router`]).
 //!
 //! Status codes follow beacon protocol v1: 204 all accepted; 200 with counts and reasons when
 //! some events were rejected; 400 unusable envelope; 401 missing ingest key; 413 too large;
@@ -43,7 +45,12 @@ pub struct AppState {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub ingest_keys: HashSet<String>,
     pub prometheus: Option<PrometheusHandle>,
+    /// The last readiness answer and when it was computed.
+    pub readiness: std::sync::Mutex<Option<(std::time::Instant, bool)>>,
 }
+
+/// How long a readiness answer is reused.
+const READINESS_TTL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Serialize)]
 struct PartialAccept<'a> {
@@ -124,8 +131,6 @@ pub fn router(state: Arc<AppState>, config: &HttpConfig) -> Router {
     Router::new()
         .merge(beacons)
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_endpoint))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             config.request_timeout,
@@ -141,8 +146,6 @@ async fn count_responses(
     let path: &'static str = match request.uri().path() {
         "/v1/beacons" => "/v1/beacons",
         "/healthz" => "/healthz",
-        "/readyz" => "/readyz",
-        "/metrics" => "/metrics",
         _ => "other",
     };
     let started = std::time::Instant::now();
@@ -154,8 +157,28 @@ async fn count_responses(
     response
 }
 
+/// The admin listener's routes: liveness, readiness, Prometheus metrics. Served apart from the
+/// public one (loopback by default), so the public cannot reach them or flood them.
+pub fn admin_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_endpoint))
+        .with_state(state)
+}
+
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.sink.ready().await {
+    let cached = *state.readiness.lock().unwrap_or_else(|p| p.into_inner());
+    let ready = match cached {
+        Some((at, ready)) if at.elapsed() < READINESS_TTL => ready,
+        _ => {
+            let ready = state.sink.ready().await;
+            *state.readiness.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((std::time::Instant::now(), ready));
+            ready
+        }
+    };
+    if ready {
         (StatusCode::OK, "ready").into_response()
     } else {
         error(StatusCode::SERVICE_UNAVAILABLE, "Kafka is not reachable")

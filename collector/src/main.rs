@@ -5,7 +5,7 @@ use anyhow::Context;
 use clap::Parser;
 use qoe_collector::client::RegionResolver;
 use qoe_collector::config::Config;
-use qoe_collector::http::{router, AppState};
+use qoe_collector::http::{admin_router, router, AppState};
 use qoe_collector::rate_limit::RateLimits;
 use qoe_collector::server::{serve, ConnectionLimits};
 use qoe_collector::sink::Sink;
@@ -54,6 +54,7 @@ async fn main() -> anyhow::Result<()> {
         trusted_proxies: config.trusted_proxies.clone(),
         ingest_keys: config.ingest_keys.iter().cloned().collect(),
         prometheus: Some(telemetry.prometheus()),
+        readiness: std::sync::Mutex::new(None),
     });
 
     let housekeeping = {
@@ -84,12 +85,24 @@ async fn main() -> anyhow::Result<()> {
         "collector listening"
     );
     let app = router(state.clone(), &config.http_config());
+    let admin_listener = tokio::net::TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("binding the admin listener {}", config.admin_listen))?;
+    tracing::info!(admin = %config.admin_listen, "admin listener (/healthz, /readyz, /metrics)");
     let limits = ConnectionLimits {
         header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
         shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
     };
     let shutdown = qoe_telemetry::process::shutdown_on_signal();
+    let admin_app = admin_router(state.clone());
+    let admin_shutdown = shutdown.clone();
+    let admin = tokio::spawn(async move {
+        axum::serve(admin_listener, admin_app)
+            .with_graceful_shutdown(admin_shutdown.cancelled_owned())
+            .await
+    });
     serve(listener, app, limits, shutdown.cancelled_owned()).await;
+    admin.abort();
 
     tracing::info!(
         in_flight = state.sink.in_flight(),

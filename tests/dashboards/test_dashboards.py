@@ -183,7 +183,7 @@ def run_scenario(name, incident, start_ms):
     topic, database = f"test.dash.{name}.{run}", f"test_dash_{name}_{run}"
     subprocess.run([str(ROOT / "scripts" / "stack.sh"), "create-topic", topic, "6"], check=True,
                    capture_output=True)
-    cport, aport = free_port(), free_port()
+    cport, aport, admin_port = free_port(), free_port(), free_port()
     env = dict(os.environ, RUST_LOG="warn")
     procs = [
         subprocess.Popen([str(TARGET / "aggregator"), "run", "--kafka-brokers", BROKERS,
@@ -191,11 +191,13 @@ def run_scenario(name, incident, start_ms):
                           "--clickhouse-database", database, "--listen", f"127.0.0.1:{aport}",
                           "--flush-interval-ms", "500"], env=env),
         subprocess.Popen([str(TARGET / "collector"), "--listen", f"127.0.0.1:{cport}",
-                          "--kafka-brokers", BROKERS, "--topic", topic, "--rate-per-ip", "0", "--rate-events-per-ip", "0",
-                          "--rate-per-view", "0", "--rate-global", "0"], env=env),
+                          "--admin-listen", f"127.0.0.1:{admin_port}",
+                          "--kafka-brokers", BROKERS, "--topic", topic, "--rate-per-ip", "0",
+                          "--rate-events-per-ip", "0", "--rate-per-view", "0", "--rate-global", "0"],
+                         env=env),
     ]
     try:
-        wait_http(f"http://127.0.0.1:{cport}/readyz", 60)
+        wait_http(f"http://127.0.0.1:{admin_port}/readyz", 60)
         truth_file = pathlib.Path(f"/tmp/qoe-dash-truth-{run}.json")
         args = [str(TARGET / "simulator"), "--url", f"http://127.0.0.1:{cport}", "--seed", "11",
                 "--viewers", "1500", "--duration", f"{SPAN_S}s", "--speed", "0",

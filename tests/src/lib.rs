@@ -376,13 +376,16 @@ pub fn spawn_aggregator(topic: &str, database: &str, group: &str, extra: &[&str]
     Service::spawn("aggregator", &args, &[])
 }
 
-/// Starts a collector publishing to `topic` on a free port; returns it with its base URL once
-/// it answers `/healthz`.
-pub async fn spawn_collector(topic: &str, extra: &[&str]) -> (Service, String) {
+/// Starts a collector publishing to `topic` on free ports; returns it with the base URLs of
+/// its public and admin listeners once it answers `/healthz`.
+pub async fn spawn_collector(topic: &str, extra: &[&str]) -> (Service, String, String) {
     let port = free_port();
+    let admin_port = free_port();
     let mut args: Vec<String> = vec![
         "--listen".into(),
         format!("127.0.0.1:{port}"),
+        "--admin-listen".into(),
+        format!("127.0.0.1:{admin_port}"),
         "--kafka-brokers".into(),
         kafka_brokers(),
         "--topic".into(),
@@ -391,8 +394,9 @@ pub async fn spawn_collector(topic: &str, extra: &[&str]) -> (Service, String) {
     args.extend(extra.iter().map(|s| s.to_string()));
     let service = Service::spawn("collector", &args, &[]);
     let base = format!("http://127.0.0.1:{port}");
+    let admin = format!("http://127.0.0.1:{admin_port}");
     wait_http_ok(&format!("{base}/healthz"), Duration::from_secs(20)).await;
-    (service, base)
+    (service, base, admin)
 }
 
 /// Waits until ClickHouse holds checkpoints up to `next` for every partition.

@@ -14,11 +14,17 @@ use qoe_telemetry::process::now_ms;
 struct Collector {
     service: Service,
     base: String,
+    /// The admin listener: /readyz, /metrics.
+    admin: String,
 }
 
 async fn collector(topic: &str, extra: &[&str]) -> Collector {
-    let (service, base) = spawn_collector(topic, extra).await;
-    Collector { service, base }
+    let (service, base, admin) = spawn_collector(topic, extra).await;
+    Collector {
+        service,
+        base,
+        admin,
+    }
 }
 
 fn beacon(
@@ -303,9 +309,15 @@ async fn status_table() {
     assert!(r.status().is_success());
     assert_eq!(r.headers().get("access-control-allow-origin").unwrap(), "*");
 
+    // Readiness and metrics are on the admin listener only; the public one has liveness.
+    for path in ["readyz", "metrics"] {
+        let r = http.get(format!("{}/{path}", c.base)).send().await.unwrap();
+        assert_eq!(r.status(), 404, "/{path} on the public listener");
+    }
+
     // Health, readiness, metrics.
     assert_eq!(
-        http.get(format!("{}/readyz", c.base))
+        http.get(format!("{}/readyz", c.admin))
             .send()
             .await
             .unwrap()
@@ -313,7 +325,7 @@ async fn status_table() {
         200
     );
     let metrics = http
-        .get(format!("{}/metrics", c.base))
+        .get(format!("{}/metrics", c.admin))
         .send()
         .await
         .unwrap()
@@ -722,7 +734,7 @@ async fn hostile_clients_are_refused_cheaply_and_fairly() {
     assert_eq!(r.status(), 415);
 
     let metrics = http
-        .get(format!("{}/metrics", c.base))
+        .get(format!("{}/metrics", c.admin))
         .send()
         .await
         .unwrap()

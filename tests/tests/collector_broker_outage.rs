@@ -19,9 +19,12 @@ async fn broker_outage_gives_503_then_recovers() {
     let topic = unique("test.outage");
     create_topic(&topic, 2).await.unwrap();
     let port = free_port();
+    let admin_port = free_port();
     let args: Vec<String> = [
         "--listen",
         &format!("127.0.0.1:{port}"),
+        "--admin-listen",
+        &format!("127.0.0.1:{admin_port}"),
         "--kafka-brokers",
         &kafka_brokers(),
         "--topic",
@@ -40,6 +43,7 @@ async fn broker_outage_gives_503_then_recovers() {
     .collect();
     let mut collector = Service::spawn("collector", &args, &[]);
     let base = format!("http://127.0.0.1:{port}");
+    let admin = format!("http://127.0.0.1:{admin_port}");
     wait_http_ok(&format!("{base}/healthz"), Duration::from_secs(20)).await;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -85,7 +89,7 @@ async fn broker_outage_gives_503_then_recovers() {
         "collector died while Kafka was down"
     );
     assert_eq!(
-        http.get(format!("{base}/readyz"))
+        http.get(format!("{admin}/readyz"))
             .send()
             .await
             .unwrap()
@@ -117,7 +121,7 @@ async fn broker_outage_gives_503_then_recovers() {
     let ready_by = Instant::now() + Duration::from_secs(30);
     loop {
         let status = http
-            .get(format!("{base}/readyz"))
+            .get(format!("{admin}/readyz"))
             .send()
             .await
             .unwrap()

@@ -106,7 +106,7 @@ async fn clickhouse_equals_the_simulators_ground_truth() {
     let topic = unique("test.e2e");
     let database = unique("test_e2e");
     create_topic(&topic, 6).await.unwrap();
-    let (_collector, url) = spawn_collector(
+    let (_collector, url, _) = spawn_collector(
         &topic,
         &[
             "--rate-per-ip",
@@ -192,7 +192,7 @@ async fn rate_limited_players_retry_and_lose_nothing() {
     let topic = unique("test.e2e.limited");
     let database = unique("test_e2e_limited");
     create_topic(&topic, 3).await.unwrap();
-    let (_collector, url) = spawn_collector(
+    let (_collector, url, _) = spawn_collector(
         &topic,
         &[
             "--rate-per-ip",
