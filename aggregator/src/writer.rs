@@ -30,6 +30,9 @@ pub enum WriteError {
     Timeout(Duration),
 }
 
+/// Size of the chunks a batch is streamed to ClickHouse in.
+const CHUNK_BYTES: usize = 1 << 20;
+
 fn now_secs() -> u32 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -212,18 +215,38 @@ impl Writer {
         let staged_at = now_secs();
         let client = &self.store.client;
 
-        let mut body = Vec::with_capacity(256 * (batch.rows() + 1));
+        let columns = staging::column_list();
+        let mut insert = client.insert_formatted_with(format!(
+            "INSERT INTO qoe_staging ({columns}) FORMAT RowBinary"
+        ));
+        // Rows are encoded into chunks of about CHUNK_BYTES and streamed, so a large batch is
+        // never held a second time, encoded, in memory.
+        let mut body = Vec::with_capacity(CHUNK_BYTES + 4096);
         for (window_start, slice, m) in batch.window_rows() {
             let mut r =
                 StagingRow::empty(batch_id, staged_at, Kind::Window).at(window_start, slice);
             r.metrics = Some(m);
             r.encode(&mut body);
+            if body.len() >= CHUNK_BYTES {
+                insert
+                    .send(
+                        std::mem::replace(&mut body, Vec::with_capacity(CHUNK_BYTES + 4096)).into(),
+                    )
+                    .await?;
+            }
         }
         for (window_start, slice, view_id) in batch.presence_rows() {
             let mut r =
                 StagingRow::empty(batch_id, staged_at, Kind::Presence).at(window_start, slice);
             r.view_id = view_id;
             r.encode(&mut body);
+            if body.len() >= CHUNK_BYTES {
+                insert
+                    .send(
+                        std::mem::replace(&mut body, Vec::with_capacity(CHUNK_BYTES + 4096)).into(),
+                    )
+                    .await?;
+            }
         }
         for (view_id, c, v) in batch.view_rows() {
             // The per-view totals travel in the metric columns of the same names.
@@ -254,6 +277,13 @@ impl Writer {
             r.end_reason = v.end_reason;
             r.end_time = v.end_time.max(0) as u64;
             r.encode(&mut body);
+            if body.len() >= CHUNK_BYTES {
+                insert
+                    .send(
+                        std::mem::replace(&mut body, Vec::with_capacity(CHUNK_BYTES + 4096)).into(),
+                    )
+                    .await?;
+            }
         }
         let mut r = StagingRow::empty(batch_id, staged_at, Kind::Checkpoint);
         r.topic = &self.topic;
@@ -263,10 +293,6 @@ impl Writer {
         r.state_offset = checkpoint.state_offset as u64;
         r.max_event_time = checkpoint.max_event_time;
         r.encode(&mut body);
-        let columns = staging::column_list();
-        let mut insert = client.insert_formatted_with(format!(
-            "INSERT INTO qoe_staging ({columns}) FORMAT RowBinary"
-        ));
         insert.send(body.into()).await?;
         insert.end().await?;
 
