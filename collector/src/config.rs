@@ -77,6 +77,18 @@ pub struct Config {
     #[arg(long, env = "QOE_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub request_timeout_ms: u64,
 
+    /// Open connections on the public listener at most; more get 503 and are closed at once.
+    #[arg(long, env = "QOE_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Beacon requests handled at once at most (reading, validating, waiting for Kafka); more
+    /// get 503 with Retry-After.
+    #[arg(long, env = "QOE_MAX_IN_FLIGHT_REQUESTS", default_value_t = 2048)]
+    pub max_in_flight_requests: usize,
+    /// Bytes of (decompressed) request bodies held at once by requests waiting for Kafka; a
+    /// request that would exceed it gets 503 with Retry-After.
+    #[arg(long, env = "QOE_MAX_IN_FLIGHT_BYTES", default_value_t = 256 << 20)]
+    pub max_in_flight_bytes: usize,
+
     /// Requests per second per client address (0: no limit).
     #[arg(long, env = "QOE_RATE_PER_IP", default_value_t = 100)]
     pub rate_per_ip: u32,

@@ -47,6 +47,40 @@ pub struct AppState {
     pub prometheus: Option<PrometheusHandle>,
     /// The last readiness answer and when it was computed.
     pub readiness: std::sync::Mutex<Option<(std::time::Instant, bool)>>,
+    /// Load shedding: beacon requests being handled, and bytes of bodies they hold.
+    pub in_flight: InFlight,
+}
+
+/// Budgets of work in progress; a request that finds one used up gets 503 + Retry-After at
+/// once, before memory grows.
+pub struct InFlight {
+    requests: Arc<tokio::sync::Semaphore>,
+    body_bytes: Arc<tokio::sync::Semaphore>,
+    body_bytes_max: usize,
+}
+
+impl InFlight {
+    pub fn new(max_requests: usize, max_body_bytes: usize) -> Self {
+        InFlight {
+            requests: Arc::new(tokio::sync::Semaphore::new(max_requests.max(1))),
+            body_bytes: Arc::new(tokio::sync::Semaphore::new(max_body_bytes.max(1))),
+            body_bytes_max: max_body_bytes.max(1),
+        }
+    }
+
+    /// Bytes of bodies currently held.
+    pub fn body_bytes(&self) -> usize {
+        self.body_bytes_max - self.body_bytes.available_permits()
+    }
+}
+
+fn overloaded(kind: &'static str) -> Response {
+    metrics::counter!(names::OVERLOADED, "kind" => kind).increment(1);
+    retry_after(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the collector is overloaded, retry later",
+        backpressure_retry_after(),
+    )
 }
 
 /// How long a readiness answer is reused.
@@ -188,6 +222,7 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 async fn metrics_endpoint(State(state): State<Arc<AppState>>) -> Response {
     metrics::gauge!(names::KAFKA_IN_FLIGHT).set(f64::from(state.sink.in_flight()));
     metrics::gauge!(names::RATE_LIMITER_BUCKETS).set(state.rate.state_size() as f64);
+    metrics::gauge!(names::IN_FLIGHT_BYTES).set(state.in_flight.body_bytes() as f64);
     match &state.prometheus {
         Some(p) => p.render().into_response(),
         None => error(StatusCode::NOT_FOUND, "metrics are not enabled"),
@@ -262,6 +297,9 @@ async fn handle_beacon(
     if let Err(hit) = state.rate.check_client(ip) {
         return rate_limited(hit);
     }
+    let Ok(_request_slot) = state.in_flight.requests.clone().try_acquire_owned() else {
+        return overloaded("requests");
+    };
     let content_type = match headers.get(header::CONTENT_TYPE).map(|v| v.to_str()) {
         None => None,
         Some(Ok(v)) => Some(v),
@@ -287,6 +325,21 @@ async fn handle_beacon(
             };
             return error(status, message);
         }
+    };
+    // The body stays alive until Kafka acknowledges its events: it counts against the budget.
+    let Ok(_body_permit) = u32::try_from(body.len())
+        .ok()
+        .and_then(|n| {
+            state
+                .in_flight
+                .body_bytes
+                .clone()
+                .try_acquire_many_owned(n)
+                .ok()
+        })
+        .ok_or(())
+    else {
+        return overloaded("body_bytes");
     };
     let peer_trusted = state.trusted_proxies.iter().any(|n| n.contains(&peer.ip()));
     let server_region = state.region.resolve(ip, headers, peer_trusted);

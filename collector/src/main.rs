@@ -5,7 +5,7 @@ use anyhow::Context;
 use clap::Parser;
 use qoe_collector::client::RegionResolver;
 use qoe_collector::config::Config;
-use qoe_collector::http::{admin_router, router, AppState};
+use qoe_collector::http::{admin_router, router, AppState, InFlight};
 use qoe_collector::rate_limit::RateLimits;
 use qoe_collector::server::{serve, ConnectionLimits};
 use qoe_collector::sink::Sink;
@@ -55,6 +55,7 @@ async fn main() -> anyhow::Result<()> {
         ingest_keys: config.ingest_keys.iter().cloned().collect(),
         prometheus: Some(telemetry.prometheus()),
         readiness: std::sync::Mutex::new(None),
+        in_flight: InFlight::new(config.max_in_flight_requests, config.max_in_flight_bytes),
     });
 
     let housekeeping = {
@@ -92,6 +93,8 @@ async fn main() -> anyhow::Result<()> {
     let limits = ConnectionLimits {
         header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
         shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
+        max_connections: config.max_connections,
+        write_timeout: Duration::from_millis(config.request_timeout_ms),
     };
     let shutdown = qoe_telemetry::process::shutdown_on_signal();
     let admin_app = admin_router(state.clone());

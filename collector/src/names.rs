@@ -11,6 +11,9 @@ pub const KAFKA_IN_FLIGHT: &str = "qoe_collector_kafka_in_flight";
 pub const KAFKA_DELIVERY_SECONDS: &str = "qoe_collector_kafka_delivery_seconds";
 pub const PRODUCER_RESTARTS: &str = "qoe_collector_producer_restarts_total";
 pub const RATE_LIMITER_BUCKETS: &str = "qoe_collector_rate_limiter_buckets";
+pub const CONNECTIONS_REFUSED: &str = "qoe_collector_connections_refused_total";
+pub const OVERLOADED: &str = "qoe_collector_overloaded_total";
+pub const IN_FLIGHT_BYTES: &str = "qoe_collector_in_flight_body_bytes";
 
 /// Registers the help text of every metric (call once the recorder is installed).
 pub fn describe() {
@@ -42,4 +45,17 @@ pub fn describe() {
         "Kafka producers replaced after a fatal error or lasting delivery failures"
     );
     describe_gauge!(RATE_LIMITER_BUCKETS, "Keys held by the rate limiters");
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connections answered 503 and closed because the connection cap was reached"
+    );
+    describe_counter!(
+        OVERLOADED,
+        "Requests answered 503 because the in-flight request or body-byte budget was used up, by kind"
+    );
+    describe_gauge!(
+        IN_FLIGHT_BYTES,
+        Unit::Bytes,
+        "Bytes of request bodies held by requests waiting for Kafka"
+    );
 }

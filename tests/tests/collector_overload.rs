@@ -1,0 +1,249 @@
+//! The collector under a flood and under connection exhaustion, against the real broker. Alone
+//! in its test binary (cargo runs test binaries one after another), so latency figures are not
+//! disturbed by other tests; the scenarios run one after another for the same reason.
+
+use qoe_telemetry::process::now_ms;
+use qoe_tests::{create_topic, rss_kib, spawn_collector, unique};
+use serde_json::json;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+
+fn beacon(view: &str) -> Vec<u8> {
+    let t = now_ms();
+    serde_json::to_vec(&json!({
+        "sent_at": t,
+        "view": {"view_id": view, "stream_id": "ch-1", "stream_type": "live", "cdn": "cdn-a",
+                 "platform": "web", "player": "test", "protocol": "hls", "region": "eu-west"},
+        "events": [{"seq": 0, "type": "view_start", "ts": t - 100}]
+    }))
+    .unwrap()
+}
+
+fn p99(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[(samples.len() * 99 / 100).min(samples.len() - 1)]
+}
+
+/// A well-behaved client posting `rate` requests/s for `secs` from `from`: its latencies, and
+/// the statuses that were not 204.
+async fn steady_client(base: &str, from: &str, rate: u32, secs: u32) -> (Vec<Duration>, Vec<u16>) {
+    let http = reqwest::Client::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
+    let (mut latencies, mut refused) = (Vec::new(), Vec::new());
+    for i in 0..rate * secs {
+        tick.tick().await;
+        let started = Instant::now();
+        let r = http
+            .post(format!("{base}/v1/beacons"))
+            .header("x-forwarded-for", from)
+            .body(beacon(&format!("steady-{from}-{i}")))
+            .send()
+            .await
+            .unwrap();
+        latencies.push(started.elapsed());
+        if r.status() != 204 {
+            refused.push(r.status().as_u16());
+        }
+    }
+    (latencies, refused)
+}
+
+async fn flood_scenario() {
+    let topic = unique("test.collector.flood");
+    create_topic(&topic, 2).await.unwrap();
+    let (service, base, _) = spawn_collector(
+        &topic,
+        &[
+            "--trusted-proxies",
+            "127.0.0.0/8",
+            "--rate-per-ip",
+            "20",
+            "--rate-burst-factor",
+            "1",
+            "--rate-per-view",
+            "0",
+        ],
+    )
+    .await;
+    let (unloaded, refused) = steady_client(&base, "198.51.100.1", 10, 6).await;
+    assert!(refused.is_empty(), "refused without any flood: {refused:?}");
+
+    // One address at 10x its limit (200 requests/s against 20/s), on 8 connections.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut flooders = Vec::new();
+    for worker in 0..8 {
+        let (base, stop) = (base.clone(), stop.clone());
+        flooders.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(40));
+            let (mut sent, mut limited) = (0u32, 0u32);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tick.tick().await;
+                let r = http
+                    .post(format!("{base}/v1/beacons"))
+                    .header("x-forwarded-for", "203.0.113.66")
+                    .body(beacon(&format!("flood-{worker}-{sent}")))
+                    .send()
+                    .await
+                    .unwrap();
+                sent += 1;
+                limited += u32::from(r.status() == 429);
+            }
+            (sent, limited)
+        }));
+    }
+    let (loaded, refused) = steady_client(&base, "198.51.100.1", 10, 6).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut sent, mut limited) = (0, 0);
+    for f in flooders {
+        let (s, l) = f.await.unwrap();
+        (sent, limited) = (sent + s, limited + l);
+    }
+    assert!(sent >= 600, "the flood sent only {sent} requests");
+    assert!(
+        limited * 10 >= sent * 8,
+        "the flood got {limited} of {sent} refused"
+    );
+    assert!(
+        refused.is_empty(),
+        "the well-behaved client was refused: {refused:?}"
+    );
+    let (before, during) = (p99(unloaded), p99(loaded));
+    // Twice the unloaded p99, with a 5 ms floor: below it, scheduling noise on a shared machine
+    // is larger than anything the flood could cause.
+    let bound = 2 * before.max(Duration::from_millis(5));
+    eprintln!("well-behaved client p99: {before:?} unloaded, {during:?} during the flood");
+    assert!(
+        during <= bound,
+        "p99 {during:?} during the flood vs {before:?} before"
+    );
+    drop(service);
+}
+
+async fn connection_exhaustion_scenario() {
+    let topic = unique("test.collector.conns");
+    create_topic(&topic, 1).await.unwrap();
+    let (service, base, admin) = spawn_collector(
+        &topic,
+        &[
+            "--max-connections",
+            "64",
+            "--header-read-timeout-ms",
+            "1500",
+            "--request-timeout-ms",
+            "3000",
+            "--max-in-flight-bytes",
+            "2000",
+            "--rate-per-ip",
+            "0",
+            "--rate-events-per-ip",
+            "0",
+        ],
+    )
+    .await;
+    let pid = service.child.id();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    assert_eq!(
+        http.post(format!("{base}/v1/beacons"))
+            .body(beacon("before"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    let rss_before = rss_kib(pid);
+
+    // 100 idle connections and 100 that send a head and then trickle nothing of their body:
+    // three times the cap.
+    let addr = base.trim_start_matches("http://").to_owned();
+    let mut held = Vec::new();
+    for i in 0..200 {
+        let Ok(mut s) = tokio::net::TcpStream::connect(&addr).await else {
+            continue;
+        };
+        if i % 2 == 1 {
+            let head = format!(
+                "POST /v1/beacons HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 100000\r\n\r\n{{"
+            );
+            let _ = s.write_all(head.as_bytes()).await;
+        }
+        held.push(s);
+    }
+    // Liveness and readiness stay up on the admin listener.
+    for path in ["healthz", "readyz"] {
+        let r = http.get(format!("{admin}/{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "/{path} under connection exhaustion");
+    }
+    // A normal client is told to come back (503 + Retry-After) or served; once the header and
+    // request timeouts cut the hoarded connections, it is served.
+    let started = Instant::now();
+    let mut statuses = Vec::new();
+    loop {
+        let r = http
+            .post(format!("{base}/v1/beacons"))
+            .body(beacon(&format!("during-{}", statuses.len())))
+            .send()
+            .await;
+        let status = r.as_ref().map(|r| r.status().as_u16()).unwrap_or(0);
+        statuses.push(status);
+        if status == 204 {
+            break;
+        }
+        if let Ok(r) = &r {
+            assert_eq!(status, 503, "over the cap: 503, not {status}");
+            assert!(r.headers().get("retry-after").is_some());
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "a normal client was not served within 8 s: {statuses:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let rss_after = rss_kib(pid);
+    assert!(
+        rss_after < rss_before + 32 * 1024,
+        "RSS grew from {rss_before} KiB to {rss_after} KiB"
+    );
+    drop(held);
+
+    // A body bigger than the in-flight byte budget (2,000 bytes here) is shed with 503, not
+    // held: the budget bounds what requests waiting for Kafka keep in memory.
+    let big = serde_json::to_vec(&json!({
+        "sent_at": now_ms(),
+        "view": {"view_id": "big", "stream_id": "x".repeat(100), "stream_type": "live",
+                 "cdn": "c", "platform": "p"},
+        "events": (0..40).map(|i| json!({"seq": i, "type": "heartbeat", "ts": now_ms() - 100,
+                                         "playing_ms": 1000})).collect::<Vec<_>>()
+    }))
+    .unwrap();
+    assert!(big.len() > 2000);
+    let r = http
+        .post(format!("{base}/v1/beacons"))
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().get("retry-after").is_some());
+    let metrics = http
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("qoe_collector_connections_refused_total"));
+    assert!(metrics.contains("qoe_collector_overloaded_total{kind=\"body_bytes\"}"));
+    drop(service);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flood_and_connection_exhaustion() {
+    flood_scenario().await;
+    connection_exhaustion_scenario().await;
+}
