@@ -74,6 +74,19 @@ impl InFlight {
     }
 }
 
+/// Whether reading the body failed on a size limit, wherever in the chain of body wrappers
+/// (limit, decompression) it was raised: a chunked body over the limit surfaces wrapped.
+fn over_length_limit(rejection: &axum::extract::rejection::BytesRejection) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 fn overloaded(kind: &'static str) -> Response {
     metrics::counter!(names::OVERLOADED, "kind" => kind).increment(1);
     retry_after(
@@ -317,7 +330,11 @@ async fn handle_beacon(
     let body = match Bytes::from_request(request, &()).await {
         Ok(b) => b,
         Err(rejection) => {
-            let status = rejection.status();
+            let status = if over_length_limit(&rejection) {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                rejection.status()
+            };
             let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
                 "body exceeds the size limit (compressed or decompressed)".to_owned()
             } else {

@@ -713,6 +713,43 @@ async fn hostile_clients_are_refused_cheaply_and_fairly() {
     let body = r.bytes().await.unwrap();
     assert!(body.len() < 1024, "a {} byte error body", body.len());
 
+    // A chunked body over the size limit (1 MiB by default) is 413, like a declared one.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = c.base.trim_start_matches("http://").to_owned();
+        let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let (mut rd, mut wr) = stream.into_split();
+        let writer = tokio::spawn(async move {
+            let head = format!(
+                "POST /v1/beacons?key=k1 HTTP/1.1\r\nHost: {addr}\r\nX-Forwarded-For: 198.51.100.43\r\n\
+                 Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            );
+            let _ = wr.write_all(head.as_bytes()).await;
+            let chunk = vec![b' '; 64 * 1024];
+            for _ in 0..20 {
+                let size = format!("{:x}\r\n", chunk.len());
+                if wr.write_all(size.as_bytes()).await.is_err()
+                    || wr.write_all(&chunk).await.is_err()
+                    || wr.write_all(b"\r\n").await.is_err()
+                {
+                    break;
+                }
+            }
+            let _ = wr.write_all(b"0\r\n\r\n").await;
+        });
+        let mut buf = vec![0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(10), rd.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 413"),
+            "{}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        writer.abort();
+    }
+
     // A JSON array is not an envelope, even with the envelope's fields in order.
     let array =
         br#"[1763721600000, {"view_id": "v"}, [{"seq": 0, "type": "view_start", "ts": 1}]]"#;
