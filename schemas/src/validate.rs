@@ -144,19 +144,34 @@ pub fn is_valid_view_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
 }
 
+/// Whether `s` has more than `max` characters. String limits count characters, as the JSON
+/// Schema's `maxLength` does; a character is at most 4 bytes, so memory stays bounded.
+fn longer_than(s: &str, max: usize) -> bool {
+    s.len() > max && s.chars().count() > max
+}
+
+/// Control characters, and the Unicode bidirectional formatting characters that can make a
+/// value display as something else in a dashboard (U+061C, U+200E/F, U+202A-E, U+2066-9).
+pub fn has_unsafe_chars(s: &str) -> bool {
+    s.chars().any(|c| {
+        c.is_control()
+            || matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    })
+}
+
 fn dimension(name: &str, value: &str, limits: &Limits) -> Result<String, EnvelopeError> {
     if value.is_empty() {
         return Err(EnvelopeError::View(format!("view.{name} is empty")));
     }
-    if value.len() > limits.max_dimension_len {
+    if longer_than(value, limits.max_dimension_len) {
         return Err(EnvelopeError::View(format!(
-            "view.{name} is longer than {} bytes",
+            "view.{name} is longer than {} characters",
             limits.max_dimension_len
         )));
     }
-    if value.chars().any(char::is_control) {
+    if has_unsafe_chars(value) {
         return Err(EnvelopeError::View(format!(
-            "view.{name} contains control characters"
+            "view.{name} contains control or bidirectional formatting characters"
         )));
     }
     Ok(value.to_owned())
@@ -212,15 +227,20 @@ fn validate_view(view: &ViewContext, limits: &Limits) -> Result<ValidView, Envel
             )));
         }
         for (k, v) in map {
-            if k.is_empty() || k.len() > limits.max_custom_key_len {
+            if k.is_empty() || longer_than(k, limits.max_custom_key_len) {
                 return Err(EnvelopeError::View(format!(
-                    "view.custom keys must be 1-{} bytes",
+                    "view.custom keys must be 1-{} characters",
                     limits.max_custom_key_len
                 )));
             }
-            if v.len() > limits.max_custom_value_len {
+            if has_unsafe_chars(k) || has_unsafe_chars(v) {
+                return Err(EnvelopeError::View(
+                    "view.custom contains control or bidirectional formatting characters".into(),
+                ));
+            }
+            if longer_than(v, limits.max_custom_value_len) {
                 return Err(EnvelopeError::View(format!(
-                    "view.custom[{:?}] is longer than {} bytes",
+                    "view.custom[{:?}] is longer than {} characters",
                     truncate(k, 32),
                     limits.max_custom_value_len
                 )));
@@ -324,10 +344,10 @@ pub fn validate_event(
         }
     }
     if let Some(code) = &ev.code {
-        if code.len() > limits.max_code_len {
+        if longer_than(code, limits.max_code_len) {
             return Err(Rejection::new(
                 RejectReason::TooLong,
-                format!("code is longer than {} bytes", limits.max_code_len),
+                format!("code is longer than {} characters", limits.max_code_len),
             ));
         }
     }
@@ -565,5 +585,25 @@ mod tests {
         assert_eq!(corrected_time(1000, 5000, Some(4000)), 2000);
         assert_eq!(corrected_time(1000, 5000, None), 1000);
         assert_eq!(corrected_time(i64::MAX, i64::MAX, Some(i64::MIN)), i64::MAX);
+    }
+}
+
+#[cfg(test)]
+mod string_rule_tests {
+    use super::*;
+
+    #[test]
+    fn limits_count_characters_and_unsafe_characters_are_refused() {
+        let limits = Limits::default();
+        let wide = "é".repeat(limits.max_dimension_len);
+        assert!(
+            dimension("cdn", &wide, &limits).is_ok(),
+            "128 two-byte characters fit"
+        );
+        assert!(dimension("cdn", &format!("{wide}x"), &limits).is_err());
+        for bad in ["cdn\u{202E}a", "a\u{2066}b", "tab\there", "\u{200F}"] {
+            assert!(dimension("cdn", bad, &limits).is_err(), "{bad:?}");
+        }
+        assert!(dimension("cdn", "akamai-eu", &limits).is_ok());
     }
 }
