@@ -83,10 +83,13 @@ pub fn process(
     server_region: Option<&str>,
     limits: &Limits,
 ) -> Result<Accepted, IngestError> {
-    let envelope = Envelope::parse(body).map_err(|e| IngestError::BadEnvelope(e.to_string()))?;
+    // Parser errors can quote the input (a 700 KB string in a field of the wrong type): cut.
+    let bounded = |e: String| truncate_reason(&e, MAX_REASON_BYTES - 32);
+    let envelope =
+        Envelope::parse(body).map_err(|e| IngestError::BadEnvelope(bounded(e.to_string())))?;
     let view = validate_envelope(&envelope, limits).map_err(|e| match e {
-        EnvelopeError::TooManyEvents { .. } => IngestError::TooManyEvents(e.to_string()),
-        other => IngestError::BadEnvelope(other.to_string()),
+        EnvelopeError::TooManyEvents { .. } => IngestError::TooManyEvents(bounded(e.to_string())),
+        other => IngestError::BadEnvelope(bounded(other.to_string())),
     })?;
     let region = resolve_region(server_region, view.claimed_region.as_deref());
     let context = view.into_context(region);
