@@ -28,10 +28,11 @@ trap cleanup EXIT
 ms() { date +%s%3N; }
 ch() { curl -fsS "$CH/?database=$DB" --data-binary "$1"; }
 
-QOE_RATE_EVENTS_PER_IP=0 QOE_ADMIN_LISTEN=127.0.0.1:0 "$BIN/collector" --listen "127.0.0.1:$CPORT" --topic "$TOPIC" \
+CADMIN=$((CPORT + 1))
+QOE_RATE_EVENTS_PER_IP=0 "$BIN/collector" --listen "127.0.0.1:$CPORT" --admin-listen "127.0.0.1:$CADMIN" --topic "$TOPIC" \
   --rate-per-ip 0 --rate-per-view 0 --rate-global 0 >/dev/null 2>&1 &
 PIDS+=($!)
-until curl -fsS "http://127.0.0.1:$CPORT/readyz" >/dev/null 2>&1; do sleep 0.2; done
+until curl -fsS "http://127.0.0.1:$CADMIN/readyz" >/dev/null 2>&1; do sleep 0.2; done
 echo "filling $TOPIC: $VIEWERS viewers, $DURATION simulated, flat out"
 "$BIN/simulator" --url "http://127.0.0.1:$CPORT" --viewers "$VIEWERS" --duration "$DURATION" \
   --speed 0 --progress-secs 0 | sed -n 's/^Events acknowledged/  acknowledged/p'
