@@ -54,7 +54,8 @@ struct RunArgs {
     /// Consumer group; instances in one group share the partitions.
     #[arg(long, env = "QOE_CONSUMER_GROUP", default_value = "qoe-aggregator")]
     group: String,
-    /// Window length in seconds (tumbling, event time). Must not change while data flows.
+    /// Window length in seconds (tumbling, event time). Must divide 60 (windows roll up into
+    /// minutes and hours) and must not change while data flows.
     #[arg(long, env = "QOE_WINDOW_SECS", default_value_t = 10)]
     window_secs: u32,
     /// Allowed lateness in seconds: events for windows that ended longer ago are late.
@@ -199,7 +200,7 @@ fn dimensions(names: &[String]) -> anyhow::Result<Dimensions> {
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let telemetry = qoe_telemetry::Telemetry::init("qoe-aggregator", args.log_format)?;
     qoe_aggregator::names::describe();
-    anyhow::ensure!(args.window_secs > 0, "--window-secs must be positive");
+    qoe_aggregator::window::check_window_secs(args.window_secs).map_err(anyhow::Error::msg)?;
     let window = WindowConfig {
         window_ms: i64::from(args.window_secs) * 1000,
         allowed_lateness_ms: i64::from(args.allowed_lateness_secs) * 1000,

@@ -44,6 +44,20 @@ impl Default for Dimensions {
     }
 }
 
+/// Why a window length cannot be used: the 1-minute and 1-hour tables are rolled up from the
+/// base rows by the minute and hour that contain each window's start, so a base window must
+/// fit whole into a minute (a length that divides 60 s), and the base table is the 10 s one.
+pub fn check_window_secs(secs: u32) -> Result<(), String> {
+    if secs == 0 || 60 % secs != 0 {
+        return Err(format!(
+            "--window-secs {secs} must divide 60 (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30 or 60): \
+             windows are rolled up into minutes and hours, and a window that straddles a minute \
+             would be counted in the wrong one"
+        ));
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct WindowConfig {
     pub window_ms: i64,
@@ -493,6 +507,16 @@ mod tests {
             ..QoeEvent::blank(view, seq, kind, t)
         };
         Box::leak(Box::new(e)).borrowed()
+    }
+
+    #[test]
+    fn window_lengths_must_divide_a_minute() {
+        for ok in [1, 5, 10, 15, 30, 60] {
+            assert!(check_window_secs(ok).is_ok(), "{ok}");
+        }
+        for bad in [0, 7, 25, 45, 90, 120] {
+            assert!(check_window_secs(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use axum::http::{header, HeaderMap};
 use ipnet::IpNet;
+use qoe_schemas::validate::normalize_dimension;
 use std::net::IpAddr;
 use std::path::Path;
 
@@ -96,16 +97,30 @@ pub enum RegionError {
     Header(String),
 }
 
-/// Server-side region resolution; `None` means "fall back to the envelope".
+/// Server-side region resolution; `None` means "fall back to the envelope". Every source gives
+/// the same normal form (`qoe_schemas::validate::normalize_dimension`): trimmed, lower-case.
+/// GeoIP gives a country; `country_regions` maps countries to the operator's regions, so that
+/// "region" means the same thing whatever its source (an unmapped country stays its ISO code).
 pub struct RegionResolver {
     header: Option<axum::http::HeaderName>,
     geoip: Option<maxminddb::Reader<Vec<u8>>>,
+    country_regions: std::collections::HashMap<String, String>,
 }
 
 const MAX_REGION_LEN: usize = 64;
 
 impl RegionResolver {
     pub fn new(header: Option<&str>, geoip_db: Option<&Path>) -> Result<Self, RegionError> {
+        Self::with_country_regions(header, geoip_db, &[])
+    }
+
+    /// As [`RegionResolver::new`], with GeoIP countries mapped to regions (`("jp",
+    /// "ap-northeast")`; both sides normalised).
+    pub fn with_country_regions(
+        header: Option<&str>,
+        geoip_db: Option<&Path>,
+        country_regions: &[(String, String)],
+    ) -> Result<Self, RegionError> {
         let header = header
             .map(|h| {
                 axum::http::HeaderName::try_from(h).map_err(|_| RegionError::Header(h.to_owned()))
@@ -119,7 +134,15 @@ impl RegionResolver {
                 })
             })
             .transpose()?;
-        Ok(RegionResolver { header, geoip })
+        let country_regions = country_regions
+            .iter()
+            .map(|(c, r)| (normalize_dimension(c), normalize_dimension(r)))
+            .collect();
+        Ok(RegionResolver {
+            header,
+            geoip,
+            country_regions,
+        })
     }
 
     /// The region of a client. The edge header is believed only when the peer that sent the
@@ -139,16 +162,14 @@ impl RegionResolver {
                         .bytes()
                         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
                 {
-                    return Some(value.to_ascii_lowercase());
+                    return Some(normalize_dimension(value));
                 }
             }
         }
         let reader = self.geoip.as_ref()?;
         let country: maxminddb::geoip2::Country = reader.lookup(client).ok()??;
-        country
-            .country
-            .and_then(|c| c.iso_code)
-            .map(|code| code.to_ascii_lowercase())
+        let code = normalize_dimension(country.country.and_then(|c| c.iso_code)?);
+        Some(self.country_regions.get(&code).cloned().unwrap_or(code))
     }
 }
 

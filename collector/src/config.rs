@@ -122,6 +122,11 @@ pub struct Config {
     /// MaxMind/DB-IP country database (.mmdb) to resolve regions from client addresses.
     #[arg(long, env = "QOE_GEOIP_DB")]
     pub geoip_db: Option<PathBuf>,
+    /// Maps a GeoIP country (ISO code) to a region, `COUNTRY=REGION` (repeatable, or
+    /// comma-separated in the environment; e.g. `jp=ap-northeast`). Unmapped countries are
+    /// reported as their lower-case ISO code.
+    #[arg(long = "geoip-region", env = "QOE_GEOIP_REGIONS", value_delimiter = ',', value_parser = parse_key_value)]
+    pub geoip_regions: Vec<(String, String)>,
 
     /// Origins allowed to post beacons from browsers (comma-separated; `*` for any).
     #[arg(

@@ -45,7 +45,11 @@ async fn main() -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let region = RegionResolver::new(config.region_header.as_deref(), config.geoip_db.as_deref())?;
+    let region = RegionResolver::with_country_regions(
+        config.region_header.as_deref(),
+        config.geoip_db.as_deref(),
+        &config.geoip_regions,
+    )?;
     let state = Arc::new(AppState {
         limits: config.limits(),
         sink,

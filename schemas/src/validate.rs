@@ -159,7 +159,22 @@ pub fn has_unsafe_chars(s: &str) -> bool {
     })
 }
 
+/// The one normal form of a dimension value, whatever its source (envelope, edge header,
+/// GeoIP): trimmed and lower-case, so `EU-West`, `eu-west ` and `eu-west` are one slice.
+pub fn normalize_dimension(value: &str) -> String {
+    let trimmed = value.trim();
+    if trimmed
+        .bytes()
+        .any(|b| b.is_ascii_uppercase() || !b.is_ascii())
+    {
+        trimmed.to_lowercase()
+    } else {
+        trimmed.to_owned()
+    }
+}
+
 fn dimension(name: &str, value: &str, limits: &Limits) -> Result<String, EnvelopeError> {
+    let value = value.trim();
     if value.is_empty() {
         return Err(EnvelopeError::View(format!("view.{name} is empty")));
     }
@@ -174,7 +189,7 @@ fn dimension(name: &str, value: &str, limits: &Limits) -> Result<String, Envelop
             "view.{name} contains control or bidirectional formatting characters"
         )));
     }
-    Ok(value.to_owned())
+    Ok(normalize_dimension(value))
 }
 
 /// Validates the envelope-level parts of a beacon.
@@ -208,12 +223,12 @@ fn validate_view(view: &ViewContext, limits: &Limits) -> Result<ValidView, Envel
         }
     };
     let optional = |name: &str, v: &Option<String>| -> Result<String, EnvelopeError> {
-        match v.as_deref() {
+        match v.as_deref().map(str::trim) {
             None | Some("") => Ok("unknown".to_owned()),
             Some(s) => dimension(name, s, limits),
         }
     };
-    let claimed_region = match view.region.as_deref() {
+    let claimed_region = match view.region.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(r) => Some(dimension("region", r, limits)?),
     };
@@ -605,5 +620,18 @@ mod string_rule_tests {
             assert!(dimension("cdn", bad, &limits).is_err(), "{bad:?}");
         }
         assert!(dimension("cdn", "akamai-eu", &limits).is_ok());
+    }
+
+    #[test]
+    fn dimensions_are_normalised() {
+        let limits = Limits::default();
+        for v in ["EU-West", " eu-west ", "eu-west", "\u{2009}EU-WEST"] {
+            assert_eq!(dimension("region", v, &limits).unwrap(), "eu-west", "{v:?}");
+        }
+        assert!(
+            dimension("region", "   ", &limits).is_err(),
+            "blank after trimming"
+        );
+        assert_eq!(normalize_dimension("ÉCRAN"), "écran");
     }
 }

@@ -206,3 +206,22 @@ async fn stale_checkpoints_are_refused_or_reset() {
     );
     check_against_truth(&db, &partitions).await;
 }
+
+/// A window length that does not divide a minute would roll windows up into the wrong minute:
+/// the aggregator refuses it at start-up, with the reason, before touching Kafka or ClickHouse.
+#[test]
+fn window_lengths_that_do_not_divide_a_minute_are_refused() {
+    let out = std::process::Command::new(qoe_tests::binary("aggregator"))
+        .args([
+            "run",
+            "--window-secs",
+            "45",
+            "--kafka-brokers",
+            "127.0.0.1:1",
+        ])
+        .output()
+        .expect("aggregator binary");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("must divide 60"), "{stderr}");
+}

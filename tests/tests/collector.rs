@@ -423,8 +423,9 @@ async fn kafka_traceparent_continues_the_request_trace() {
     }
 }
 
-/// Region precedence (spec, Dimensions): trusted edge header, else the GeoIP database, else
-/// the envelope, else `unknown`; addresses behind a trusted proxy come from X-Forwarded-For.
+/// Region precedence (spec, Dimensions): trusted edge header, else the GeoIP database (countries
+/// mapped to regions by `--geoip-region`), else the envelope, else `unknown`; every source
+/// normalised the same way; addresses behind a trusted proxy come from X-Forwarded-For.
 #[tokio::test]
 async fn regions_resolve_from_edge_header_geoip_database_envelope() {
     use std::net::Ipv4Addr;
@@ -445,6 +446,8 @@ async fn regions_resolve_from_edge_header_geoip_database_envelope() {
         &[
             "--geoip-db",
             &db_arg,
+            "--geoip-region",
+            "JP=AP-Northeast",
             "--trusted-proxies",
             "127.0.0.0/8",
             "--region-header",
@@ -459,8 +462,14 @@ async fn regions_resolve_from_edge_header_geoip_database_envelope() {
     let http = reqwest::Client::new();
     // (view, X-Forwarded-For, edge header, envelope region) -> expected region
     type Case<'a> = (&'a str, &'a str, Option<&'a str>, Option<&'a str>, &'a str);
-    let cases: [Case; 5] = [
-        ("geo-jp", "203.0.113.9", None, Some("eu-west"), "jp"),
+    let cases: [Case; 7] = [
+        (
+            "geo-jp",
+            "203.0.113.9",
+            None,
+            Some("eu-west"),
+            "ap-northeast",
+        ),
         ("geo-br", "198.51.100.20", None, None, "br"),
         (
             "edge-wins",
@@ -470,6 +479,21 @@ async fn regions_resolve_from_edge_header_geoip_database_envelope() {
             "ap-south",
         ),
         ("envelope", "192.0.2.1", None, Some("eu-west"), "eu-west"),
+        // One slice whatever the spelling or the source.
+        (
+            "envelope-case",
+            "192.0.2.1",
+            None,
+            Some(" EU-West "),
+            "eu-west",
+        ),
+        (
+            "edge-case",
+            "192.0.2.1",
+            Some("EU-WEST"),
+            Some("us-east"),
+            "eu-west",
+        ),
         ("nothing", "192.0.2.1", None, None, "unknown"),
     ];
     for (view, xff, edge, envelope, _) in cases {
