@@ -86,11 +86,11 @@ SUM_ALIASES = {
     "attempts_": "attempts", "plays_": "plays", "vsf_": "vsf", "vpf_": "vpf", "ebvs_": "ebvs",
     "errors_": "errors", "playing_": "playing_ms", "stall_": "stall_ms", "stalls_": "stalls",
     "kbps_ms_": "bitrate_kbps_ms", "latency_sum_": "latency_ms_sum",
-    "latency_n_": "latency_samples", "seeks_": "seeks",
+    "latency_n_": "latency_samples", "seeks_": "seeks", "startup_unknown_": "startup_unknown",
 }
 _sums = [f"sum({column(c)}) AS {a}" for a, c in SUM_ALIASES.items()]
 SUMS = ("\n    ".join(", ".join(_sums[i:i + 4]) + "," for i in range(0, len(_sums), 4))
-        + "\n    " + histogram() + " AS h, arrayCumSum(h) AS c")
+        + "\n    " + histogram() + " AS h, arrayCumSum(h) AS c, arraySum(h) AS startups_")
 
 KPIS = {
     "attempts": "attempts_",
@@ -102,8 +102,9 @@ KPIS = {
     "rebuffering_pct": "if(playing_ + stall_ = 0, NULL, round(100 * stall_ / (playing_ + stall_), 3))",
     "stalls_per_hour": "if(playing_ = 0, NULL, round(stalls_ / (playing_ / 3600000), 2))",
     "seeks_per_hour": "if(playing_ = 0, NULL, round(seeks_ / (playing_ / 3600000), 2))",
-    "startup_p50_ms": percentile(0.5, "h", "c", "plays_"),
-    "startup_p95_ms": percentile(0.95, "h", "c", "plays_"),
+    # Over the plays whose startup is known (the histogram's total), not all plays.
+    "startup_p50_ms": percentile(0.5, "h", "c", "startups_"),
+    "startup_p95_ms": percentile(0.95, "h", "c", "startups_"),
     "avg_bitrate_kbps": "if(playing_ = 0, NULL, round(kbps_ms_ / playing_))",
     "live_latency_ms": "if(latency_n_ = 0, NULL, round(latency_sum_ / latency_n_))",
 }
@@ -463,16 +464,17 @@ def ratio_rule(what, num, den, guard, guard_unit, pct_threshold, times, guard_sc
 def startup_rule(guard, threshold_ms, times):
     """SQL and description of the startup p95 rule."""
     cur_h, base_h = histogram(CURRENT), histogram(BASELINE)
-    sums = [f"sumIf(plays, {CURRENT}) AS cur_n", f"sumIf(plays, {BASELINE}) AS base_n",
-            f"{cur_h} AS cur_h", "arrayCumSum(cur_h) AS cur_c",
-            f"{base_h} AS base_h", "arrayCumSum(base_h) AS base_c"]
+    # n: plays with a known startup (the histogram's total).
+    sums = [f"{cur_h} AS cur_h", "arrayCumSum(cur_h) AS cur_c", "arraySum(cur_h) AS cur_n",
+            f"{base_h} AS base_h", "arrayCumSum(base_h) AS base_c", "arraySum(base_h) AS base_n"]
     p_cur = percentile(0.95, "cur_h", "cur_c", "cur_n")
     p_base = percentile(0.95, "base_h", "base_c", "base_n")
     sql = alert_sql(
         sums, p_cur,
         [f"cur_n >= {guard}", f"{p_cur} > {threshold_ms}",
          f"(base_n < {guard} OR {p_cur} > {times} * {p_base})"])
-    return dict(sql=sql, rule=describe("startup p95", f"{threshold_ms} ms", guard, "plays", times))
+    return dict(sql=sql, rule=describe("startup p95", f"{threshold_ms} ms", guard,
+                                       "plays with a measured startup", times))
 
 
 RULES = [

@@ -22,9 +22,12 @@ impl AddEvent for WindowMetrics {
             EventType::ViewStart => self.attempts += 1,
             EventType::FirstFrame => {
                 self.plays += 1;
-                if let Some(s) = e.startup_ms {
-                    self.startup_ms_sum += u64::from(s);
-                    self.startup_hist[bucket_index(STARTUP_BUCKETS, s)] += 1;
+                match e.startup_ms {
+                    Some(s) => {
+                        self.startup_ms_sum += u64::from(s);
+                        self.startup_hist[bucket_index(STARTUP_BUCKETS, s)] += 1;
+                    }
+                    None => self.startup_unknown += 1,
                 }
             }
             EventType::Error => {
@@ -133,5 +136,7 @@ mod tests {
         assert_eq!((m.plays, m.startup_ms_sum, m.startup_hist[3]), (1, 1200, 1));
         m.add(&event(EventType::Seek).borrowed());
         assert_eq!((m.seeks, m.events), (1, 5));
+        m.add(&event(EventType::FirstFrame).borrowed());
+        assert_eq!((m.plays, m.startup_unknown, m.startup_ms_sum), (2, 1, 1200));
     }
 }

@@ -50,6 +50,21 @@ const LEDGER_DDL: &str = "CREATE TABLE IF NOT EXISTS schema_migrations \
     (version UInt32, name String, checksum String, applied_at DateTime('UTC')) \
     ENGINE = MergeTree ORDER BY version";
 
+async fn column_exists(store: &Store, table: &str, column: &str) -> Result<bool, MigrateError> {
+    let present: u64 = store
+        .client
+        .query(
+            "SELECT count() FROM system.columns \
+             WHERE database = currentDatabase() AND table = ? AND name = ?",
+        )
+        .bind(table)
+        .bind(column)
+        .fetch_one()
+        .await
+        .map_err(StoreError::from)?;
+    Ok(present > 0)
+}
+
 pub async fn run(store: &Store) -> Result<MigrationReport, MigrateError> {
     let client = &store.client;
     client
@@ -82,30 +97,27 @@ pub async fn run(store: &Store) -> Result<MigrationReport, MigrateError> {
         report.skipped_statements += all.len() - statements.len();
         for (index, statement) in statements.iter().enumerate() {
             if let Some((table, column)) = statement.added_column() {
-                let present: u64 = client
-                    .query(
-                        "SELECT count() FROM system.columns \
-                         WHERE database = currentDatabase() AND table = ? AND name = ?",
-                    )
-                    .bind(&table)
-                    .bind(&column)
-                    .fetch_one()
-                    .await
-                    .map_err(StoreError::from)?;
-                if present > 0 {
+                if column_exists(store, &table, &column).await? {
                     continue;
                 }
             }
-            client
-                .query(&statement.sql)
-                .execute()
-                .await
-                .map_err(|source| MigrateError::Statement {
-                    name: migration.name.to_owned(),
-                    index,
-                    sql: statement.sql.clone(),
-                    source,
-                })?;
+            let applied = client.query(&statement.sql).execute().await;
+            if let Err(source) = applied {
+                // Another migrator (an aggregator starting at the same moment) may have added
+                // the column between the check above and this statement: that is success.
+                let added_meanwhile = match statement.added_column() {
+                    Some((table, column)) => column_exists(store, &table, &column).await?,
+                    None => false,
+                };
+                if !added_meanwhile {
+                    return Err(MigrateError::Statement {
+                        name: migration.name.to_owned(),
+                        index,
+                        sql: statement.sql.clone(),
+                        source,
+                    });
+                }
+            }
         }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

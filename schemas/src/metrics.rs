@@ -224,6 +224,9 @@ window_metrics! {
     duplicate_events: sum, unit = "events", per_view = false;
     /// Viewer seeks: `seek` events.
     seeks: sum, unit = "events", per_view = false;
+    /// Plays whose startup time is unknown (`first_frame` without `startup_ms`): counted in
+    /// `plays`, left out of `startup_ms_sum` and the startup histogram.
+    startup_unknown: sum, unit = "views", per_view = false;
 }
 
 /// Number of columns of [`WINDOW_COLUMNS`].

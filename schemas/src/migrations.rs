@@ -32,6 +32,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_seeks.sql",
         sql: include_str!("../clickhouse/0002_seeks.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_startup_unknown.sql",
+        sql: include_str!("../clickhouse/0003_startup_unknown.sql"),
+    },
 ];
 
 /// A ClickHouse server version, as `SELECT version()` reports it (`18.16.1`, `25.3.2.39`).

@@ -376,10 +376,10 @@ pub fn validate_event(
     let mut started = ev.started;
     let mut reason = None;
     match kind {
+        // A first_frame without startup_ms is still a play (its startup is unknown, counted in
+        // `startup_unknown`); an error without fatal is not fatal; a view_end without reason
+        // has an unknown one. `started` is required where the spec requires it.
         EventType::FirstFrame => {
-            if ev.startup_ms.is_none() {
-                return Err(missing("startup_ms"));
-            }
             if ev.started == Some(false) {
                 return Err(Rejection::new(
                     RejectReason::OutOfRange,
@@ -388,24 +388,17 @@ pub fn validate_event(
             }
             started = Some(true);
         }
-        EventType::Error => {
-            if ev.started.is_none() {
-                return Err(missing("started"));
-            }
-            if ev.fatal.is_none() {
-                return Err(missing("fatal"));
-            }
-        }
+        EventType::Error if ev.started.is_none() => return Err(missing("started")),
         EventType::ViewEnd => {
             if ev.started.is_none() {
                 return Err(missing("started"));
             }
-            let r = ev.reason.as_deref().ok_or_else(|| missing("reason"))?;
-            reason = Some(match r {
-                "completed" => EndReason::Completed,
-                "exit" => EndReason::Exit,
-                "error" => EndReason::Error,
-                other => {
+            reason = match ev.reason.as_deref() {
+                None => None,
+                Some("completed") => Some(EndReason::Completed),
+                Some("exit") => Some(EndReason::Exit),
+                Some("error") => Some(EndReason::Error),
+                Some(other) => {
                     return Err(Rejection::new(
                         RejectReason::OutOfRange,
                         format!(
@@ -414,7 +407,7 @@ pub fn validate_event(
                         ),
                     ))
                 }
-            });
+            };
         }
         EventType::BitrateChange => {
             if ev.bitrate_kbps.is_none() {

@@ -27,6 +27,8 @@ const BASE_EARLY_EXIT: f64 = 0.015;
 /// Fatal and non-fatal playback errors per hour of playback.
 const FATAL_ERRORS_PER_HOUR: f64 = 0.3;
 const SOFT_ERRORS_PER_HOUR: f64 = 1.0;
+/// Share of first frames reported without a startup time.
+const STARTUP_UNMEASURED: f64 = 0.01;
 /// Viewer seeks per hour of playback (VOD viewers skip around; live viewers rarely do).
 const SEEKS_PER_HOUR_VOD: f64 = 6.0;
 const SEEKS_PER_HOUR_LIVE: f64 = 1.0;
@@ -233,8 +235,10 @@ impl Player {
         let bitrate = ABR_LADDER[self.rung];
         match action {
             Action::FirstFrame { startup_ms } => {
+                // Some players cannot measure their startup (SPEC: still a play).
+                let measured = !self.rng.random_bool(STARTUP_UNMEASURED);
                 self.emit(EventType::FirstFrame, at, |e| {
-                    e.startup_ms = Some(startup_ms);
+                    e.startup_ms = measured.then_some(startup_ms);
                     e.bitrate_kbps = Some(bitrate);
                     e.started = Some(true);
                 });
@@ -447,7 +451,7 @@ mod tests {
                 assert!(i == 0 || e.event_time >= events[i - 1].event_time);
                 match e.kind {
                     EventType::FirstFrame => {
-                        assert!(e.startup_ms.is_some() && e.bitrate_kbps.is_some());
+                        assert!(e.bitrate_kbps.is_some());
                         started = true;
                     }
                     EventType::Error => {
@@ -513,8 +517,10 @@ mod tests {
                     match e.kind {
                         EventType::StallStart => stalls += 1,
                         EventType::FirstFrame => {
-                            plays += 1;
-                            startup += u64::from(e.startup_ms.unwrap());
+                            if let Some(s) = e.startup_ms {
+                                plays += 1;
+                                startup += u64::from(s);
+                            }
                         }
                         EventType::Error if e.started == Some(false) => failures += 1,
                         _ => {}

@@ -87,7 +87,8 @@ pub fn generate(seed: u64, views: usize, t0: i64) -> Vec<QoeEvent> {
             ][rng.random_range(0..12)];
             t += i64::from(startup);
             let mut ff = base_event(&id, seq, EventType::FirstFrame, t, &ctx);
-            ff.startup_ms = Some(startup);
+            // Now and then a player that cannot measure its startup: still a play.
+            ff.startup_ms = (!rng.random_bool(0.05)).then_some(startup);
             ff.bitrate_kbps = Some(2500);
             evs.push(ff);
             let mut bitrate = 2500u32;

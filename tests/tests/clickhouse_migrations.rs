@@ -293,3 +293,32 @@ async fn schema_matches_the_metric_catalogue() {
         .await
         .unwrap();
 }
+
+/// Aggregators starting at the same moment on a fresh database all apply the migrations
+/// without failing: a column another migrator added in between is not an error.
+#[tokio::test]
+async fn concurrent_migrators_all_succeed() {
+    let db = unique("qoe_test_concurrent_migrate");
+    let mut stores = Vec::new();
+    for _ in 0..4 {
+        stores.push(
+            Store::connect(config(&db), true)
+                .await
+                .expect("ClickHouse reachable"),
+        );
+    }
+    // Polled together, so their statements interleave.
+    let results = futures_util::future::join_all(stores.iter().map(migrate::run)).await;
+    for (i, r) in results.iter().enumerate() {
+        assert!(r.is_ok(), "migrator {i} failed: {:?}", r.as_ref().err());
+    }
+    let staging = columns(&db, "qoe_staging").await;
+    let names: Vec<&str> = staging.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, qoe_aggregator::staging::COLUMNS.as_slice());
+    stores[0]
+        .client
+        .query(&format!("DROP DATABASE {db}"))
+        .execute()
+        .await
+        .unwrap();
+}
