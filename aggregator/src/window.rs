@@ -342,31 +342,103 @@ pub enum Outcome {
 #[derive(Debug, Default)]
 struct OpenWindow {
     first_offset: i64,
-    keys: Vec<(u64, u32)>,
+    keys: Vec<(u32, u32)>,
 }
 
-/// State of one partition.
+/// The view ids of tracked events, interned: duplicate tracking compares the ids themselves,
+/// so no hash collision (crafted or accidental) can make one view's events pass for another's,
+/// while each tracked `(view, seq)` costs two integers. An id is held while any of its events
+/// is tracked; the hasher only places ids in the table.
 #[derive(Debug)]
-pub struct PartitionState {
+struct ViewIds<S> {
+    table: hashbrown::HashTable<u32>,
+    /// Per slot: the id and how many tracked events refer to it (0: free).
+    slots: Vec<(Box<str>, u32)>,
+    free: Vec<u32>,
+    hasher: S,
+}
+
+impl<S: BuildHasher + Default> Default for ViewIds<S> {
+    fn default() -> Self {
+        ViewIds {
+            table: hashbrown::HashTable::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            hasher: S::default(),
+        }
+    }
+}
+
+impl<S: BuildHasher> ViewIds<S> {
+    /// The slot of `id`, with one more reference.
+    fn acquire(&mut self, id: &str) -> u32 {
+        let hash = self.hasher.hash_one(id);
+        let slots = &mut self.slots;
+        if let Some(&i) = self.table.find(hash, |&i| &*slots[i as usize].0 == id) {
+            slots[i as usize].1 += 1;
+            return i;
+        }
+        let i = match self.free.pop() {
+            Some(i) => {
+                slots[i as usize] = (id.into(), 1);
+                i
+            }
+            None => {
+                slots.push((id.into(), 1));
+                (slots.len() - 1) as u32
+            }
+        };
+        let hasher = &self.hasher;
+        self.table
+            .insert_unique(hash, i, |&j| hasher.hash_one(&*slots[j as usize].0));
+        i
+    }
+
+    /// Drops one reference; the id is forgotten with its last.
+    fn release(&mut self, i: u32) {
+        let slot = &mut self.slots[i as usize];
+        slot.1 -= 1;
+        if slot.1 > 0 {
+            return;
+        }
+        let hash = self.hasher.hash_one(&*slot.0);
+        if let Ok(entry) = self.table.find_entry(hash, |&j| j == i) {
+            entry.remove();
+        }
+        slot.0 = Box::default();
+        self.free.push(i);
+    }
+
+    #[cfg(test)]
+    fn id(&self, i: u32) -> &str {
+        &self.slots[i as usize].0
+    }
+}
+
+/// State of one partition. `S` hashes view ids into the interning table (tests use a hasher
+/// under which every id collides).
+#[derive(Debug)]
+pub struct PartitionState<S = DefaultHashBuilder> {
     config: WindowConfig,
     max_event_time: i64,
     open: BTreeMap<i64, OpenWindow>,
-    seen: HashSet<(u64, u32)>,
+    views: ViewIds<S>,
+    seen: HashSet<(u32, u32)>,
     batch: Batch,
     batch_from: i64,
     next_offset: i64,
 }
 
-fn view_key(view_id: &str) -> u64 {
-    // A fixed seed: which views (if any) collide is the same in every run and every process,
-    // so a restore rebuilds exactly the state an uninterrupted run had.
-    const SEED: u64 = 0x716f_655f_7669_6577;
-    foldhash::fast::FixedState::with_seed(SEED).hash_one(view_id)
-}
-
 impl PartitionState {
     /// A partition starting at `checkpoint` (or at `offset` 0 with nothing seen).
     pub fn new(config: WindowConfig, checkpoint: Option<Checkpoint>) -> Self {
+        Self::with_hasher(config, checkpoint)
+    }
+}
+
+impl<S: BuildHasher + Default> PartitionState<S> {
+    /// As [`PartitionState::new`], with `S` hashing the interned view ids.
+    pub fn with_hasher(config: WindowConfig, checkpoint: Option<Checkpoint>) -> Self {
         let (next, max) = checkpoint
             .map(|c| (c.next_offset, c.max_event_time))
             .unwrap_or((0, i64::MIN));
@@ -374,6 +446,7 @@ impl PartitionState {
             config,
             max_event_time: max,
             open: BTreeMap::new(),
+            views: ViewIds::default(),
             seen: HashSet::new(),
             batch: Batch::default(),
             batch_from: next,
@@ -418,8 +491,10 @@ impl PartitionState {
 
     /// Records `(view_id, seq)` as accepted in `window`; false if it already was.
     fn track(&mut self, offset: i64, window: i64, e: &EventRef<'_>) -> bool {
-        let key = (view_key(&e.view_id), e.seq);
+        let view = self.views.acquire(&e.view_id);
+        let key = (view, e.seq);
         if !self.seen.insert(key) {
+            self.views.release(view);
             return false;
         }
         self.open
@@ -475,6 +550,7 @@ impl PartitionState {
             if let Some(w) = self.open.remove(&start) {
                 for k in w.keys {
                     self.seen.remove(&k);
+                    self.views.release(k.0);
                 }
             }
         }
@@ -496,9 +572,60 @@ impl PartitionState {
 }
 
 #[cfg(test)]
+impl<S: BuildHasher> PartitionState<S> {
+    /// The tracked `(view_id, seq)` pairs, by id (slot numbers depend on arrival order).
+    fn tracked(&self) -> std::collections::BTreeSet<(String, u32)> {
+        self.seen
+            .iter()
+            .map(|&(v, seq)| (self.views.id(v).to_owned(), seq))
+            .collect()
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use qoe_schemas::QoeEvent;
+
+    /// A hasher under which every view id collides.
+    #[derive(Default)]
+    struct Colliding;
+    impl std::hash::Hasher for Colliding {
+        fn finish(&self) -> u64 {
+            42
+        }
+        fn write(&mut self, _: &[u8]) {}
+    }
+    type CollidingState = std::hash::BuildHasherDefault<Colliding>;
+
+    #[test]
+    fn views_whose_ids_collide_are_still_told_apart() {
+        let mut p = PartitionState::<CollidingState>::with_hasher(WindowConfig::default(), None);
+        let t = 1_000_000;
+        for (o, view) in ["view-a", "view-b", "view-c"].into_iter().enumerate() {
+            assert_eq!(
+                p.apply(o as i64, &ev(view, 0, EventType::ViewStart, t)),
+                Outcome::Accepted,
+                "{view}"
+            );
+        }
+        assert_eq!(
+            p.apply(3, &ev("view-b", 0, EventType::ViewStart, t)),
+            Outcome::Duplicate
+        );
+        assert_eq!(p.tracked_events(), 3);
+        // Interned ids are released with the windows that hold them.
+        let far = t + 10 * 60_000;
+        p.apply(4, &ev("view-d", 0, EventType::ViewStart, far));
+        let _ = p.take_batch();
+        assert_eq!(p.tracked_events(), 1);
+        assert_eq!(p.views.table.len(), 1);
+        assert_eq!(
+            p.apply(5, &ev("view-e", 0, EventType::ViewStart, far)),
+            Outcome::Accepted
+        );
+        assert_eq!(p.views.slots.len(), 4, "freed slots are reused");
+    }
 
     fn ev(view: &str, seq: u32, kind: EventType, t: i64) -> EventRef<'static> {
         let e = QoeEvent {
@@ -624,7 +751,7 @@ mod tests {
         }
         let _ = a.take_batch();
         let _ = c.take_batch();
-        assert_eq!(a.seen, c.seen);
+        assert_eq!(a.tracked(), c.tracked());
         assert_eq!(a.max_event_time, c.max_event_time);
         for (o, e) in events.iter().enumerate() {
             assert_eq!(
