@@ -64,8 +64,9 @@ pub static COLUMNS: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
 });
 
 /// The column list for SQL: `a, b, c`.
-pub fn column_list() -> String {
-    COLUMNS.join(", ")
+pub fn column_list() -> &'static str {
+    static LIST: LazyLock<String> = LazyLock::new(|| COLUMNS.join(", "));
+    &LIST
 }
 
 /// One row of `qoe_staging`. Unset fields are stored as zero / empty.

@@ -33,6 +33,21 @@ pub enum WriteError {
 /// Size of the chunks a batch is streamed to ClickHouse in.
 const CHUNK_BYTES: usize = 1 << 20;
 
+/// Encodes one staged row and adds it to the insert, sending a chunk when the buffer is full.
+async fn push(
+    insert: &mut clickhouse::insert_formatted::BufInsertFormatted,
+    r: &StagingRow<'_>,
+    scratch: &mut Vec<u8>,
+) -> Result<(), WriteError> {
+    scratch.clear();
+    r.encode(scratch);
+    insert.write_buffered(scratch);
+    if insert.buf_len() >= CHUNK_BYTES {
+        insert.flush().await?;
+    }
+    Ok(())
+}
+
 fn now_secs() -> u32 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -216,37 +231,25 @@ impl Writer {
         let client = &self.store.client;
 
         let columns = staging::column_list();
-        let mut insert = client.insert_formatted_with(format!(
-            "INSERT INTO qoe_staging ({columns}) FORMAT RowBinary"
-        ));
-        // Rows are encoded into chunks of about CHUNK_BYTES and streamed, so a large batch is
-        // never held a second time, encoded, in memory.
-        let mut body = Vec::with_capacity(CHUNK_BYTES + 4096);
+        // Rows are streamed in chunks of about CHUNK_BYTES (the client's buffered insert), so a
+        // large batch is never held a second time, encoded, in memory.
+        let mut insert = client
+            .insert_formatted_with(format!(
+                "INSERT INTO qoe_staging ({columns}) FORMAT RowBinary"
+            ))
+            .buffered_with_capacity(CHUNK_BYTES);
+        let mut row = Vec::new();
         for (window_start, slice, m) in batch.window_rows() {
             let mut r =
                 StagingRow::empty(batch_id, staged_at, Kind::Window).at(window_start, slice);
             r.metrics = Some(m);
-            r.encode(&mut body);
-            if body.len() >= CHUNK_BYTES {
-                insert
-                    .send(
-                        std::mem::replace(&mut body, Vec::with_capacity(CHUNK_BYTES + 4096)).into(),
-                    )
-                    .await?;
-            }
+            push(&mut insert, &r, &mut row).await?;
         }
         for (window_start, slice, view_id) in batch.presence_rows() {
             let mut r =
                 StagingRow::empty(batch_id, staged_at, Kind::Presence).at(window_start, slice);
             r.view_id = view_id;
-            r.encode(&mut body);
-            if body.len() >= CHUNK_BYTES {
-                insert
-                    .send(
-                        std::mem::replace(&mut body, Vec::with_capacity(CHUNK_BYTES + 4096)).into(),
-                    )
-                    .await?;
-            }
+            push(&mut insert, &r, &mut row).await?;
         }
         for (view_id, c, v) in batch.view_rows() {
             // The per-view totals travel in the metric columns of the same names.
@@ -276,14 +279,7 @@ impl Writer {
             r.error_time = v.error_time.max(0) as u64;
             r.end_reason = v.end_reason;
             r.end_time = v.end_time.max(0) as u64;
-            r.encode(&mut body);
-            if body.len() >= CHUNK_BYTES {
-                insert
-                    .send(
-                        std::mem::replace(&mut body, Vec::with_capacity(CHUNK_BYTES + 4096)).into(),
-                    )
-                    .await?;
-            }
+            push(&mut insert, &r, &mut row).await?;
         }
         let mut r = StagingRow::empty(batch_id, staged_at, Kind::Checkpoint);
         r.topic = &self.topic;
@@ -292,8 +288,7 @@ impl Writer {
         r.next_offset = checkpoint.next_offset as u64;
         r.state_offset = checkpoint.state_offset as u64;
         r.max_event_time = checkpoint.max_event_time;
-        r.encode(&mut body);
-        insert.send(body.into()).await?;
+        push(&mut insert, &r, &mut row).await?;
         insert.end().await?;
 
         let move_batch = format!(

@@ -9,10 +9,15 @@ use qoe_schemas::validate::normalize_dimension;
 use std::net::IpAddr;
 use std::path::Path;
 
+/// Whether `ip` is one of the trusted proxies.
+pub fn is_trusted(ip: &IpAddr, trusted: &[IpNet]) -> bool {
+    trusted.iter().any(|net| net.contains(ip))
+}
+
 /// The client address: the peer, or, when the peer is a trusted proxy, the right-most
 /// address in `Forwarded` (else `X-Forwarded-For`) that is not itself a trusted proxy.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let is_trusted = |ip: &IpAddr| is_trusted(ip, trusted);
     if !is_trusted(&peer) {
         return peer;
     }

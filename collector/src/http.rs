@@ -13,7 +13,7 @@
 //! and the content type are checked from the head, before the body is read or decompressed
 //! (so `Expect: 100-continue` gets its answer instead of a 100).
 
-use crate::client::{client_ip, RegionResolver};
+use crate::client::{client_ip, is_trusted, RegionResolver};
 use crate::ingest::{self, IngestError, RejectedEvent};
 use crate::names;
 use crate::rate_limit::{Limited, RateLimits};
@@ -358,7 +358,7 @@ async fn handle_beacon(
     else {
         return overloaded("body_bytes");
     };
-    let peer_trusted = state.trusted_proxies.iter().any(|n| n.contains(&peer.ip()));
+    let peer_trusted = is_trusted(&peer.ip(), &state.trusted_proxies);
     let server_region = state.region.resolve(ip, headers, peer_trusted);
     let accepted =
         match ingest::process(&body, received_at, server_region.as_deref(), &state.limits) {

@@ -289,14 +289,6 @@ pub const WINDOW_TABLES: [(&str, u32); 3] = [
 /// The slice dimensions of every window row, in key order.
 pub const DIMENSIONS: [&str; 5] = ["region", "cdn", "stream_type", "platform", "stream_id"];
 
-/// The catalogue entry of that name (window metrics and `active_views`).
-pub fn metric(name: &str) -> Option<&'static Metric> {
-    WINDOW_METRICS
-        .iter()
-        .chain(std::iter::once(&ACTIVE_VIEWS))
-        .find(|m| m.name == name)
-}
-
 /// Position of a column in [`WINDOW_COLUMNS`].
 pub fn column_index(column: &str) -> Option<usize> {
     WINDOW_COLUMNS.iter().position(|c| *c == column)

@@ -7,7 +7,7 @@
 //! order events take through Kafka partitions: the first copy of `(view_id, seq)` counts, every
 //! further acknowledged copy is a duplicate in the same window and slice.
 
-use qoe_schemas::metrics::{STARTUP_BUCKETS, WINDOW_COLUMNS, WINDOW_COLUMN_COUNT};
+use qoe_schemas::metrics::{column_index, STARTUP_BUCKETS, WINDOW_COLUMNS, WINDOW_COLUMN_COUNT};
 use qoe_schemas::{EndReason, EventType, QoeEvent};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
@@ -43,9 +43,7 @@ impl Metrics {
     }
 
     fn index(column: &str) -> usize {
-        METRIC_COLUMNS
-            .iter()
-            .position(|c| *c == column)
+        column_index(column)
             .unwrap_or_else(|| panic!("the metric catalogue has no column {column:?}"))
     }
 

@@ -376,6 +376,17 @@ pub fn spawn_aggregator(topic: &str, database: &str, group: &str, extra: &[&str]
     Service::spawn("aggregator", &args, &[])
 }
 
+/// The Prometheus text a service serves on `{base}/metrics`.
+pub async fn metrics_text(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics"))
+        .await
+        .and_then(|r| r.error_for_status())
+        .expect("/metrics answers")
+        .text()
+        .await
+        .expect("/metrics body")
+}
+
 /// Starts a collector publishing to `topic` on free ports; returns it with the base URLs of
 /// its public and admin listeners once it answers `/healthz`.
 pub async fn spawn_collector(topic: &str, extra: &[&str]) -> (Service, String, String) {

@@ -324,14 +324,7 @@ async fn status_table() {
             .status(),
         200
     );
-    let metrics = http
-        .get(format!("{}/metrics", c.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = qoe_tests::metrics_text(&c.admin).await;
     assert!(metrics.contains("qoe_collector_events_accepted_total"));
     assert!(metrics.contains("qoe_collector_events_rejected_total{reason=\"unknown_type\"}"));
     assert!(metrics.contains("status=\"413\""));
@@ -794,14 +787,7 @@ async fn hostile_clients_are_refused_cheaply_and_fairly() {
         .unwrap();
     assert_eq!(r.status(), 415);
 
-    let metrics = http
-        .get(format!("{}/metrics", c.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = qoe_tests::metrics_text(&c.admin).await;
     assert!(metrics.contains("qoe_collector_rate_limited_total{scope=\"client_events\"}"));
     assert!(metrics.contains("# HELP qoe_collector_rate_limited_total"));
 }

@@ -229,14 +229,7 @@ async fn connection_exhaustion_scenario() {
         .unwrap();
     assert_eq!(r.status(), 503);
     assert!(r.headers().get("retry-after").is_some());
-    let metrics = http
-        .get(format!("{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = qoe_tests::metrics_text(&admin).await;
     assert!(metrics.contains("qoe_collector_connections_refused_total"));
     assert!(metrics.contains("qoe_collector_overloaded_total{kind=\"body_bytes\"}"));
     drop(service);
