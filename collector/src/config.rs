@@ -128,6 +128,13 @@ pub struct Config {
     #[arg(long = "geoip-region", env = "QOE_GEOIP_REGIONS", value_delimiter = ',', value_parser = parse_key_value)]
     pub geoip_regions: Vec<(String, String)>,
 
+    /// Maps the host of CMCD request URLs to a CDN, `HOST_SUFFIX=CDN` (repeatable, or
+    /// comma-separated in the environment; e.g. `cdn-a.example.net=cdn-a`). The longest matching
+    /// suffix wins. Used when a report has no `cdn` key; unmapped hosts leave the CDN to the
+    /// target URL's `cdn` parameter, else the session's last known one, else `unknown`.
+    #[arg(long = "cdn-host", env = "QOE_CDN_HOSTS", value_delimiter = ',')]
+    pub cdn_hosts: Vec<String>,
+
     /// Origins allowed to post beacons from browsers (comma-separated; `*` for any).
     #[arg(
         long,

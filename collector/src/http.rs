@@ -42,6 +42,8 @@ pub struct AppState {
     pub sink: Sink,
     pub rate: RateLimits,
     pub region: RegionResolver,
+    /// Host-to-CDN rules for CMCD reports.
+    pub cdn_hosts: crate::cmcd::CdnHostMap,
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub ingest_keys: HashSet<String>,
     pub prometheus: Option<PrometheusHandle>,
@@ -110,6 +112,16 @@ struct KeyQuery {
     key: Option<String>,
 }
 
+/// Parameters of the CMCD target URL a page configures: the ingest key, and what the page
+/// knows of itself that CMCD does not carry.
+#[derive(Deserialize)]
+struct CmcdQuery {
+    key: Option<String>,
+    cdn: Option<String>,
+    platform: Option<String>,
+    player: Option<String>,
+}
+
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     let message = ingest::truncate_reason(&message.into(), ingest::MAX_REASON_BYTES);
     (status, Json(serde_json::json!({ "error": message }))).into_response()
@@ -167,6 +179,7 @@ pub fn router(state: Arc<AppState>, config: &HttpConfig) -> Router {
 
     let beacons = Router::new()
         .route("/v1/beacons", post(post_beacons))
+        .route("/v1/cmcd", post(post_cmcd))
         // Layers run bottom-up on the request: the compressed size is limited first, then the
         // body is decompressed as it streams, and the decompressed size is limited while
         // reading, so a gzip bomb stops at the limit.
@@ -192,6 +205,7 @@ async fn count_responses(
 ) -> Response {
     let path: &'static str = match request.uri().path() {
         "/v1/beacons" => "/v1/beacons",
+        "/v1/cmcd" => "/v1/cmcd",
         "/healthz" => "/healthz",
         _ => "other",
     };
@@ -288,43 +302,57 @@ async fn post_beacons(
     response
 }
 
-async fn handle_beacon(
+/// A request that passed the checks every ingest route shares, with its body read: the
+/// permits hold its in-flight request slot and body bytes until it is answered.
+struct Admitted {
+    body: Bytes,
+    ip: std::net::IpAddr,
+    _request_slot: tokio::sync::OwnedSemaphorePermit,
+    _body_permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// The checks of every ingest route, cheapest first and from the head only (ingest key, the
+/// client's request limit, the global one, an in-flight slot, the content type), then the body
+/// (size limits, decompression, in-flight byte budget).
+async fn admit(
     state: &AppState,
     peer: SocketAddr,
-    query: KeyQuery,
+    query_key: Option<&str>,
     headers: &HeaderMap,
     request: Request,
-    traceparent: Option<&str>,
-) -> Response {
-    let received_at = qoe_telemetry::process::now_ms();
+    check_content_type: fn(Option<&str>) -> Result<(), IngestError>,
+) -> Result<Admitted, Response> {
     if !state.ingest_keys.is_empty() {
         let key = headers
             .get("x-qoe-key")
             .and_then(|v| v.to_str().ok())
-            .or(query.key.as_deref());
+            .or(query_key);
         if !key.is_some_and(|k| state.ingest_keys.contains(k)) {
-            return error(StatusCode::UNAUTHORIZED, "missing or unknown ingest key");
+            return Err(error(
+                StatusCode::UNAUTHORIZED,
+                "missing or unknown ingest key",
+            ));
         }
     }
     let ip = client_ip(peer.ip(), headers, &state.trusted_proxies);
     if let Err(hit) = state.rate.check_client(ip) {
-        return rate_limited(hit);
+        return Err(rate_limited(hit));
     }
-    let Ok(_request_slot) = state.in_flight.requests.clone().try_acquire_owned() else {
-        return overloaded("requests");
+    let Ok(request_slot) = state.in_flight.requests.clone().try_acquire_owned() else {
+        return Err(overloaded("requests"));
     };
     let content_type = match headers.get(header::CONTENT_TYPE).map(|v| v.to_str()) {
         None => None,
         Some(Ok(v)) => Some(v),
         Some(Err(_)) => {
-            return error(
+            return Err(error(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "Content-Type is not visible ASCII",
-            )
+            ))
         }
     };
-    if let Err(e) = ingest::check_content_type(content_type) {
-        return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, e.to_string());
+    if let Err(e) = check_content_type(content_type) {
+        return Err(error(StatusCode::UNSUPPORTED_MEDIA_TYPE, e.to_string()));
     }
     // Only now is the body read (and decompressed, within the limits of the layers).
     let body = match Bytes::from_request(request, &()).await {
@@ -340,34 +368,77 @@ async fn handle_beacon(
             } else {
                 format!("cannot read body: {}", rejection.body_text())
             };
-            return error(status, message);
+            return Err(error(status, message));
         }
     };
     // The body stays alive until Kafka acknowledges its events: it counts against the budget.
-    let Ok(_body_permit) = u32::try_from(body.len())
-        .ok()
-        .and_then(|n| {
-            state
-                .in_flight
-                .body_bytes
-                .clone()
-                .try_acquire_many_owned(n)
-                .ok()
-        })
-        .ok_or(())
-    else {
-        return overloaded("body_bytes");
+    let Some(body_permit) = u32::try_from(body.len()).ok().and_then(|n| {
+        state
+            .in_flight
+            .body_bytes
+            .clone()
+            .try_acquire_many_owned(n)
+            .ok()
+    }) else {
+        return Err(overloaded("body_bytes"));
     };
+    Ok(Admitted {
+        body,
+        ip,
+        _request_slot: request_slot,
+        _body_permit: body_permit,
+    })
+}
+
+/// The answer to a request whose messages Kafka did not take: 503 + Retry-After.
+fn publish_failed(e: &PublishError, messages: usize) -> Response {
+    metrics::counter!(names::PUBLISH_FAILURES, "kind" => match e {
+        PublishError::QueueFull => "queue_full",
+        PublishError::Timeout => "timeout",
+        PublishError::Delivery(_) => "delivery",
+    })
+    .increment(1);
+    tracing::warn!(error = %e, messages, "publish failed; answering 503");
+    retry_after(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &format!("cannot publish right now: {e}"),
+        backpressure_retry_after(),
+    )
+}
+
+async fn handle_beacon(
+    state: &AppState,
+    peer: SocketAddr,
+    query: KeyQuery,
+    headers: &HeaderMap,
+    request: Request,
+    traceparent: Option<&str>,
+) -> Response {
+    let received_at = qoe_telemetry::process::now_ms();
+    let admitted = match admit(
+        state,
+        peer,
+        query.key.as_deref(),
+        headers,
+        request,
+        ingest::check_content_type,
+    )
+    .await
+    {
+        Ok(a) => a,
+        Err(response) => return response,
+    };
+    let (body, ip) = (&admitted.body, admitted.ip);
     let peer_trusted = is_trusted(&peer.ip(), &state.trusted_proxies);
     let server_region = state.region.resolve(ip, headers, peer_trusted);
-    let accepted =
-        match ingest::process(&body, received_at, server_region.as_deref(), &state.limits) {
-            Ok(a) => a,
-            Err(e @ IngestError::TooManyEvents(_)) => {
-                return error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
-            }
-            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
-        };
+    let accepted = match ingest::process(body, received_at, server_region.as_deref(), &state.limits)
+    {
+        Ok(a) => a,
+        Err(e @ IngestError::TooManyEvents(_)) => {
+            return error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+        }
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
     tracing::Span::current().record("view_id", accepted.context.view_id.as_str());
     if let Err(hit) = state.rate.check_view(&accepted.context.view_id) {
         return rate_limited(hit);
@@ -387,18 +458,7 @@ async fn handle_beacon(
             .publish(&accepted.context, &accepted.events, traceparent)
             .await
         {
-            metrics::counter!(names::PUBLISH_FAILURES, "kind" => match e {
-                PublishError::QueueFull => "queue_full",
-                PublishError::Timeout => "timeout",
-                PublishError::Delivery(_) => "delivery",
-            })
-            .increment(1);
-            tracing::warn!(error = %e, events = accepted.events.len(), "publish failed; answering 503");
-            return retry_after(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!("cannot publish right now: {e}"),
-                backpressure_retry_after(),
-            );
+            return publish_failed(&e, accepted.events.len());
         }
         metrics::counter!(names::EVENTS_ACCEPTED).increment(accepted.events.len() as u64);
     }
@@ -415,4 +475,120 @@ async fn handle_beacon(
         )
             .into_response()
     }
+}
+
+async fn post_cmcd(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(query): Query<CmcdQuery>,
+    headers: HeaderMap,
+    request: Request,
+) -> Response {
+    let span = tracing::info_span!(
+        "cmcd",
+        otel.kind = "server",
+        sid = tracing::field::Empty,
+        accepted = tracing::field::Empty,
+        rejected = tracing::field::Empty,
+    );
+    let header_pairs: Vec<(&str, &str)> = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| vec![("traceparent", v)])
+        .unwrap_or_default();
+    qoe_telemetry::extract(&span, &header_pairs);
+    let traceparent = qoe_telemetry::traceparent(&span);
+    handle_cmcd(
+        &state,
+        peer,
+        query,
+        &headers,
+        request,
+        traceparent.as_deref(),
+    )
+    .instrument(span)
+    .await
+}
+
+/// `POST /v1/cmcd`: statuses as players act on them (CTA-5004-B §5-6): 204 when the valid
+/// lines are in Kafka (invalid ones are skipped and counted, the player cannot be told); 429
+/// and 503 with Retry-After, which players retry; never another 4xx for a temporary problem,
+/// since players drop the data on it.
+async fn handle_cmcd(
+    state: &AppState,
+    peer: SocketAddr,
+    query: CmcdQuery,
+    headers: &HeaderMap,
+    request: Request,
+    traceparent: Option<&str>,
+) -> Response {
+    let received_at = qoe_telemetry::process::now_ms();
+    let admitted = match admit(
+        state,
+        peer,
+        query.key.as_deref(),
+        headers,
+        request,
+        crate::cmcd::check_content_type,
+    )
+    .await
+    {
+        Ok(a) => a,
+        Err(response) => return response,
+    };
+    let peer_trusted = is_trusted(&peer.ip(), &state.trusted_proxies);
+    let region = ingest::resolve_region(
+        state
+            .region
+            .resolve(admitted.ip, headers, peer_trusted)
+            .as_deref(),
+        None,
+    );
+    let defaults = crate::cmcd::ClientDefaults::new(
+        query.cdn.as_deref(),
+        query.platform.as_deref(),
+        query.player.as_deref(),
+        headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok()),
+        &state.limits,
+    );
+    let batch = crate::cmcd::process(
+        &admitted.body,
+        received_at,
+        &region,
+        &defaults,
+        &state.cdn_hosts,
+        &state.limits,
+    );
+    for reason in &batch.rejected {
+        metrics::counter!(names::CMCD_LINES_REJECTED, "reason" => *reason).increment(1);
+    }
+    let span = tracing::Span::current();
+    span.record("accepted", batch.messages.len());
+    span.record("rejected", batch.rejected.len());
+    if let Some((sid, _)) = batch.messages.first() {
+        span.record("sid", sid.as_str());
+    }
+    let mut sids: Vec<&str> = batch.messages.iter().map(|(s, _)| s.as_str()).collect();
+    sids.sort_unstable();
+    sids.dedup();
+    for sid in sids {
+        if let Err(hit) = state.rate.check_view(sid) {
+            return rate_limited(hit);
+        }
+    }
+    if let Err(hit) = state
+        .rate
+        .check_client_events(admitted.ip, batch.messages.len())
+    {
+        return rate_limited(hit);
+    }
+    if !batch.messages.is_empty() {
+        if let Err(e) = state.sink.publish_keyed(&batch.messages, traceparent).await {
+            return publish_failed(&e, batch.messages.len());
+        }
+        metrics::counter!(names::CMCD_REPORTS_ACCEPTED).increment(batch.messages.len() as u64);
+    }
+    StatusCode::NO_CONTENT.into_response()
 }

@@ -11,6 +11,7 @@
 //! - [`names`]: the Prometheus metric names and their help texts.
 
 pub mod client;
+pub mod cmcd;
 pub mod config;
 pub mod http;
 pub mod ingest;

@@ -5,6 +5,8 @@ pub const HTTP_REQUESTS: &str = "qoe_collector_http_requests_total";
 pub const HTTP_REQUEST_SECONDS: &str = "qoe_collector_http_request_seconds";
 pub const EVENTS_ACCEPTED: &str = "qoe_collector_events_accepted_total";
 pub const EVENTS_REJECTED: &str = "qoe_collector_events_rejected_total";
+pub const CMCD_REPORTS_ACCEPTED: &str = "qoe_collector_cmcd_reports_accepted_total";
+pub const CMCD_LINES_REJECTED: &str = "qoe_collector_cmcd_lines_rejected_total";
 pub const RATE_LIMITED: &str = "qoe_collector_rate_limited_total";
 pub const PUBLISH_FAILURES: &str = "qoe_collector_publish_failures_total";
 pub const KAFKA_IN_FLIGHT: &str = "qoe_collector_kafka_in_flight";
@@ -26,6 +28,14 @@ pub fn describe() {
     );
     describe_counter!(EVENTS_ACCEPTED, "Events acknowledged by Kafka");
     describe_counter!(EVENTS_REJECTED, "Events refused by validation, by reason");
+    describe_counter!(
+        CMCD_REPORTS_ACCEPTED,
+        "CMCD reports (lines of POST /v1/cmcd) acknowledged by Kafka"
+    );
+    describe_counter!(
+        CMCD_LINES_REJECTED,
+        "CMCD lines skipped, by reason (syntax, version, missing_key, sid, too_long, unsafe_chars, future, too_old, encoding, too_many_lines)"
+    );
     describe_counter!(RATE_LIMITED, "Requests refused by a rate limit, by scope");
     describe_counter!(
         PUBLISH_FAILURES,

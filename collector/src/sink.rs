@@ -218,6 +218,28 @@ impl Sink {
         }
     }
 
+    /// Publishes ready-made message values with their keys (CMCD reports, keyed by session),
+    /// with the same acknowledgement rule as [`Sink::publish`].
+    pub async fn publish_keyed(
+        &self,
+        messages: &[(String, Vec<u8>)],
+        traceparent: Option<&str>,
+    ) -> Result<(), PublishError> {
+        match self {
+            Sink::Null => Ok(()),
+            Sink::Kafka(k) => {
+                k.publish_messages(
+                    messages.len(),
+                    messages
+                        .iter()
+                        .map(|(k, v)| (k.as_bytes(), std::borrow::Cow::Borrowed(v.as_slice()))),
+                    traceparent,
+                )
+                .await
+            }
+        }
+    }
+
     /// Whether events can be published right now: Kafka reachable, the topic present, and
     /// the producer holding its idempotent producer id (so the next message is not held back).
     pub async fn ready(&self) -> bool {
@@ -318,15 +340,32 @@ impl KafkaSink {
         events: &[EventFields],
         traceparent: Option<&str>,
     ) -> Result<(), PublishError> {
-        let producer = self.current();
         let encoder = MessageEncoder::new(context);
+        let key = context.view_id.as_bytes();
+        self.publish_messages(
+            events.len(),
+            events
+                .iter()
+                .map(|e| (key, std::borrow::Cow::Owned(encoder.encode(e)))),
+            traceparent,
+        )
+        .await
+    }
+
+    /// Enqueues `count` messages and waits for every delivery report (unless fire-and-forget).
+    async fn publish_messages<'a>(
+        &self,
+        count: usize,
+        messages: impl Iterator<Item = (&'a [u8], std::borrow::Cow<'a, [u8]>)>,
+        traceparent: Option<&str>,
+    ) -> Result<(), PublishError> {
+        let producer = self.current();
         let version = SCHEMA_VERSION.to_string();
         let started = Instant::now();
-        let (delivery, delivered) = RequestDelivery::new(events.len());
+        let (delivery, delivered) = RequestDelivery::new(count);
         let mut enqueue_failure = None;
         let mut never_enqueued = 0;
-        for (i, event) in events.iter().enumerate() {
-            let payload = encoder.encode(event);
+        for (i, (key, payload)) in messages.enumerate() {
             let mut headers = OwnedHeaders::new_with_capacity(2).insert(Header {
                 key: "qoe-schema",
                 value: Some(version.as_str()),
@@ -338,8 +377,8 @@ impl KafkaSink {
                 });
             }
             let record = BaseRecord::with_opaque_to(&self.topic, delivery.clone())
-                .key(context.view_id.as_bytes())
-                .payload(&payload)
+                .key(key)
+                .payload(payload.as_ref())
                 .headers(headers);
             if let Err((e, _record)) = producer.send(record) {
                 enqueue_failure = Some(match e {
@@ -348,7 +387,7 @@ impl KafkaSink {
                     }
                     other => PublishError::Delivery(other),
                 });
-                never_enqueued = events.len() - i;
+                never_enqueued = count - i;
                 break;
             }
         }

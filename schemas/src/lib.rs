@@ -16,6 +16,7 @@
 //! This crate does no I/O, so all of it is unit-testable and benchmarkable without servers.
 
 pub mod beacon;
+pub mod cmcd;
 pub mod event;
 pub mod metrics;
 pub mod migrations;

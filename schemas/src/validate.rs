@@ -146,7 +146,7 @@ pub fn is_valid_view_id(id: &str) -> bool {
 
 /// Whether `s` has more than `max` characters. String limits count characters, as the JSON
 /// Schema's `maxLength` does; a character is at most 4 bytes, so memory stays bounded.
-fn longer_than(s: &str, max: usize) -> bool {
+pub fn longer_than(s: &str, max: usize) -> bool {
     s.len() > max && s.chars().count() > max
 }
 
