@@ -16,6 +16,7 @@
 //! - [`kafka_check`]: reachability check.
 //! - [`names`]: the Prometheus metric names and their help texts.
 
+pub mod cmcd;
 pub mod consumer;
 pub mod kafka_check;
 pub mod metrics;

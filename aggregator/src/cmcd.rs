@@ -1,0 +1,618 @@
+//! CMCD sessions become views: the pure state machine that turns the CMCD v2 reports of one
+//! session (`sid`) into the QoE events of SPEC §4, so that a CMCD view and a beacon view of the
+//! same experience count the same.
+//!
+//! Why here: durations (startup, stalls, playing time) are differences between consecutive
+//! reports of a session. Every report is keyed by `sid`, so a session's reports are in one
+//! partition, in order, and the aggregator already owns per-partition state that it restores
+//! exactly after a crash; the collector stays stateless and freely scaled out. The session
+//! table is part of the partition's checkpoint ([`Sessions::snapshot`]), so a restart resumes
+//! every session where it was, however long it has been playing.
+//!
+//! The mapping (PLAYERS.md §3):
+//! - the first report of a session opens a view (`view_start` at the first report's time; it
+//!   is emitted with the next report, so that the CDN learnt from the first segment request is
+//!   the view's CDN and attempts land in the right slice);
+//! - first `ps p`: `first_frame`, startup = `p.ts - start.ts` (`msd` only when within 50 ms or a
+//!   tenth of it: dash.js sends a wrong one);
+//! - `ps r` after the first frame, not right after a seek: `stall_start`; leaving `r`:
+//!   `stall_end`; time in `p` is playing time, time in a stall is stall time, both carried by
+//!   the event of the report that ends the interval (`t` reports are heartbeats);
+//! - `ps a` pause, `p` after `a` resume, `ps k` seek; `bc` or a changed `br`: `bitrate_change`;
+//! - `e` error (`ec` the code); `ps f`: a fatal error and `view_end(error)`; `ps e`:
+//!   `view_end(completed)`; `ps q`: `view_end(exit)`. An `e` report within 5 s after the view
+//!   failed is the failure's own error report (hls.js sends `f` first) and adds nothing;
+//! - a report more than the session timeout after the previous one, or after the view ended,
+//!   opens a new view (players reuse `sid` across sources);
+//! - `ltc` is latency, `dfa` deltas are dropped frames.
+//!
+//! Reports are deduplicated on `(sn, ts, e)` within the session (players restart `sn`).
+
+use qoe_schemas::cmcd::{CmcdMessage, CmcdReport};
+use qoe_schemas::{EndReason, EventType, QoeEvent, StreamType, SCHEMA_VERSION};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Session bookkeeping limits.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionConfig {
+    /// A report this long after the previous one opens a new view; state of a session silent
+    /// for this long (plus the window length) after the watermark is dropped.
+    pub timeout_ms: i64,
+    /// Most sessions held per partition; beyond it the least recently heard one is dropped.
+    pub max_sessions: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            timeout_ms: 120_000,
+            max_sessions: 200_000,
+        }
+    }
+}
+
+/// Most `(sn, ts, e)` keys remembered per session for deduplication.
+const MAX_SEEN_PER_SESSION: usize = 4096;
+/// `msd` is believed when it is within this many ms, or a tenth, of the timestamps' startup.
+const MSD_TOLERANCE_MS: i64 = 50;
+/// An error report this soon after a fatal failure belongs to it.
+const FAILURE_ERROR_WINDOW_MS: i64 = 5_000;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Session {
+    /// Largest report time seen.
+    last_ts: i64,
+    seen: BTreeSet<(i64, i64, String)>,
+    view: Option<View>,
+    /// When the last view ended (its reports after that open a new one).
+    ended_at: Option<i64>,
+    /// Whether the last view ended in a fatal failure.
+    failed: bool,
+    /// Dimensions learnt so far (kept across views of the session).
+    stream_id: Option<String>,
+    stream_type: Option<String>,
+    protocol: Option<String>,
+    cdn: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct View {
+    seq: u32,
+    start_ts: i64,
+    /// `view_start` not yet emitted (it waits for the next report, see the module doc).
+    start_pending: bool,
+    started: bool,
+    /// Last play state and since when time is accounted.
+    state: Option<String>,
+    state_ts: i64,
+    in_stall: bool,
+    bitrate: Option<u32>,
+    dfa: Option<u32>,
+}
+
+/// How a report was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportOutcome {
+    Accepted,
+    Duplicate,
+}
+
+/// The CMCD sessions of one partition.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Sessions {
+    by_sid: BTreeMap<String, Session>,
+}
+
+impl Sessions {
+    pub fn len(&self) -> usize {
+        self.by_sid.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_sid.is_empty()
+    }
+
+    /// The table as stored with a checkpoint.
+    pub fn snapshot(&self) -> String {
+        if self.by_sid.is_empty() {
+            return String::new();
+        }
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// A table from a checkpoint's snapshot (empty for none).
+    pub fn restore(snapshot: &str) -> Result<Self, serde_json::Error> {
+        if snapshot.is_empty() {
+            return Ok(Sessions::default());
+        }
+        serde_json::from_str(snapshot)
+    }
+
+    /// Drops sessions no report that is not late can continue any more: silent for the
+    /// timeout, plus a window, before the watermark. A later report of such a session opens a
+    /// new view whether or not its state is still held, so dropping it changes no outcome.
+    pub fn expire(&mut self, watermark: i64, window_ms: i64, config: &SessionConfig) {
+        self.by_sid
+            .retain(|_, s| s.last_ts + config.timeout_ms + window_ms > watermark);
+    }
+
+    /// Takes one report; the events it makes are appended to `out`.
+    pub fn on_report(
+        &mut self,
+        m: &CmcdMessage,
+        config: &SessionConfig,
+        out: &mut Vec<QoeEvent>,
+    ) -> ReportOutcome {
+        let r = &m.cmcd;
+        if !self.by_sid.contains_key(&r.sid) && self.by_sid.len() >= config.max_sessions {
+            if let Some(oldest) = self
+                .by_sid
+                .iter()
+                .min_by_key(|(_, s)| s.last_ts)
+                .map(|(k, _)| k.clone())
+            {
+                self.by_sid.remove(&oldest);
+            }
+        }
+        let session = self.by_sid.entry(r.sid.clone()).or_default();
+        let key = (r.sn.unwrap_or(-1), r.ts, r.e.clone());
+        if session.seen.contains(&key) {
+            return ReportOutcome::Duplicate;
+        }
+        if session.seen.len() < MAX_SEEN_PER_SESSION {
+            session.seen.insert(key);
+        }
+        session.learn(m);
+        session.take(m, config, out);
+        session.last_ts = session.last_ts.max(r.ts);
+        ReportOutcome::Accepted
+    }
+}
+
+fn protocol_of(sf: &str) -> &'static str {
+    match sf {
+        "h" => "hls",
+        "d" => "dash",
+        "s" => "smooth",
+        "e" => "hesp",
+        _ => "other",
+    }
+}
+
+impl Session {
+    /// Updates the dimensions the report tells.
+    fn learn(&mut self, m: &CmcdMessage) {
+        let r = &m.cmcd;
+        if let Some(cid) = &r.cid {
+            self.stream_id = Some(cid.clone());
+        }
+        if let Some(st) = &r.st {
+            self.stream_type = Some(st.clone());
+        }
+        if let Some(sf) = &r.sf {
+            self.protocol = Some(protocol_of(sf).to_owned());
+        }
+        if !m.cdn.is_empty() {
+            self.cdn = Some(m.cdn.clone());
+        }
+    }
+
+    fn event(&self, view: &mut View, m: &CmcdMessage, kind: EventType, ts: i64) -> QoeEvent {
+        let seq = view.seq;
+        view.seq += 1;
+        QoeEvent {
+            v: SCHEMA_VERSION,
+            view_id: m.cmcd.sid.clone(),
+            stream_id: self.stream_id.clone().unwrap_or_else(|| "unknown".into()),
+            stream_type: match self.stream_type.as_deref() {
+                Some("v") => StreamType::Vod,
+                _ => StreamType::Live,
+            },
+            cdn: self.cdn.clone().unwrap_or_else(|| "unknown".into()),
+            platform: m.platform.clone(),
+            player: m.player.clone(),
+            protocol: self.protocol.clone().unwrap_or_else(|| "unknown".into()),
+            region: m.region.clone(),
+            custom: BTreeMap::new(),
+            seq,
+            kind,
+            ts,
+            event_time: ts,
+            received_at: m.received_at,
+            started: None,
+            playing_ms: None,
+            stall_ms: None,
+            bitrate_kbps: None,
+            prev_bitrate_kbps: None,
+            startup_ms: None,
+            latency_ms: None,
+            dropped_frames: None,
+            code: None,
+            fatal: None,
+            reason: None,
+        }
+    }
+
+    fn take(&mut self, m: &CmcdMessage, config: &SessionConfig, out: &mut Vec<QoeEvent>) {
+        let r: &CmcdReport = &m.cmcd;
+        let sta = if r.e == "ps" { r.sta.as_deref() } else { None };
+        // An error report right after a fatal failure is that failure's own report.
+        if let Some(ended) = self.ended_at {
+            if r.e == "e" && self.failed && r.ts - ended <= FAILURE_ERROR_WINDOW_MS {
+                return;
+            }
+        }
+        let silent = self.view.is_some() && r.ts > self.last_ts + config.timeout_ms;
+        let mut opened_now = false;
+        if self.view.is_none() || silent {
+            // `rr` alone does not open a view (requests of a page that never plays are not
+            // an attempt until the player reports a state).
+            if r.e == "rr" && self.view.is_none() {
+                return;
+            }
+            self.ended_at = None;
+            self.failed = false;
+            opened_now = true;
+            self.view = Some(View {
+                start_ts: r.ts,
+                start_pending: true,
+                state_ts: r.ts,
+                ..View::default()
+            });
+        }
+        let Some(mut view) = self.view.take() else {
+            return;
+        };
+        // The opening report waits for the next one if it says no more than "starting".
+        let waits = opened_now && (r.e == "t" || matches!(sta, Some("s" | "d" | "w")));
+        if view.start_pending && !waits {
+            let start_ts = view.start_ts;
+            let start = self.event(&mut view, m, EventType::ViewStart, start_ts);
+            out.push(start);
+            view.start_pending = false;
+        }
+        let primary_from = out.len();
+
+        // Time accounting since the previous state report (not for `rr`: its ts is the
+        // request's start, not monotonic).
+        let (mut playing, mut stall) = (0u32, 0u32);
+        if matches!(r.e.as_str(), "ps" | "t") && r.ts > view.state_ts {
+            let elapsed = u32::try_from(r.ts - view.state_ts).unwrap_or(u32::MAX);
+            match view.state.as_deref() {
+                Some("p") => playing = elapsed,
+                Some("r") if view.in_stall => stall = elapsed,
+                _ => {}
+            }
+            view.state_ts = r.ts;
+        }
+        let old_bitrate = view.bitrate;
+
+        let mut ended = None;
+        match (r.e.as_str(), sta) {
+            ("ps", Some("p")) => {
+                if !view.started {
+                    let by_ts = r.ts - view.start_ts;
+                    let startup = match r.msd.map(i64::from) {
+                        Some(msd) if (msd - by_ts).abs() <= MSD_TOLERANCE_MS.max(by_ts / 10) => msd,
+                        _ => by_ts,
+                    };
+                    let mut e = self.event(&mut view, m, EventType::FirstFrame, r.ts);
+                    e.startup_ms = Some(u32::try_from(startup.max(0)).unwrap_or(u32::MAX));
+                    out.push(e);
+                    view.started = true;
+                } else if view.state.as_deref() == Some("r") && view.in_stall {
+                    out.push(self.event(&mut view, m, EventType::StallEnd, r.ts));
+                } else if view.state.as_deref() == Some("a") {
+                    out.push(self.event(&mut view, m, EventType::Resume, r.ts));
+                }
+                view.in_stall = false;
+            }
+            ("ps", Some("r")) => {
+                let rebuffer = view.started && view.state.as_deref() != Some("k");
+                if rebuffer && !view.in_stall {
+                    out.push(self.event(&mut view, m, EventType::StallStart, r.ts));
+                }
+                view.in_stall = rebuffer;
+            }
+            ("ps", Some("a")) => {
+                out.push(self.event(&mut view, m, EventType::Pause, r.ts));
+                view.in_stall = false;
+            }
+            ("ps", Some("k")) => {
+                out.push(self.event(&mut view, m, EventType::Seek, r.ts));
+                view.in_stall = false;
+            }
+            ("ps", Some("e")) => ended = Some(EndReason::Completed),
+            ("ps", Some("q")) => ended = Some(EndReason::Exit),
+            ("ps", Some("f")) => {
+                let mut e = self.event(&mut view, m, EventType::Error, r.ts);
+                e.fatal = Some(true);
+                e.started = Some(view.started);
+                e.code = Some(r.ec.clone().unwrap_or_else(|| "cmcd_fatal".into()));
+                out.push(e);
+                ended = Some(EndReason::Error);
+            }
+            ("e", _) => {
+                let mut e = self.event(&mut view, m, EventType::Error, r.ts);
+                e.fatal = Some(false);
+                e.started = Some(view.started);
+                e.code = Some(r.ec.clone().unwrap_or_else(|| "unknown".into()));
+                out.push(e);
+            }
+            _ => {}
+        }
+        if let Some(s) = sta {
+            view.state = Some(s.to_owned());
+        }
+        // A new bitrate: `bc` reports, or a changed `br` on any report (dash.js sends no `bc`).
+        if let Some(br) = r.br.filter(|_| r.e != "rr") {
+            if let Some(prev) = view.bitrate.filter(|p| *p != br) {
+                let mut e = self.event(&mut view, m, EventType::BitrateChange, r.ts);
+                e.bitrate_kbps = Some(br);
+                e.prev_bitrate_kbps = Some(prev);
+                out.push(e);
+            }
+            view.bitrate = Some(br);
+        }
+        if let Some(reason) = ended {
+            let mut e = self.event(&mut view, m, EventType::ViewEnd, r.ts);
+            e.started = Some(view.started);
+            e.reason = Some(reason);
+            out.push(e);
+            self.ended_at = Some(r.ts);
+            self.failed = reason == EndReason::Error;
+        }
+        let dropped = r.dfa.map(|now| {
+            let delta = now.saturating_sub(view.dfa.unwrap_or(0));
+            view.dfa = Some(now);
+            delta
+        });
+        let latency = r.ltc.filter(|_| r.e != "rr");
+        let carries = playing > 0 || stall > 0 || dropped.is_some_and(|d| d > 0) || latency.is_some();
+        if carries {
+            if out.len() == primary_from {
+                out.push(self.event(&mut view, m, EventType::Heartbeat, r.ts));
+            }
+            let e = &mut out[primary_from];
+            if playing > 0 {
+                e.playing_ms = Some(playing);
+                // Time played since the last report was at the bitrate before this report.
+                if e.bitrate_kbps.is_none() {
+                    e.bitrate_kbps = old_bitrate;
+                }
+            }
+            if stall > 0 {
+                e.stall_ms = Some(stall);
+            }
+            e.latency_ms = latency;
+            e.dropped_frames = dropped.filter(|d| *d > 0);
+        }
+        if ended.is_none() {
+            self.view = Some(view);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: i64 = 1_790_000_000_000;
+
+    struct Player {
+        sessions: Sessions,
+        sn: i64,
+        sid: &'static str,
+        cdn: &'static str,
+    }
+
+    impl Player {
+        fn new(sid: &'static str) -> Self {
+            Player {
+                sessions: Sessions::default(),
+                sn: 0,
+                sid,
+                cdn: "",
+            }
+        }
+
+        /// Sends a report `at` ms after T0; returns the events it made as (type, fields).
+        fn send(&mut self, at: i64, e: &str, f: impl FnOnce(&mut CmcdReport)) -> Vec<QoeEvent> {
+            let mut r = CmcdReport {
+                e: e.into(),
+                ts: T0 + at,
+                sid: self.sid.into(),
+                sn: Some(self.sn),
+                cid: Some("ch-1".into()),
+                sf: Some("h".into()),
+                st: Some("l".into()),
+                ..CmcdReport::default()
+            };
+            self.sn += 1;
+            f(&mut r);
+            let m = CmcdMessage {
+                cmcd: r,
+                received_at: T0 + at,
+                region: "eu-west".into(),
+                cdn: self.cdn.into(),
+                platform: "web".into(),
+                player: "hls.js".into(),
+            };
+            let mut out = Vec::new();
+            self.sessions.on_report(&m, &SessionConfig::default(), &mut out);
+            out
+        }
+
+        fn ps(&mut self, at: i64, sta: &str) -> Vec<QoeEvent> {
+            self.send(at, "ps", |r| r.sta = Some(sta.into()))
+        }
+    }
+
+    fn kinds(events: &[QoeEvent]) -> Vec<&'static str> {
+        events.iter().map(|e| e.kind.as_str()).collect()
+    }
+
+    fn total(events: &[QoeEvent], f: impl Fn(&QoeEvent) -> Option<u32>) -> u32 {
+        events.iter().filter_map(f).sum()
+    }
+
+    #[test]
+    fn healthy_playback_with_a_stall_a_pause_and_an_exit() {
+        let mut p = Player::new("s-1");
+        let mut all = Vec::new();
+        all.extend(p.ps(0, "s"));
+        assert!(all.is_empty(), "view_start waits for the next report");
+        p.cdn = "cdn-a";
+        let rr = p.send(100, "rr", |r| {
+            r.rc = Some(200);
+            r.br = Some(800);
+        });
+        assert_eq!(kinds(&rr), ["view_start"]);
+        assert_eq!(rr[0].cdn, "cdn-a", "the first request's CDN is the view's");
+        assert_eq!(rr[0].event_time, T0, "at the first report's time");
+        all.extend(rr);
+        all.extend(p.send(300, "ps", |r| {
+            r.sta = Some("p".into());
+            r.br = Some(800);
+        }));
+        all.extend(p.send(10_300, "t", |_| {}));
+        all.extend(p.ps(20_300, "r"));
+        all.extend(p.ps(26_100, "p"));
+        all.extend(p.ps(30_000, "a"));
+        all.extend(p.ps(35_000, "p"));
+        all.extend(p.ps(40_000, "q"));
+        assert_eq!(
+            kinds(&all),
+            [
+                "view_start",
+                "first_frame",
+                "heartbeat",
+                "stall_start",
+                "stall_end",
+                "pause",
+                "resume",
+                "view_end"
+            ]
+        );
+        assert_eq!(all[1].startup_ms, Some(300));
+        assert_eq!(total(&all, |e| e.stall_ms), 5_800);
+        // Played 300..20300 and 26100..30000 and 35000..40000.
+        assert_eq!(total(&all, |e| e.playing_ms), 20_000 + 3_900 + 5_000);
+        assert_eq!(all[2].bitrate_kbps, Some(800));
+        let end = all.last().unwrap();
+        assert_eq!((end.reason, end.started), (Some(EndReason::Exit), Some(true)));
+        let seqs: Vec<u32> = all.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (0..8).collect::<Vec<_>>());
+        assert!(all.iter().all(|e| e.view_id == "s-1" && e.protocol == "hls" && e.stream_id == "ch-1"));
+    }
+
+    #[test]
+    fn start_failure_then_the_players_error_report() {
+        // hls.js with a missing manifest: `ps s`, `ps f` within 20 ms, then `e=e`.
+        let mut p = Player::new("s-2");
+        let mut all = p.ps(0, "s");
+        all.extend(p.send(15, "ps", |r| r.sta = Some("f".into())));
+        all.extend(p.send(18, "e", |r| r.ec = Some("manifestLoadError".into())));
+        assert_eq!(kinds(&all), ["view_start", "error", "view_end"]);
+        assert_eq!((all[1].fatal, all[1].started), (Some(true), Some(false)));
+        assert_eq!(all[2].reason, Some(EndReason::Error));
+    }
+
+    #[test]
+    fn seeking_buffer_is_not_a_stall_and_startup_buffer_neither() {
+        let mut p = Player::new("s-3");
+        let mut all = p.ps(0, "s");
+        all.extend(p.ps(50, "r"));
+        all.extend(p.ps(400, "p"));
+        all.extend(p.ps(5_000, "k"));
+        all.extend(p.ps(5_010, "r"));
+        all.extend(p.ps(6_000, "p"));
+        assert_eq!(kinds(&all), ["view_start", "first_frame", "seek"]);
+        assert_eq!(total(&all, |e| e.stall_ms), 0);
+        assert_eq!(all[1].startup_ms, Some(400));
+    }
+
+    #[test]
+    fn msd_only_where_it_agrees() {
+        let mut p = Player::new("s-4");
+        p.ps(0, "s");
+        let e = p.send(232, "ps", |r| {
+            r.sta = Some("p".into());
+            r.msd = Some(30);
+        });
+        assert_eq!(e[1].startup_ms, Some(232), "dash.js's msd=30 is wrong");
+        let mut p = Player::new("s-5");
+        p.ps(0, "s");
+        let e = p.send(232, "ps", |r| {
+            r.sta = Some("p".into());
+            r.msd = Some(220);
+        });
+        assert_eq!(e[1].startup_ms, Some(220));
+    }
+
+    #[test]
+    fn duplicates_and_bitrate_switches() {
+        let mut p = Player::new("s-6");
+        p.ps(0, "s");
+        p.send(100, "ps", |r| {
+            r.sta = Some("p".into());
+            r.br = Some(800);
+        });
+        let down = p.send(5_000, "bc", |r| r.br = Some(250));
+        assert_eq!(kinds(&down), ["bitrate_change"]);
+        assert_eq!((down[0].bitrate_kbps, down[0].prev_bitrate_kbps), (Some(250), Some(800)));
+        // The same report again (same sn, ts, e) counts once.
+        p.sn -= 1;
+        let mut out = Vec::new();
+        let m = CmcdMessage {
+            cmcd: CmcdReport {
+                e: "bc".into(),
+                ts: T0 + 5_000,
+                sid: "s-6".into(),
+                sn: Some(p.sn),
+                br: Some(250),
+                ..CmcdReport::default()
+            },
+            received_at: T0,
+            region: "r".into(),
+            cdn: String::new(),
+            platform: "web".into(),
+            player: "x".into(),
+        };
+        assert_eq!(
+            p.sessions.on_report(&m, &SessionConfig::default(), &mut out),
+            ReportOutcome::Duplicate
+        );
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_reused_sid_after_the_end_or_silence_is_a_new_view() {
+        let mut p = Player::new("s-7");
+        p.ps(0, "s");
+        p.ps(100, "p");
+        p.ps(1_000, "e");
+        let again = [p.ps(2_000, "s"), p.ps(2_300, "p")].concat();
+        assert_eq!(kinds(&again), ["view_start", "first_frame"]);
+        assert_eq!(again[0].seq, 0);
+        let later = [p.ps(2_300 + 200_000, "s"), p.ps(2_300 + 200_400, "p")].concat();
+        assert_eq!(kinds(&later), ["view_start", "first_frame"], "silent past the timeout");
+        assert_eq!(total(&later, |e| e.playing_ms), 0);
+    }
+
+    #[test]
+    fn snapshot_round_trips_and_expiry_is_by_silence() {
+        let mut p = Player::new("s-8");
+        p.ps(0, "s");
+        p.ps(100, "p");
+        let snap = p.sessions.snapshot();
+        assert_eq!(Sessions::restore(&snap).unwrap(), p.sessions);
+        assert_eq!(Sessions::restore("").unwrap().len(), 0);
+        let config = SessionConfig::default();
+        p.sessions.expire(T0 + 100 + 120_000 + 10_000 - 1, 10_000, &config);
+        assert_eq!(p.sessions.len(), 1);
+        p.sessions.expire(T0 + 100 + 120_000 + 10_000, 10_000, &config);
+        assert!(p.sessions.is_empty());
+    }
+}
