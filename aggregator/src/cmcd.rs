@@ -137,6 +137,15 @@ impl Sessions {
             .retain(|_, s| s.last_ts + config.timeout_ms + window_ms > watermark);
     }
 
+    /// An event carrying the context the session would give this report (for counting a late
+    /// or duplicate report in its slice); the session is not changed.
+    pub fn probe_event(&self, m: &CmcdMessage) -> QoeEvent {
+        let mut session = self.by_sid.get(&m.cmcd.sid).cloned().unwrap_or_default();
+        session.learn(m);
+        let mut view = View::default();
+        session.event(&mut view, m, EventType::Heartbeat, m.cmcd.ts)
+    }
+
     /// Takes one report; the events it makes are appended to `out`.
     pub fn on_report(
         &mut self,

@@ -137,8 +137,9 @@ impl Shared {
             match done {
                 Ok(true) => committed = Some(checkpoint.next_offset),
                 Ok(false) => {
+                    let next = checkpoint.next_offset;
                     self.write_batch(partition, slot, batch, checkpoint).await?;
-                    committed = Some(checkpoint.next_offset);
+                    committed = Some(next);
                 }
                 Err(e) => {
                     slot.unacked = Some((batch, checkpoint, last_id));
@@ -150,8 +151,9 @@ impl Shared {
             return Ok(committed);
         }
         let (batch, checkpoint) = slot.state.take_batch();
+        let next = checkpoint.next_offset;
         self.write_batch(partition, slot, batch, checkpoint).await?;
-        Ok(Some(checkpoint.next_offset))
+        Ok(Some(next))
     }
 
     async fn write_batch(
@@ -380,6 +382,31 @@ fn handle_message(shared: &Shared, m: &rdkafka::message::BorrowedMessage<'_>) {
     if matches!(route, Route::Ignore | Route::AlreadyProcessed) {
         return;
     }
+    if let Some(payload) = m
+        .payload()
+        .filter(|p| p.starts_with(qoe_schemas::cmcd::CMCD_MESSAGE_PREFIX))
+    {
+        // CMCD sessions are restored from the checkpoint's snapshot, not by replay.
+        if route == Route::Restore {
+            return;
+        }
+        let outcome = match qoe_schemas::cmcd::CmcdMessage::decode(payload) {
+            Ok(report) => slot.state.apply_cmcd(offset, &report),
+            Err(e) => {
+                tracing::warn!(partition = m.partition(), offset, error = %e, "skipping CMCD message that cannot be read");
+                metrics::counter!(names::EVENTS, "outcome" => "invalid").increment(1);
+                slot.state.skip(offset);
+                return;
+            }
+        };
+        metrics::counter!(names::CMCD_REPORTS, "outcome" => match outcome {
+            Outcome::Accepted => "accepted",
+            Outcome::Late => "late",
+            Outcome::Duplicate => "duplicate",
+        })
+        .increment(1);
+        return;
+    }
     let event = match m.payload().map(EventRef::decode) {
         Some(Ok(e)) => Some(e),
         Some(Err(e)) => {
@@ -501,9 +528,10 @@ fn reposition<C: ConsumerContext>(shared: &Shared, consumer: &BaseConsumer<C>) {
 fn report_stats(shared: &Shared) {
     let slots = lock(&shared.slots);
     let now_ms = qoe_telemetry::process::now_ms();
-    let (mut open, mut tracked) = (0, 0);
+    let (mut open, mut tracked, mut sessions) = (0, 0, 0);
     for (p, slot) in slots.iter() {
         open += slot.state.open_windows();
+        sessions += slot.state.sessions();
         tracked += slot.state.tracked_events();
         let wm = slot.state.watermark();
         if wm > 0 {
@@ -513,5 +541,6 @@ fn report_stats(shared: &Shared) {
     }
     metrics::gauge!(names::OPEN_WINDOWS).set(open as f64);
     metrics::gauge!(names::TRACKED_EVENTS).set(tracked as f64);
+    metrics::gauge!(names::CMCD_SESSIONS).set(sessions as f64);
     metrics::gauge!(names::ASSIGNED_PARTITIONS).set(slots.len() as f64);
 }

@@ -61,6 +61,13 @@ struct RunArgs {
     /// Allowed lateness in seconds: events for windows that ended longer ago are late.
     #[arg(long, env = "QOE_ALLOWED_LATENESS_SECS", default_value_t = 30)]
     allowed_lateness_secs: u32,
+    /// CMCD sessions: a report this many seconds after the session's previous one opens a new
+    /// view (live players report at least every 10-30 s).
+    #[arg(long, env = "QOE_CMCD_SESSION_TIMEOUT_SECS", default_value_t = 120)]
+    cmcd_session_timeout_secs: u32,
+    /// Most CMCD sessions held per partition (the least recently heard is dropped beyond it).
+    #[arg(long, env = "QOE_CMCD_MAX_SESSIONS", default_value_t = 200_000)]
+    cmcd_max_sessions: usize,
     /// Optional grouping dimensions besides region and CDN (comma-separated subset of
     /// stream_type, platform, stream_id).
     #[arg(
@@ -205,6 +212,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         window_ms: i64::from(args.window_secs) * 1000,
         allowed_lateness_ms: i64::from(args.allowed_lateness_secs) * 1000,
         dimensions: dimensions(&args.dimensions)?,
+        sessions: qoe_aggregator::cmcd::SessionConfig {
+            timeout_ms: i64::from(args.cmcd_session_timeout_secs.max(1)) * 1000,
+            max_sessions: args.cmcd_max_sessions.max(1),
+        },
     };
 
     let store = loop {

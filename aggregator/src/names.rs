@@ -2,6 +2,8 @@
 //! records through these constants; [`describe`] registers the help texts at start-up.
 
 pub const EVENTS: &str = "qoe_aggregator_events_total";
+pub const CMCD_REPORTS: &str = "qoe_aggregator_cmcd_reports_total";
+pub const CMCD_SESSIONS: &str = "qoe_aggregator_cmcd_sessions";
 pub const INSERT_SECONDS: &str = "qoe_aggregator_insert_seconds";
 pub const BATCHES_WRITTEN: &str = "qoe_aggregator_batches_written_total";
 pub const ROWS_WRITTEN: &str = "qoe_aggregator_rows_written_total";
@@ -19,6 +21,14 @@ pub fn describe() {
     describe_counter!(
         EVENTS,
         "Kafka messages by outcome: accepted, late, duplicate, invalid"
+    );
+    describe_counter!(
+        CMCD_REPORTS,
+        "CMCD reports by outcome: accepted (turned into events), late, duplicate"
+    );
+    describe_gauge!(
+        CMCD_SESSIONS,
+        "CMCD sessions held (stored with each checkpoint), over all partitions"
     );
     describe_histogram!(
         INSERT_SECONDS,

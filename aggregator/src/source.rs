@@ -155,6 +155,7 @@ mod tests {
             next_offset,
             state_offset,
             max_event_time: 0,
+            sessions: String::new(),
         }
     }
 

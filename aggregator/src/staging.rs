@@ -34,7 +34,7 @@ const HEAD: [&str; 10] = [
 ];
 
 /// Columns after the metric columns.
-const TAIL: [&str; 16] = [
+const TAIL: [&str; 17] = [
     "player",
     "protocol",
     "first_event_time",
@@ -51,6 +51,7 @@ const TAIL: [&str; 16] = [
     "next_offset",
     "state_offset",
     "max_event_time",
+    "sessions",
 ];
 
 /// Every column of `qoe_staging` (and of `qoe_ingest`) that the pipeline writes, in the
@@ -100,6 +101,8 @@ pub struct StagingRow<'a> {
     pub next_offset: u64,
     pub state_offset: u64,
     pub max_event_time: i64,
+    /// The partition's CMCD session table (checkpoint rows only).
+    pub sessions: &'a str,
 }
 
 impl<'a> StagingRow<'a> {
@@ -132,6 +135,7 @@ impl<'a> StagingRow<'a> {
             next_offset: 0,
             state_offset: 0,
             max_event_time: 0,
+            sessions: "",
         }
     }
 
@@ -188,6 +192,7 @@ impl<'a> StagingRow<'a> {
         out.extend_from_slice(&self.next_offset.to_le_bytes());
         out.extend_from_slice(&self.state_offset.to_le_bytes());
         out.extend_from_slice(&self.max_event_time.to_le_bytes());
+        string(out, self.sessions);
     }
 }
 
@@ -249,11 +254,13 @@ mod tests {
             u64::from_le_bytes(out[seeks_at..seeks_at + 8].try_into().unwrap()),
             2
         );
-        assert_eq!(&out[out.len() - 8..], &(-1i64).to_le_bytes());
+        // max_event_time, then the empty session snapshot.
+        assert_eq!(&out[out.len() - 9..out.len() - 1], &(-1i64).to_le_bytes());
+        assert_eq!(out[out.len() - 1], 0);
         // Fixed sizes: 8+4+1+4 + 6 strings + metrics + 2 strings + 4+4+1+4 + string + 8
-        // + string + 8 + string + 4 + 8*3 + 8.
+        // + string + 8 + string + 4 + 8*3 + 8 + string.
         let expected =
-            17 + (8 + 5) + 8 * WINDOW_COLUMN_COUNT + 2 + 13 + 1 + 8 + 1 + 8 + 1 + 4 + 24 + 8;
+            17 + (8 + 5) + 8 * WINDOW_COLUMN_COUNT + 2 + 13 + 1 + 8 + 1 + 8 + 1 + 4 + 24 + 8 + 1;
         assert_eq!(out.len(), expected);
     }
 

@@ -14,12 +14,18 @@
 //! - Windows are never "held open" for output: every batch writes partial rows that add up;
 //!   the watermark only decides lateness and when duplicate-tracking state is dropped.
 //!
+//! - A CMCD report is turned into events by its session ([`crate::cmcd`]); each event counts
+//!   in its own window. The session table travels with the checkpoint.
+//!
 //! Speed: this runs once per message, so the hot path allocates nothing for events whose
 //! context, window and view the batch already holds. A batch interns each distinct context
 //! (region, CDN, stream, platform, player, protocol) once and keys its rows by small indices;
 //! events are read borrowed from the message bytes ([`EventRef`]).
 
+use crate::cmcd::{ReportOutcome, SessionConfig, Sessions};
 use crate::metrics::{AddEvent, WindowMetrics};
+use qoe_schemas::cmcd::CmcdMessage;
+use qoe_schemas::QoeEvent;
 use hashbrown::{DefaultHashBuilder, HashMap, HashSet};
 use indexmap::{Equivalent, IndexMap, IndexSet};
 use qoe_schemas::{EventRef, EventType, StreamType};
@@ -63,6 +69,8 @@ pub struct WindowConfig {
     pub window_ms: i64,
     pub allowed_lateness_ms: i64,
     pub dimensions: Dimensions,
+    /// CMCD session timeout and bound.
+    pub sessions: SessionConfig,
 }
 
 impl Default for WindowConfig {
@@ -71,6 +79,7 @@ impl Default for WindowConfig {
             window_ms: 10_000,
             allowed_lateness_ms: 30_000,
             dimensions: Dimensions::default(),
+            sessions: SessionConfig::default(),
         }
     }
 }
@@ -319,7 +328,7 @@ impl Batch {
 }
 
 /// Where a written batch leaves the partition; stored with the batch, read back on restart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkpoint {
     /// First offset of the batch (the previous checkpoint's `next_offset`).
     pub from_offset: i64,
@@ -329,6 +338,8 @@ pub struct Checkpoint {
     pub state_offset: i64,
     /// Watermark input: the largest clamped event time seen.
     pub max_event_time: i64,
+    /// The CMCD session table ([`Sessions::snapshot`]); empty without CMCD traffic.
+    pub sessions: String,
 }
 
 /// How one message was classified.
@@ -427,6 +438,9 @@ pub struct PartitionState<S = DefaultHashBuilder> {
     batch: Batch,
     batch_from: i64,
     next_offset: i64,
+    sessions: Sessions,
+    /// Events made from one CMCD report (reused buffer).
+    derived: Vec<QoeEvent>,
 }
 
 impl PartitionState {
@@ -439,9 +453,17 @@ impl PartitionState {
 impl<S: BuildHasher + Default> PartitionState<S> {
     /// As [`PartitionState::new`], with `S` hashing the interned view ids.
     pub fn with_hasher(config: WindowConfig, checkpoint: Option<Checkpoint>) -> Self {
-        let (next, max) = checkpoint
-            .map(|c| (c.next_offset, c.max_event_time))
-            .unwrap_or((0, i64::MIN));
+        let (next, max, sessions) = checkpoint
+            .map(|c| {
+                // A snapshot this build cannot read is a bug or a downgrade: start the
+                // sessions afresh rather than refuse to consume (their next reports open views).
+                let sessions = Sessions::restore(&c.sessions).unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "unreadable CMCD session snapshot; sessions start afresh");
+                    Sessions::default()
+                });
+                (c.next_offset, c.max_event_time, sessions)
+            })
+            .unwrap_or((0, i64::MIN, Sessions::default()));
         PartitionState {
             config,
             max_event_time: max,
@@ -451,6 +473,8 @@ impl<S: BuildHasher + Default> PartitionState<S> {
             batch: Batch::default(),
             batch_from: next,
             next_offset: next,
+            sessions,
+            derived: Vec::new(),
         }
     }
 
@@ -530,6 +554,60 @@ impl<S: BuildHasher + Default> PartitionState<S> {
         outcome
     }
 
+    /// Processes the CMCD report at `offset`: the session turns it into events, each counted
+    /// in its own window (late when that window is final). A report whose own window is final
+    /// is late as a whole and leaves the session untouched, so session state never depends on
+    /// when windows closed. Duplicates count once, in the report's window.
+    pub fn apply_cmcd(&mut self, offset: i64, m: &CmcdMessage) -> Outcome {
+        self.next_offset = offset + 1;
+        self.batch.messages += 1;
+        let window = self.window_of(m.cmcd.ts);
+        let watermark = self.watermark();
+        let outcome = if window + self.config.window_ms <= watermark {
+            Outcome::Late
+        } else {
+            let mut derived = std::mem::take(&mut self.derived);
+            derived.clear();
+            let taken = self
+                .sessions
+                .on_report(m, &self.config.sessions, &mut derived);
+            for e in &derived {
+                let e = e.borrowed();
+                let w = self.window_of(e.event_time);
+                let (context, slice) = self.batch.intern(&e, self.config.dimensions);
+                if w + self.config.window_ms <= watermark {
+                    self.batch.window_row(w, slice).late_events += 1;
+                } else {
+                    self.batch.accept(w, context, slice, &e);
+                }
+            }
+            self.derived = derived;
+            match taken {
+                ReportOutcome::Accepted => Outcome::Accepted,
+                ReportOutcome::Duplicate => Outcome::Duplicate,
+            }
+        };
+        if outcome != Outcome::Accepted {
+            let probe = self.sessions.probe_event(m);
+            let e = probe.borrowed();
+            let (_, slice) = self.batch.intern(&e, self.config.dimensions);
+            let row = self.batch.window_row(window, slice);
+            match outcome {
+                Outcome::Late => row.late_events += 1,
+                _ => row.duplicate_events += 1,
+            }
+        }
+        self.max_event_time = self
+            .max_event_time
+            .max(m.cmcd.ts.min(m.received_at));
+        outcome
+    }
+
+    /// CMCD sessions held.
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
     /// Skips a message that is not a QoE event (it still moves the partition forward).
     pub fn skip(&mut self, offset: i64) {
         self.next_offset = offset + 1;
@@ -560,11 +638,14 @@ impl<S: BuildHasher + Default> PartitionState<S> {
             .map(|w| w.first_offset)
             .min()
             .unwrap_or(self.next_offset);
+        self.sessions
+            .expire(watermark, window_ms, &self.config.sessions);
         let checkpoint = Checkpoint {
             from_offset: self.batch_from,
             next_offset: self.next_offset,
             state_offset,
             max_event_time: self.max_event_time,
+            sessions: self.sessions.snapshot(),
         };
         self.batch_from = self.next_offset;
         (std::mem::take(&mut self.batch), checkpoint)
@@ -695,7 +776,8 @@ mod tests {
                 from_offset: 0,
                 next_offset: 4,
                 state_offset: 0,
-                max_event_time: 100_000
+                max_event_time: 100_000,
+                sessions: String::new(),
             }
         );
         let mut presence: Vec<_> = batch.presence_rows().map(|(w, _, v)| (w, v)).collect();
@@ -742,7 +824,7 @@ mod tests {
             b.apply(o as i64, e);
         }
         let (_, cp) = b.take_batch();
-        let mut c = PartitionState::new(config, Some(cp));
+        let mut c = PartitionState::new(config, Some(cp.clone()));
         for o in cp.state_offset..cp.next_offset {
             c.restore(o, &events[o as usize]);
         }

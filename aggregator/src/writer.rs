@@ -62,6 +62,7 @@ struct StoredCheckpoint {
     next_offset: u64,
     state_offset: u64,
     max_event_time: i64,
+    sessions: String,
 }
 
 /// Topic names are interpolated into SQL and query ids; Kafka allows only these characters.
@@ -180,6 +181,7 @@ impl Writer {
             next_offset: r.next_offset as i64,
             state_offset: r.state_offset as i64,
             max_event_time: r.max_event_time,
+            sessions: r.sessions,
         }))
     }
 
@@ -288,6 +290,7 @@ impl Writer {
         r.next_offset = checkpoint.next_offset as u64;
         r.state_offset = checkpoint.state_offset as u64;
         r.max_event_time = checkpoint.max_event_time;
+        r.sessions = &checkpoint.sessions;
         push(&mut insert, &r, &mut row).await?;
         insert.end().await?;
 

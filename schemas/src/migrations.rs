@@ -37,6 +37,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_startup_unknown.sql",
         sql: include_str!("../clickhouse/0003_startup_unknown.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_cmcd_sessions.sql",
+        sql: include_str!("../clickhouse/0004_cmcd_sessions.sql"),
+    },
 ];
 
 /// A ClickHouse server version, as `SELECT version()` reports it (`18.16.1`, `25.3.2.39`).
