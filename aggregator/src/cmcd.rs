@@ -11,8 +11,9 @@
 //!
 //! The mapping (PLAYERS.md §3):
 //! - the first report of a session opens a view (`view_start` at the first report's time; it
-//!   is emitted with the next report, so that the CDN learnt from the first segment request is
-//!   the view's CDN and attempts land in the right slice);
+//!   is emitted with the first report that says more than "starting", at most 2 s later, so that
+//!   the CDN learnt from the first segment request is the view's and attempts land in the right
+//!   slice);
 //! - first `ps p`: `first_frame`, startup = `p.ts - start.ts` (`msd` only when within 50 ms or a
 //!   tenth of it: dash.js sends a wrong one);
 //! - `ps r` after the first frame, not right after a seek: `stall_start`; leaving `r`:
@@ -23,7 +24,8 @@
 //!   `view_end(completed)`; `ps q`: `view_end(exit)`. An `e` report within 5 s after the view
 //!   failed is the failure's own error report (hls.js sends `f` first) and adds nothing;
 //! - a report more than the session timeout after the previous one, or after the view ended,
-//!   opens a new view (players reuse `sid` across sources);
+//!   opens a new view (players reuse `sid` across sources), named `sid~2`, `sid~3`, ... (a sid
+//!   reused after its state was dropped, silent past the timeout, starts over at `sid`);
 //! - `ltc` is latency, `dfa` deltas are dropped frames.
 //!
 //! Reports are deduplicated on `(sn, ts, e)` within the session (players restart `sn`).
@@ -56,6 +58,9 @@ impl Default for SessionConfig {
 const MAX_SEEN_PER_SESSION: usize = 4096;
 /// `msd` is believed when it is within this many ms, or a tenth, of the timestamps' startup.
 const MSD_TOLERANCE_MS: i64 = 50;
+/// How long a view's start waits for a report that tells its CDN (a segment request) or
+/// more than "starting".
+const START_WAIT_MS: i64 = 2_000;
 /// An error report this soon after a fatal failure belongs to it.
 const FAILURE_ERROR_WINDOW_MS: i64 = 5_000;
 
@@ -63,6 +68,9 @@ const FAILURE_ERROR_WINDOW_MS: i64 = 5_000;
 struct Session {
     /// Largest report time seen.
     last_ts: i64,
+    /// Views opened while this state was held (the first is named after the sid, later ones
+    /// `sid~2`, `sid~3`, ...).
+    views: u32,
     seen: BTreeSet<(i64, i64, String)>,
     view: Option<View>,
     /// When the last view ended (its reports after that open a new one).
@@ -78,6 +86,7 @@ struct Session {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct View {
+    view_id: String,
     seq: u32,
     start_ts: i64,
     /// `view_start` not yet emitted (it waits for the next report, see the module doc).
@@ -130,8 +139,10 @@ impl Sessions {
     }
 
     /// Drops sessions no report that is not late can continue any more: silent for the
-    /// timeout, plus a window, before the watermark. A later report of such a session opens a
-    /// new view whether or not its state is still held, so dropping it changes no outcome.
+    /// timeout, plus a window, before the watermark (a later report of such a session opens a
+    /// new view anyway). The partition calls it each time its watermark enters a new window,
+    /// while processing messages, so which sessions are held, and so how views are named, is a
+    /// function of the messages, not of flush timing.
     pub fn expire(&mut self, watermark: i64, window_ms: i64, config: &SessionConfig) {
         self.by_sid
             .retain(|_, s| s.last_ts + config.timeout_ms + window_ms > watermark);
@@ -142,7 +153,10 @@ impl Sessions {
     pub fn probe_event(&self, m: &CmcdMessage) -> QoeEvent {
         let mut session = self.by_sid.get(&m.cmcd.sid).cloned().unwrap_or_default();
         session.learn(m);
-        let mut view = View::default();
+        let mut view = session.view.clone().unwrap_or_else(|| View {
+            view_id: m.cmcd.sid.clone(),
+            ..View::default()
+        });
         session.event(&mut view, m, EventType::Heartbeat, m.cmcd.ts)
     }
 
@@ -212,7 +226,7 @@ impl Session {
         view.seq += 1;
         QoeEvent {
             v: SCHEMA_VERSION,
-            view_id: m.cmcd.sid.clone(),
+            view_id: view.view_id.clone(),
             stream_id: self.stream_id.clone().unwrap_or_else(|| "unknown".into()),
             stream_type: match self.stream_type.as_deref() {
                 Some("v") => StreamType::Vod,
@@ -253,7 +267,6 @@ impl Session {
             }
         }
         let silent = self.view.is_some() && r.ts > self.last_ts + config.timeout_ms;
-        let mut opened_now = false;
         if self.view.is_none() || silent {
             // `rr` alone does not open a view (requests of a page that never plays are not
             // an attempt until the player reports a state).
@@ -262,8 +275,13 @@ impl Session {
             }
             self.ended_at = None;
             self.failed = false;
-            opened_now = true;
+            self.views += 1;
             self.view = Some(View {
+                view_id: if self.views == 1 {
+                    r.sid.clone()
+                } else {
+                    format!("{}~{}", r.sid, self.views)
+                },
                 start_ts: r.ts,
                 start_pending: true,
                 state_ts: r.ts,
@@ -273,8 +291,10 @@ impl Session {
         let Some(mut view) = self.view.take() else {
             return;
         };
-        // The opening report waits for the next one if it says no more than "starting".
-        let waits = opened_now && (r.e == "t" || matches!(sta, Some("s" | "d" | "w")));
+        // The start waits while reports say no more than "starting" (hls.js also sends an
+        // interval report at once), for at most START_WAIT_MS.
+        let waits = (r.e == "t" || matches!(sta, Some("s" | "d" | "w")))
+            && r.ts - view.start_ts < START_WAIT_MS;
         if view.start_pending && !waits {
             let start_ts = view.start_ts;
             let start = self.event(&mut view, m, EventType::ViewStart, start_ts);
@@ -355,22 +375,13 @@ impl Session {
             view.state = Some(s.to_owned());
         }
         // A new bitrate: `bc` reports, or a changed `br` on any report (dash.js sends no `bc`).
+        // Its event follows the one that carries the time played at the old bitrate.
+        let mut switch = None;
         if let Some(br) = r.br.filter(|_| r.e != "rr") {
             if let Some(prev) = view.bitrate.filter(|p| *p != br) {
-                let mut e = self.event(&mut view, m, EventType::BitrateChange, r.ts);
-                e.bitrate_kbps = Some(br);
-                e.prev_bitrate_kbps = Some(prev);
-                out.push(e);
+                switch = Some((prev, br));
             }
             view.bitrate = Some(br);
-        }
-        if let Some(reason) = ended {
-            let mut e = self.event(&mut view, m, EventType::ViewEnd, r.ts);
-            e.started = Some(view.started);
-            e.reason = Some(reason);
-            out.push(e);
-            self.ended_at = Some(r.ts);
-            self.failed = reason == EndReason::Error;
         }
         let dropped = r.dfa.map(|now| {
             let delta = now.saturating_sub(view.dfa.unwrap_or(0));
@@ -378,18 +389,22 @@ impl Session {
             delta
         });
         let latency = r.ltc.filter(|_| r.e != "rr");
-        let carries = playing > 0 || stall > 0 || dropped.is_some_and(|d| d > 0) || latency.is_some();
+        let carries =
+            playing > 0 || stall > 0 || dropped.is_some_and(|d| d > 0) || latency.is_some();
         if carries {
             if out.len() == primary_from {
-                out.push(self.event(&mut view, m, EventType::Heartbeat, r.ts));
+                let kind = if ended.is_some() {
+                    EventType::ViewEnd
+                } else {
+                    EventType::Heartbeat
+                };
+                out.push(self.event(&mut view, m, kind, r.ts));
             }
             let e = &mut out[primary_from];
             if playing > 0 {
                 e.playing_ms = Some(playing);
                 // Time played since the last report was at the bitrate before this report.
-                if e.bitrate_kbps.is_none() {
-                    e.bitrate_kbps = old_bitrate;
-                }
+                e.bitrate_kbps = old_bitrate;
             }
             if stall > 0 {
                 e.stall_ms = Some(stall);
@@ -397,8 +412,31 @@ impl Session {
             e.latency_ms = latency;
             e.dropped_frames = dropped.filter(|d| *d > 0);
         }
-        if ended.is_none() {
-            self.view = Some(view);
+        if let Some((prev, br)) = switch {
+            let mut e = self.event(&mut view, m, EventType::BitrateChange, r.ts);
+            e.bitrate_kbps = Some(br);
+            e.prev_bitrate_kbps = Some(prev);
+            out.push(e);
+        }
+        match ended {
+            Some(reason) => {
+                // The view_end already made to carry this report's time, or a new one.
+                let carried_end =
+                    out.len() > primary_from && out[primary_from].kind == EventType::ViewEnd;
+                if !carried_end {
+                    out.push(self.event(&mut view, m, EventType::ViewEnd, r.ts));
+                }
+                let end = if carried_end {
+                    &mut out[primary_from]
+                } else {
+                    out.last_mut().expect("just pushed")
+                };
+                end.started = Some(view.started);
+                end.reason = Some(reason);
+                self.ended_at = Some(r.ts);
+                self.failed = reason == EndReason::Error;
+            }
+            None => self.view = Some(view),
         }
     }
 }
@@ -449,7 +487,8 @@ mod tests {
                 player: "hls.js".into(),
             };
             let mut out = Vec::new();
-            self.sessions.on_report(&m, &SessionConfig::default(), &mut out);
+            self.sessions
+                .on_report(&m, &SessionConfig::default(), &mut out);
             out
         }
 
@@ -510,10 +549,15 @@ mod tests {
         assert_eq!(total(&all, |e| e.playing_ms), 20_000 + 3_900 + 5_000);
         assert_eq!(all[2].bitrate_kbps, Some(800));
         let end = all.last().unwrap();
-        assert_eq!((end.reason, end.started), (Some(EndReason::Exit), Some(true)));
+        assert_eq!(
+            (end.reason, end.started),
+            (Some(EndReason::Exit), Some(true))
+        );
         let seqs: Vec<u32> = all.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, (0..8).collect::<Vec<_>>());
-        assert!(all.iter().all(|e| e.view_id == "s-1" && e.protocol == "hls" && e.stream_id == "ch-1"));
+        assert!(all
+            .iter()
+            .all(|e| e.view_id == "s-1" && e.protocol == "hls" && e.stream_id == "ch-1"));
     }
 
     #[test]
@@ -570,7 +614,10 @@ mod tests {
         });
         let down = p.send(5_000, "bc", |r| r.br = Some(250));
         assert_eq!(kinds(&down), ["bitrate_change"]);
-        assert_eq!((down[0].bitrate_kbps, down[0].prev_bitrate_kbps), (Some(250), Some(800)));
+        assert_eq!(
+            (down[0].bitrate_kbps, down[0].prev_bitrate_kbps),
+            (Some(250), Some(800))
+        );
         // The same report again (same sn, ts, e) counts once.
         p.sn -= 1;
         let mut out = Vec::new();
@@ -590,7 +637,8 @@ mod tests {
             player: "x".into(),
         };
         assert_eq!(
-            p.sessions.on_report(&m, &SessionConfig::default(), &mut out),
+            p.sessions
+                .on_report(&m, &SessionConfig::default(), &mut out),
             ReportOutcome::Duplicate
         );
         assert!(out.is_empty());
@@ -605,8 +653,14 @@ mod tests {
         let again = [p.ps(2_000, "s"), p.ps(2_300, "p")].concat();
         assert_eq!(kinds(&again), ["view_start", "first_frame"]);
         assert_eq!(again[0].seq, 0);
+        assert_eq!(again[0].view_id, "s-7~2", "a second view has its own id");
         let later = [p.ps(2_300 + 200_000, "s"), p.ps(2_300 + 200_400, "p")].concat();
-        assert_eq!(kinds(&later), ["view_start", "first_frame"], "silent past the timeout");
+        assert_eq!(
+            kinds(&later),
+            ["view_start", "first_frame"],
+            "silent past the timeout"
+        );
+        assert_eq!(later[0].view_id, "s-7~3");
         assert_eq!(total(&later, |e| e.playing_ms), 0);
     }
 
@@ -619,9 +673,11 @@ mod tests {
         assert_eq!(Sessions::restore(&snap).unwrap(), p.sessions);
         assert_eq!(Sessions::restore("").unwrap().len(), 0);
         let config = SessionConfig::default();
-        p.sessions.expire(T0 + 100 + 120_000 + 10_000 - 1, 10_000, &config);
+        p.sessions
+            .expire(T0 + 100 + 120_000 + 10_000 - 1, 10_000, &config);
         assert_eq!(p.sessions.len(), 1);
-        p.sessions.expire(T0 + 100 + 120_000 + 10_000, 10_000, &config);
+        p.sessions
+            .expire(T0 + 100 + 120_000 + 10_000, 10_000, &config);
         assert!(p.sessions.is_empty());
     }
 }

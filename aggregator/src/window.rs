@@ -24,10 +24,10 @@
 
 use crate::cmcd::{ReportOutcome, SessionConfig, Sessions};
 use crate::metrics::{AddEvent, WindowMetrics};
-use qoe_schemas::cmcd::CmcdMessage;
-use qoe_schemas::QoeEvent;
 use hashbrown::{DefaultHashBuilder, HashMap, HashSet};
 use indexmap::{Equivalent, IndexMap, IndexSet};
+use qoe_schemas::cmcd::CmcdMessage;
+use qoe_schemas::QoeEvent;
 use qoe_schemas::{EventRef, EventType, StreamType};
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
@@ -439,6 +439,8 @@ pub struct PartitionState<S = DefaultHashBuilder> {
     batch_from: i64,
     next_offset: i64,
     sessions: Sessions,
+    /// The watermark's window index when sessions were last expired.
+    expired_at: i64,
     /// Events made from one CMCD report (reused buffer).
     derived: Vec<QoeEvent>,
 }
@@ -474,7 +476,33 @@ impl<S: BuildHasher + Default> PartitionState<S> {
             batch_from: next,
             next_offset: next,
             sessions,
+            expired_at: i64::MIN,
             derived: Vec::new(),
+        }
+        .with_expiry_mark()
+    }
+
+    /// Where the last expiry happened, as of the restored watermark: the run that wrote the
+    /// checkpoint expired sessions when its watermark entered that window.
+    fn with_expiry_mark(mut self) -> Self {
+        self.expired_at = self.watermark().div_euclid(self.config.window_ms);
+        self
+    }
+
+    /// Moves the watermark input and expires CMCD sessions when the watermark enters a new
+    /// window.
+    fn advance(&mut self, event_time: i64, received_at: i64) {
+        self.max_event_time = self.max_event_time.max(event_time.min(received_at));
+        let mark = self.watermark().div_euclid(self.config.window_ms);
+        if mark > self.expired_at {
+            self.expired_at = mark;
+            if !self.sessions.is_empty() {
+                self.sessions.expire(
+                    self.watermark(),
+                    self.config.window_ms,
+                    &self.config.sessions,
+                );
+            }
         }
     }
 
@@ -550,7 +578,7 @@ impl<S: BuildHasher + Default> PartitionState<S> {
             Outcome::Late => self.batch.window_row(window, slice).late_events += 1,
             Outcome::Duplicate => self.batch.window_row(window, slice).duplicate_events += 1,
         }
-        self.max_event_time = self.max_event_time.max(e.event_time.min(e.received_at));
+        self.advance(e.event_time, e.received_at);
         outcome
     }
 
@@ -597,9 +625,7 @@ impl<S: BuildHasher + Default> PartitionState<S> {
                 _ => row.duplicate_events += 1,
             }
         }
-        self.max_event_time = self
-            .max_event_time
-            .max(m.cmcd.ts.min(m.received_at));
+        self.advance(m.cmcd.ts, m.received_at);
         outcome
     }
 
@@ -638,8 +664,6 @@ impl<S: BuildHasher + Default> PartitionState<S> {
             .map(|w| w.first_offset)
             .min()
             .unwrap_or(self.next_offset);
-        self.sessions
-            .expire(watermark, window_ms, &self.config.sessions);
         let checkpoint = Checkpoint {
             from_offset: self.batch_from,
             next_offset: self.next_offset,
