@@ -2,12 +2,13 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help demo test stack stop status lint unit migrate dashboards metrics-json
+.PHONY: help demo test stack stop status lint unit migrate dashboards metrics-json players
 
 help:
 	@echo "make demo    set up everything and run the pipeline on local defaults"
 	@echo "make test    set up everything and run the whole test suite (lint included)"
 	@echo "make stack   install (if missing) and start Kafka + ClickHouse on loopback"
+	@echo "make players install chromium, ffmpeg and the pinned web players (tests/players)"
 	@echo "make stop    stop the services this project started"
 	@echo "make status  what runs"
 	@echo "make dashboards  regenerate dashboards/json and the alert rules from dashboards/generate.py"
@@ -15,6 +16,9 @@ help:
 
 stack:
 	scripts/stack.sh start
+
+players:
+	scripts/players.sh setup
 
 stop:
 	scripts/demo.sh stop || true
@@ -31,7 +35,7 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-test: stack lint
+test: stack players lint
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --no-fail-fast
 	python3 -c 'import chdb, pytest, yaml' 2>/dev/null || python3 -m pip install -q chdb-core pytest pyyaml

@@ -82,6 +82,15 @@ struct Session {
     stream_type: Option<String>,
     protocol: Option<String>,
     cdn: Option<String>,
+    client: Client,
+}
+
+/// What the collector resolved for the session's client (from its latest report).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Client {
+    region: String,
+    platform: String,
+    player: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -95,6 +104,8 @@ struct View {
     /// Last play state and since when time is accounted.
     state: Option<String>,
     state_ts: i64,
+    /// Time of the last play-state report applied.
+    last_ps_ts: i64,
     in_stall: bool,
     bitrate: Option<u32>,
     dfa: Option<u32>,
@@ -143,9 +154,26 @@ impl Sessions {
     /// new view anyway). The partition calls it each time its watermark enters a new window,
     /// while processing messages, so which sessions are held, and so how views are named, is a
     /// function of the messages, not of flush timing.
-    pub fn expire(&mut self, watermark: i64, window_ms: i64, config: &SessionConfig) {
-        self.by_sid
-            .retain(|_, s| s.last_ts + config.timeout_ms + window_ms > watermark);
+    pub fn expire(
+        &mut self,
+        watermark: i64,
+        window_ms: i64,
+        config: &SessionConfig,
+        silent_views: &mut Vec<QoeEvent>,
+    ) {
+        self.by_sid.retain(|_, s| {
+            let keep = s.last_ts + config.timeout_ms + window_ms > watermark;
+            if !keep {
+                if let Some(mut view) = s.view.take() {
+                    // Carries the view's context and its last report's time; the view's
+                    // summary ends with reason `timeout`.
+                    let last = s.last_ts;
+                    let probe = s.event_for_view(&mut view, last);
+                    silent_views.push(probe);
+                }
+            }
+            keep
+        });
     }
 
     /// An event carrying the context the session would give this report (for counting a late
@@ -219,9 +247,43 @@ impl Session {
         if !m.cdn.is_empty() {
             self.cdn = Some(m.cdn.clone());
         }
+        if self.client.region != m.region
+            || self.client.platform != m.platform
+            || self.client.player != m.player
+        {
+            self.client = Client {
+                region: m.region.clone(),
+                platform: m.platform.clone(),
+                player: m.player.clone(),
+            };
+        }
+    }
+
+    /// A heartbeat of the view at `ts` with the session's last known context, for marking the
+    /// view's summary (no message at hand).
+    fn event_for_view(&self, view: &mut View, ts: i64) -> QoeEvent {
+        let mut e = self.event_with(view, &self.client, EventType::Heartbeat, ts, ts);
+        e.seq = u32::MAX;
+        e
     }
 
     fn event(&self, view: &mut View, m: &CmcdMessage, kind: EventType, ts: i64) -> QoeEvent {
+        let client = Client {
+            region: m.region.clone(),
+            platform: m.platform.clone(),
+            player: m.player.clone(),
+        };
+        self.event_with(view, &client, kind, ts, m.received_at)
+    }
+
+    fn event_with(
+        &self,
+        view: &mut View,
+        client: &Client,
+        kind: EventType,
+        ts: i64,
+        received_at: i64,
+    ) -> QoeEvent {
         let seq = view.seq;
         view.seq += 1;
         QoeEvent {
@@ -233,17 +295,18 @@ impl Session {
                 _ => StreamType::Live,
             },
             cdn: self.cdn.clone().unwrap_or_else(|| "unknown".into()),
-            platform: m.platform.clone(),
-            player: m.player.clone(),
+            platform: client.platform.clone(),
+            player: client.player.clone(),
             protocol: self.protocol.clone().unwrap_or_else(|| "unknown".into()),
-            region: m.region.clone(),
+            region: client.region.clone(),
             custom: BTreeMap::new(),
             seq,
             kind,
             ts,
             event_time: ts,
-            received_at: m.received_at,
-            started: None,
+            received_at,
+            // Every event says whether the view has started, as beacon players do.
+            started: Some(view.started),
             playing_ms: None,
             stall_ms: None,
             bitrate_kbps: None,
@@ -262,15 +325,33 @@ impl Session {
         let sta = if r.e == "ps" { r.sta.as_deref() } else { None };
         // An error report right after a fatal failure is that failure's own report.
         if let Some(ended) = self.ended_at {
-            if r.e == "e" && self.failed && r.ts - ended <= FAILURE_ERROR_WINDOW_MS {
+            if self.view.is_none()
+                && matches!(r.e.as_str(), "e" | "ps")
+                && self.failed
+                && r.ts - ended <= FAILURE_ERROR_WINDOW_MS
+                && (r.e == "e" || r.sta.as_deref() == Some("f"))
+            {
                 return;
             }
         }
+        // Players post each report on its own request, so reports sent together can arrive in
+        // any order. A report older than the end of the session's last view belongs to it.
+        if self.view.is_none() && self.ended_at.is_some_and(|end| r.ts < end) {
+            return;
+        }
         let silent = self.view.is_some() && r.ts > self.last_ts + config.timeout_ms;
         if self.view.is_none() || silent {
-            // `rr` alone does not open a view (requests of a page that never plays are not
-            // an attempt until the player reports a state).
-            if r.e == "rr" && self.view.is_none() {
+            // What may open a view: after an earlier one of this session ended, only a play
+            // state that is not terminal (hls.js keeps sending interval reports with `sta=f`
+            // after a failure); for a session's first view, any report but a request (`rr`:
+            // requests of a page that never reports a state are not an attempt).
+            let terminal = matches!(r.sta.as_deref(), Some("f" | "e" | "q"));
+            let opens = if self.ended_at.is_some() && !silent {
+                r.e == "ps" && !terminal
+            } else {
+                r.e != "rr" && !terminal || r.e == "ps" && r.sta.as_deref() == Some("f")
+            };
+            if !opens {
                 return;
             }
             self.ended_at = None;
@@ -291,6 +372,19 @@ impl Session {
         let Some(mut view) = self.view.take() else {
             return;
         };
+        // A play state older than the last one applied arrived late: the state it reports is
+        // already over.
+        if r.e == "ps" && r.ts < view.last_ps_ts {
+            self.view = Some(view);
+            return;
+        }
+        if r.e == "ps" {
+            view.last_ps_ts = r.ts;
+        }
+        if view.start_pending && r.ts < view.start_ts {
+            view.start_ts = r.ts;
+            view.state_ts = view.state_ts.min(r.ts);
+        }
         // The start waits while reports say no more than "starting" (hls.js also sends an
         // interval report at once), for at most START_WAIT_MS.
         let waits = (r.e == "t" || matches!(sta, Some("s" | "d" | "w")))
@@ -326,10 +420,10 @@ impl Session {
                         Some(msd) if (msd - by_ts).abs() <= MSD_TOLERANCE_MS.max(by_ts / 10) => msd,
                         _ => by_ts,
                     };
+                    view.started = true;
                     let mut e = self.event(&mut view, m, EventType::FirstFrame, r.ts);
                     e.startup_ms = Some(u32::try_from(startup.max(0)).unwrap_or(u32::MAX));
                     out.push(e);
-                    view.started = true;
                 } else if view.state.as_deref() == Some("r") && view.in_stall {
                     out.push(self.event(&mut view, m, EventType::StallEnd, r.ts));
                 } else if view.state.as_deref() == Some("a") {
@@ -358,6 +452,15 @@ impl Session {
                 let mut e = self.event(&mut view, m, EventType::Error, r.ts);
                 e.fatal = Some(true);
                 e.started = Some(view.started);
+                e.code = Some(r.ec.clone().unwrap_or_else(|| "cmcd_fatal".into()));
+                out.push(e);
+                ended = Some(EndReason::Error);
+            }
+            // hls.js's error report of a fatal failure says `sta=f` itself, and may arrive
+            // before its `ps f`: it is the failure (the `ps f` then adds nothing).
+            ("e", _) if r.sta.as_deref() == Some("f") => {
+                let mut e = self.event(&mut view, m, EventType::Error, r.ts);
+                e.fatal = Some(true);
                 e.code = Some(r.ec.clone().unwrap_or_else(|| "cmcd_fatal".into()));
                 out.push(e);
                 ended = Some(EndReason::Error);
@@ -562,14 +665,46 @@ mod tests {
 
     #[test]
     fn start_failure_then_the_players_error_report() {
-        // hls.js with a missing manifest: `ps s`, `ps f` within 20 ms, then `e=e`.
+        // hls.js with a missing manifest: `ps s`, `ps f` within 20 ms, then `e=e`, then interval
+        // reports that still say `sta=f`.
         let mut p = Player::new("s-2");
         let mut all = p.ps(0, "s");
         all.extend(p.send(15, "ps", |r| r.sta = Some("f".into())));
         all.extend(p.send(18, "e", |r| r.ec = Some("manifestLoadError".into())));
+        for at in [10_000, 20_000, 30_000] {
+            all.extend(p.send(at, "t", |r| r.sta = Some("f".into())));
+        }
         assert_eq!(kinds(&all), ["view_start", "error", "view_end"]);
         assert_eq!((all[1].fatal, all[1].started), (Some(true), Some(false)));
         assert_eq!(all[2].reason, Some(EndReason::Error));
+    }
+
+    #[test]
+    fn reports_that_arrive_out_of_order() {
+        // Sent within milliseconds on separate requests: the error report (with `sta=f`) before
+        // its `ps f`, and the `ps s` after both.
+        let mut p = Player::new("s-9");
+        let mut all = p.send(0, "t", |_| {});
+        p.sn = 3;
+        all.extend(p.send(42, "e", |r| {
+            r.ec = Some("manifestLoadError".into());
+            r.sta = Some("f".into());
+        }));
+        all.extend(p.send(42, "ps", |r| r.sta = Some("f".into())));
+        p.sn = 2;
+        all.extend(p.send(22, "ps", |r| r.sta = Some("s".into())));
+        all.extend(p.send(10_000, "t", |r| r.sta = Some("f".into())));
+        assert_eq!(kinds(&all), ["view_start", "error", "view_end"]);
+        assert_eq!(all[1].code.as_deref(), Some("manifestLoadError"));
+        assert_eq!(all[1].fatal, Some(true));
+        // Within a view: a `ps p` that arrives after the later `ps r` is over.
+        let mut p = Player::new("s-10");
+        p.ps(0, "s");
+        p.ps(300, "p");
+        let r = p.ps(5_000, "r");
+        let stale = p.ps(4_000, "p");
+        assert_eq!(kinds(&r), ["stall_start"]);
+        assert!(stale.is_empty());
     }
 
     #[test]
@@ -673,11 +808,22 @@ mod tests {
         assert_eq!(Sessions::restore(&snap).unwrap(), p.sessions);
         assert_eq!(Sessions::restore("").unwrap().len(), 0);
         let config = SessionConfig::default();
-        p.sessions
-            .expire(T0 + 100 + 120_000 + 10_000 - 1, 10_000, &config);
+        let mut silent = Vec::new();
+        p.sessions.expire(
+            T0 + 100 + 120_000 + 10_000 - 1,
+            10_000,
+            &config,
+            &mut silent,
+        );
         assert_eq!(p.sessions.len(), 1);
+        assert!(silent.is_empty());
         p.sessions
-            .expire(T0 + 100 + 120_000 + 10_000, 10_000, &config);
+            .expire(T0 + 100 + 120_000 + 10_000, 10_000, &config, &mut silent);
         assert!(p.sessions.is_empty());
+        assert_eq!(silent.len(), 1, "the open view went silent");
+        assert_eq!(
+            (silent[0].view_id.as_str(), silent[0].event_time),
+            ("s-8", T0 + 100)
+        );
     }
 }

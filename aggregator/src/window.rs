@@ -309,6 +309,24 @@ impl Batch {
         self.windows.entry((window, slice)).or_default()
     }
 
+    /// Marks a view that went silent as ended by `timeout` in its summary (no window metric:
+    /// silence is not an event). `e` carries the view's context and its last report's time.
+    fn end_silent_view(&mut self, context: u32, e: &EventRef<'_>) {
+        let view = match self.views.get_full_mut(&*e.view_id) {
+            Some((_, _, v)) => v,
+            None => {
+                let (i, _) = self
+                    .views
+                    .insert_full(e.view_id.to_string(), ViewPartial::new(context, e));
+                &mut self.views[i]
+            }
+        };
+        if view.end_reason.is_empty() {
+            view.end_reason = "timeout";
+            view.end_time = e.event_time;
+        }
+    }
+
     /// Adds an accepted event to its window row, its view and the window's presence.
     fn accept(&mut self, window: i64, context: u32, slice: u32, e: &EventRef<'_>) {
         self.window_row(window, slice).add(e);
@@ -497,11 +515,20 @@ impl<S: BuildHasher + Default> PartitionState<S> {
         if mark > self.expired_at {
             self.expired_at = mark;
             if !self.sessions.is_empty() {
+                let mut silent = std::mem::take(&mut self.derived);
+                silent.clear();
                 self.sessions.expire(
                     self.watermark(),
                     self.config.window_ms,
                     &self.config.sessions,
+                    &mut silent,
                 );
+                for e in &silent {
+                    let e = e.borrowed();
+                    let (context, _) = self.batch.intern(&e, self.config.dimensions);
+                    self.batch.end_silent_view(context, &e);
+                }
+                self.derived = silent;
             }
         }
     }

@@ -1,0 +1,110 @@
+// Plays the scenarios with real players in one headless Chromium, pages side by side, against
+// the test origin (origin.mjs) and a running collector, and writes what each page observed
+// (its ground truth) and every CMCD body its player posted, as JSON.
+//
+// Usage: node run.mjs --collector URL --content DIR --out FILE [--only name,name]
+// Needs /usr/bin/chromium (Debian's package); puppeteer-core never downloads a browser.
+
+import puppeteer from 'puppeteer-core';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { startOrigin } from './origin.mjs';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const args = Object.fromEntries(process.argv.slice(2).reduce((acc, a, i, all) => {
+  if (a.startsWith('--')) acc.push([a.slice(2), all[i + 1]]);
+  return acc;
+}, []));
+for (const required of ['collector', 'content', 'out']) {
+  if (!args[required]) { console.error(`missing --${required}`); process.exit(2); }
+}
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const runId = Date.now().toString(36);
+
+// What each page does, in seconds from its start. `finish` pauses (the players report the time
+// played so far) and the page is then read; `leave` closes the page instead.
+const STEPS_SCALE = Number(process.env.STEPS_SCALE || 1);
+const SCENARIOS = [
+  { name: 'hls-healthy', p: 'hls', scenario: 'none', steps: [[40, 'finish']] },
+  { name: 'dash-healthy', p: 'dash', scenario: 'none', steps: [[40, 'finish']] },
+  { name: 'shaka-healthy', p: 'shaka', scenario: 'none', steps: [[40, 'finish']] },
+  { name: 'hls-stall', p: 'hls', scenario: 'stall', steps: [[45, 'finish']] },
+  { name: 'hls-missing', p: 'hls', scenario: 'missing', steps: [[10, 'finish']] },
+  { name: 'hls-pause', p: 'hls', scenario: 'none', steps: [[14, 'pause'], [20, 'play'], [30, 'leave']] },
+  { name: 'hls-throttle', p: 'hls', scenario: 'throttle', steps: [[45, 'finish']] },
+];
+const only = args.only ? new Set(args.only.split(',')) : null;
+
+const origin = await startOrigin({
+  contentDir: path.resolve(args.content),
+  pageDir: here,
+  modulesDir: path.join(here, 'node_modules'),
+});
+const browser = await puppeteer.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  args: ['--no-sandbox', '--autoplay-policy=no-user-gesture-required', '--mute-audio', '--disable-gpu',
+    '--disable-dev-shm-usage', '--disable-background-networking', '--disable-component-update',
+    '--no-first-run', '--disable-sync', '--disable-quic', '--disable-background-timer-throttling',
+    '--disable-renderer-backgrounding', '--disable-backgrounding-occluded-windows',
+    '--disable-background-media-suspend'],
+});
+
+async function run(s) {
+  const sid = `${s.name}-${runId}`;
+  const cid = `${s.name}-${runId}`;
+  // Its own context (a window of its own): a background tab's media would not start.
+  const context = await browser.createBrowserContext();
+  const page = await context.newPage();
+  const posted = [];
+  const console_ = [];
+  page.on('request', (r) => {
+    if (r.url().includes('/v1/cmcd') && r.method() === 'POST') posted.push({ at: Date.now(), body: r.postData() ?? null });
+  });
+  page.on('console', (m) => { if (console_.length < 200) console_.push(`${m.type()}: ${m.text()}`); });
+  page.on('pageerror', (e) => console_.push(`pageerror: ${e.message}`));
+  page.on('response', (r) => { if (r.status() >= 400) console_.push(`http ${r.status()} ${r.request().method()} ${r.url()}`); });
+  page.on('requestfailed', (r) => {
+    // CML drops its report fetch once it has the status: not a failure.
+    if (!r.url().includes('/v1/cmcd')) console_.push(`failed ${r.url()} ${r.failure()?.errorText}`);
+  });
+  const url = `${origin.base}/player.html?p=${s.p}&scenario=${s.scenario}-${runId}-${s.name}&sid=${sid}&cid=${cid}` +
+    `&collector=${encodeURIComponent(args.collector)}`;
+  const started = Date.now();
+  await page.goto(url);
+  let truth = null;
+  let closed = false;
+  for (const [at, action] of s.steps) {
+    await sleep(Math.max(0, started + at * 1000 * STEPS_SCALE - Date.now()));
+    if (action === 'pause') await page.evaluate(() => window.qoe.pause());
+    else if (action === 'play') await page.evaluate(() => window.qoe.play());
+    else if (action === 'finish') {
+      truth = await page.evaluate(() => window.qoe.finish());
+      await sleep(2500); // the pause report reaches the collector
+      truth = await page.evaluate(() => window.qoe.truth);
+    } else if (action === 'leave') {
+      // The viewer stops watching and closes the page (players report nothing on close).
+      await page.evaluate(() => window.qoe.finish());
+      await sleep(300);
+      truth = await page.evaluate(() => window.qoe.truth);
+      await page.close({ runBeforeUnload: true });
+      closed = true;
+      await sleep(1500);
+    }
+  }
+  if (!closed) await page.close();
+  await context.close();
+  return { name: s.name, player: s.p, scenario: s.scenario, sid, cid, truth, posted, console: console_ };
+}
+
+let results;
+try {
+  results = await Promise.all(SCENARIOS.filter((s) => !only || only.has(s.name)).map(run));
+} finally {
+  await browser.close();
+  origin.server.close();
+}
+fs.writeFileSync(args.out, JSON.stringify({ run: runId, pages: results, origin_requests: origin.log.slice(0, 5000) }, null, 1));
+console.log(`wrote ${args.out}: ${results.length} pages`);
+process.exit(0);

@@ -1,0 +1,324 @@
+//! Real players through the real pipeline: hls.js, dash.js and Shaka Player in headless
+//! Chromium (Debian's `chromium`, driven by `puppeteer-core`), playing live HLS and DASH from a
+//! local origin that injects faults, report CMCD v2 to the collector with nothing of ours in the
+//! page but their `cmcd` configuration; the rows in ClickHouse are compared with what each page
+//! measured on its own `<video>` element (tests/players: run.mjs, player.html, origin.mjs).
+//!
+//! Needs `scripts/players.sh setup` (chromium, ffmpeg, node modules), which `make test` runs.
+
+use qoe_telemetry::process::now_ms;
+use qoe_tests::{
+    clickhouse_query, create_topic, kafka_brokers, spawn_aggregator, spawn_collector, unique,
+    wait_caught_up,
+};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Deserialize)]
+struct Run {
+    pages: Vec<Page>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Page {
+    name: String,
+    sid: String,
+    cid: String,
+    truth: Truth,
+    posted: Vec<Posted>,
+    console: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Truth {
+    startup_ms: Option<i64>,
+    playing_ms: i64,
+    stall_ms: i64,
+    stalls: u64,
+    up: u64,
+    down: u64,
+    error: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Posted {
+    at: i64,
+    body: Option<String>,
+}
+
+/// What ClickHouse says of one page's view and its stream's windows.
+#[derive(Debug)]
+struct Observed {
+    views: u64,
+    started: u64,
+    startup_ms: i64,
+    playing_ms: i64,
+    stall_ms: i64,
+    stalls: u64,
+    end_reason: String,
+    attempts: u64,
+    plays: u64,
+    vsf: u64,
+    up: u64,
+    down: u64,
+}
+
+async fn observed(db: &str, page: &Page) -> Observed {
+    let v = clickhouse_query(
+        db,
+        &format!(
+            "SELECT count(), max(started), max(startup_ms), sum(playing_ms), sum(stall_ms), \
+             sum(stalls), any(end_reason) FROM qoe_views WHERE view_id = '{}'",
+            page.sid
+        ),
+    )
+    .await
+    .unwrap();
+    let w = clickhouse_query(
+        db,
+        &format!(
+            "SELECT sum(attempts), sum(plays), sum(vsf), sum(upswitches), sum(downswitches) \
+             FROM qoe_window_10s WHERE stream_id = '{}'",
+            page.cid
+        ),
+    )
+    .await
+    .unwrap();
+    let (v, w) = (&v[0], &w[0]);
+    let n = |s: &String| s.parse::<i64>().unwrap_or(0);
+    Observed {
+        views: n(&v[0]) as u64,
+        started: n(&v[1]) as u64,
+        startup_ms: n(&v[2]),
+        playing_ms: n(&v[3]),
+        stall_ms: n(&v[4]),
+        stalls: n(&v[5]) as u64,
+        end_reason: v[6].clone(),
+        attempts: n(&w[0]) as u64,
+        plays: n(&w[1]) as u64,
+        vsf: n(&w[2]) as u64,
+        up: n(&w[3]) as u64,
+        down: n(&w[4]) as u64,
+    }
+}
+
+fn players_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("players")
+}
+
+/// Checks one page; returns what is wrong with it.
+fn check(page: &Page, got: &Observed) -> Vec<String> {
+    let t = &page.truth;
+    let mut wrong = Vec::new();
+    let mut expect = |ok: bool, what: String| {
+        if !ok {
+            wrong.push(what);
+        }
+    };
+    let within = |a: i64, b: i64, tol: i64| (a - b).abs() <= tol;
+    expect(got.views == 1, format!("{} view rows, want 1", got.views));
+    expect(
+        got.attempts == 1,
+        format!("attempts {}, want 1", got.attempts),
+    );
+    match t.startup_ms {
+        Some(startup) => {
+            expect(
+                got.plays == 1 && got.started == 1,
+                format!("plays {} started {}, want 1", got.plays, got.started),
+            );
+            expect(
+                within(got.startup_ms, startup, 250),
+                format!(
+                    "startup {} ms, the page measured {startup} ms (+-250)",
+                    got.startup_ms
+                ),
+            );
+            expect(
+                within(got.playing_ms, t.playing_ms, 1_000),
+                format!(
+                    "playing {} ms, the page measured {} ms (+-1000)",
+                    got.playing_ms, t.playing_ms
+                ),
+            );
+            expect(
+                got.stalls == t.stalls,
+                format!("{} stalls, the page saw {}", got.stalls, t.stalls),
+            );
+            expect(
+                within(got.stall_ms, t.stall_ms, 1_000),
+                format!(
+                    "stall time {} ms, the page measured {} ms (+-1000)",
+                    got.stall_ms, t.stall_ms
+                ),
+            );
+            expect(
+                (got.up, got.down) == (t.up, t.down),
+                format!(
+                    "switches up/down {}/{}, the page saw {}/{}",
+                    got.up, got.down, t.up, t.down
+                ),
+            );
+        }
+        None => {
+            expect(
+                got.plays == 0 && got.started == 0,
+                format!("plays {}, want none", got.plays),
+            );
+        }
+    }
+    wrong
+}
+
+#[tokio::test]
+async fn real_players_report_their_viewers_experience() {
+    let dir = players_dir();
+    assert!(
+        dir.join("node_modules/puppeteer-core").exists()
+            && std::path::Path::new("/usr/bin/chromium").exists(),
+        "players are not set up: run scripts/players.sh setup (make test does)"
+    );
+    let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target");
+    let content = target.join("players-content");
+    let status = std::process::Command::new(dir.join("content.sh"))
+        .arg(&content)
+        .status()
+        .expect("content.sh");
+    assert!(status.success(), "content.sh failed");
+
+    // One partition: the clock report below then moves every session's watermark.
+    let topic = unique("test.players");
+    let db = unique("qoe_test_players");
+    create_topic(&topic, 1).await.unwrap();
+    let (_collector, base, _admin) =
+        spawn_collector(&topic, &["--rate-per-ip", "0", "--rate-events-per-ip", "0"]).await;
+    // A short session timeout, so that the page the viewer closes (players send nothing then)
+    // ends as silent within the test.
+    let _aggregator = spawn_aggregator(
+        &topic,
+        &db,
+        &unique("g"),
+        &[
+            "--cmcd-session-timeout-secs",
+            "10",
+            "--allowed-lateness-secs",
+            "10",
+        ],
+    );
+
+    let out = target.join(format!("{topic}.players.json"));
+    let started = now_ms();
+    let node = std::process::Command::new("node")
+        .arg(dir.join("run.mjs"))
+        .args(["--collector", &base, "--content"])
+        .arg(&content)
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .expect("node");
+    assert!(node.success(), "run.mjs failed");
+    let run: Run = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    eprintln!(
+        "pages played for {} s; bodies and page logs: {}",
+        (now_ms() - started) / 1000,
+        out.display()
+    );
+
+    // The closed page's session goes silent after its last report; once the watermark is past
+    // that plus the timeout and a window, the next report of the partition ends it. A request
+    // report of another session is that next report (it opens no view).
+    let last_report = run
+        .pages
+        .iter()
+        .flat_map(|p| p.posted.iter().map(|b| b.at))
+        .max()
+        .unwrap_or(started);
+    let wait_until = last_report + (10 + 10 + 10 + 2) * 1000;
+    tokio::time::sleep(Duration::from_millis((wait_until - now_ms()).max(0) as u64)).await;
+    let clock = format!("e=rr,sid=\"clock-{topic}\",ts={},rc=200,v=2\n", now_ms());
+    let r = reqwest::Client::new()
+        .post(format!("{base}/v1/cmcd"))
+        .header("content-type", "application/cmcd")
+        .body(clock)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let ends: BTreeMap<i32, i64> =
+        qoe_aggregator::kafka_check::partition_ends(&kafka_brokers(), &topic)
+            .unwrap()
+            .into_iter()
+            .collect();
+    wait_caught_up(&db, &topic, &ends, Duration::from_secs(60)).await;
+
+    let mut failures = Vec::new();
+    for page in &run.pages {
+        let got = observed(&db, page).await;
+        let mut wrong = check(page, &got);
+        let t = &page.truth;
+        match page.name.as_str() {
+            "hls-healthy" | "dash-healthy" | "shaka-healthy" => {
+                if t.stalls > 0 {
+                    wrong.push(format!(
+                        "the page itself stalled {} times: not a healthy playback",
+                        t.stalls
+                    ));
+                }
+            }
+            "hls-stall" => {
+                if t.stalls != 1 {
+                    wrong.push(format!(
+                        "the delayed segment made {} stalls on the page, want 1",
+                        t.stalls
+                    ));
+                }
+            }
+            "hls-missing" => {
+                if got.vsf != 1 || got.end_reason != "error" {
+                    wrong.push(format!(
+                        "vsf {} end {:?}, want a start failure",
+                        got.vsf, got.end_reason
+                    ));
+                }
+                if t.error.as_deref() != Some("manifestLoadError") {
+                    wrong.push(format!("the page's player error was {:?}", t.error));
+                }
+            }
+            "hls-pause" => {
+                if got.end_reason != "timeout" {
+                    wrong.push(format!(
+                        "end reason {:?}: the closed page's view should end silent (timeout)",
+                        got.end_reason
+                    ));
+                }
+            }
+            "hls-throttle" => {
+                if t.down == 0 {
+                    wrong.push("the throttled origin made no down-switch on the page".into());
+                }
+            }
+            _ => {}
+        }
+        eprintln!(
+            "{:<14} page {:?}\n{:<14} rows {:?}",
+            page.name, page.truth, "", got
+        );
+        if !wrong.is_empty() {
+            failures.push(format!(
+                "{} (sid {}): {}\n  bodies posted by the player:\n{}\n  page console: {:?}",
+                page.name,
+                page.sid,
+                wrong.join("; "),
+                page.posted
+                    .iter()
+                    .map(|p| format!("    {} {}", p.at, p.body.as_deref().unwrap_or("").trim()))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                page.console
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
