@@ -258,49 +258,33 @@ async fn real_players_report_their_viewers_experience() {
         let got = observed(&db, page).await;
         let mut wrong = check(page, &got);
         let t = &page.truth;
-        match page.name.as_str() {
-            "hls-healthy" | "dash-healthy" | "shaka-healthy" => {
-                if t.stalls > 0 {
-                    wrong.push(format!(
-                        "the page itself stalled {} times: not a healthy playback",
-                        t.stalls
-                    ));
-                }
+        // What each scenario must have made the page itself see.
+        let problem = match page.name.as_str() {
+            "hls-healthy" | "dash-healthy" | "shaka-healthy" if t.stalls > 0 => Some(format!(
+                "the page itself stalled {} times: not a healthy playback",
+                t.stalls
+            )),
+            "hls-stall" if t.stalls != 1 => Some(format!(
+                "the delayed segment made {} stalls on the page, want 1",
+                t.stalls
+            )),
+            "hls-missing" if got.vsf != 1 || got.end_reason != "error" => Some(format!(
+                "vsf {} end {:?}, want a start failure",
+                got.vsf, got.end_reason
+            )),
+            "hls-missing" if t.error.as_deref() != Some("manifestLoadError") => {
+                Some(format!("the page's player error was {:?}", t.error))
             }
-            "hls-stall" => {
-                if t.stalls != 1 {
-                    wrong.push(format!(
-                        "the delayed segment made {} stalls on the page, want 1",
-                        t.stalls
-                    ));
-                }
+            "hls-pause" if got.end_reason != "timeout" => Some(format!(
+                "end reason {:?}: the closed page's view should end silent (timeout)",
+                got.end_reason
+            )),
+            "hls-throttle" if t.down == 0 => {
+                Some("the throttled origin made no down-switch on the page".into())
             }
-            "hls-missing" => {
-                if got.vsf != 1 || got.end_reason != "error" {
-                    wrong.push(format!(
-                        "vsf {} end {:?}, want a start failure",
-                        got.vsf, got.end_reason
-                    ));
-                }
-                if t.error.as_deref() != Some("manifestLoadError") {
-                    wrong.push(format!("the page's player error was {:?}", t.error));
-                }
-            }
-            "hls-pause" => {
-                if got.end_reason != "timeout" {
-                    wrong.push(format!(
-                        "end reason {:?}: the closed page's view should end silent (timeout)",
-                        got.end_reason
-                    ));
-                }
-            }
-            "hls-throttle" => {
-                if t.down == 0 {
-                    wrong.push("the throttled origin made no down-switch on the page".into());
-                }
-            }
-            _ => {}
-        }
+            _ => None,
+        };
+        wrong.extend(problem);
         eprintln!(
             "{:<14} page {:?}\n{:<14} rows {:?}",
             page.name, page.truth, "", got
