@@ -28,7 +28,7 @@ status:
 	scripts/stack.sh status
 	scripts/demo.sh status || true
 
-demo: stack
+demo: stack players
 	scripts/demo.sh start
 
 lint:

@@ -9,6 +9,9 @@
 #   scripts/demo.sh stop     stop the services it started
 #   scripts/demo.sh status   what runs
 #
+# After the simulation, one real hls.js player in headless Chromium watches a local live stream
+# for QOE_DEMO_PLAYER_SECONDS (40) and reports CMCD v2; its view is in the report.
+#
 # Settings (environment): QOE_DEMO_DURATION (simulated viewing, 20m), QOE_DEMO_SPEED (time
 # compression, 10: 20 minutes in 2), QOE_DEMO_VIEWERS (concurrent viewers, 2000),
 # QOE_DEMO_SEED (1), QOE_DEMO_INCIDENT (the injected regression, see below), QOE_DEMO_KEEP
@@ -74,6 +77,11 @@ report() {
   echo "Worst slice-minutes (at least 50 minutes of viewing, so a ratio means something): when it happened"
   report_table minutes "$from" "$to"
   echo
+  echo "Real player: hls.js in headless Chromium, reporting CMCD v2 to POST /v1/cmcd (its own view)"
+  ch "SELECT view_id, player, protocol, cdn, started, startup_ms, round(playing_ms / 1000, 1) AS playing_s,
+        stalls, round(stall_ms / 1000, 1) AS stall_s, round(avg_bitrate_kbps) AS kbps, end_reason
+      FROM qoe_views WHERE view_id LIKE 'demo-%' ORDER BY start_time FORMAT PrettyCompactMonoBlock"
+  echo
   echo "Pipeline: counted, late and duplicate events; views summarised"
   ch "SELECT sum(events) AS counted_events, sum(late_events) AS late, sum(duplicate_events) AS duplicates,
         (SELECT count() FROM qoe_views) AS views FROM qoe_window_10s WHERE $where
@@ -96,7 +104,7 @@ case "${1:-}" in
     start_service aggregator run --clickhouse-database "$DB" --listen 127.0.0.1:9100 --reset-stale-checkpoints
     # The demo's traffic all comes from 127.0.0.1, so the per-address limits are lifted here.
     start_service collector --listen 127.0.0.1:8080 --admin-listen 127.0.0.1:9464 \
-      --rate-per-ip 0 --rate-events-per-ip 0
+      --rate-per-ip 0 --rate-events-per-ip 0 --cdn-host 127.0.0.1=local-origin
     wait_ok http://127.0.0.1:9464/readyz 60
     wait_ok http://127.0.0.1:9100/healthz 60
     span=$(secs "$DURATION")
@@ -108,6 +116,15 @@ case "${1:-}" in
     log "  $INCIDENT"
     "$BIN/simulator" --url http://127.0.0.1:8080 --seed "$SEED" --viewers "$VIEWERS" \
       --duration "$DURATION" --speed "$SPEED" --start-ms "$start_ms" --incident "$INCIDENT"
+    # Then one real viewer: hls.js in headless Chromium plays a local live stream and reports
+    # CMCD v2. It plays after the simulation, not during it: simulated time runs 10x and
+    # starts in the past, and a real player's wall-clock reports would move its partition's
+    # watermark ahead of the simulated events and make them late.
+    log "a real viewer: hls.js in headless Chromium plays a local live stream for ${QOE_DEMO_PLAYER_SECONDS:-40}s (CMCD v2)"
+    "$ROOT/tests/players/content.sh" "$STACK/players-content"
+    DEMO_SECONDS="${QOE_DEMO_PLAYER_SECONDS:-40}" node "$ROOT/tests/players/run.mjs" --only demo \
+      --collector http://127.0.0.1:8080 --content "$STACK/players-content" --out "$STACK/run/demo-player.json" >&2 \
+      || log "the real player did not run (see $STACK/run/demo-player.json); the simulated report follows"
     log "waiting for the aggregator to write its last batches"
     last=-1
     for _ in $(seq 1 60); do

@@ -11,9 +11,9 @@
 //!
 //! The mapping (PLAYERS.md §3):
 //! - the first report of a session opens a view (`view_start` at the first report's time; it
-//!   is emitted with the first report that says more than "starting", at most 2 s later, so that
-//!   the CDN learnt from the first segment request is the view's and attempts land in the right
-//!   slice);
+//!   is emitted with the first request report or play state beyond "starting", at most 2 s
+//!   later, so that the CDN learnt from the first segment request is the view's and attempts
+//!   land in the right slice);
 //! - first `ps p`: `first_frame`, startup = `p.ts - start.ts` (`msd` only when within 50 ms or a
 //!   tenth of it: dash.js sends a wrong one);
 //! - `ps r` after the first frame, not right after a seek: `stall_start`; leaving `r`:
@@ -385,10 +385,15 @@ impl Session {
             view.start_ts = r.ts;
             view.state_ts = view.state_ts.min(r.ts);
         }
-        // The start waits while reports say no more than "starting" (hls.js also sends an
-        // interval report at once), for at most START_WAIT_MS.
-        let waits = (r.e == "t" || matches!(sta, Some("s" | "d" | "w")))
-            && r.ts - view.start_ts < START_WAIT_MS;
+        // The start waits, at most START_WAIT_MS, for a report that tells the CDN (a request)
+        // or more than "starting" (hls.js sends an interval report and its first bitrate
+        // choice before any request).
+        let tells = match r.e.as_str() {
+            "rr" | "e" => true,
+            "ps" => !matches!(sta, Some("s" | "d" | "w")),
+            _ => false,
+        };
+        let waits = !tells && r.ts - view.start_ts < START_WAIT_MS;
         if view.start_pending && !waits {
             let start_ts = view.start_ts;
             let start = self.event(&mut view, m, EventType::ViewStart, start_ts);
@@ -612,8 +617,14 @@ mod tests {
     fn healthy_playback_with_a_stall_a_pause_and_an_exit() {
         let mut p = Player::new("s-1");
         let mut all = Vec::new();
+        all.extend(p.send(0, "t", |_| {}));
+        all.extend(p.ps(0, "d"));
         all.extend(p.ps(0, "s"));
-        assert!(all.is_empty(), "view_start waits for the next report");
+        all.extend(p.send(40, "bc", |r| r.br = Some(800)));
+        assert!(
+            all.is_empty(),
+            "view_start waits for a request or a play state"
+        );
         p.cdn = "cdn-a";
         let rr = p.send(100, "rr", |r| {
             r.rc = Some(200);

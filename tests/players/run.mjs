@@ -34,6 +34,8 @@ const SCENARIOS = [
   { name: 'hls-pause', p: 'hls', scenario: 'none', steps: [[14, 'pause'], [20, 'play'], [30, 'leave']] },
   { name: 'hls-throttle', p: 'hls', scenario: 'throttle', steps: [[45, 'finish']] },
 ];
+// Not part of the test: the demo's one real viewer (scripts/demo.sh).
+const EXTRA = [{ name: 'demo', p: 'hls', scenario: 'none', steps: [[Number(process.env.DEMO_SECONDS || 40), 'finish']] }];
 const only = args.only ? new Set(args.only.split(',')) : null;
 
 const origin = await startOrigin({
@@ -100,7 +102,8 @@ async function run(s) {
 
 let results;
 try {
-  results = await Promise.all(SCENARIOS.filter((s) => !only || only.has(s.name)).map(run));
+  const chosen = only ? [...SCENARIOS, ...EXTRA].filter((s) => only.has(s.name)) : SCENARIOS;
+  results = await Promise.all(chosen.map(run));
 } finally {
   await browser.close();
   origin.server.close();

@@ -574,3 +574,70 @@ async fn kill_dash_nine_mid_session_changes_nothing() {
         "{t:?}"
     );
 }
+
+/// Big and hostile bodies: 1,000 valid lines are taken whole; random bytes, broken gzip and
+/// lines of garbage get 204 (a player cannot act on per-line errors) with every line counted,
+/// and the collector keeps serving.
+#[tokio::test]
+async fn big_and_hostile_bodies() {
+    let topic = unique("test.cmcd.hostile");
+    create_topic(&topic, 1).await.unwrap();
+    let (_collector, base_url, admin) = spawn_collector(&topic, &[]).await;
+    let http = reqwest::Client::new();
+    let url = format!("{base_url}/v1/cmcd");
+    let now = now_ms();
+    let thousand: String = (0..1000)
+        .map(|i| {
+            format!(
+                "e=t,ts={},sid=\"big-{}\",sn={i},v=2\n",
+                now - 1000 + i,
+                i % 10
+            )
+        })
+        .collect();
+    assert_eq!(post(&http, &url, thousand.into_bytes(), false).await, 204);
+    let m = metrics_text(&admin).await;
+    assert!(
+        m.contains("qoe_collector_cmcd_reports_accepted_total 1000"),
+        "{m}"
+    );
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let mut garbage_lines = 0;
+    for _ in 0..20 {
+        let lines: Vec<String> = (0..rng.random_range(1..50))
+            .map(|_| {
+                (0..rng.random_range(1..80))
+                    .map(|_| char::from(rng.random_range(0x21u8..0x7f)))
+                    .collect()
+            })
+            .collect();
+        garbage_lines += lines.len();
+        assert_eq!(
+            post(&http, &url, lines.join("\n").into_bytes(), false).await,
+            204
+        );
+    }
+    let random: Vec<u8> = (0..5000).map(|_| rng.random()).collect();
+    let status = post(&http, &url, random, false).await;
+    assert_eq!(status, 204);
+    // Not gzip although it says so: the body cannot be read at all.
+    let status = post(&http, &url, b"not gzip".to_vec(), true).await;
+    assert_eq!(status, 400);
+    let m = metrics_text(&admin).await;
+    let rejected: u64 = m
+        .lines()
+        .filter(|l| l.starts_with("qoe_collector_cmcd_lines_rejected_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(
+        rejected as usize >= garbage_lines,
+        "{rejected} lines counted, {garbage_lines} garbage lines sent"
+    );
+    let health = http
+        .get(format!("{base_url}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+}
