@@ -28,12 +28,15 @@
 //!   reused after its state was dropped, silent past the timeout, starts over at `sid`);
 //! - `ltc` is latency, `dfa` deltas are dropped frames.
 //!
-//! Reports are deduplicated on `(sn, ts, e)` within the session (players restart `sn`).
+//! Duplicates (`(sid, sn, ts, e)`: players restart `sn`) are dropped before a report gets here,
+//! by the partition's window-keyed tracking (`window.rs`), like beacon events: a copy whose
+//! window is final is late anyway, so the keys live only as long as their windows are open and
+//! are rebuilt by the same replay, instead of growing every session's stored state.
 
 use qoe_schemas::cmcd::{CmcdMessage, CmcdReport};
 use qoe_schemas::{EndReason, EventType, QoeEvent, StreamType, SCHEMA_VERSION};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 /// Session bookkeeping limits.
 #[derive(Debug, Clone, Copy)]
@@ -54,8 +57,6 @@ impl Default for SessionConfig {
     }
 }
 
-/// Most `(sn, ts, e)` keys remembered per session for deduplication.
-const MAX_SEEN_PER_SESSION: usize = 4096;
 /// `msd` is believed when it is within this many ms, or a tenth, of the timestamps' startup.
 const MSD_TOLERANCE_MS: i64 = 50;
 /// How long a view's start waits for a report that tells its CDN (a segment request) or
@@ -71,7 +72,6 @@ struct Session {
     /// Views opened while this state was held (the first is named after the sid, later ones
     /// `sid~2`, `sid~3`, ...).
     views: u32,
-    seen: BTreeSet<(i64, i64, String)>,
     view: Option<View>,
     /// When the last view ended (its reports after that open a new one).
     ended_at: Option<i64>,
@@ -109,13 +109,6 @@ struct View {
     in_stall: bool,
     bitrate: Option<u32>,
     dfa: Option<u32>,
-}
-
-/// How a report was taken.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReportOutcome {
-    Accepted,
-    Duplicate,
 }
 
 /// The CMCD sessions of one partition.
@@ -188,13 +181,9 @@ impl Sessions {
         session.event(&mut view, m, EventType::Heartbeat, m.cmcd.ts)
     }
 
-    /// Takes one report; the events it makes are appended to `out`.
-    pub fn on_report(
-        &mut self,
-        m: &CmcdMessage,
-        config: &SessionConfig,
-        out: &mut Vec<QoeEvent>,
-    ) -> ReportOutcome {
+    /// Takes one report (already known not to be a duplicate or late); the events it makes
+    /// are appended to `out`.
+    pub fn on_report(&mut self, m: &CmcdMessage, config: &SessionConfig, out: &mut Vec<QoeEvent>) {
         let r = &m.cmcd;
         if !self.by_sid.contains_key(&r.sid) && self.by_sid.len() >= config.max_sessions {
             if let Some(oldest) = self
@@ -207,17 +196,9 @@ impl Sessions {
             }
         }
         let session = self.by_sid.entry(r.sid.clone()).or_default();
-        let key = (r.sn.unwrap_or(-1), r.ts, r.e.clone());
-        if session.seen.contains(&key) {
-            return ReportOutcome::Duplicate;
-        }
-        if session.seen.len() < MAX_SEEN_PER_SESSION {
-            session.seen.insert(key);
-        }
         session.learn(m);
         session.take(m, config, out);
         session.last_ts = session.last_ts.max(r.ts);
-        ReportOutcome::Accepted
     }
 }
 
@@ -751,7 +732,7 @@ mod tests {
     }
 
     #[test]
-    fn duplicates_and_bitrate_switches() {
+    fn bitrate_switches() {
         let mut p = Player::new("s-6");
         p.ps(0, "s");
         p.send(100, "ps", |r| {
@@ -764,30 +745,14 @@ mod tests {
             (down[0].bitrate_kbps, down[0].prev_bitrate_kbps),
             (Some(250), Some(800))
         );
-        // The same report again (same sn, ts, e) counts once.
-        p.sn -= 1;
-        let mut out = Vec::new();
-        let m = CmcdMessage {
-            cmcd: CmcdReport {
-                e: "bc".into(),
-                ts: T0 + 5_000,
-                sid: "s-6".into(),
-                sn: Some(p.sn),
-                br: Some(250),
-                ..CmcdReport::default()
-            },
-            received_at: T0,
-            region: "r".into(),
-            cdn: String::new(),
-            platform: "web".into(),
-            player: "x".into(),
-        };
+        // No `bc`: a changed `br` on a later report is a switch too (dash.js).
+        let up = p.send(9_000, "t", |r| r.br = Some(800));
+        assert_eq!(kinds(&up), ["heartbeat", "bitrate_change"]);
         assert_eq!(
-            p.sessions
-                .on_report(&m, &SessionConfig::default(), &mut out),
-            ReportOutcome::Duplicate
+            up[0].bitrate_kbps,
+            Some(250),
+            "time played before the switch"
         );
-        assert!(out.is_empty());
     }
 
     #[test]

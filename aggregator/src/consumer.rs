@@ -386,12 +386,15 @@ fn handle_message(shared: &Shared, m: &rdkafka::message::BorrowedMessage<'_>) {
         .payload()
         .filter(|p| p.starts_with(qoe_schemas::cmcd::CMCD_MESSAGE_PREFIX))
     {
-        // CMCD sessions are restored from the checkpoint's snapshot, not by replay.
-        if route == Route::Restore {
-            return;
-        }
         let outcome = match qoe_schemas::cmcd::CmcdMessage::decode(payload) {
+            // Sessions come from the checkpoint's snapshot; the replay rebuilds duplicate
+            // tracking only.
+            Ok(report) if route == Route::Restore => {
+                slot.state.restore_cmcd(offset, &report);
+                return;
+            }
             Ok(report) => slot.state.apply_cmcd(offset, &report),
+            Err(_) if route == Route::Restore => return,
             Err(e) => {
                 tracing::warn!(partition = m.partition(), offset, error = %e, "skipping CMCD message that cannot be read");
                 metrics::counter!(names::EVENTS, "outcome" => "invalid").increment(1);

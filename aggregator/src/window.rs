@@ -22,7 +22,7 @@
 //! (region, CDN, stream, platform, player, protocol) once and keys its rows by small indices;
 //! events are read borrowed from the message bytes ([`EventRef`]).
 
-use crate::cmcd::{ReportOutcome, SessionConfig, Sessions};
+use crate::cmcd::{SessionConfig, Sessions};
 use crate::metrics::{AddEvent, WindowMetrics};
 use hashbrown::{DefaultHashBuilder, HashMap, HashSet};
 use indexmap::{Equivalent, IndexMap, IndexSet};
@@ -372,7 +372,13 @@ pub enum Outcome {
 struct OpenWindow {
     first_offset: i64,
     keys: Vec<(u32, u32)>,
+    /// CMCD reports accepted in this window, for deduplication.
+    reports: Vec<ReportKey>,
 }
+
+/// A CMCD report's identity (players restart `sn` with a new source, so `ts` and `e` are in
+/// it): the interned sid, `ts`, `sn` and the event type.
+type ReportKey = (u32, i64, i64, Box<str>);
 
 /// The view ids of tracked events, interned: duplicate tracking compares the ids themselves,
 /// so no hash collision (crafted or accidental) can make one view's events pass for another's,
@@ -453,6 +459,7 @@ pub struct PartitionState<S = DefaultHashBuilder> {
     open: BTreeMap<i64, OpenWindow>,
     views: ViewIds<S>,
     seen: HashSet<(u32, u32)>,
+    reports_seen: HashSet<ReportKey>,
     batch: Batch,
     batch_from: i64,
     next_offset: i64,
@@ -490,6 +497,7 @@ impl<S: BuildHasher + Default> PartitionState<S> {
             open: BTreeMap::new(),
             views: ViewIds::default(),
             seen: HashSet::new(),
+            reports_seen: HashSet::new(),
             batch: Batch::default(),
             batch_from: next,
             next_offset: next,
@@ -551,7 +559,7 @@ impl<S: BuildHasher + Default> PartitionState<S> {
     }
 
     pub fn tracked_events(&self) -> usize {
-        self.seen.len()
+        self.seen.len() + self.reports_seen.len()
     }
 
     pub fn pending(&self) -> &Batch {
@@ -581,10 +589,43 @@ impl<S: BuildHasher + Default> PartitionState<S> {
             .or_insert_with(|| OpenWindow {
                 first_offset: offset,
                 keys: Vec::new(),
+                reports: Vec::new(),
             })
             .keys
             .push(key);
         true
+    }
+
+    /// Records a CMCD report as accepted in `window`; false if it already was.
+    fn track_report(&mut self, offset: i64, window: i64, m: &CmcdMessage) -> bool {
+        let r = &m.cmcd;
+        let sid = self.views.acquire(&r.sid);
+        let key: ReportKey = (sid, r.ts, r.sn.unwrap_or(-1), r.e.as_str().into());
+        if self.reports_seen.contains(&key) {
+            self.views.release(sid);
+            return false;
+        }
+        self.reports_seen.insert(key.clone());
+        self.open
+            .entry(window)
+            .or_insert_with(|| OpenWindow {
+                first_offset: offset,
+                keys: Vec::new(),
+                reports: Vec::new(),
+            })
+            .reports
+            .push(key);
+        true
+    }
+
+    /// Rebuilds CMCD duplicate tracking from a report between the checkpoint's `state_offset`
+    /// and `next_offset` (sessions themselves come from the checkpoint); emits nothing.
+    pub fn restore_cmcd(&mut self, offset: i64, m: &CmcdMessage) {
+        let window = self.window_of(m.cmcd.ts);
+        if window + self.config.window_ms <= self.watermark() {
+            return;
+        }
+        self.track_report(offset, window, m);
     }
 
     /// Processes the message at `offset`.
@@ -620,11 +661,12 @@ impl<S: BuildHasher + Default> PartitionState<S> {
         let watermark = self.watermark();
         let outcome = if window + self.config.window_ms <= watermark {
             Outcome::Late
+        } else if !self.track_report(offset, window, m) {
+            Outcome::Duplicate
         } else {
             let mut derived = std::mem::take(&mut self.derived);
             derived.clear();
-            let taken = self
-                .sessions
+            self.sessions
                 .on_report(m, &self.config.sessions, &mut derived);
             for e in &derived {
                 let e = e.borrowed();
@@ -637,10 +679,7 @@ impl<S: BuildHasher + Default> PartitionState<S> {
                 }
             }
             self.derived = derived;
-            match taken {
-                ReportOutcome::Accepted => Outcome::Accepted,
-                ReportOutcome::Duplicate => Outcome::Duplicate,
-            }
+            Outcome::Accepted
         };
         if outcome != Outcome::Accepted {
             let probe = self.sessions.probe_event(m);
@@ -682,6 +721,10 @@ impl<S: BuildHasher + Default> PartitionState<S> {
                 for k in w.keys {
                     self.seen.remove(&k);
                     self.views.release(k.0);
+                }
+                for k in w.reports {
+                    self.views.release(k.0);
+                    self.reports_seen.remove(&k);
                 }
             }
         }
@@ -766,6 +809,57 @@ mod tests {
             ..QoeEvent::blank(view, seq, kind, t)
         };
         Box::leak(Box::new(e)).borrowed()
+    }
+
+    #[test]
+    fn cmcd_sessions_and_duplicates_survive_a_restart() {
+        use qoe_schemas::cmcd::CmcdReport;
+        let report = |sn: i64, at: i64, e: &str, sta: Option<&str>| CmcdMessage {
+            cmcd: CmcdReport {
+                e: e.into(),
+                ts: 1_000_000 + at,
+                sid: "s-1".into(),
+                sn: Some(sn),
+                sta: sta.map(str::to_owned),
+                ..CmcdReport::default()
+            },
+            received_at: 1_000_000 + at,
+            region: "r".into(),
+            cdn: "c".into(),
+            platform: "web".into(),
+            player: "p".into(),
+        };
+        let reports = [
+            report(0, 0, "ps", Some("s")),
+            report(1, 400, "ps", Some("p")),
+            report(2, 10_400, "t", None),
+        ];
+        let mut a = PartitionState::new(WindowConfig::default(), None);
+        for (o, m) in reports.iter().enumerate() {
+            assert_eq!(a.apply_cmcd(o as i64, m), Outcome::Accepted);
+        }
+        let (_, cp) = a.take_batch();
+        assert!(
+            !cp.sessions.is_empty(),
+            "the open session travels with the checkpoint"
+        );
+        let mut b = PartitionState::new(WindowConfig::default(), Some(cp.clone()));
+        for o in cp.state_offset..cp.next_offset {
+            b.restore_cmcd(o, &reports[o as usize]);
+        }
+        // A retried copy is still a duplicate, and the session goes on where it was: 10 s of
+        // playing at the next report.
+        assert_eq!(b.apply_cmcd(3, &reports[2]), Outcome::Duplicate);
+        assert_eq!(
+            b.apply_cmcd(4, &report(3, 20_400, "t", None)),
+            Outcome::Accepted
+        );
+        let playing: u64 = b
+            .pending()
+            .window_rows()
+            .map(|(_, _, m)| m.playing_ms)
+            .sum();
+        assert_eq!(playing, 10_000);
     }
 
     #[test]
