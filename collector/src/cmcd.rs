@@ -6,7 +6,7 @@
 //! cannot be told (they drop data silently on any 4xx, so the request still gets 204).
 
 use crate::ingest::IngestError;
-use qoe_schemas::cmcd::{parse_line, CmcdMessage};
+use qoe_schemas::cmcd::{parse_line, CmcdMessageRef};
 use qoe_schemas::validate::{has_unsafe_chars, longer_than, normalize_dimension};
 use qoe_schemas::Limits;
 
@@ -147,25 +147,21 @@ pub fn process(
             Ok(parsed) => {
                 let cdn = parsed
                     .cdn
-                    .or_else(|| {
-                        parsed
-                            .host
-                            .as_deref()
-                            .and_then(|h| hosts.resolve(h))
-                            .map(str::to_owned)
-                    })
-                    .or_else(|| defaults.cdn.clone())
+                    .as_deref()
+                    .or_else(|| parsed.host.as_deref().and_then(|h| hosts.resolve(h)))
+                    .or(defaults.cdn.as_deref())
                     .unwrap_or_default();
-                let sid = parsed.report.sid.clone();
-                let message = CmcdMessage {
-                    cmcd: parsed.report,
+                let message = CmcdMessageRef {
+                    cmcd: &parsed.report,
                     received_at,
-                    region: region.to_owned(),
+                    region,
                     cdn,
-                    platform: defaults.platform.clone(),
-                    player: defaults.player.clone(),
+                    platform: &defaults.platform,
+                    player: &defaults.player,
                 };
-                batch.messages.push((sid, message.encode()));
+                batch
+                    .messages
+                    .push((parsed.report.sid.clone(), message.encode()));
             }
             Err(e) => batch.rejected.push(e.reason()),
         }
@@ -176,6 +172,7 @@ pub fn process(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use qoe_schemas::cmcd::CmcdMessage;
 
     const NOW: i64 = 1_790_000_000_000;
     const CHROME: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0.0.0 Safari/537.36";

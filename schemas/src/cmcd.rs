@@ -16,7 +16,11 @@
 use crate::validate::{has_unsafe_chars, is_valid_view_id, longer_than, normalize_dimension};
 use crate::Limits;
 use serde::{Deserialize, Serialize};
-use sfv::{BareItem, Item, ListEntry, Parser};
+use sfv::visitor::{
+    DictionaryVisitor, EntryVisitor, Ignored, InnerListVisitor, ItemVisitor, ParameterVisitor,
+};
+use sfv::{BareItemFromInput, KeyRef, Parser};
+use std::convert::Infallible;
 
 /// Every CMCD message value starts with this, which no [`crate::QoeEvent`] does (those start
 /// with `{"v":`): the aggregator tells the two apart without parsing twice.
@@ -26,6 +30,8 @@ pub const CMCD_MESSAGE_PREFIX: &[u8] = b"{\"cmcd\":";
 pub const MAX_SID_LEN: usize = 64;
 /// Largest URL kept from an `rr` report (only its host is used).
 pub const MAX_URL_LEN: usize = 2048;
+/// Longest plausible request time (`ttfb`, `ttlb`), ms.
+pub const MAX_REQUEST_MS: u32 = 600_000;
 
 /// One validated report: the keys the pipeline uses, typed. Absent keys are `None`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -98,10 +104,36 @@ pub struct CmcdMessage {
     pub player: String,
 }
 
-impl CmcdMessage {
+/// Writes a [`CmcdMessage`] from borrowed parts (the collector's per-request context is not
+/// copied into every report); the same bytes as [`CmcdMessage::encode`].
+#[derive(Serialize)]
+pub struct CmcdMessageRef<'a> {
+    pub cmcd: &'a CmcdReport,
+    pub received_at: i64,
+    pub region: &'a str,
+    pub cdn: &'a str,
+    pub platform: &'a str,
+    pub player: &'a str,
+}
+
+impl CmcdMessageRef<'_> {
     pub fn encode(&self) -> Vec<u8> {
         // A struct of strings and numbers always serializes.
         serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+impl CmcdMessage {
+    pub fn encode(&self) -> Vec<u8> {
+        CmcdMessageRef {
+            cmcd: &self.cmcd,
+            received_at: self.received_at,
+            region: &self.region,
+            cdn: &self.cdn,
+            platform: &self.platform,
+            player: &self.player,
+        }
+        .encode()
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, serde_json::Error> {
@@ -154,10 +186,181 @@ impl LineError {
     }
 }
 
-fn rounded(item: &BareItem) -> Option<i64> {
+/// The keys the pipeline reads; everything else is ignored while parsing.
+#[derive(Clone, Copy)]
+enum Key {
+    E,
+    Ts,
+    Sid,
+    Sn,
+    V,
+    Cid,
+    Sf,
+    St,
+    Sta,
+    Msd,
+    Bsd,
+    Br,
+    Ltc,
+    Dfa,
+    Ec,
+    Url,
+    Rc,
+    Ttfb,
+    Ttlb,
+    Ot,
+    Cdn,
+    H,
+}
+const KEYS: usize = 22;
+
+fn key_of(k: &str) -> Option<Key> {
+    Some(match k {
+        "e" => Key::E,
+        "ts" => Key::Ts,
+        "sid" => Key::Sid,
+        "sn" => Key::Sn,
+        "v" => Key::V,
+        "cid" => Key::Cid,
+        "sf" => Key::Sf,
+        "st" => Key::St,
+        "sta" => Key::Sta,
+        "msd" => Key::Msd,
+        "bsd" => Key::Bsd,
+        "br" => Key::Br,
+        "ltc" => Key::Ltc,
+        "dfa" => Key::Dfa,
+        "ec" => Key::Ec,
+        "url" => Key::Url,
+        "rc" => Key::Rc,
+        "ttfb" => Key::Ttfb,
+        "ttlb" => Key::Ttlb,
+        "ot" => Key::Ot,
+        "cdn" => Key::Cdn,
+        "h" => Key::H,
+        _ => return None,
+    })
+}
+
+/// What one member of the dictionary held: its item, or for an inner list its first item,
+/// the item labelled `;v` (video) and the sum of its numbers.
+#[derive(Default)]
+struct Slot<'a> {
+    first: Option<BareItemFromInput<'a>>,
+    video: Option<BareItemFromInput<'a>>,
+    sum: i64,
+}
+
+/// Fills one [`Slot`] per known key straight from the input (strings and tokens borrowed),
+/// instead of building the whole dictionary: the parser's hot path allocates almost nothing.
+#[derive(Default)]
+struct Members<'a> {
+    slots: [Option<Slot<'a>>; KEYS],
+}
+
+/// Visits one member: a known key's slot, or nothing for a key the pipeline does not read.
+struct MemberVisitor<'s, 'a>(Option<&'s mut Slot<'a>>);
+
+impl<'a> DictionaryVisitor<'a> for Members<'a> {
+    type Error = Infallible;
+    fn entry(&mut self, key: &'a KeyRef) -> Result<impl EntryVisitor<'a>, Infallible> {
+        // A repeated key's last value wins (RFC 8941 4.2.2).
+        let slot = key_of(key.as_str()).map(|k| {
+            let slot = &mut self.slots[k as usize];
+            *slot = Some(Slot::default());
+            slot.as_mut().expect("just set")
+        });
+        Ok(MemberVisitor(slot))
+    }
+}
+
+impl<'a> ItemVisitor<'a> for MemberVisitor<'_, 'a> {
+    type Error = Infallible;
+    fn bare_item(
+        self,
+        item: BareItemFromInput<'a>,
+    ) -> Result<impl ParameterVisitor<'a>, Infallible> {
+        if let Some(slot) = self.0 {
+            slot.sum += rounded(&item).unwrap_or(0);
+            slot.first = Some(item);
+        }
+        Ok(Ignored)
+    }
+}
+
+impl<'a> EntryVisitor<'a> for MemberVisitor<'_, 'a> {
+    fn inner_list(self) -> Result<impl InnerListVisitor<'a>, Infallible> {
+        Ok(ListVisitor(self.0))
+    }
+}
+
+struct ListVisitor<'s, 'a>(Option<&'s mut Slot<'a>>);
+
+impl<'a> InnerListVisitor<'a> for ListVisitor<'_, 'a> {
+    type Error = Infallible;
+    fn item(&mut self) -> Result<impl ItemVisitor<'a>, Infallible> {
+        Ok(ListItem(self.0.as_deref_mut()))
+    }
+    fn finish(self) -> Result<impl ParameterVisitor<'a>, Infallible> {
+        Ok(Ignored)
+    }
+}
+
+struct ListItem<'s, 'a>(Option<&'s mut Slot<'a>>);
+
+impl<'s, 'a> ItemVisitor<'a> for ListItem<'s, 'a> {
+    type Error = Infallible;
+    fn bare_item(
+        self,
+        item: BareItemFromInput<'a>,
+    ) -> Result<impl ParameterVisitor<'a>, Infallible> {
+        Ok(ItemParams {
+            slot: self.0.map(|slot| {
+                slot.sum += rounded(&item).unwrap_or(0);
+                if slot.first.is_none() {
+                    slot.first = Some(item.clone());
+                }
+                (slot, item)
+            }),
+        })
+    }
+}
+
+/// The parameters of a list item: `;v` marks the video item (`br=(800;v 64;a)`).
+struct ItemParams<'s, 'a> {
+    slot: Option<(&'s mut Slot<'a>, BareItemFromInput<'a>)>,
+}
+
+impl<'a> ParameterVisitor<'a> for ItemParams<'_, 'a> {
+    type Error = Infallible;
+    fn parameter(&mut self, key: &'a KeyRef, _: BareItemFromInput<'a>) -> Result<(), Infallible> {
+        if key.as_str() == "v" {
+            if let Some((slot, item)) = &mut self.slot {
+                if slot.video.is_none() {
+                    slot.video = Some(item.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<'a> Members<'a> {
+    fn slot(&self, k: Key) -> Option<&Slot<'a>> {
+        self.slots[k as usize].as_ref()
+    }
+    fn int(&self, k: Key) -> Option<i64> {
+        self.slot(k)?.first.as_ref().and_then(rounded)
+    }
+    fn text(&self, k: Key) -> Option<&str> {
+        self.slot(k)?.first.as_ref().and_then(text)
+    }
+}
+
+fn rounded(item: &BareItemFromInput<'_>) -> Option<i64> {
     match item {
-        BareItem::Integer(i) => Some(i64::from(*i)),
-        BareItem::Decimal(d) => {
+        BareItemFromInput::Integer(i) => Some(i64::from(*i)),
+        BareItemFromInput::Decimal(d) => {
             let scaled = i64::from(d.as_integer_scaled_1000());
             // Half away from zero, like JavaScript's Math.round for the positive values sent.
             Some((scaled + scaled.signum() * 500) / 1000)
@@ -166,23 +369,11 @@ fn rounded(item: &BareItem) -> Option<i64> {
     }
 }
 
-fn text(item: &BareItem) -> Option<&str> {
+fn text<'i>(item: &'i BareItemFromInput<'_>) -> Option<&'i str> {
     match item {
-        BareItem::String(s) => Some(s.as_str()),
-        BareItem::Token(t) => Some(t.as_str()),
+        BareItemFromInput::String(s) => Some(s.as_str()),
+        BareItemFromInput::Token(t) => Some(t.as_str()),
         _ => None,
-    }
-}
-
-/// The item of a member that is either an item or a one-or-more-item inner list, picked by
-/// `pick` among the list's items.
-fn item_of<'a>(
-    entry: &'a ListEntry,
-    pick: impl Fn(&'a [Item]) -> Option<&'a Item>,
-) -> Option<&'a Item> {
-    match entry {
-        ListEntry::Item(i) => Some(i),
-        ListEntry::InnerList(l) => pick(&l.items),
     }
 }
 
@@ -217,32 +408,24 @@ pub fn url_host(url: &str) -> Option<String> {
 /// trimmed here). `received_at` is the collector's clock; reports carry no `sent_at`, so their
 /// `ts` is checked as is against the age and future bounds of `limits`.
 pub fn parse_line(line: &str, received_at: i64, limits: &Limits) -> Result<ParsedLine, LineError> {
-    let dict = Parser::new(line.trim())
-        .parse_dictionary()
+    let mut members = Members::default();
+    Parser::new(line.trim())
+        .parse_dictionary_with_visitor(&mut members)
         .map_err(|e| LineError::Syntax(e.to_string()))?;
-    let get = |k: &str| dict.get(k);
-    let int = |k: &str| {
-        get(k)
-            .and_then(|e| item_of(e, |l| l.first()))
-            .and_then(|i| rounded(&i.bare_item))
-    };
-    let txt = |k: &str| {
-        get(k)
-            .and_then(|e| item_of(e, |l| l.first()))
-            .and_then(|i| text(&i.bare_item))
-    };
+    let m = &members;
 
-    if let Some(v) = int("v") {
+    if let Some(v) = m.int(Key::V) {
         if v > 2 {
             return Err(LineError::Version(v));
         }
     }
-    let e = txt("e").ok_or(LineError::Missing("e"))?;
+    let e = m.text(Key::E).ok_or(LineError::Missing("e"))?;
     let e = bounded_text(e, "e", 16)?;
-    let ts = int("ts")
+    let ts = m
+        .int(Key::Ts)
         .filter(|t| *t > 0)
         .ok_or(LineError::Missing("ts"))?;
-    let sid = txt("sid").ok_or(LineError::Missing("sid"))?;
+    let sid = m.text(Key::Sid).ok_or(LineError::Missing("sid"))?;
     if !is_valid_view_id(sid) || sid.len() > MAX_SID_LEN {
         return Err(LineError::Sid);
     }
@@ -252,79 +435,83 @@ pub fn parse_line(line: &str, received_at: i64, limits: &Limits) -> Result<Parse
     if ts < received_at.saturating_sub(limits.max_age_ms) {
         return Err(LineError::TooOld(limits.max_age_ms));
     }
-    let dim = |k: &'static str| -> Result<Option<String>, LineError> {
-        match txt(k) {
+    let dim = |k: Key, name: &'static str| -> Result<Option<String>, LineError> {
+        match m.text(k) {
             Some(v) if !v.trim().is_empty() => Ok(Some(normalize_dimension(&bounded_text(
                 v,
-                k,
+                name,
                 limits.max_dimension_len,
             )?))),
             _ => Ok(None),
         }
     };
-    let token = |k: &str| txt(k).filter(|t| t.len() <= 8).map(str::to_owned);
-    let duration = |k: &str| int(k).map(|v| non_negative_u32(v).min(limits.max_duration_ms));
+    let token = |k: Key| m.text(k).filter(|t| t.len() <= 8).map(str::to_owned);
+    let duration = |k: Key| {
+        m.int(k)
+            .map(|v| non_negative_u32(v).min(limits.max_duration_ms))
+    };
 
-    // `br` (and `bsd`, `dfa`, `ltc`) may be inner lists: the video item (`;v`) when items are
-    // labelled, else the first; `bsd` sums every starvation sent with the report.
-    let br = get("br")
-        .and_then(|e| {
-            item_of(e, |items| {
-                items
-                    .iter()
-                    .find(|i| i.params.contains_key("v"))
-                    .or_else(|| items.first())
-            })
-        })
-        .and_then(|i| rounded(&i.bare_item))
+    // `br` may be labelled per media type: the video item (`;v`), else the first.
+    let br = m
+        .slot(Key::Br)
+        .and_then(|s| s.video.as_ref().or(s.first.as_ref()))
+        .and_then(rounded)
         .map(|v| non_negative_u32(v).min(limits.max_bitrate_kbps));
-    let bsd = get("bsd").and_then(|e| match e {
-        ListEntry::Item(i) => rounded(&i.bare_item),
-        ListEntry::InnerList(l) => {
-            let sum: i64 = l.items.iter().filter_map(|i| rounded(&i.bare_item)).sum();
-            (!l.items.is_empty()).then_some(sum)
-        }
-    });
-    let ec = get("ec")
-        .and_then(|e| item_of(e, |l| l.first()))
-        .and_then(|i| match &i.bare_item {
-            BareItem::Integer(n) => Some(i64::from(*n).to_string()),
+    // `bsd` sums every starvation sent with the report.
+    let bsd = m
+        .slot(Key::Bsd)
+        .filter(|s| s.first.is_some())
+        .map(|s| non_negative_u32(s.sum).min(limits.max_duration_ms));
+    let ec = m
+        .slot(Key::Ec)
+        .and_then(|s| s.first.as_ref())
+        .and_then(|i| match i {
+            BareItemFromInput::Integer(n) => Some(i64::from(*n).to_string()),
             other => text(other).map(str::to_owned),
         })
         .map(|c| bounded_text(&c, "ec", limits.max_code_len))
         .transpose()?;
-    let url = txt("url")
+    let url = m
+        .text(Key::Url)
         .map(|u| bounded_text(u, "url", MAX_URL_LEN))
         .transpose()?;
     let host = url
         .as_deref()
         .and_then(url_host)
-        .or_else(|| txt("h").and_then(|h| url_host(h).or_else(|| Some(h.to_ascii_lowercase()))))
+        .or_else(|| {
+            m.text(Key::H)
+                .and_then(|h| url_host(h).or_else(|| Some(h.to_ascii_lowercase())))
+        })
         .filter(|h| !longer_than(h, limits.max_dimension_len) && !has_unsafe_chars(h));
+    let ttlb = duration(Key::Ttlb);
+    // A time to first byte after the last byte, or beyond any request timeout, is not one
+    // (dash.js 5.2.1 sends an epoch time there).
+    let ttfb =
+        duration(Key::Ttfb).filter(|t| *t <= MAX_REQUEST_MS && ttlb.is_none_or(|last| *t <= last));
 
     let report = CmcdReport {
         e,
         ts,
         sid: sid.to_owned(),
-        sn: int("sn"),
-        cid: dim("cid")?,
-        sf: token("sf"),
-        st: token("st"),
-        sta: token("sta"),
-        msd: duration("msd"),
-        bsd: bsd.map(|v| non_negative_u32(v).min(limits.max_duration_ms)),
+        sn: m.int(Key::Sn),
+        cid: dim(Key::Cid, "cid")?,
+        sf: token(Key::Sf),
+        st: token(Key::St),
+        sta: token(Key::Sta),
+        msd: duration(Key::Msd),
+        bsd,
         br,
-        ltc: duration("ltc"),
-        dfa: int("dfa").map(non_negative_u32),
+        ltc: duration(Key::Ltc),
+        dfa: m.int(Key::Dfa).map(non_negative_u32),
         ec,
-        rc: int("rc").map(|v| non_negative_u32(v).min(999)),
-        ttfb: duration("ttfb"),
-        ttlb: duration("ttlb"),
-        ot: token("ot"),
+        rc: m.int(Key::Rc).map(|v| non_negative_u32(v).min(999)),
+        ttfb,
+        ttlb,
+        ot: token(Key::Ot),
     };
     Ok(ParsedLine {
         report,
-        cdn: dim("cdn")?,
+        cdn: dim(Key::Cdn, "cdn")?,
         host,
     })
 }
@@ -385,6 +572,16 @@ mod tests {
             (p.report.rc, p.report.ttfb, p.report.ttlb),
             (Some(200), Some(41), Some(90))
         );
+        // dash.js 5.2.1 puts an epoch time in ttfb: not a time to first byte.
+        let p = parse(&format!(
+            r#"e=rr,ts={NOW},sid="s",rc=200,ttfb={},ttlb=28"#,
+            NOW - 100
+        ))
+        .unwrap();
+        assert_eq!((p.report.ttfb, p.report.ttlb), (None, Some(28)));
+        // A repeated key: the last value wins.
+        let p = parse(&format!(r#"e=t,ts={NOW},sid="s",br=(100),br=(200;v 64;a)"#)).unwrap();
+        assert_eq!(p.report.br, Some(200));
         let p = parse(&format!(r#"e=t,ts={NOW},sid="s",cdn="CDN-B""#)).unwrap();
         assert_eq!(p.cdn.as_deref(), Some("cdn-b"));
         assert_eq!(url_host("http://[::1]:8080/x").as_deref(), Some("::1"));

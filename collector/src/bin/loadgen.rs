@@ -46,6 +46,16 @@ struct Args {
     /// Random seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// What to post: `beacons` (one beacon of `--batch` events per request to /v1/beacons) or
+    /// `cmcd` (the same events as CMCD v2 reports, one line each, to /v1/cmcd).
+    #[arg(long, value_enum, default_value_t = Protocol::Beacons)]
+    protocol: Protocol,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq)]
+enum Protocol {
+    Beacons,
+    Cmcd,
 }
 
 struct ViewSim {
@@ -155,6 +165,34 @@ impl ViewSim {
     }
 }
 
+impl ViewSim {
+    /// The same events as CMCD v2 event-mode reports, one line each (what hls.js would send
+    /// for them).
+    fn cmcd_body(&self, events: &[RawEvent<'static>], out: &mut String) {
+        use std::fmt::Write;
+        out.clear();
+        for e in events {
+            let keys = match &*e.kind {
+                "view_start" => "e=ps,sta=s".to_owned(),
+                "first_frame" => format!("e=ps,sta=p,br=({})", e.bitrate_kbps.unwrap_or(0)),
+                "stall_start" => "e=ps,sta=r".to_owned(),
+                "bitrate_change" => format!("e=bc,br=({})", e.bitrate_kbps.unwrap_or(0)),
+                "view_end" => "e=ps,sta=q".to_owned(),
+                _ => format!(
+                    "e=t,br=({}),ltc={}",
+                    e.bitrate_kbps.unwrap_or(0),
+                    e.latency_ms.unwrap_or(0)
+                ),
+            };
+            let _ = writeln!(
+                out,
+                "{keys},cid=\"{}\",sf=h,sid=\"{}\",sn={},st=l,ts={},v=2",
+                self.stream, self.id, e.seq, e.ts
+            );
+        }
+    }
+}
+
 // Typed beacon structs rather than `serde_json::Value`: building a body costs the load
 // generator a fraction of the CPU, which is left to the collector on a shared machine.
 #[derive(Serialize)]
@@ -188,7 +226,11 @@ async fn main() -> anyhow::Result<()> {
         .pool_max_idle_per_host(args.connections)
         .timeout(Duration::from_secs(30))
         .build()?;
-    let url = format!("{}/v1/beacons", args.url.trim_end_matches('/'));
+    let (path, content_type) = match args.protocol {
+        Protocol::Beacons => ("/v1/beacons", "text/plain"),
+        Protocol::Cmcd => ("/v1/cmcd", "application/cmcd"),
+    };
+    let url = format!("{}{path}", args.url.trim_end_matches('/'));
     let deadline = Instant::now() + Duration::from_secs(args.duration_secs);
     let sent_events = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(Mutex::new(Vec::<u32>::new()));
@@ -217,6 +259,7 @@ async fn main() -> anyhow::Result<()> {
             let mut next_at = Instant::now();
             let mut lat = Vec::new();
             let mut events = Vec::with_capacity(args.batch as usize);
+            let mut cmcd = String::new();
             let mut i = 0;
             while Instant::now() < deadline {
                 // Paced: latency counts from when the request was due, so a collector that
@@ -233,7 +276,15 @@ async fn main() -> anyhow::Result<()> {
                 if let Some(interval) = per_event_interval {
                     next_at += interval * events.len() as u32;
                 }
-                let body = serde_json::to_vec(&views[v].beacon(&events)).unwrap_or_default();
+                let body = match args.protocol {
+                    Protocol::Beacons => {
+                        serde_json::to_vec(&views[v].beacon(&events)).unwrap_or_default()
+                    }
+                    Protocol::Cmcd => {
+                        views[v].cmcd_body(&events, &mut cmcd);
+                        cmcd.clone().into_bytes()
+                    }
+                };
                 if ended {
                     counter += 1;
                     views[v] = ViewSim::new(&mut rng, counter);
@@ -245,7 +296,7 @@ async fn main() -> anyhow::Result<()> {
                 };
                 let status = match client
                     .post(&url)
-                    .header("content-type", "text/plain")
+                    .header("content-type", content_type)
                     .body(body)
                     .send()
                     .await
