@@ -43,13 +43,19 @@ DIMENSIONS = [
 ]
 FILTER = " AND ".join(f"{col} IN (${{{var}:singlequote}})" for var, col, _ in DIMENSIONS)
 
-[_STARTUP] = [m for m in CATALOGUE["metrics"] if m["name"] == "startup_hist"]
-STARTUP_COLUMNS = [b["column"] for b in _STARTUP["buckets"]]
-# Bucket bounds for interpolating percentiles; the open last bucket is reported at its lower
-# bound (the last finite bound).
-_BOUNDS = [b["le"] for b in _STARTUP["buckets"] if b["le"] is not None]
-STARTUP_LO = "[" + ", ".join(str(b) for b in [0] + _BOUNDS) + "]"
-STARTUP_HI = "[" + ", ".join(str(b) for b in _BOUNDS + [_BOUNDS[-1]]) + "]"
+def _histogram_of(name):
+    """A catalogue histogram's columns and, for interpolating percentiles, each bucket's lower
+    and upper bound as SQL arrays (the open last bucket is reported at its lower bound, the last
+    finite bound)."""
+    [m] = [m for m in CATALOGUE["metrics"] if m["name"] == name]
+    bounds = [b["le"] for b in m["buckets"] if b["le"] is not None]
+    lo = "[" + ", ".join(str(b) for b in [0] + bounds) + "]"
+    hi = "[" + ", ".join(str(b) for b in bounds + [bounds[-1]]) + "]"
+    return [b["column"] for b in m["buckets"]], lo, hi
+
+
+STARTUP_COLUMNS, STARTUP_LO, STARTUP_HI = _histogram_of("startup_hist")
+TTFB_COLUMNS, TTFB_LO, TTFB_HI = _histogram_of("ttfb_hist")
 
 
 def column(name):
@@ -65,17 +71,19 @@ def bucket(seconds_floor):
     return f"toDateTime(intDiv(toUInt32(window_start), {b}) * {b})", b
 
 
-def histogram(cond=None):
+def histogram(cond=None, columns=None):
     agg = (lambda c: f"sum({column(c)})") if cond is None else (lambda c: f"sumIf({column(c)}, {cond})")
-    return "[" + ", ".join(agg(c) for c in STARTUP_COLUMNS) + "]"
+    return "[" + ", ".join(agg(c) for c in (columns or STARTUP_COLUMNS)) + "]"
 
 
-def percentile(q, h, c, n):
-    """Startup percentile from a histogram h (array), its running sum c and total n, linearly
-    interpolated inside the bucket holding it; NULL without plays."""
+def percentile(q, h, c, n, lo=None, hi=None):
+    """Percentile from a histogram h (array), its running sum c and total n, linearly
+    interpolated inside the bucket holding it; NULL without samples. Startup buckets unless
+    other bounds are given."""
+    lo, hi = lo or STARTUP_LO, hi or STARTUP_HI
     i = f"arrayFirstIndex(x -> x >= {q} * {n}, {c})"
     return (
-        f"if({n} = 0, NULL, round({STARTUP_LO}[{i}] + ({STARTUP_HI}[{i}] - {STARTUP_LO}[{i}]) "
+        f"if({n} = 0, NULL, round({lo}[{i}] + ({hi}[{i}] - {lo}[{i}]) "
         f"* ({q} * {n} - ({c}[{i}] - {h}[{i}])) / greatest({h}[{i}], 1)))"
     )
 
@@ -87,10 +95,12 @@ SUM_ALIASES = {
     "errors_": "errors", "playing_": "playing_ms", "stall_": "stall_ms", "stalls_": "stalls",
     "kbps_ms_": "bitrate_kbps_ms", "latency_sum_": "latency_ms_sum",
     "latency_n_": "latency_samples", "seeks_": "seeks", "startup_unknown_": "startup_unknown",
+    "requests_": "cdn_requests", "request_errors_": "cdn_request_errors", "ttfb_sum_": "ttfb_ms_sum",
 }
 _sums = [f"sum({column(c)}) AS {a}" for a, c in SUM_ALIASES.items()]
 SUMS = ("\n    ".join(", ".join(_sums[i:i + 4]) + "," for i in range(0, len(_sums), 4))
-        + "\n    " + histogram() + " AS h, arrayCumSum(h) AS c, arraySum(h) AS startups_")
+        + "\n    " + histogram() + " AS h, arrayCumSum(h) AS c, arraySum(h) AS startups_,"
+        + "\n    " + histogram(columns=TTFB_COLUMNS) + " AS th, arrayCumSum(th) AS tc, arraySum(th) AS ttfbs_")
 
 KPIS = {
     "attempts": "attempts_",
@@ -107,6 +117,10 @@ KPIS = {
     "startup_p95_ms": percentile(0.95, "h", "c", "startups_"),
     "avg_bitrate_kbps": "if(playing_ = 0, NULL, round(kbps_ms_ / playing_))",
     "live_latency_ms": "if(latency_n_ = 0, NULL, round(latency_sum_ / latency_n_))",
+    # From players' CMCD request reports: which CDN fails or is slow, before viewers rebuffer.
+    "cdn_requests": "requests_",
+    "request_error_pct": "if(requests_ = 0, NULL, round(100 * request_errors_ / requests_, 2))",
+    "ttfb_p95_ms": percentile(0.95, "th", "tc", "ttfbs_", TTFB_LO, TTFB_HI),
 }
 
 UNITS = {
@@ -114,6 +128,7 @@ UNITS = {
     "rebuffering_pct": "percent", "startup_p50_ms": "ms", "startup_p95_ms": "ms",
     "startup_p95_ms_": "ms", "avg_bitrate_kbps": "Kbits", "live_latency_ms": "ms",
     "viewer_hours": "h", "freshness_s": "s", "seconds_since_write": "s",
+    "request_error_pct": "percent", "ttfb_p95_ms": "ms",
 }
 
 
@@ -286,11 +301,14 @@ def region_cdn():
                   "how many viewers they affect.")
     all_kpis = ["attempts", "plays", "viewer_hours", "start_failure_pct", "ebvs_pct",
                 "playback_failure_pct", "rebuffering_pct", "stalls_per_hour", "seeks_per_hour",
-                "startup_p50_ms", "startup_p95_ms", "avg_bitrate_kbps", "live_latency_ms"]
+                "startup_p50_ms", "startup_p95_ms", "avg_bitrate_kbps", "live_latency_ms",
+                "cdn_requests", "request_error_pct", "ttfb_p95_ms"]
     for name, title in [("rebuffering_pct", "Rebuffering ratio (%)"),
                         ("start_failure_pct", "Start failures (%)"),
                         ("ebvs_pct", "Exits before video start (%)"),
-                        ("startup_p95_ms", "Startup p95 (ms)")]:
+                        ("startup_p95_ms", "Startup p95 (ms)"),
+                        ("request_error_pct", "CDN request errors (%, from CMCD players)"),
+                        ("ttfb_p95_ms", "CDN time to first byte p95 (ms, from CMCD players)")]:
         d.panel("table", f"{title}: region x CDN",
                 f"{title} per region (rows) and CDN (columns) over the time range.",
                 kpi_table(["region", "cdn"], [name], "region, cdn", limit=10000),
@@ -510,6 +528,15 @@ RULES = [
          runbook="Compare with the other CDNs of the region; slow starts on one CDN point at "
                  "its edge (cache misses, TTFB). Everywhere at once: check the origin and the "
                  "packager."),
+    dict(uid="qoe-cdn-request-errors", metric="cdn_request_error_rate", severity="critical",
+         title="CDN request error rate regression",
+         **ratio_rule("the share of CDN requests that failed (players' CMCD request reports)",
+                       "cdn_request_errors", "cdn_requests", 200, "requests", 5.0, 3),
+         summary="CDN request errors {{ $values.B.Value }}% of requests in {{ $labels.region }} x {{ $labels.cdn }}",
+         runbook="Players see this CDN answer errors (status >= 400, or no response) before "
+                 "viewers rebuffer. Check the CDN's status page and its edge logs for the region; "
+                 "if the other CDNs of the region are healthy on 'QoE by region x CDN', steer the "
+                 "region's traffic away and open a ticket with the CDN."),
     dict(uid="qoe-playback-failures", metric="playback_failure_rate", severity="critical",
          title="Playback failure rate regression",
          **ratio_rule("the share of plays ended by a fatal error", "vpf", "plays", 100, "plays",

@@ -169,15 +169,27 @@ impl Sessions {
         });
     }
 
-    /// An event carrying the context the session would give this report (for counting a late
-    /// or duplicate report in its slice); the session is not changed.
+    /// An event carrying the context the session gives this report, for counting it in its
+    /// slice when it makes no event itself (a request report, a late or duplicate report);
+    /// the session is not changed.
     pub fn probe_event(&self, m: &CmcdMessage) -> QoeEvent {
-        let mut session = self.by_sid.get(&m.cmcd.sid).cloned().unwrap_or_default();
-        session.learn(m);
-        let mut view = session.view.clone().unwrap_or_else(|| View {
-            view_id: m.cmcd.sid.clone(),
+        let fresh;
+        let session = match self.by_sid.get(&m.cmcd.sid) {
+            Some(s) if m.cdn.is_empty() || s.cdn.as_deref() == Some(m.cdn.as_str()) => s,
+            _ => {
+                let mut s = self.by_sid.get(&m.cmcd.sid).cloned().unwrap_or_default();
+                s.learn(m);
+                fresh = s;
+                &fresh
+            }
+        };
+        let mut view = View {
+            view_id: session
+                .view
+                .as_ref()
+                .map_or_else(|| m.cmcd.sid.clone(), |v| v.view_id.clone()),
             ..View::default()
-        });
+        };
         session.event(&mut view, m, EventType::Heartbeat, m.cmcd.ts)
     }
 

@@ -2,7 +2,7 @@
 //! adds to the additive counters of its window ([`WindowMetrics`], generated from the metric
 //! catalogue in `qoe-schemas`). Pure: no I/O, no clocks.
 
-use qoe_schemas::metrics::{bucket_index, STARTUP_BUCKETS};
+use qoe_schemas::metrics::{bucket_index, STARTUP_BUCKETS, TTFB_BUCKETS};
 use qoe_schemas::{EndReason, EventRef, EventType};
 
 pub use qoe_schemas::metrics::WindowMetrics;
@@ -77,6 +77,19 @@ impl AddEvent for WindowMetrics {
     }
 }
 
+/// The aggregator's rule for the request metrics: one CDN request reported by a player (CMCD
+/// `rr`), with its response status (`0`: none) and time to first byte when reported.
+pub fn add_request(m: &mut WindowMetrics, status: Option<u32>, ttfb_ms: Option<u32>) {
+    m.cdn_requests += 1;
+    if status.is_some_and(|rc| rc == 0 || rc >= 400) {
+        m.cdn_request_errors += 1;
+    }
+    if let Some(t) = ttfb_ms {
+        m.ttfb_ms_sum += u64::from(t);
+        m.ttfb_hist[bucket_index(TTFB_BUCKETS, t)] += 1;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,6 +120,21 @@ mod tests {
         end.reason = Some(EndReason::Exit);
         m.add(&end.borrowed());
         assert_eq!((m.vsf, m.vpf, m.errors, m.ebvs, m.events), (1, 1, 3, 1, 6));
+    }
+
+    #[test]
+    fn requests() {
+        let mut m = WindowMetrics::default();
+        add_request(&mut m, Some(200), Some(40));
+        add_request(&mut m, Some(404), Some(3));
+        add_request(&mut m, Some(0), None);
+        add_request(&mut m, None, Some(5000));
+        assert_eq!(
+            (m.cdn_requests, m.cdn_request_errors, m.ttfb_ms_sum),
+            (4, 2, 5043)
+        );
+        assert_eq!(m.ttfb_hist, [2, 0, 0, 0, 0, 0, 0, 1]);
+        assert_eq!(m.events, 0, "a request is not a QoE event");
     }
 
     #[test]

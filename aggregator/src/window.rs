@@ -23,7 +23,7 @@
 //! events are read borrowed from the message bytes ([`EventRef`]).
 
 use crate::cmcd::{SessionConfig, Sessions};
-use crate::metrics::{AddEvent, WindowMetrics};
+use crate::metrics::{add_request, AddEvent, WindowMetrics};
 use hashbrown::{DefaultHashBuilder, HashMap, HashSet};
 use indexmap::{Equivalent, IndexMap, IndexSet};
 use qoe_schemas::cmcd::CmcdMessage;
@@ -679,6 +679,11 @@ impl<S: BuildHasher + Default> PartitionState<S> {
                 }
             }
             self.derived = derived;
+            if m.cmcd.e == "rr" {
+                let probe = self.sessions.probe_event(m);
+                let (_, slice) = self.batch.intern(&probe.borrowed(), self.config.dimensions);
+                add_request(self.batch.window_row(window, slice), m.cmcd.rc, m.cmcd.ttfb);
+            }
             Outcome::Accepted
         };
         if outcome != Outcome::Accepted {

@@ -34,10 +34,29 @@ pub struct Bucket {
     pub le: Option<u32>,
 }
 
+/// What feeds a metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    /// QoE events (beacons, and CMCD reports turned into events).
+    Events,
+    /// Per-request reports (CMCD `rr`: response received), which beacons do not carry.
+    Requests,
+}
+
+impl Input {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Input::Events => "events",
+            Input::Requests => "requests",
+        }
+    }
+}
+
 /// One catalogue entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Metric {
     pub name: &'static str,
+    pub input: Input,
     /// ClickHouse type of each of its columns.
     pub clickhouse_type: &'static str,
     pub rollup: Rollup,
@@ -116,6 +135,15 @@ macro_rules! field_type {
     (histogram $($col:ident)+) => { [u64; count!($($col)+)] };
 }
 
+macro_rules! input {
+    () => {
+        Input::Events
+    };
+    (requests) => {
+        Input::Requests
+    };
+}
+
 macro_rules! rollup {
     (sum) => {
         Rollup::Sum
@@ -138,13 +166,14 @@ macro_rules! window_metrics {
     ($(
         $(#[doc = $doc:literal])+
         $field:ident: $rollup:ident $($buckets:ident [$($col:ident = $le:tt),+ $(,)?])?,
-            unit = $unit:literal, per_view = $per_view:literal;
+            unit = $unit:literal, per_view = $per_view:literal $(, input = $input:ident)?;
     )+) => {
         $(bucket_consts!($rollup $($field $buckets $($col = $le)+)?);)+
 
         /// Every window metric, in the column order of the window tables.
         pub const WINDOW_METRICS: &[Metric] = &[$(Metric {
             name: stringify!($field),
+            input: input!($($input)?),
             clickhouse_type: "UInt64",
             rollup: rollup!($rollup $($buckets)?),
             per_view: $per_view,
@@ -227,6 +256,17 @@ window_metrics! {
     /// Plays whose startup time is unknown (`first_frame` without `startup_ms`): counted in
     /// `plays`, left out of `startup_ms_sum` and the startup histogram.
     startup_unknown: sum, unit = "views", per_view = false;
+    /// CDN requests reported by players (CMCD `rr`: manifests and segments).
+    cdn_requests: sum, unit = "requests", per_view = false, input = requests;
+    /// CDN requests that failed: a response status of 400 or more, or none (`rc` 0).
+    cdn_request_errors: sum, unit = "requests", per_view = false, input = requests;
+    /// Sum of the time to first byte of requests that report one.
+    ttfb_ms_sum: sum, unit = "ms", per_view = false, input = requests;
+    /// Requests per time-to-first-byte bucket (inclusive upper bounds in ms).
+    ttfb_hist: histogram TTFB_BUCKETS [
+        ttfb_le_50 = 50, ttfb_le_100 = 100, ttfb_le_200 = 200, ttfb_le_400 = 400,
+        ttfb_le_800 = 800, ttfb_le_1600 = 1600, ttfb_le_3200 = 3200, ttfb_le_inf = inf,
+    ], unit = "requests", per_view = false, input = requests;
 }
 
 /// Number of columns of [`WINDOW_COLUMNS`].
@@ -271,6 +311,7 @@ pub const WINDOW_COLUMNS: [&str; WINDOW_COLUMN_COUNT] = {
 /// states in [`ACTIVE_VIEWS_TABLE`].
 pub const ACTIVE_VIEWS: Metric = Metric {
     name: "active_views",
+    input: Input::Events,
     clickhouse_type: "AggregateFunction(uniqExact, String)",
     rollup: Rollup::DistinctAtBaseGrain,
     per_view: false,
@@ -288,6 +329,13 @@ pub const WINDOW_TABLES: [(&str, u32); 3] = [
 
 /// The slice dimensions of every window row, in key order.
 pub const DIMENSIONS: [&str; 5] = ["region", "cdn", "stream_type", "platform", "stream_id"];
+
+/// The catalogue entry a window column belongs to (a histogram's bucket columns belong to it).
+pub fn metric_of_column(column: &str) -> Option<&'static Metric> {
+    WINDOW_METRICS
+        .iter()
+        .find(|m| m.columns().contains(&column))
+}
 
 /// Position of a column in [`WINDOW_COLUMNS`].
 pub fn column_index(column: &str) -> Option<usize> {
@@ -307,6 +355,7 @@ pub fn catalogue_json() -> String {
                 Rollup::DistinctAtBaseGrain => "distinct_base_grain",
             },
             "per_view": m.per_view,
+            "input": m.input.as_str(),
             "unit": m.unit,
             "doc": m.doc.trim(),
             "columns": m.columns(),
@@ -334,7 +383,7 @@ pub fn catalogue_json() -> String {
                   Regenerate with: make metrics-json",
         "dimensions": DIMENSIONS,
         "window_tables": WINDOW_TABLES.iter().map(|(t, s)| json!({"table": t, "grain_s": s})).collect::<Vec<_>>(),
-        "window_columns": WINDOW_COLUMNS,
+        "window_columns": WINDOW_COLUMNS.as_slice(),
         "metrics": metrics,
     });
     let mut s = serde_json::to_string_pretty(&doc).unwrap_or_default();

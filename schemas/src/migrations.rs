@@ -42,6 +42,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0004_cmcd_sessions.sql",
         sql: include_str!("../clickhouse/0004_cmcd_sessions.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_request_metrics.sql",
+        sql: include_str!("../clickhouse/0005_request_metrics.sql"),
+    },
 ];
 
 /// A ClickHouse server version, as `SELECT version()` reports it (`18.16.1`, `25.3.2.39`).

@@ -117,7 +117,7 @@ def test_uids_unique_and_data_source_provisioned():
             assert v["datasource"]["uid"] == DS_UID
 
     rules = alert_rules()
-    assert len({r["uid"] for r in rules}) == len(rules) == 5
+    assert len({r["uid"] for r in rules}) == len(rules) == 6
     for r in rules:
         [query] = [q for q in r["data"] if q["datasourceUid"] != "__expr__"]
         assert query["datasourceUid"] == DS_UID == query["model"]["datasource"]["uid"]
@@ -159,6 +159,16 @@ def ch(database, sql, fmt="JSON"):
     except urllib.error.HTTPError as e:
         raise AssertionError(f"ClickHouse rejected the query: {e.read().decode()}\n{sql}") from None
     return json.loads(body) if fmt == "JSON" else body
+
+
+def ch_exec(database, sql):
+    """A statement with no result (DDL, INSERT ... VALUES)."""
+    req = urllib.request.Request(f"{CH}/?database={database}", data=sql.encode())
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            r.read()
+    except urllib.error.HTTPError as e:
+        raise AssertionError(f"ClickHouse rejected the statement: {e.read().decode()}\n{sql}") from None
 
 
 def free_port():
@@ -327,6 +337,36 @@ def test_alerts_stay_quiet_without_the_incident(data):
     for rule in alert_rules():
         fired = evaluations(data, data["baseline"], rule)
         assert not fired, f"{rule['uid']} fired without an incident: {fired}"
+
+
+def test_cdn_request_error_rule_fires_for_the_failing_cdn_only(data):
+    """The simulator's beacons carry no request reports (CMCD players send them), so this rule
+    is proven on request rows written for it: in the hour before, two CDNs of a region answer
+    0.5% of requests with errors; then one of them fails 20% for 10 minutes."""
+    [rule] = [r for r in alert_rules() if r["uid"] == "qoe-cdn-request-errors"]
+    [query] = [q for q in rule["data"] if q["datasourceUid"] == DS_UID]
+    rng = query["relativeTimeRange"]
+    database = f"test_dash_requests_{uuid.uuid4().hex[:8]}"
+    ch_exec("default", f"CREATE DATABASE {database}")
+    ch_exec(database, f"CREATE TABLE qoe_window_1m AS {data['incident']}.qoe_window_1m")
+    t = data["start"] + 3 * 3600 // 2  # evaluated at this instant
+    rows = []
+    for minute in range(t - 3600 - rng["from"], t - rng["to"], 60):
+        minute -= minute % 60
+        current = minute >= t - rng["from"]
+        for cdn in ("cdn-a", "cdn-b"):
+            errors = 200 if current and cdn == "cdn-b" else 5
+            rows.append(f"({minute}, 'eu-west', '{cdn}', 1000, {errors})")
+    ch_exec(database, "INSERT INTO qoe_window_1m (window_start, region, cdn, cdn_requests, "
+                      "cdn_request_errors) VALUES " + ", ".join(rows))
+    result = ch(database, expand(query["model"]["rawSql"], t - rng["from"], t - rng["to"]))
+    fired = [(r["region"], r["cdn"], float(r["value"])) for r in result["data"]]
+    assert [f[:2] for f in fired] == [("eu-west", "cdn-b")], fired
+    assert 19 <= fired[0][2] <= 21, fired
+    # One hour later, with nothing new, the rule is quiet (no current traffic).
+    later = t + 3600
+    result = ch(database, expand(query["model"]["rawSql"], later - rng["from"], later - rng["to"]))
+    assert not result["data"]
 
 
 def test_alert_queries_run_on_current_clickhouse(data, chdb_session):

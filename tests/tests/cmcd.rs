@@ -84,6 +84,10 @@ async fn per_cdn(db: &str) -> BTreeMap<String, BTreeMap<&'static str, u64>> {
         "seeks",
         "duplicate_events",
         "late_events",
+        "cdn_requests",
+        "cdn_request_errors",
+        "ttfb_ms_sum",
+        "ttfb_le_50",
     ];
     let sums: Vec<String> = columns.iter().map(|c| format!("sum({c})")).collect();
     let rows = clickhouse_query(
@@ -190,6 +194,10 @@ async fn reports_of_real_player_shapes_become_views() {
         false,
         &[
             (0, "e=ps,sta=s"),
+            (
+                10,
+                "e=rr,url=\"https://other.example.org/live/master.m3u8\",rc=404,ttfb=12,ot=m",
+            ),
             (15, "e=ps,sta=f"),
             (18, "e=e,ec=(\"manifestLoadError\")"),
         ],
@@ -237,7 +245,7 @@ async fn reports_of_real_player_shapes_become_views() {
         );
     }
     assert!(
-        m.contains("qoe_collector_cmcd_reports_accepted_total 24"),
+        m.contains("qoe_collector_cmcd_reports_accepted_total 25"),
         "{m}"
     );
     // Not CMCD: refused (a client bug, not a temporary problem).
@@ -284,6 +292,11 @@ async fn reports_of_real_player_shapes_become_views() {
             ("seeks", 0),
             ("duplicate_events", 5),
             ("late_events", 0),
+            // Segment requests of hls-a (ttfb 40 and 35 ms) and dash-c's manifest (no ttfb).
+            ("cdn_requests", 3),
+            ("cdn_request_errors", 0),
+            ("ttfb_ms_sum", 75),
+            ("ttfb_le_50", 2),
         ])
     );
     assert_eq!(
@@ -307,6 +320,11 @@ async fn reports_of_real_player_shapes_become_views() {
             ("seeks", 0),
             ("duplicate_events", 0),
             ("late_events", 0),
+            // hls-b's manifest request: 404.
+            ("cdn_requests", 1),
+            ("cdn_request_errors", 1),
+            ("ttfb_ms_sum", 12),
+            ("ttfb_le_50", 1),
         ])
     );
 
