@@ -419,7 +419,10 @@ pub fn parse_line(line: &str, received_at: i64, limits: &Limits) -> Result<Parse
             return Err(LineError::Version(v));
         }
     }
-    let e = m.text(Key::E).ok_or(LineError::Missing("e"))?;
+    let e = m
+        .text(Key::E)
+        .filter(|e| !e.trim().is_empty())
+        .ok_or(LineError::Missing("e"))?;
     let e = bounded_text(e, "e", 16)?;
     let ts = m
         .int(Key::Ts)
@@ -595,6 +598,7 @@ mod tests {
             ("not a dictionary(".to_owned(), "syntax"),
             (format!("e=ps,ts={NOW},sid=\"s\",v=3"), "version"),
             (format!("ts={NOW},sid=\"s\""), "missing_key"),
+            (format!("e=\"\",ts={NOW},sid=\"s\""), "missing_key"),
             ("e=ps,sid=\"s\"".to_owned(), "missing_key"),
             (format!("e=ps,ts={NOW}"), "missing_key"),
             (format!("e=ps,ts={NOW},sid=\"has space\""), "sid"),
