@@ -584,16 +584,17 @@ impl<S: BuildHasher + Default> PartitionState<S> {
             self.views.release(view);
             return false;
         }
-        self.open
-            .entry(window)
-            .or_insert_with(|| OpenWindow {
-                first_offset: offset,
-                keys: Vec::new(),
-                reports: Vec::new(),
-            })
-            .keys
-            .push(key);
+        self.open_window(window, offset).keys.push(key);
         true
+    }
+
+    /// The open window's tracking state, created with `offset` as its first message.
+    fn open_window(&mut self, window: i64, offset: i64) -> &mut OpenWindow {
+        self.open.entry(window).or_insert_with(|| OpenWindow {
+            first_offset: offset,
+            keys: Vec::new(),
+            reports: Vec::new(),
+        })
     }
 
     /// Records a CMCD report as accepted in `window`; false if it already was.
@@ -606,15 +607,7 @@ impl<S: BuildHasher + Default> PartitionState<S> {
             return false;
         }
         self.reports_seen.insert(key.clone());
-        self.open
-            .entry(window)
-            .or_insert_with(|| OpenWindow {
-                first_offset: offset,
-                keys: Vec::new(),
-                reports: Vec::new(),
-            })
-            .reports
-            .push(key);
+        self.open_window(window, offset).reports.push(key);
         true
     }
 

@@ -14,13 +14,7 @@ use qoe_schemas::Limits;
 /// parameters; a missing type is accepted.
 pub fn check_content_type(value: Option<&str>) -> Result<(), IngestError> {
     let Some(value) = value else { return Ok(()) };
-    let essence = value
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    match essence.as_str() {
+    match crate::ingest::media_type_essence(value).as_str() {
         "application/cmcd" | "text/cmcd" | "text/plain" | "" => Ok(()),
         _ => Err(IngestError::UnsupportedMediaType(
             value.chars().take(64).collect(),

@@ -279,13 +279,7 @@ async fn post_beacons(
         accepted = tracing::field::Empty,
         rejected = tracing::field::Empty,
     );
-    let header_pairs: Vec<(&str, &str)> = headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .map(|v| vec![("traceparent", v)])
-        .unwrap_or_default();
-    qoe_telemetry::extract(&span, &header_pairs);
-    let traceparent = qoe_telemetry::traceparent(&span);
+    let traceparent = continue_client_trace(&span, &headers);
     let mut response = handle_beacon(
         &state,
         peer,
@@ -296,10 +290,26 @@ async fn post_beacons(
     )
     .instrument(span)
     .await;
+    answer_with_trace(&mut response, traceparent);
+    response
+}
+
+/// Makes `span` a child of the client's `traceparent`, if it sent one; returns the span's own
+/// traceparent, which travels to Kafka and back to the client.
+fn continue_client_trace(span: &tracing::Span, headers: &HeaderMap) -> Option<String> {
+    let header_pairs: Vec<(&str, &str)> = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| vec![("traceparent", v)])
+        .unwrap_or_default();
+    qoe_telemetry::extract(span, &header_pairs);
+    qoe_telemetry::traceparent(span)
+}
+
+fn answer_with_trace(response: &mut Response, traceparent: Option<String>) {
     if let Some(tp) = traceparent.and_then(|tp| HeaderValue::from_str(&tp).ok()) {
         response.headers_mut().insert("traceparent", tp);
     }
-    response
 }
 
 /// A request that passed the checks every ingest route shares, with its body read: the
@@ -491,14 +501,8 @@ async fn post_cmcd(
         accepted = tracing::field::Empty,
         rejected = tracing::field::Empty,
     );
-    let header_pairs: Vec<(&str, &str)> = headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .map(|v| vec![("traceparent", v)])
-        .unwrap_or_default();
-    qoe_telemetry::extract(&span, &header_pairs);
-    let traceparent = qoe_telemetry::traceparent(&span);
-    handle_cmcd(
+    let traceparent = continue_client_trace(&span, &headers);
+    let mut response = handle_cmcd(
         &state,
         peer,
         query,
@@ -507,7 +511,9 @@ async fn post_cmcd(
         traceparent.as_deref(),
     )
     .instrument(span)
-    .await
+    .await;
+    answer_with_trace(&mut response, traceparent);
+    response
 }
 
 /// `POST /v1/cmcd`: statuses as players act on them (CTA-5004-B §5-6): 204 when the valid

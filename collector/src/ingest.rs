@@ -53,18 +53,23 @@ pub fn truncate_reason(s: &str, max: usize) -> String {
 /// any parameters; a missing type is treated as JSON.
 pub fn check_content_type(value: Option<&str>) -> Result<(), IngestError> {
     let Some(value) = value else { return Ok(()) };
-    let essence = value
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    match essence.as_str() {
+    match media_type_essence(value).as_str() {
         "application/json" | "text/plain" | "" => Ok(()),
         _ => Err(IngestError::UnsupportedMediaType(
             value.chars().take(64).collect(),
         )),
     }
+}
+
+/// A Content-Type without its parameters, lower-cased: `Text/Plain; charset=utf-8` is
+/// `text/plain`.
+pub fn media_type_essence(value: &str) -> String {
+    value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
 }
 
 /// Where the collector's own region knowledge comes from; the envelope's claim is the fallback.
