@@ -1,10 +1,12 @@
 //! The consumer-group loop: one thread owns the Kafka consumer and every partition's state.
 //!
 //! - On assignment, each partition resumes from its ClickHouse checkpoint (not from Kafka's
-//!   committed offsets, which are only advisory): messages between the checkpoint's
-//!   `state_offset` and `next_offset` rebuild duplicate-tracking state, later ones are
-//!   aggregated. Without a checkpoint a partition starts at the beginning (or the end, if
-//!   configured).
+//!   committed offsets, which are only advisory): the partition's state (views, CMCD
+//!   sessions) comes from the latest checkpoint that carries a snapshot (written every
+//!   `snapshot_interval`); messages between that checkpoint's `state_offset` and `next_offset`
+//!   rebuild CMCD duplicate tracking, messages from there up to the latest checkpoint are
+//!   processed again without output, later ones are aggregated. Without a checkpoint a
+//!   partition starts at the beginning (or the end, if configured).
 //! - Every `flush_interval` (or when a batch grows large) each partition's batch is written
 //!   with its checkpoint ([`crate::writer`]), all partitions concurrently. Kafka offsets are
 //!   committed after that, for lag monitoring only.
@@ -36,6 +38,8 @@ pub struct ConsumerConfig {
     pub topic: String,
     pub window: WindowConfig,
     pub flush_interval: Duration,
+    /// How often a partition's checkpoint carries its state snapshot.
+    pub snapshot_interval: Duration,
     pub max_batch_rows: usize,
     pub start_from_latest: bool,
     pub kafka_options: Vec<(String, String)>,
@@ -51,6 +55,8 @@ struct Slot {
     /// A batch whose write failed, with the id of its last attempt: retried as is (after
     /// checking whether that attempt committed after all) before anything newer is written.
     unacked: Option<(Batch, Checkpoint, u64)>,
+    /// When the last checkpoint with a state snapshot was taken (none yet: the next one).
+    last_snapshot: Option<Instant>,
 }
 
 /// State shared between the loop and the rebalance callback (both run on the loop thread).
@@ -90,11 +96,41 @@ impl Shared {
         })
     }
 
-    /// Builds a partition's slot from its checkpoint; returns it with the offset to fetch from.
+    /// The latest checkpoint of a partition and the one holding the state it resumes from.
+    async fn resume_points(
+        &self,
+        partition: i32,
+    ) -> Result<Option<(Checkpoint, Checkpoint)>, WriteError> {
+        let Some(latest) = self.writer.checkpoint(partition).await? else {
+            return Ok(None);
+        };
+        // 0: written before snapshots were named; resume from the latest as it is.
+        if latest.snapshot_offset == latest.next_offset || latest.snapshot_offset == 0 {
+            return Ok(Some((latest.clone(), latest)));
+        }
+        let read = self.writer.checkpoint_at(partition, latest.snapshot_offset);
+        let base = tokio::time::timeout(WRITE_TIMEOUT, read)
+            .await
+            .unwrap_or(Err(WriteError::Timeout(WRITE_TIMEOUT)))?;
+        Ok(Some(match base {
+            Some(base) => (latest, base),
+            None => {
+                tracing::error!(
+                    partition,
+                    snapshot_offset = latest.snapshot_offset,
+                    "the checkpoint holding the partition's state is missing: views and CMCD sessions start afresh"
+                );
+                (latest.clone(), latest)
+            }
+        }))
+    }
+
+    /// Builds a partition's slot from its checkpoints; returns it with the offset to fetch
+    /// from.
     fn open_partition(&self, partition: i32) -> (Slot, Offset) {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-        let checkpoint = loop {
-            match self.runtime.block_on(self.writer.checkpoint(partition)) {
+        let points = loop {
+            match self.runtime.block_on(self.resume_points(partition)) {
                 Ok(c) => break c,
                 Err(e) => {
                     let wait = backoff.failed(Instant::now());
@@ -103,23 +139,33 @@ impl Shared {
                 }
             }
         };
-        let plan = source::resume_plan(checkpoint.as_ref(), self.config.start_from_latest);
-        match &checkpoint {
-            Some(c) => tracing::info!(
-                partition,
-                next_offset = c.next_offset,
-                state_offset = c.state_offset,
-                "resuming partition from checkpoint"
-            ),
-            None => {
-                tracing::info!(partition, from = ?plan.fetch, "no checkpoint: starting partition")
+        let plan = source::resume_plan(
+            points.as_ref().map(|(_, base)| base),
+            self.config.start_from_latest,
+        );
+        let state = match points {
+            Some((latest, base)) => {
+                tracing::info!(
+                    partition,
+                    next_offset = latest.next_offset,
+                    snapshot_offset = base.next_offset,
+                    state_offset = base.state_offset,
+                    "resuming partition from checkpoint"
+                );
+                let discard_until = latest.next_offset;
+                PartitionState::new(self.config.window, Some(base)).discarding_until(discard_until)
             }
-        }
+            None => {
+                tracing::info!(partition, from = ?plan.fetch, "no checkpoint: starting partition");
+                PartitionState::new(self.config.window, None)
+            }
+        };
         let slot = Slot {
-            state: PartitionState::new(self.config.window, checkpoint),
+            state,
             plan,
             traceparents: Vec::new(),
             unacked: None,
+            last_snapshot: None,
         };
         (slot, offset(plan.fetch))
     }
@@ -150,7 +196,14 @@ impl Shared {
         if slot.state.pending().is_empty() {
             return Ok(committed);
         }
-        let (batch, checkpoint) = slot.state.take_batch();
+        let with_snapshot = slot
+            .last_snapshot
+            .is_none_or(|at| at.elapsed() >= self.config.snapshot_interval);
+        let (batch, checkpoint) = slot.state.take_batch(with_snapshot);
+        if with_snapshot {
+            slot.last_snapshot = Some(Instant::now());
+            metrics::histogram!(names::STATE_SNAPSHOT_BYTES).record(checkpoint.state.len() as f64);
+        }
         let next = checkpoint.next_offset;
         self.write_batch(partition, slot, batch, checkpoint).await?;
         Ok(Some(next))
@@ -382,6 +435,8 @@ fn handle_message(shared: &Shared, m: &rdkafka::message::BorrowedMessage<'_>) {
     if matches!(route, Route::Ignore | Route::AlreadyProcessed) {
         return;
     }
+    // Re-processed after a restart to rebuild state: counted before, not again.
+    let count = !slot.state.replaying();
     if let Some(payload) = m
         .payload()
         .filter(|p| p.starts_with(qoe_schemas::cmcd::CMCD_MESSAGE_PREFIX))
@@ -394,6 +449,10 @@ fn handle_message(shared: &Shared, m: &rdkafka::message::BorrowedMessage<'_>) {
                 return;
             }
             Ok(report) => slot.state.apply_cmcd(offset, &report),
+            Err(_) if !count => {
+                slot.state.skip(offset);
+                return;
+            }
             Err(_) if route == Route::Restore => return,
             Err(e) => {
                 tracing::warn!(partition = m.partition(), offset, error = %e, "skipping CMCD message that cannot be read");
@@ -402,6 +461,9 @@ fn handle_message(shared: &Shared, m: &rdkafka::message::BorrowedMessage<'_>) {
                 return;
             }
         };
+        if !count {
+            return;
+        }
         metrics::counter!(names::CMCD_REPORTS, "outcome" => match outcome {
             Outcome::Accepted => "accepted",
             Outcome::Late => "late",
@@ -419,13 +481,13 @@ fn handle_message(shared: &Shared, m: &rdkafka::message::BorrowedMessage<'_>) {
         None => None,
     };
     if route == Route::Restore {
-        if let Some(e) = &event {
-            slot.state.restore(offset, e);
-        }
+        // Beacon views come whole from the snapshot; only CMCD tracking is rebuilt.
         return;
     }
     let Some(event) = event else {
-        metrics::counter!(names::EVENTS, "outcome" => "invalid").increment(1);
+        if count {
+            metrics::counter!(names::EVENTS, "outcome" => "invalid").increment(1);
+        }
         slot.state.skip(offset);
         return;
     };
@@ -443,6 +505,9 @@ fn handle_message(shared: &Shared, m: &rdkafka::message::BorrowedMessage<'_>) {
         }
     }
     let outcome = slot.state.apply(offset, &event);
+    if !count {
+        return;
+    }
     metrics::counter!(names::EVENTS, "outcome" => match outcome {
         Outcome::Accepted => "accepted",
         Outcome::Late => "late",
@@ -529,13 +594,19 @@ fn reposition<C: ConsumerContext>(shared: &Shared, consumer: &BaseConsumer<C>) {
 }
 
 fn report_stats(shared: &Shared) {
-    let slots = lock(&shared.slots);
+    let mut slots = lock(&shared.slots);
     let now_ms = qoe_telemetry::process::now_ms();
-    let (mut open, mut tracked, mut sessions) = (0, 0, 0);
-    for (p, slot) in slots.iter() {
+    let (mut open, mut tracked, mut sessions, mut views) = (0, 0, 0, 0);
+    for (p, slot) in slots.iter_mut() {
         open += slot.state.open_windows();
         sessions += slot.state.sessions();
-        tracked += slot.state.tracked_events();
+        tracked += slot.state.tracked_reports();
+        views += slot.state.views();
+        let evicted = slot.state.take_evicted_views();
+        if evicted > 0 {
+            tracing::warn!(partition = p, evicted, "views dropped at the per-partition bound (--max-views-per-partition): their later duplicates may count again");
+            metrics::counter!(names::VIEWS_EVICTED).increment(evicted);
+        }
         let wm = slot.state.watermark();
         if wm > 0 {
             metrics::gauge!(names::WATERMARK_DELAY, "partition" => p.to_string())
@@ -543,7 +614,8 @@ fn report_stats(shared: &Shared) {
         }
     }
     metrics::gauge!(names::OPEN_WINDOWS).set(open as f64);
-    metrics::gauge!(names::TRACKED_EVENTS).set(tracked as f64);
+    metrics::gauge!(names::TRACKED_REPORTS).set(tracked as f64);
+    metrics::gauge!(names::VIEWS_HELD).set(views as f64);
     metrics::gauge!(names::CMCD_SESSIONS).set(sessions as f64);
     metrics::gauge!(names::ASSIGNED_PARTITIONS).set(slots.len() as f64);
 }

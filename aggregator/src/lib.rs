@@ -25,5 +25,6 @@ pub mod names;
 pub mod source;
 pub mod staging;
 pub mod store;
+pub mod views;
 pub mod window;
 pub mod writer;

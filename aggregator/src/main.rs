@@ -68,6 +68,22 @@ struct RunArgs {
     /// Most CMCD sessions held per partition (the least recently heard is dropped beyond it).
     #[arg(long, env = "QOE_CMCD_MAX_SESSIONS", default_value_t = 200_000)]
     cmcd_max_sessions: usize,
+    /// A live beacon view silent for this many seconds (of event time, behind the watermark)
+    /// has ended: its summary gets end reason `timeout`, and its duplicates are no longer
+    /// tracked. Live players report at least every 10-30 s.
+    #[arg(long, env = "QOE_VIEW_TIMEOUT_SECS", default_value_t = 120)]
+    view_timeout_secs: u32,
+    /// The same for VOD views (a paused VOD player may stay silent for longer).
+    #[arg(long, env = "QOE_VOD_VIEW_TIMEOUT_SECS", default_value_t = 600)]
+    vod_view_timeout_secs: u32,
+    /// Most beacon views held per partition; beyond it the least recently heard eighth is
+    /// dropped (counted in qoe_aggregator_views_evicted_total). About 100-150 bytes per view.
+    #[arg(long, env = "QOE_MAX_VIEWS_PER_PARTITION", default_value_t = 500_000)]
+    max_views_per_partition: usize,
+    /// How often a partition's checkpoint carries its state (views, CMCD sessions). A restart
+    /// re-reads at most this much of the partition; larger values store less.
+    #[arg(long, env = "QOE_SNAPSHOT_INTERVAL_SECS", default_value_t = 30)]
+    snapshot_interval_secs: u64,
     /// Optional grouping dimensions besides region and CDN (comma-separated subset of
     /// stream_type, platform, stream_id).
     #[arg(
@@ -216,6 +232,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             timeout_ms: i64::from(args.cmcd_session_timeout_secs.max(1)) * 1000,
             max_sessions: args.cmcd_max_sessions.max(1),
         },
+        views: qoe_aggregator::views::ViewConfig {
+            live_timeout_ms: i64::from(args.view_timeout_secs.max(1)) * 1000,
+            vod_timeout_ms: i64::from(args.vod_view_timeout_secs.max(1)) * 1000,
+            max_views: args.max_views_per_partition.max(1),
+        },
     };
 
     let store = loop {
@@ -240,6 +261,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             topic: args.topic.clone(),
             window,
             flush_interval: Duration::from_millis(args.flush_interval_ms),
+            snapshot_interval: Duration::from_secs(args.snapshot_interval_secs),
             max_batch_rows: args.max_batch_rows,
             start_from_latest: args.start_from == "latest",
             kafka_options: Vec::new(),

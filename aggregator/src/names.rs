@@ -12,7 +12,10 @@ pub const PAUSED: &str = "qoe_aggregator_paused";
 pub const CONSUMER_LAG: &str = "qoe_aggregator_consumer_lag";
 pub const WATERMARK_DELAY: &str = "qoe_aggregator_watermark_delay_seconds";
 pub const OPEN_WINDOWS: &str = "qoe_aggregator_open_windows";
-pub const TRACKED_EVENTS: &str = "qoe_aggregator_tracked_events";
+pub const TRACKED_REPORTS: &str = "qoe_aggregator_tracked_cmcd_reports";
+pub const VIEWS_HELD: &str = "qoe_aggregator_views";
+pub const VIEWS_EVICTED: &str = "qoe_aggregator_views_evicted_total";
+pub const STATE_SNAPSHOT_BYTES: &str = "qoe_aggregator_state_snapshot_bytes";
 pub const ASSIGNED_PARTITIONS: &str = "qoe_aggregator_assigned_partitions";
 
 /// Registers the help text of every metric (call once the recorder is installed).
@@ -28,7 +31,7 @@ pub fn describe() {
     );
     describe_gauge!(
         CMCD_SESSIONS,
-        "CMCD sessions held (stored with each checkpoint), over all partitions"
+        "CMCD sessions held (part of the partition state snapshot), over all partitions"
     );
     describe_histogram!(
         INSERT_SECONDS,
@@ -56,8 +59,20 @@ pub fn describe() {
     );
     describe_gauge!(OPEN_WINDOWS, "Windows not yet final, over all partitions");
     describe_gauge!(
-        TRACKED_EVENTS,
-        "(view, seq) pairs held for duplicate detection, over all partitions"
+        TRACKED_REPORTS,
+        "CMCD reports held for duplicate detection (while their window is open), over all partitions"
+    );
+    describe_gauge!(
+        VIEWS_HELD,
+        "Beacon views held for duplicate detection and timeouts (until silent for the view timeout), over all partitions"
+    );
+    describe_counter!(
+        VIEWS_EVICTED,
+        "Views dropped because a partition held --max-views-per-partition (a dropped view's later copies may count again)"
+    );
+    describe_histogram!(
+        STATE_SNAPSHOT_BYTES,
+        "Size of the partition state snapshots stored with checkpoints"
     );
     describe_gauge!(ASSIGNED_PARTITIONS, "Partitions this instance owns");
 }

@@ -155,7 +155,8 @@ mod tests {
             next_offset,
             state_offset,
             max_event_time: 0,
-            sessions: String::new(),
+            snapshot_offset: next_offset,
+            state: String::new(),
         }
     }
 

@@ -34,7 +34,7 @@ const HEAD: [&str; 10] = [
 ];
 
 /// Columns after the metric columns.
-const TAIL: [&str; 17] = [
+const TAIL: [&str; 19] = [
     "player",
     "protocol",
     "first_event_time",
@@ -52,6 +52,8 @@ const TAIL: [&str; 17] = [
     "state_offset",
     "max_event_time",
     "sessions",
+    "snapshot_offset",
+    "state",
 ];
 
 /// Every column of `qoe_staging` (and of `qoe_ingest`) that the pipeline writes, in the
@@ -101,8 +103,12 @@ pub struct StagingRow<'a> {
     pub next_offset: u64,
     pub state_offset: u64,
     pub max_event_time: i64,
-    /// The partition's CMCD session table (checkpoint rows only).
+    /// Legacy column, written empty: the CMCD sessions travel in `state`.
     pub sessions: &'a str,
+    /// `next_offset` of the latest checkpoint carrying a state snapshot (checkpoint rows).
+    pub snapshot_offset: u64,
+    /// The partition's state snapshot, or empty (checkpoint rows only).
+    pub state: &'a str,
 }
 
 impl<'a> StagingRow<'a> {
@@ -136,6 +142,8 @@ impl<'a> StagingRow<'a> {
             state_offset: 0,
             max_event_time: 0,
             sessions: "",
+            snapshot_offset: 0,
+            state: "",
         }
     }
 
@@ -193,6 +201,8 @@ impl<'a> StagingRow<'a> {
         out.extend_from_slice(&self.state_offset.to_le_bytes());
         out.extend_from_slice(&self.max_event_time.to_le_bytes());
         string(out, self.sessions);
+        out.extend_from_slice(&self.snapshot_offset.to_le_bytes());
+        string(out, self.state);
     }
 }
 
@@ -254,13 +264,29 @@ mod tests {
             u64::from_le_bytes(out[seeks_at..seeks_at + 8].try_into().unwrap()),
             2
         );
-        // max_event_time, then the empty session snapshot.
-        assert_eq!(&out[out.len() - 9..out.len() - 1], &(-1i64).to_le_bytes());
+        // max_event_time, the empty legacy sessions, snapshot_offset and the empty state.
+        let tail = out.len() - 1 - 8 - 1;
+        assert_eq!(&out[tail - 8..tail], &(-1i64).to_le_bytes());
+        assert_eq!(out[tail], 0);
         assert_eq!(out[out.len() - 1], 0);
         // Fixed sizes: 8+4+1+4 + 6 strings + metrics + 2 strings + 4+4+1+4 + string + 8
-        // + string + 8 + string + 4 + 8*3 + 8 + string.
-        let expected =
-            17 + (8 + 5) + 8 * WINDOW_COLUMN_COUNT + 2 + 13 + 1 + 8 + 1 + 8 + 1 + 4 + 24 + 8 + 1;
+        // + string + 8 + string + 4 + 8*3 + 8 + string + 8 + string.
+        let expected = 17
+            + (8 + 5)
+            + 8 * WINDOW_COLUMN_COUNT
+            + 2
+            + 13
+            + 1
+            + 8
+            + 1
+            + 8
+            + 1
+            + 4
+            + 24
+            + 8
+            + 1
+            + 8
+            + 1;
         assert_eq!(out.len(), expected);
     }
 

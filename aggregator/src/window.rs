@@ -24,11 +24,13 @@
 
 use crate::cmcd::{SessionConfig, Sessions};
 use crate::metrics::{add_request, AddEvent, WindowMetrics};
+use crate::views::{SilentView, ViewConfig, Views};
 use hashbrown::{DefaultHashBuilder, HashMap, HashSet};
 use indexmap::{Equivalent, IndexMap, IndexSet};
 use qoe_schemas::cmcd::CmcdMessage;
 use qoe_schemas::QoeEvent;
 use qoe_schemas::{EventRef, EventType, StreamType};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
 
@@ -71,6 +73,8 @@ pub struct WindowConfig {
     pub dimensions: Dimensions,
     /// CMCD session timeout and bound.
     pub sessions: SessionConfig,
+    /// Beacon view timeouts and bound.
+    pub views: ViewConfig,
 }
 
 impl Default for WindowConfig {
@@ -80,6 +84,7 @@ impl Default for WindowConfig {
             allowed_lateness_ms: 30_000,
             dimensions: Dimensions::default(),
             sessions: SessionConfig::default(),
+            views: ViewConfig::default(),
         }
     }
 }
@@ -108,7 +113,7 @@ impl Slice {
 }
 
 /// Where and how a view plays: the context the collector copies into each of its events.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Context {
     pub region: String,
     pub cdn: String,
@@ -122,7 +127,7 @@ pub struct Context {
 /// A [`Context`] borrowed from an event: finding a known one allocates nothing. Hashes like
 /// `Context` (same fields, same order; `String` hashes like `str`).
 #[derive(Hash)]
-struct ContextRef<'a> {
+pub(crate) struct ContextRef<'a> {
     region: &'a str,
     cdn: &'a str,
     stream_type: StreamType,
@@ -133,7 +138,19 @@ struct ContextRef<'a> {
 }
 
 impl<'a> ContextRef<'a> {
-    fn of(e: &'a EventRef<'_>) -> Self {
+    pub(crate) fn from_context(c: &'a Context) -> Self {
+        ContextRef {
+            region: &c.region,
+            cdn: &c.cdn,
+            stream_type: c.stream_type,
+            platform: &c.platform,
+            stream_id: &c.stream_id,
+            player: &c.player,
+            protocol: &c.protocol,
+        }
+    }
+
+    pub(crate) fn of(e: &'a EventRef<'_>) -> Self {
         ContextRef {
             region: &e.region,
             cdn: &e.cdn,
@@ -145,7 +162,7 @@ impl<'a> ContextRef<'a> {
         }
     }
 
-    fn owned(&self) -> Context {
+    pub(crate) fn owned(&self) -> Context {
         Context {
             region: self.region.to_owned(),
             cdn: self.cdn.to_owned(),
@@ -295,7 +312,10 @@ impl Batch {
 
     /// Indices of the event's context and slice, interned on first use.
     fn intern(&mut self, e: &EventRef<'_>, d: Dimensions) -> (u32, u32) {
-        let key = ContextRef::of(e);
+        self.intern_context(ContextRef::of(e), d)
+    }
+
+    fn intern_context(&mut self, key: ContextRef<'_>, d: Dimensions) -> (u32, u32) {
         if let Some((i, _, &slice)) = self.contexts.get_full(&key) {
             return (i as u32, slice);
         }
@@ -309,21 +329,25 @@ impl Batch {
         self.windows.entry((window, slice)).or_default()
     }
 
-    /// Marks a view that went silent as ended by `timeout` in its summary (no window metric:
-    /// silence is not an event). `e` carries the view's context and its last report's time.
-    fn end_silent_view(&mut self, context: u32, e: &EventRef<'_>) {
-        let view = match self.views.get_full_mut(&*e.view_id) {
+    /// Marks a view that went silent as ended by `timeout` at `last_time` in its summary (no
+    /// window metric: silence is not an event, and no EBVS).
+    fn end_silent_view(&mut self, view_id: &str, context: u32, last_time: i64) {
+        let view = match self.views.get_full_mut(view_id) {
             Some((_, _, v)) => v,
             None => {
-                let (i, _) = self
-                    .views
-                    .insert_full(e.view_id.to_string(), ViewPartial::new(context, e));
+                let partial = ViewPartial {
+                    context,
+                    first_event_time: last_time,
+                    last_event_time: last_time,
+                    ..ViewPartial::default()
+                };
+                let (i, _) = self.views.insert_full(view_id.to_owned(), partial);
                 &mut self.views[i]
             }
         };
         if view.end_reason.is_empty() {
             view.end_reason = "timeout";
-            view.end_time = e.event_time;
+            view.end_time = last_time;
         }
     }
 
@@ -352,12 +376,29 @@ pub struct Checkpoint {
     pub from_offset: i64,
     /// Offset of the next message to process.
     pub next_offset: i64,
-    /// Replay from here to rebuild duplicate-tracking state (first offset of an open window).
+    /// Replay from here to rebuild CMCD duplicate tracking (first offset of an open window).
     pub state_offset: i64,
     /// Watermark input: the largest clamped event time seen.
     pub max_event_time: i64,
-    /// The CMCD session table ([`Sessions::snapshot`]); empty without CMCD traffic.
-    pub sessions: String,
+    /// `next_offset` of the latest checkpoint that carries a state snapshot (this one's own
+    /// when `state` is set).
+    pub snapshot_offset: i64,
+    /// The partition's state as of `next_offset` ([`PartitionState::snapshot`]): beacon views
+    /// and CMCD sessions. Written every few seconds, not with every batch; empty in between.
+    pub state: String,
+}
+
+impl Checkpoint {
+    pub fn has_snapshot(&self) -> bool {
+        !self.state.is_empty()
+    }
+}
+
+/// The long-lived state of a partition, as stored in a checkpoint.
+#[derive(Debug, Serialize, Deserialize)]
+struct Snapshot {
+    views: crate::views::Stored,
+    sessions: Sessions,
 }
 
 /// How one message was classified.
@@ -371,7 +412,6 @@ pub enum Outcome {
 #[derive(Debug, Default)]
 struct OpenWindow {
     first_offset: i64,
-    keys: Vec<(u32, u32)>,
     /// CMCD reports accepted in this window, for deduplication.
     reports: Vec<ReportKey>,
 }
@@ -380,22 +420,22 @@ struct OpenWindow {
 /// it): the interned sid, `ts`, `sn` and the event type.
 type ReportKey = (u32, i64, i64, Box<str>);
 
-/// The view ids of tracked events, interned: duplicate tracking compares the ids themselves,
-/// so no hash collision (crafted or accidental) can make one view's events pass for another's,
-/// while each tracked `(view, seq)` costs two integers. An id is held while any of its events
-/// is tracked; the hasher only places ids in the table.
+/// The sids of tracked CMCD reports, interned: duplicate tracking compares the ids
+/// themselves, so no hash collision (crafted or accidental) can make one session's reports
+/// pass for another's. An id is held while any of its reports is tracked; the hasher only
+/// places ids in the table.
 #[derive(Debug)]
-struct ViewIds<S> {
+struct Sids<S> {
     table: hashbrown::HashTable<u32>,
-    /// Per slot: the id and how many tracked events refer to it (0: free).
+    /// Per slot: the id and how many tracked reports refer to it (0: free).
     slots: Vec<(Box<str>, u32)>,
     free: Vec<u32>,
     hasher: S,
 }
 
-impl<S: BuildHasher + Default> Default for ViewIds<S> {
+impl<S: BuildHasher + Default> Default for Sids<S> {
     fn default() -> Self {
-        ViewIds {
+        Sids {
             table: hashbrown::HashTable::new(),
             slots: Vec::new(),
             free: Vec::new(),
@@ -404,7 +444,7 @@ impl<S: BuildHasher + Default> Default for ViewIds<S> {
     }
 }
 
-impl<S: BuildHasher> ViewIds<S> {
+impl<S: BuildHasher> Sids<S> {
     /// The slot of `id`, with one more reference.
     fn acquire(&mut self, id: &str) -> u32 {
         let hash = self.hasher.hash_one(id);
@@ -443,32 +483,39 @@ impl<S: BuildHasher> ViewIds<S> {
         slot.0 = Box::default();
         self.free.push(i);
     }
-
-    #[cfg(test)]
-    fn id(&self, i: u32) -> &str {
-        &self.slots[i as usize].0
-    }
 }
 
-/// State of one partition. `S` hashes view ids into the interning table (tests use a hasher
-/// under which every id collides).
+/// State of one partition. `S` hashes view ids and sids (tests use a hasher under which
+/// every id collides).
 #[derive(Debug)]
 pub struct PartitionState<S = DefaultHashBuilder> {
     config: WindowConfig,
     max_event_time: i64,
+    /// Windows with tracked CMCD reports.
     open: BTreeMap<i64, OpenWindow>,
-    views: ViewIds<S>,
-    seen: HashSet<(u32, u32)>,
+    sids: Sids<S>,
     reports_seen: HashSet<ReportKey>,
+    /// Beacon views: duplicates over their whole life, timeouts.
+    views: Views<S>,
     batch: Batch,
     batch_from: i64,
     next_offset: i64,
     sessions: Sessions,
-    /// The watermark's window index when sessions were last expired.
+    /// The watermark's window index when views and sessions were last expired.
     expired_at: i64,
+    /// Messages below this offset are re-processed to rebuild state after a restart from an
+    /// older snapshot; their rows were written before and are discarded.
+    discard_until: i64,
+    snapshot_offset: i64,
     /// Events made from one CMCD report (reused buffer).
     derived: Vec<QoeEvent>,
+    silent: Vec<SilentView>,
 }
+
+/// Why a stored state cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("unreadable partition state snapshot: {0}")]
+pub struct SnapshotError(String);
 
 impl PartitionState {
     /// A partition starting at `checkpoint` (or at `offset` 0 with nothing seen).
@@ -478,67 +525,133 @@ impl PartitionState {
 }
 
 impl<S: BuildHasher + Default> PartitionState<S> {
-    /// As [`PartitionState::new`], with `S` hashing the interned view ids.
+    /// As [`PartitionState::new`], with `S` hashing the interned ids. The checkpoint's state
+    /// snapshot, if any, is restored; one this build cannot read (a bug or a downgrade) is
+    /// logged and the state starts afresh rather than refusing to consume.
     pub fn with_hasher(config: WindowConfig, checkpoint: Option<Checkpoint>) -> Self {
-        let (next, max, sessions) = checkpoint
-            .map(|c| {
-                // A snapshot this build cannot read is a bug or a downgrade: start the
-                // sessions afresh rather than refuse to consume (their next reports open views).
-                let sessions = Sessions::restore(&c.sessions).unwrap_or_else(|e| {
-                    tracing::error!(error = %e, "unreadable CMCD session snapshot; sessions start afresh");
-                    Sessions::default()
-                });
-                (c.next_offset, c.max_event_time, sessions)
-            })
-            .unwrap_or((0, i64::MIN, Sessions::default()));
-        PartitionState {
+        let mut p = PartitionState {
             config,
-            max_event_time: max,
+            max_event_time: i64::MIN,
             open: BTreeMap::new(),
-            views: ViewIds::default(),
-            seen: HashSet::new(),
+            sids: Sids::default(),
             reports_seen: HashSet::new(),
+            views: Views::default(),
             batch: Batch::default(),
-            batch_from: next,
-            next_offset: next,
-            sessions,
+            batch_from: 0,
+            next_offset: 0,
+            sessions: Sessions::default(),
             expired_at: i64::MIN,
+            discard_until: 0,
+            snapshot_offset: 0,
             derived: Vec::new(),
+            silent: Vec::new(),
+        };
+        if let Some(c) = checkpoint {
+            p.max_event_time = c.max_event_time;
+            p.next_offset = c.next_offset;
+            p.batch_from = c.next_offset;
+            if c.has_snapshot() {
+                if let Err(e) = p.restore_snapshot(&c.state) {
+                    tracing::error!(error = %e, "partition state starts afresh");
+                }
+                p.snapshot_offset = c.next_offset;
+            }
         }
-        .with_expiry_mark()
+        p.expired_at = p.watermark().div_euclid(p.config.window_ms);
+        p
     }
 
-    /// Where the last expiry happened, as of the restored watermark: the run that wrote the
-    /// checkpoint expired sessions when its watermark entered that window.
-    fn with_expiry_mark(mut self) -> Self {
-        self.expired_at = self.watermark().div_euclid(self.config.window_ms);
+    fn restore_snapshot(&mut self, state: &str) -> Result<(), SnapshotError> {
+        match serde_json::from_str::<Snapshot>(state) {
+            Ok(s) => {
+                self.views = Views::from_stored(s.views).map_err(SnapshotError)?;
+                self.sessions = s.sessions;
+                Ok(())
+            }
+            // Checkpoints written before views were tracked hold the CMCD sessions alone.
+            Err(e) => match Sessions::restore(state) {
+                Ok(sessions) => {
+                    self.sessions = sessions;
+                    Ok(())
+                }
+                Err(_) => Err(SnapshotError(e.to_string())),
+            },
+        }
+    }
+
+    /// The partition's long-lived state (views and sessions), as stored in a checkpoint.
+    pub fn snapshot(&self) -> String {
+        let s = Snapshot {
+            views: self.views.to_stored(),
+            sessions: self.sessions.clone(),
+        };
+        // Plain data (strings, numbers, maps with string keys) always serializes.
+        serde_json::to_string(&s).unwrap_or_default()
+    }
+
+    /// Re-processes the messages below `offset` without output: after a restart from a
+    /// snapshot older than the latest checkpoint, they rebuild the state that checkpoint
+    /// had, and their rows are in ClickHouse already.
+    pub fn discarding_until(mut self, offset: i64) -> Self {
+        self.discard_until = offset;
         self
     }
 
-    /// Moves the watermark input and expires CMCD sessions when the watermark enters a new
-    /// window.
+    /// Whether the next message only rebuilds state (see [`Self::discarding_until`]).
+    pub fn replaying(&self) -> bool {
+        self.next_offset < self.discard_until
+    }
+
+    /// Ends a message's processing: while replaying, what it added to the batch goes.
+    fn settle(&mut self) {
+        if self.next_offset <= self.discard_until {
+            self.batch = Batch::default();
+            self.batch_from = self.next_offset;
+        }
+    }
+
+    /// Moves the watermark input; when the watermark enters a new window, views and CMCD
+    /// sessions silent for their timeout end (so which are held is a function of the
+    /// messages, never of flush timing).
     fn advance(&mut self, event_time: i64, received_at: i64) {
         self.max_event_time = self.max_event_time.max(event_time.min(received_at));
         let mark = self.watermark().div_euclid(self.config.window_ms);
-        if mark > self.expired_at {
-            self.expired_at = mark;
-            if !self.sessions.is_empty() {
-                let mut silent = std::mem::take(&mut self.derived);
-                silent.clear();
-                self.sessions.expire(
-                    self.watermark(),
-                    self.config.window_ms,
-                    &self.config.sessions,
-                    &mut silent,
-                );
-                for e in &silent {
-                    let e = e.borrowed();
-                    let (context, _) = self.batch.intern(&e, self.config.dimensions);
-                    self.batch.end_silent_view(context, &e);
-                }
-                self.derived = silent;
-            }
+        if mark <= self.expired_at {
+            return;
         }
+        self.expired_at = mark;
+        let watermark = self.watermark();
+        let mut silent = std::mem::take(&mut self.silent);
+        silent.clear();
+        if !self.views.is_empty() {
+            self.views
+                .expire(watermark, &self.config.views, &mut silent);
+        }
+        if !self.sessions.is_empty() {
+            let mut ended = std::mem::take(&mut self.derived);
+            ended.clear();
+            self.sessions.expire(
+                watermark,
+                self.config.window_ms,
+                &self.config.sessions,
+                &mut ended,
+            );
+            for e in &ended {
+                silent.push(SilentView {
+                    view_id: e.view_id.clone(),
+                    context: std::sync::Arc::new(ContextRef::of(&e.borrowed()).owned()),
+                    last_time: e.event_time,
+                });
+            }
+            self.derived = ended;
+        }
+        for v in &silent {
+            let (context, _) = self
+                .batch
+                .intern_context(ContextRef::from_context(&v.context), self.config.dimensions);
+            self.batch.end_silent_view(&v.view_id, context, v.last_time);
+        }
+        self.silent = silent;
     }
 
     pub fn watermark(&self) -> i64 {
@@ -558,41 +671,29 @@ impl<S: BuildHasher + Default> PartitionState<S> {
         self.open.len()
     }
 
-    pub fn tracked_events(&self) -> usize {
-        self.seen.len() + self.reports_seen.len()
+    /// Beacon views held.
+    pub fn views(&self) -> usize {
+        self.views.len()
+    }
+
+    /// CMCD reports tracked for duplicates.
+    pub fn tracked_reports(&self) -> usize {
+        self.reports_seen.len()
+    }
+
+    /// Views dropped by the `max_views` bound since the last call.
+    pub fn take_evicted_views(&mut self) -> u64 {
+        self.views.take_evicted()
     }
 
     pub fn pending(&self) -> &Batch {
         &self.batch
     }
 
-    /// Rebuilds duplicate-tracking state from a message between the checkpoint's
-    /// `state_offset` and `next_offset`; emits nothing. The watermark is the checkpoint's.
-    pub fn restore(&mut self, offset: i64, e: &EventRef<'_>) {
-        let window = self.window_of(e.event_time);
-        if window + self.config.window_ms <= self.watermark() {
-            return;
-        }
-        self.track(offset, window, e);
-    }
-
-    /// Records `(view_id, seq)` as accepted in `window`; false if it already was.
-    fn track(&mut self, offset: i64, window: i64, e: &EventRef<'_>) -> bool {
-        let view = self.views.acquire(&e.view_id);
-        let key = (view, e.seq);
-        if !self.seen.insert(key) {
-            self.views.release(view);
-            return false;
-        }
-        self.open_window(window, offset).keys.push(key);
-        true
-    }
-
     /// The open window's tracking state, created with `offset` as its first message.
     fn open_window(&mut self, window: i64, offset: i64) -> &mut OpenWindow {
         self.open.entry(window).or_insert_with(|| OpenWindow {
             first_offset: offset,
-            keys: Vec::new(),
             reports: Vec::new(),
         })
     }
@@ -600,10 +701,10 @@ impl<S: BuildHasher + Default> PartitionState<S> {
     /// Records a CMCD report as accepted in `window`; false if it already was.
     fn track_report(&mut self, offset: i64, window: i64, m: &CmcdMessage) -> bool {
         let r = &m.cmcd;
-        let sid = self.views.acquire(&r.sid);
+        let sid = self.sids.acquire(&r.sid);
         let key: ReportKey = (sid, r.ts, r.sn.unwrap_or(-1), r.e.as_str().into());
         if self.reports_seen.contains(&key) {
-            self.views.release(sid);
+            self.sids.release(sid);
             return false;
         }
         self.reports_seen.insert(key.clone());
@@ -612,7 +713,7 @@ impl<S: BuildHasher + Default> PartitionState<S> {
     }
 
     /// Rebuilds CMCD duplicate tracking from a report between the checkpoint's `state_offset`
-    /// and `next_offset` (sessions themselves come from the checkpoint); emits nothing.
+    /// and `next_offset` (sessions themselves come from the snapshot); emits nothing.
     pub fn restore_cmcd(&mut self, offset: i64, m: &CmcdMessage) {
         let window = self.window_of(m.cmcd.ts);
         if window + self.config.window_ms <= self.watermark() {
@@ -621,7 +722,9 @@ impl<S: BuildHasher + Default> PartitionState<S> {
         self.track_report(offset, window, m);
     }
 
-    /// Processes the message at `offset`.
+    /// Processes the message at `offset`. An event whose window is final is late; one whose
+    /// `(view_id, seq)` was counted before in the view's life is a duplicate (in whatever
+    /// window its copy falls).
     pub fn apply(&mut self, offset: i64, e: &EventRef<'_>) -> Outcome {
         self.next_offset = offset + 1;
         self.batch.messages += 1;
@@ -629,7 +732,7 @@ impl<S: BuildHasher + Default> PartitionState<S> {
         let (context, slice) = self.batch.intern(e, self.config.dimensions);
         let outcome = if window + self.config.window_ms <= self.watermark() {
             Outcome::Late
-        } else if self.track(offset, window, e) {
+        } else if self.views.track(e, &self.config.views) {
             Outcome::Accepted
         } else {
             Outcome::Duplicate
@@ -640,6 +743,7 @@ impl<S: BuildHasher + Default> PartitionState<S> {
             Outcome::Duplicate => self.batch.window_row(window, slice).duplicate_events += 1,
         }
         self.advance(e.event_time, e.received_at);
+        self.settle();
         outcome
     }
 
@@ -690,6 +794,7 @@ impl<S: BuildHasher + Default> PartitionState<S> {
             }
         }
         self.advance(m.cmcd.ts, m.received_at);
+        self.settle();
         outcome
     }
 
@@ -702,10 +807,13 @@ impl<S: BuildHasher + Default> PartitionState<S> {
     pub fn skip(&mut self, offset: i64) {
         self.next_offset = offset + 1;
         self.batch.messages += 1;
+        self.settle();
     }
 
-    /// Closes windows the watermark has passed and hands over the batch with its checkpoint.
-    pub fn take_batch(&mut self) -> (Batch, Checkpoint) {
+    /// Closes windows the watermark has passed and hands over the batch with its checkpoint;
+    /// `with_snapshot` stores the partition's state in it (the caller decides how often: the
+    /// state is the same whenever it is taken, only its size and a restart's replay differ).
+    pub fn take_batch(&mut self, with_snapshot: bool) -> (Batch, Checkpoint) {
         let watermark = self.watermark();
         let window_ms = self.config.window_ms;
         let closed: Vec<i64> = self
@@ -716,12 +824,8 @@ impl<S: BuildHasher + Default> PartitionState<S> {
             .collect();
         for start in closed {
             if let Some(w) = self.open.remove(&start) {
-                for k in w.keys {
-                    self.seen.remove(&k);
-                    self.views.release(k.0);
-                }
                 for k in w.reports {
-                    self.views.release(k.0);
+                    self.sids.release(k.0);
                     self.reports_seen.remove(&k);
                 }
             }
@@ -732,26 +836,22 @@ impl<S: BuildHasher + Default> PartitionState<S> {
             .map(|w| w.first_offset)
             .min()
             .unwrap_or(self.next_offset);
+        let state = if with_snapshot {
+            self.snapshot_offset = self.next_offset;
+            self.snapshot()
+        } else {
+            String::new()
+        };
         let checkpoint = Checkpoint {
             from_offset: self.batch_from,
             next_offset: self.next_offset,
             state_offset,
             max_event_time: self.max_event_time,
-            sessions: self.sessions.snapshot(),
+            snapshot_offset: self.snapshot_offset,
+            state,
         };
         self.batch_from = self.next_offset;
         (std::mem::take(&mut self.batch), checkpoint)
-    }
-}
-
-#[cfg(test)]
-impl<S: BuildHasher> PartitionState<S> {
-    /// The tracked `(view_id, seq)` pairs, by id (slot numbers depend on arrival order).
-    fn tracked(&self) -> std::collections::BTreeSet<(String, u32)> {
-        self.seen
-            .iter()
-            .map(|&(v, seq)| (self.views.id(v).to_owned(), seq))
-            .collect()
     }
 }
 
@@ -786,18 +886,172 @@ mod tests {
             p.apply(3, &ev("view-b", 0, EventType::ViewStart, t)),
             Outcome::Duplicate
         );
-        assert_eq!(p.tracked_events(), 3);
-        // Interned ids are released with the windows that hold them.
+        assert_eq!(p.views(), 3);
+        // Views are forgotten once silent for the timeout.
         let far = t + 10 * 60_000;
         p.apply(4, &ev("view-d", 0, EventType::ViewStart, far));
-        let _ = p.take_batch();
-        assert_eq!(p.tracked_events(), 1);
-        assert_eq!(p.views.table.len(), 1);
+        assert_eq!(p.views(), 1);
         assert_eq!(
             p.apply(5, &ev("view-e", 0, EventType::ViewStart, far)),
             Outcome::Accepted
         );
-        assert_eq!(p.views.slots.len(), 4, "freed slots are reused");
+    }
+
+    /// A view's events: a start batch, then heartbeats every 10 s for `minutes`.
+    fn playing_view(id: &str, t0: i64, minutes: i64) -> Vec<EventRef<'static>> {
+        let mut out = vec![
+            ev(id, 0, EventType::ViewStart, t0),
+            ev(id, 1, EventType::FirstFrame, t0 + 800),
+        ];
+        for i in 1..=minutes * 6 {
+            out.push(ev(id, 1 + i as u32, EventType::Heartbeat, t0 + i * 10_000));
+        }
+        out
+    }
+
+    /// `e` re-sent `delay_ms` later with its original `sent_at`: the collector's clock
+    /// correction moves it by the delay.
+    fn resent(e: &EventRef<'static>, delay_ms: i64) -> EventRef<'static> {
+        let mut q = e.clone();
+        q.event_time += delay_ms;
+        q.received_at += delay_ms;
+        q
+    }
+
+    #[test]
+    fn a_copy_resent_minutes_later_counts_once_whatever_the_flush_timing() {
+        let t0 = 1_000_000;
+        let view = playing_view("v", t0, 6);
+        // The start batch again, five minutes later, among the view's heartbeats.
+        let at = 2 + 30;
+        let mut messages: Vec<EventRef<'static>> = view[..at].to_vec();
+        messages.push(resent(&view[0], 300_000));
+        messages.push(resent(&view[1], 300_000));
+        messages.extend_from_slice(&view[at..]);
+        for flush_every in [1, 3, 7, 1000] {
+            let mut p = PartitionState::new(WindowConfig::default(), None);
+            let mut outcomes = Vec::new();
+            let (mut attempts, mut plays, mut dups) = (0, 0, 0);
+            for (o, e) in messages.iter().enumerate() {
+                outcomes.push(p.apply(o as i64, e));
+                if o % flush_every == 0 {
+                    let (b, _) = p.take_batch(o % (3 * flush_every) == 0);
+                    for (_, _, m) in b.window_rows() {
+                        (attempts, plays, dups) = (
+                            attempts + m.attempts,
+                            plays + m.plays,
+                            dups + m.duplicate_events,
+                        );
+                    }
+                }
+            }
+            let (b, _) = p.take_batch(false);
+            for (_, _, m) in b.window_rows() {
+                (attempts, plays, dups) = (
+                    attempts + m.attempts,
+                    plays + m.plays,
+                    dups + m.duplicate_events,
+                );
+            }
+            assert_eq!(
+                outcomes[at..at + 2],
+                [Outcome::Duplicate; 2],
+                "flush every {flush_every}"
+            );
+            assert_eq!(
+                (attempts, plays, dups),
+                (1, 1, 2),
+                "flush every {flush_every}"
+            );
+        }
+    }
+
+    #[test]
+    fn silent_views_end_by_timeout_and_ended_views_do_not() {
+        let t0 = 1_000_000;
+        let mut p = PartitionState::new(WindowConfig::default(), None);
+        let mut o = 0;
+        let mut feed = |p: &mut PartitionState, e: EventRef<'static>| {
+            p.apply(o, &e);
+            o += 1;
+        };
+        feed(&mut p, ev("silent", 0, EventType::ViewStart, t0));
+        feed(&mut p, ev("quit", 0, EventType::ViewStart, t0));
+        let mut end = ev("quit", 1, EventType::ViewEnd, t0 + 1000);
+        end.reason = Some(qoe_schemas::EndReason::Exit);
+        end.started = Some(false);
+        feed(&mut p, end);
+        // Another view keeps the watermark moving for three minutes.
+        for e in playing_view("busy", t0, 3) {
+            feed(&mut p, e);
+        }
+        let (b, _) = p.take_batch(false);
+        let rows: Vec<_> = b
+            .view_rows()
+            .map(|(id, _, v)| (id, v.end_reason, v.end_time))
+            .collect();
+        assert!(rows.contains(&("silent", "timeout", t0)), "{rows:?}");
+        assert!(rows.contains(&("quit", "exit", t0 + 1000)), "{rows:?}");
+        let ebvs: u64 = b.window_rows().map(|(_, _, m)| m.ebvs).sum();
+        assert_eq!(ebvs, 1, "the exit before start is EBVS, the timeout is not");
+        assert_eq!(p.views(), 1, "only the busy view is held");
+    }
+
+    #[test]
+    fn a_restart_from_an_older_snapshot_rebuilds_the_same_state() {
+        let config = WindowConfig::default();
+        let mut events: Vec<EventRef<'static>> = Vec::new();
+        for i in 0..8 {
+            let view = playing_view(&format!("v{i}"), 1_000_000 + i * 7_000, 2 + i % 3);
+            events.extend(view);
+        }
+        events.sort_by_key(|e| e.event_time);
+        let copies: Vec<_> = events
+            .iter()
+            .step_by(5)
+            .map(|e| resent(e, 60_000))
+            .collect();
+        for (i, c) in copies.into_iter().enumerate() {
+            events.insert((i * 7 + 40).min(events.len()), c);
+        }
+        let mut a = PartitionState::new(config, None);
+        let whole: Vec<Outcome> = events
+            .iter()
+            .enumerate()
+            .map(|(o, e)| a.apply(o as i64, e))
+            .collect();
+        // Snapshot at 60, a checkpoint without one at 120, then a crash.
+        let mut b = PartitionState::new(config, None);
+        for (o, e) in events.iter().enumerate().take(120) {
+            b.apply(o as i64, e);
+            if o == 59 {
+                let _ = b.take_batch(true);
+            }
+        }
+        let (_, snapshot) = b.take_batch(true);
+        let (_, snap60) = {
+            let mut b2 = PartitionState::new(config, None);
+            for (o, e) in events.iter().enumerate().take(60) {
+                b2.apply(o as i64, e);
+            }
+            b2.take_batch(true)
+        };
+        assert!(snap60.has_snapshot() && snap60.snapshot_offset == 60);
+        let mut c = PartitionState::new(config, Some(snap60)).discarding_until(120);
+        for (o, e) in events.iter().enumerate().skip(60).take(60) {
+            assert!(c.replaying());
+            c.apply(o as i64, e);
+        }
+        assert!(
+            !c.replaying() && c.pending().is_empty(),
+            "replayed rows are not written twice"
+        );
+        assert_eq!(c.views.held(), b.views.held());
+        assert_eq!(c.snapshot(), snapshot.state);
+        for (o, e) in events.iter().enumerate().skip(120) {
+            assert_eq!(c.apply(o as i64, e), whole[o], "event {o}");
+        }
+        assert_eq!(c.snapshot(), a.snapshot());
     }
 
     fn ev(view: &str, seq: u32, kind: EventType, t: i64) -> EventRef<'static> {
@@ -836,9 +1090,9 @@ mod tests {
         for (o, m) in reports.iter().enumerate() {
             assert_eq!(a.apply_cmcd(o as i64, m), Outcome::Accepted);
         }
-        let (_, cp) = a.take_batch();
+        let (_, cp) = a.take_batch(true);
         assert!(
-            !cp.sessions.is_empty(),
+            cp.state.contains("s-1"),
             "the open session travels with the checkpoint"
         );
         let mut b = PartitionState::new(WindowConfig::default(), Some(cp.clone()));
@@ -890,7 +1144,7 @@ mod tests {
             p.apply(3, &ev("b", 1, EventType::Heartbeat, 70_000)),
             Outcome::Accepted
         );
-        let (batch, cp) = p.take_batch();
+        let (batch, cp) = p.take_batch(false);
         let w100: Vec<_> = batch
             .window_rows()
             .filter(|(w, _, _)| *w == 100_000)
@@ -918,9 +1172,10 @@ mod tests {
             Checkpoint {
                 from_offset: 0,
                 next_offset: 4,
-                state_offset: 0,
+                state_offset: 4,
                 max_event_time: 100_000,
-                sessions: String::new(),
+                snapshot_offset: 0,
+                state: String::new(),
             }
         );
         let mut presence: Vec<_> = batch.presence_rows().map(|(w, _, v)| (w, v)).collect();
@@ -940,50 +1195,5 @@ mod tests {
         e.received_at = 700_000; // event time 5 minutes ahead of arrival
         p.apply(0, &e);
         assert_eq!(p.watermark(), 700_000 - 30_000);
-    }
-
-    #[test]
-    fn restore_rebuilds_duplicate_state_exactly() {
-        let config = WindowConfig::default();
-        let events: Vec<EventRef<'static>> = (0..200)
-            .map(|i| {
-                ev(
-                    &format!("v{}", i % 7),
-                    i / 7,
-                    EventType::Heartbeat,
-                    1_000_000 + i64::from(i) * 700,
-                )
-            })
-            .collect();
-        // Uninterrupted run.
-        let mut a = PartitionState::new(config, None);
-        for (o, e) in events.iter().enumerate() {
-            a.apply(o as i64, e);
-        }
-        // Run that checkpoints at 120, "crashes", restores and continues; then replays
-        // duplicates of everything to compare classification.
-        let mut b = PartitionState::new(config, None);
-        for (o, e) in events.iter().enumerate().take(120) {
-            b.apply(o as i64, e);
-        }
-        let (_, cp) = b.take_batch();
-        let mut c = PartitionState::new(config, Some(cp.clone()));
-        for o in cp.state_offset..cp.next_offset {
-            c.restore(o, &events[o as usize]);
-        }
-        for (o, e) in events.iter().enumerate().skip(120) {
-            c.apply(o as i64, e);
-        }
-        let _ = a.take_batch();
-        let _ = c.take_batch();
-        assert_eq!(a.tracked(), c.tracked());
-        assert_eq!(a.max_event_time, c.max_event_time);
-        for (o, e) in events.iter().enumerate() {
-            assert_eq!(
-                a.apply(1000 + o as i64, e),
-                c.apply(1000 + o as i64, e),
-                "event {o}"
-            );
-        }
     }
 }

@@ -63,6 +63,27 @@ struct StoredCheckpoint {
     state_offset: u64,
     max_event_time: i64,
     sessions: String,
+    snapshot_offset: u64,
+    state: String,
+}
+
+impl From<StoredCheckpoint> for Checkpoint {
+    fn from(r: StoredCheckpoint) -> Self {
+        Checkpoint {
+            from_offset: r.from_offset as i64,
+            next_offset: r.next_offset as i64,
+            state_offset: r.state_offset as i64,
+            max_event_time: r.max_event_time,
+            snapshot_offset: r.snapshot_offset as i64,
+            // Checkpoints from before migration 0006 carry the CMCD sessions alone; the
+            // partition state reads that form too.
+            state: if r.state.is_empty() {
+                r.sessions
+            } else {
+                r.state
+            },
+        }
+    }
 }
 
 /// Topic names are interpolated into SQL and query ids; Kafka allows only these characters.
@@ -176,13 +197,29 @@ impl Writer {
             .bind(partition as u32)
             .fetch_optional()
             .await?;
-        Ok(row.map(|r| Checkpoint {
-            from_offset: r.from_offset as i64,
-            next_offset: r.next_offset as i64,
-            state_offset: r.state_offset as i64,
-            max_event_time: r.max_event_time,
-            sessions: r.sessions,
-        }))
+        Ok(row.map(Checkpoint::from))
+    }
+
+    /// The committed checkpoint of a partition that ends at `next_offset` (the one holding
+    /// the state snapshot a later checkpoint names).
+    pub async fn checkpoint_at(
+        &self,
+        partition: i32,
+        next_offset: i64,
+    ) -> Result<Option<Checkpoint>, WriteError> {
+        let row: Option<StoredCheckpoint> = self
+            .store
+            .client
+            .query(
+                "SELECT ?fields FROM qoe_checkpoints WHERE topic = ? AND partition = ? \
+                 AND next_offset = ? AND state != '' LIMIT 1",
+            )
+            .bind(&self.topic)
+            .bind(partition as u32)
+            .bind(next_offset as u64)
+            .fetch_optional()
+            .await?;
+        Ok(row.map(Checkpoint::from))
     }
 
     /// Whether the batch written under `batch_id` is committed.
@@ -290,7 +327,8 @@ impl Writer {
         r.next_offset = checkpoint.next_offset as u64;
         r.state_offset = checkpoint.state_offset as u64;
         r.max_event_time = checkpoint.max_event_time;
-        r.sessions = &checkpoint.sessions;
+        r.snapshot_offset = checkpoint.snapshot_offset as u64;
+        r.state = &checkpoint.state;
         push(&mut insert, &r, &mut row).await?;
         insert.end().await?;
 

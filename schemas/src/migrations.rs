@@ -47,6 +47,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0005_request_metrics.sql",
         sql: include_str!("../clickhouse/0005_request_metrics.sql"),
     },
+    Migration {
+        version: 6,
+        name: "0006_partition_state.sql",
+        sql: include_str!("../clickhouse/0006_partition_state.sql"),
+    },
 ];
 
 /// A ClickHouse server version, as `SELECT version()` reports it (`18.16.1`, `25.3.2.39`).

@@ -1,0 +1,429 @@
+//! Beacon views over their whole life (SPEC §4 per-view summaries, §5 duplicates): which
+//! `(view_id, seq)` of each view were counted, and when a view went silent.
+//!
+//! Why per view and not per window: a client that re-sends a body minutes later (an offline
+//! queue, a retried `sendBeacon`) gets its events' corrected time shifted by the delay, into a
+//! window that is still open; only the view remembers that those sequence numbers were
+//! counted. A view is held from its first counted event until the watermark has passed its
+//! last one by the view timeout (2 minutes for live, 10 for VOD by default); then, unless it
+//! ended with `view_end`, its summary ends with reason `timeout`. Which views are held is
+//! decided while messages are processed (when the watermark enters a new window), never by
+//! flush timing, so the table is a function of the partition's messages; it travels with the
+//! partition's state snapshot (see `window.rs`).
+//!
+//! Bounds: sequence numbers cost one integer per view while they arrive in order (the counted
+//! prefix) plus at most [`MAX_GAPPED`] numbers above a gap; a view that leaves more gaps than
+//! that has its oldest gaps closed (a copy of an event from such a gap would count as a
+//! duplicate, never twice). The table holds at most `max_views` views per partition; beyond
+//! it the least recently heard eighth is dropped (counted; a dropped view that speaks again is
+//! tracked afresh).
+
+use crate::window::{Context, ContextRef};
+use hashbrown::{DefaultHashBuilder, Equivalent, HashMap, HashSet};
+use qoe_schemas::{EventRef, EventType, StreamType};
+use serde::{Deserialize, Serialize};
+use std::hash::BuildHasher;
+use std::sync::Arc;
+
+/// How long views are held, and how many.
+#[derive(Debug, Clone, Copy)]
+pub struct ViewConfig {
+    /// A live view whose last event is this far behind the watermark has ended.
+    pub live_timeout_ms: i64,
+    /// The same for VOD (paused VOD players may stay silent for longer).
+    pub vod_timeout_ms: i64,
+    /// Most views held per partition.
+    pub max_views: usize,
+}
+
+impl Default for ViewConfig {
+    fn default() -> Self {
+        ViewConfig {
+            live_timeout_ms: 120_000,
+            vod_timeout_ms: 600_000,
+            max_views: 500_000,
+        }
+    }
+}
+
+impl ViewConfig {
+    fn timeout_ms(&self, vod: bool) -> i64 {
+        if vod {
+            self.vod_timeout_ms
+        } else {
+            self.live_timeout_ms
+        }
+    }
+}
+
+/// Most sequence numbers held above a gap, per view.
+pub const MAX_GAPPED: usize = 64;
+
+/// The counted sequence numbers of a view: all below `below`, and those in `above` (sorted).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Seqs {
+    below: u64,
+    above: Vec<u32>,
+}
+
+impl Seqs {
+    /// Records `seq`; false if it was counted before.
+    fn insert(&mut self, seq: u32) -> bool {
+        let s = u64::from(seq);
+        if s < self.below {
+            return false;
+        }
+        if s == self.below {
+            self.below += 1;
+        } else {
+            match self.above.binary_search(&seq) {
+                Ok(_) => return false,
+                Err(i) => self.above.insert(i, seq),
+            }
+            if self.above.len() > MAX_GAPPED {
+                // Close the oldest gaps: what is below the middle counts as seen.
+                let k = MAX_GAPPED / 2;
+                self.below = u64::from(self.above[k]) + 1;
+                self.above.drain(..=k);
+            }
+        }
+        let contiguous = self
+            .above
+            .iter()
+            .zip(self.below..)
+            .take_while(|(a, b)| u64::from(**a) == *b)
+            .count();
+        self.above.drain(..contiguous);
+        self.below += contiguous as u64;
+        true
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Tracked {
+    /// The context of the view's latest counted event.
+    context: Arc<Context>,
+    /// Largest event time counted.
+    last_time: i64,
+    /// Whether a `view_end` was counted (the view is held for duplicates, but does not time
+    /// out).
+    ended: bool,
+    seqs: Seqs,
+}
+
+/// A view that went silent: its summary ends with reason `timeout` at its last event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SilentView {
+    pub view_id: String,
+    pub context: Arc<Context>,
+    pub last_time: i64,
+}
+
+/// The views of one partition. `S` hashes view ids (tests use one under which all collide).
+#[derive(Debug)]
+pub struct Views<S = DefaultHashBuilder> {
+    by_id: HashMap<Box<str>, Tracked, S>,
+    /// Each distinct context of a held view, once.
+    contexts: HashSet<Arc<Context>, DefaultHashBuilder>,
+    evicted: u64,
+}
+
+impl<S: Default> Default for Views<S> {
+    fn default() -> Self {
+        Views {
+            by_id: HashMap::default(),
+            contexts: HashSet::default(),
+            evicted: 0,
+        }
+    }
+}
+
+impl Equivalent<Arc<Context>> for ContextRef<'_> {
+    fn equivalent(&self, c: &Arc<Context>) -> bool {
+        Equivalent::<Context>::equivalent(self, &**c)
+    }
+}
+
+fn intern(
+    contexts: &mut HashSet<Arc<Context>, DefaultHashBuilder>,
+    e: &EventRef<'_>,
+) -> Arc<Context> {
+    let key = ContextRef::of(e);
+    if let Some(c) = contexts.get(&key) {
+        return c.clone();
+    }
+    let c = Arc::new(key.owned());
+    contexts.insert(c.clone());
+    c
+}
+
+impl<S: BuildHasher> Views<S> {
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// Views dropped by the bound since the last call.
+    pub fn take_evicted(&mut self) -> u64 {
+        std::mem::take(&mut self.evicted)
+    }
+
+    /// Records an event that is not late; false if its `(view_id, seq)` was counted before.
+    pub fn track(&mut self, e: &EventRef<'_>, config: &ViewConfig) -> bool {
+        if let Some(v) = self.by_id.get_mut(&*e.view_id) {
+            if !v.seqs.insert(e.seq) {
+                return false;
+            }
+            v.last_time = v.last_time.max(e.event_time);
+            v.ended |= e.kind == EventType::ViewEnd;
+            if !Equivalent::<Context>::equivalent(&ContextRef::of(e), &*v.context) {
+                v.context = intern(&mut self.contexts, e);
+            }
+            return true;
+        }
+        if self.by_id.len() >= config.max_views.max(1) {
+            self.evict(config.max_views.max(1));
+        }
+        let mut seqs = Seqs::default();
+        seqs.insert(e.seq);
+        let tracked = Tracked {
+            context: intern(&mut self.contexts, e),
+            last_time: e.event_time,
+            ended: e.kind == EventType::ViewEnd,
+            seqs,
+        };
+        self.by_id.insert(e.view_id.as_ref().into(), tracked);
+        true
+    }
+
+    /// Drops the least recently heard eighth of `max` views. The victims are the smallest by
+    /// `(last event time, view id)`, a total order, so a replay drops the same ones.
+    fn evict(&mut self, max: usize) {
+        let n = (max / 8).max(1).min(self.by_id.len());
+        let mut order: Vec<(i64, &str)> = self
+            .by_id
+            .iter()
+            .map(|(id, v)| (v.last_time, &**id))
+            .collect();
+        order.select_nth_unstable(n - 1);
+        let victims: Vec<Box<str>> = order[..n].iter().map(|(_, id)| (*id).into()).collect();
+        for id in victims {
+            self.by_id.remove(&id);
+        }
+        self.evicted += n as u64;
+        self.contexts.retain(|c| Arc::strong_count(c) > 1);
+    }
+
+    /// Ends and forgets the views whose last event is the timeout behind `watermark`; the
+    /// silent ones (no `view_end`) are appended to `silent`.
+    pub fn expire(&mut self, watermark: i64, config: &ViewConfig, silent: &mut Vec<SilentView>) {
+        let before = self.by_id.len();
+        self.by_id.retain(|id, v| {
+            let vod = v.context.stream_type == StreamType::Vod;
+            let keep = v.last_time.saturating_add(config.timeout_ms(vod)) > watermark;
+            if !keep && !v.ended {
+                silent.push(SilentView {
+                    view_id: id.to_string(),
+                    context: v.context.clone(),
+                    last_time: v.last_time,
+                });
+            }
+            keep
+        });
+        if self.by_id.len() < before {
+            self.contexts.retain(|c| Arc::strong_count(c) > 1);
+        }
+    }
+}
+
+/// The table as stored: contexts once, views referring to them by index.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Stored {
+    contexts: Vec<Context>,
+    /// `(view_id, context index, last event time, ended, counted below, counted above)`.
+    views: Vec<(String, u32, i64, bool, u64, Vec<u32>)>,
+}
+
+impl<S: BuildHasher + Default> Views<S> {
+    /// The table in a canonical form: views by id, contexts in order of first use.
+    pub fn to_stored(&self) -> Stored {
+        let mut held: Vec<(&str, &Tracked)> = self.by_id.iter().map(|(id, v)| (&**id, v)).collect();
+        held.sort_unstable_by_key(|(id, _)| *id);
+        let mut index: HashMap<*const Context, u32> = HashMap::new();
+        let mut contexts = Vec::new();
+        let views = held
+            .into_iter()
+            .map(|(id, v)| {
+                let i = *index.entry(Arc::as_ptr(&v.context)).or_insert_with(|| {
+                    contexts.push((*v.context).clone());
+                    (contexts.len() - 1) as u32
+                });
+                (
+                    id.to_owned(),
+                    i,
+                    v.last_time,
+                    v.ended,
+                    v.seqs.below,
+                    v.seqs.above.clone(),
+                )
+            })
+            .collect();
+        Stored { contexts, views }
+    }
+
+    pub fn from_stored(stored: Stored) -> Result<Self, String> {
+        let mut table = Views::<S>::default();
+        let contexts: Vec<Arc<Context>> = stored.contexts.into_iter().map(Arc::new).collect();
+        for (id, ctx, last_time, ended, below, above) in stored.views {
+            let context = contexts
+                .get(ctx as usize)
+                .ok_or_else(|| format!("view {id:?} refers to context {ctx}, which is not stored"))?
+                .clone();
+            if above.len() > MAX_GAPPED || !above.is_sorted() {
+                return Err(format!("view {id:?} has a malformed sequence set"));
+            }
+            table.by_id.insert(
+                id.into(),
+                Tracked {
+                    context,
+                    last_time,
+                    ended,
+                    seqs: Seqs { below, above },
+                },
+            );
+        }
+        table.contexts = contexts
+            .into_iter()
+            .filter(|c| Arc::strong_count(c) > 1)
+            .collect();
+        Ok(table)
+    }
+}
+
+#[cfg(test)]
+impl<S: BuildHasher> Views<S> {
+    /// `(view_id, last_time, ended)` of every held view, sorted.
+    pub fn held(&self) -> Vec<(String, i64, bool)> {
+        let mut v: Vec<_> = self
+            .by_id
+            .iter()
+            .map(|(id, t)| (id.to_string(), t.last_time, t.ended))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qoe_schemas::QoeEvent;
+
+    fn ev(view: &str, seq: u32, kind: EventType, t: i64) -> EventRef<'static> {
+        let e = QoeEvent {
+            received_at: t,
+            ..QoeEvent::blank(view, seq, kind, t)
+        };
+        Box::leak(Box::new(e)).borrowed()
+    }
+
+    #[test]
+    fn sequence_numbers_count_once_in_any_order_within_bounds() {
+        let mut s = Seqs::default();
+        assert!(s.insert(0) && s.insert(2) && s.insert(1));
+        assert_eq!(
+            (s.below, s.above.len()),
+            (3, 0),
+            "a filled gap folds into the prefix"
+        );
+        assert!(!s.insert(0) && !s.insert(2));
+        assert!(s.insert(10) && !s.insert(10));
+        // Many gaps: the oldest are closed, so memory stays bounded and nothing counts twice.
+        for seq in (20..2000).step_by(2) {
+            s.insert(seq);
+        }
+        assert!(s.above.len() <= MAX_GAPPED);
+        assert!(
+            !s.insert(21),
+            "an old gap closed by the bound counts as seen"
+        );
+        assert!(s.insert(1999), "a recent gap is still open");
+        assert!(!s.insert(1998));
+        assert!(s.insert(u32::MAX) && !s.insert(u32::MAX));
+    }
+
+    #[test]
+    fn views_are_held_until_the_timeout_after_their_last_event() {
+        let config = ViewConfig {
+            live_timeout_ms: 60_000,
+            ..ViewConfig::default()
+        };
+        let mut v = Views::<DefaultHashBuilder>::default();
+        assert!(v.track(&ev("a", 0, EventType::ViewStart, 0), &config));
+        assert!(v.track(&ev("b", 0, EventType::ViewStart, 0), &config));
+        assert!(v.track(&ev("b", 1, EventType::ViewEnd, 5_000), &config));
+        assert!(v.track(&ev("a", 1, EventType::Heartbeat, 10_000), &config));
+        let mut silent = Vec::new();
+        v.expire(65_000, &config, &mut silent);
+        assert!(silent.is_empty());
+        assert_eq!(
+            v.len(),
+            1,
+            "b ended 60 s before the watermark: forgotten quietly"
+        );
+        // A copy arriving minutes later, shifted into an open window, is still a duplicate.
+        assert!(!v.track(&ev("a", 0, EventType::ViewStart, 60_000), &config));
+        v.expire(70_000, &config, &mut silent);
+        assert_eq!(silent.len(), 1);
+        assert_eq!(
+            (silent[0].view_id.as_str(), silent[0].last_time),
+            ("a", 10_000)
+        );
+        assert_eq!(&*silent[0].context.region, "r");
+        assert!(v.is_empty());
+    }
+
+    #[test]
+    fn the_bound_drops_the_least_recently_heard_deterministically() {
+        let config = ViewConfig {
+            max_views: 16,
+            ..ViewConfig::default()
+        };
+        let mut v = Views::<DefaultHashBuilder>::default();
+        for i in 0..16 {
+            v.track(
+                &ev(&format!("v{i:02}"), 0, EventType::ViewStart, 1000 * i),
+                &config,
+            );
+        }
+        v.track(&ev("new", 0, EventType::ViewStart, 99_000), &config);
+        assert_eq!(v.len(), 15);
+        assert_eq!(v.take_evicted(), 2);
+        let held: Vec<String> = v.held().into_iter().map(|h| h.0).collect();
+        assert!(!held.contains(&"v00".to_owned()) && !held.contains(&"v01".to_owned()));
+        assert!(held.contains(&"v02".to_owned()) && held.contains(&"new".to_owned()));
+    }
+
+    #[test]
+    fn stored_tables_round_trip() {
+        let config = ViewConfig::default();
+        let mut v = Views::<DefaultHashBuilder>::default();
+        v.track(&ev("a", 0, EventType::ViewStart, 0), &config);
+        v.track(&ev("a", 5, EventType::Heartbeat, 9), &config);
+        v.track(&ev("b", 0, EventType::ViewEnd, 3), &config);
+        let json = serde_json::to_string(&v.to_stored()).unwrap();
+        let w =
+            Views::<DefaultHashBuilder>::from_stored(serde_json::from_str(&json).unwrap()).unwrap();
+        assert_eq!(v.held(), w.held());
+        assert_eq!(w.contexts.len(), 1, "one shared context");
+        let mut w = w;
+        assert!(!w.track(&ev("a", 5, EventType::Heartbeat, 9), &config));
+        assert!(w.track(&ev("a", 4, EventType::Heartbeat, 9), &config));
+        let bad: Stored =
+            serde_json::from_str(r#"{"contexts":[],"views":[["a",0,0,false,0,[]]]}"#).unwrap();
+        assert!(Views::<DefaultHashBuilder>::from_stored(bad).is_err());
+    }
+}
