@@ -561,7 +561,8 @@ async fn kill_dash_nine_mid_session_changes_nothing() {
 
     let sessions_checkpointed = clickhouse_query(
         &killed_db,
-        "SELECT count() FROM qoe_checkpoints WHERE sessions != ''",
+        "SELECT count() FROM qoe_checkpoints WHERE state != '' \
+         AND position(state, '\"by_sid\":{}') = 0",
     )
     .await
     .unwrap();
