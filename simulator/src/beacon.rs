@@ -1,9 +1,10 @@
 //! The beacon protocol v1 request body for one batch of a view's events.
 //!
-//! `sent_at` is left out on purpose: the simulated clocks are exact, so without it the
-//! collector takes each `ts` as the event time, and the ground truth knows every event's
-//! window exactly (with it, the network delay of each request would shift event times by a
-//! few milliseconds that no client can know).
+//! `sent_at` is left out of originals on purpose: the simulated clocks are exact, so without
+//! it the collector takes each `ts` as the event time, and the ground truth knows every
+//! event's window exactly (with it, the network delay of each request would shift event times
+//! by a few milliseconds that no client can know). Late re-sends carry their original's
+//! `sent_at`, which is what moves their events (see `simulation.rs`, `resend_shift`).
 
 use crate::population::ViewContext;
 use qoe_schemas::{QoeEvent, RawEvent};
@@ -12,6 +13,8 @@ use std::borrow::Cow;
 
 #[derive(Serialize)]
 struct Envelope<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sent_at: Option<i64>,
     view: View<'a>,
     events: Vec<RawEvent<'a>>,
 }
@@ -29,8 +32,9 @@ struct View<'a> {
 }
 
 /// The JSON body of a beacon carrying `events` of the view `ctx`.
-pub fn body(ctx: &ViewContext, events: &[QoeEvent]) -> Vec<u8> {
+pub fn body(ctx: &ViewContext, events: &[QoeEvent], sent_at: Option<i64>) -> Vec<u8> {
     let envelope = Envelope {
+        sent_at,
         view: View {
             view_id: &ctx.view_id,
             stream_id: &ctx.stream_id,
@@ -90,7 +94,7 @@ mod tests {
             let mut t = t0;
             while !p.ended() {
                 if let Some(events) = p.tick(t, t + 1000, &cond) {
-                    let bytes = body(&ctx, &events);
+                    let bytes = body(&ctx, &events, None);
                     let env = Parsed::parse(&bytes).unwrap();
                     assert!(env.sent_at.is_none());
                     let view = validate_envelope(&env, &limits).unwrap();

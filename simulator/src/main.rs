@@ -11,7 +11,6 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use qoe_schemas::QoeEvent;
 use qoe_simulator::incident::{parse_duration_ms, Incident};
-use qoe_simulator::population::ViewContext;
 use qoe_simulator::simulation::{Beacon, Settings, Simulation, TICK_MS};
 use qoe_simulator::truth::{Truth, TruthFile, METRIC_COLUMNS};
 use std::collections::BTreeMap;
@@ -81,6 +80,15 @@ struct Args {
     /// Share of beacons with two neighbouring events swapped.
     #[arg(long, default_value_t = 0.05)]
     reorder_rate: f64,
+    /// Share of small beacons sent again 30-80 simulated seconds later with their original
+    /// sent_at (an offline queue that missed the acknowledgement): the collector moves their
+    /// events into a later window, and they must still count once.
+    #[arg(long, default_value_t = 0.01)]
+    resend_rate: f64,
+    /// Share of departures after playback that send nothing more (closed tab, crashed app):
+    /// no view_end; the aggregator ends such views by timeout.
+    #[arg(long, default_value_t = 0.05)]
+    silent_exit_rate: f64,
     /// Most requests in flight at once.
     #[arg(long, default_value_t = 32)]
     connections: usize,
@@ -140,16 +148,21 @@ impl Sender {
     /// Posts a beacon (and its second copy, if any) until acknowledged or out of attempts.
     async fn deliver(&self, beacon: Beacon) -> Outcome {
         let mut out = Outcome::default();
-        let body = qoe_simulator::beacon::body(&beacon.ctx, &beacon.events);
         for _ in 0..beacon.copies {
-            match self.post(&beacon.ctx, &body, &mut out).await {
+            match self.post(&beacon, &mut out).await {
                 Some(rejected) => out.acked.extend(
                     beacon
                         .events
                         .iter()
                         .enumerate()
                         .filter(|(i, _)| !rejected.contains(i))
-                        .map(|(_, e)| e.clone()),
+                        .map(|(_, e)| {
+                            // As the collector times it (the shift is clear of window
+                            // boundaries by more than a request's latency).
+                            let mut e = e.clone();
+                            e.event_time += beacon.shift_ms;
+                            e
+                        }),
                 ),
                 None => {
                     out.unacked += beacon.events.len() as u64;
@@ -160,13 +173,18 @@ impl Sender {
         out
     }
 
-    /// One request with retries; `Some(rejected indices)` when acknowledged.
-    async fn post(&self, ctx: &ViewContext, body: &[u8], out: &mut Outcome) -> Option<Vec<usize>> {
+    /// One request with retries; `Some(rejected indices)` when acknowledged. A late re-send
+    /// carries the `sent_at` of its original, i.e. `shift_ms` before now, on every attempt.
+    async fn post(&self, beacon: &Beacon, out: &mut Outcome) -> Option<Vec<usize>> {
+        let ctx = &beacon.ctx;
         let mut backoff = Duration::from_millis(200);
         for attempt in 1..=self.max_attempts {
             if attempt > 1 {
                 out.retries += 1;
             }
+            let sent_at = (beacon.shift_ms > 0).then(|| now_ms() - beacon.shift_ms);
+            let body = qoe_simulator::beacon::body(ctx, &beacon.events, sent_at);
+            let body = body.as_slice();
             let mut req = self.client.post(&self.url);
             // Browsers use sendBeacon (text/plain, no preflight); TV apps compress.
             req = match ctx.platform {
@@ -271,6 +289,7 @@ fn clock(ms: i64) -> String {
 struct Totals {
     beacons: u64,
     resent: u64,
+    late_copies: u64,
     acked: u64,
     unacked: u64,
     uncertain: u64,
@@ -303,8 +322,16 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
     if args.duration < TICK_MS {
         bail!("--duration must be at least 1s");
     }
-    if !(0.0..=1.0).contains(&args.duplicate_rate) || !(0.0..=1.0).contains(&args.reorder_rate) {
-        bail!("--duplicate-rate and --reorder-rate are shares between 0 and 1");
+    if [
+        args.duplicate_rate,
+        args.reorder_rate,
+        args.resend_rate,
+        args.silent_exit_rate,
+    ]
+    .iter()
+    .any(|r| !(0.0..=1.0).contains(r))
+    {
+        bail!("--duplicate-rate, --reorder-rate, --resend-rate and --silent-exit-rate are shares between 0 and 1");
     }
     if !(args.speed >= 0.0 && args.speed.is_finite()) {
         bail!("--speed must be 0 (flat out) or a positive number");
@@ -359,6 +386,9 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
         incidents: args.incidents.clone(),
         duplicate_rate: args.duplicate_rate,
         reorder_rate: args.reorder_rate,
+        resend_rate: args.resend_rate,
+        silent_exit_rate: args.silent_exit_rate,
+        window_ms: i64::from(args.window_secs) * 1000,
     })
 }
 
@@ -402,6 +432,7 @@ async fn main() -> anyhow::Result<()> {
         for (i, b) in beacons.into_iter().enumerate() {
             totals.beacons += 1;
             totals.resent += u64::from(b.copies.saturating_sub(1));
+            totals.late_copies += u64::from(b.shift_ms > 0);
             let (sender, limit) = (sender.clone(), limit.clone());
             tasks.spawn(async move {
                 let _permit = limit.acquire_owned().await;
@@ -438,6 +469,8 @@ async fn main() -> anyhow::Result<()> {
             rows: truth.rows(),
             views: truth.views() as u64,
             acknowledged_events: totals.acked,
+            late_copies: totals.late_copies,
+            unended_views: truth.unended_views(),
             unacknowledged_events: totals.unacked,
             uncertain_events: totals.uncertain,
         };
@@ -482,12 +515,13 @@ fn progress(sim: &Simulation, t: &Totals, wall: Duration, span_ms: i64) {
 fn summary(truth: &Truth, t: &Totals, sim: &Simulation, wall: Duration) {
     println!();
     println!(
-        "Simulated {} of viewing in {:.0} s: {} views, {} beacons ({} sent twice on purpose), {} requests, {} retries, statuses {:?}",
+        "Simulated {} of viewing in {:.0} s: {} views, {} beacons ({} sent twice on purpose, {} late copies with their original sent_at), {} requests, {} retries, statuses {:?}",
         clock(sim.elapsed_ms()),
         wall.as_secs_f64(),
         sim.views_started(),
         t.beacons,
         t.resent,
+        t.late_copies,
         t.requests,
         t.retries,
         t.statuses

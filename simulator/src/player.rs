@@ -80,6 +80,9 @@ pub struct Player {
     flush_now: bool,
     last_flush: i64,
     flush_ms: i64,
+    /// Share of departures after playback that send nothing more (a closed tab, a crashed
+    /// app): no `view_end`, and what was not flushed yet is lost.
+    silent_exit_share: f64,
 }
 
 impl Player {
@@ -100,10 +103,17 @@ impl Player {
             flush_now: true,
             last_flush: t,
             flush_ms,
+            silent_exit_share: 0.0,
         };
         p.emit(EventType::ViewStart, t, |_| {});
         p.plan_start(t, cond);
         p
+    }
+
+    /// Makes this share of the view's departures silent (see [`Player::tick`]).
+    pub fn with_silent_exits(mut self, share: f64) -> Self {
+        self.silent_exit_share = share;
+        self
     }
 
     pub fn ended(&self) -> bool {
@@ -338,6 +348,12 @@ impl Player {
                 });
             }
             Action::Leave => {
+                if self.silent_exit_share > 0.0 && self.rng.random_bool(self.silent_exit_share) {
+                    self.state = State::Ended;
+                    self.scheduled.clear();
+                    self.pending.clear();
+                    return;
+                }
                 let reason = if self.ctx.stream_type == StreamType::Vod && self.rng.random_bool(0.4)
                 {
                     EndReason::Completed

@@ -1,7 +1,9 @@
 //! The audience over simulated time. Each call to [`Simulation::tick`] advances one second:
 //! new viewers arrive (keeping the audience near its target size), every active view
-//! advances, and the beacons their SDKs flush are returned, some reordered and some to be
-//! sent twice on purpose (a client that lost a response and retried).
+//! advances, and the beacons their SDKs flush are returned, some reordered, some to be
+//! sent twice on purpose (a client that lost a response and retried), and some sent again a
+//! minute or so later with their original `sent_at` (an offline queue replaying a batch whose
+//! acknowledgement it missed). Some viewers leave silently (no `view_end`).
 //!
 //! Simulated time is independent of wall time: the caller decides how fast ticks come, which
 //! is what time compression is. A run is a function of its [`Settings`] alone.
@@ -37,7 +39,24 @@ pub struct Settings {
     pub duplicate_rate: f64,
     /// Share of beacons with two neighbouring events swapped.
     pub reorder_rate: f64,
+    /// Share of beacons (of at most [`RESEND_MAX_EVENTS`] events) sent again later, while
+    /// their view still plays.
+    pub resend_rate: f64,
+    /// Share of departures after playback that are silent.
+    pub silent_exit_rate: f64,
+    /// The aggregator's window length (late re-sends keep clear of its boundaries).
+    pub window_ms: i64,
 }
+
+/// Only small beacons are re-sent late: the delay is chosen so that no event's shifted time
+/// lies within [`RESEND_MARGIN_MS`] before a window boundary, and each event rules out that much.
+pub const RESEND_MAX_EVENTS: usize = 3;
+/// The request's own latency adds to the shift; this much of it cannot move an event into
+/// the next window.
+pub const RESEND_MARGIN_MS: i64 = 2_000;
+/// Late re-sends come this long after the original (simulated ms), before the margin search:
+/// well inside the aggregator's view timeout (its test runs use 60 s, plus 30 s lateness).
+pub const RESEND_DELAY_MS: std::ops::Range<i64> = 30_000..70_000;
 
 /// A batch of one view's events, as one request body will carry them.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,6 +65,10 @@ pub struct Beacon {
     pub events: Vec<QoeEvent>,
     /// 2 when the client will send the same beacon again after it was acknowledged.
     pub copies: u8,
+    /// A late re-send: the delay since the original, ms. The client sends the original
+    /// `sent_at`, so the collector moves every event's time by this much (plus the request's
+    /// latency); 0 for an original.
+    pub shift_ms: i64,
 }
 
 pub struct Simulation {
@@ -56,6 +79,8 @@ pub struct Simulation {
     arrivals: BinaryHeap<Reverse<i64>>,
     views_started: u64,
     now: i64,
+    /// Late re-sends waiting for their time, by due time.
+    resends: Vec<(i64, Beacon)>,
 }
 
 impl Simulation {
@@ -72,6 +97,7 @@ impl Simulation {
             players: Vec::new(),
             arrivals,
             views_started: 0,
+            resends: Vec::new(),
         }
     }
 
@@ -157,6 +183,16 @@ impl Simulation {
             }
         }
         self.players = kept;
+        // Late re-sends fall due; a view that has gone since does not send them.
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.resends)
+            .into_iter()
+            .partition(|(at, _)| *at < to);
+        self.resends = waiting;
+        let mut late_copies: Vec<Beacon> = due
+            .into_iter()
+            .map(|(_, b)| b)
+            .filter(|b| self.players.iter().any(|p| p.ctx.view_id == b.ctx.view_id))
+            .collect();
         self.now = to;
         if self.finished() {
             for p in &mut self.players {
@@ -165,10 +201,12 @@ impl Simulation {
                 }
             }
         }
-        flushed
+        let mut out: Vec<Beacon> = flushed
             .into_iter()
             .map(|(ctx, events)| self.shape(ctx, events))
-            .collect()
+            .collect();
+        out.append(&mut late_copies);
+        out
     }
 
     fn start_view(&mut self, at: i64) {
@@ -181,8 +219,10 @@ impl Simulation {
             .wrapping_mul(0x9E37_79B9_7F4A_7C15)
             .wrapping_add(n);
         let cond = self.conditions(ctx.region, ctx.cdn, at);
-        self.players
-            .push(Player::new(ctx, seed, at, &cond, self.settings.flush_ms));
+        self.players.push(
+            Player::new(ctx, seed, at, &cond, self.settings.flush_ms)
+                .with_silent_exits(self.settings.silent_exit_rate),
+        );
     }
 
     /// What the network and a retrying client do to a batch on its way.
@@ -196,12 +236,42 @@ impl Simulation {
         } else {
             1
         };
+        if events.len() <= RESEND_MAX_EVENTS && self.rng.random_bool(self.settings.resend_rate) {
+            let delay = self.rng.random_range(RESEND_DELAY_MS);
+            if let Some(shift_ms) = resend_shift(&events, delay, self.window_ms()) {
+                let copy = Beacon {
+                    ctx: ctx.clone(),
+                    events: events.clone(),
+                    copies: 1,
+                    shift_ms,
+                };
+                self.resends.push((self.now + shift_ms, copy));
+            }
+        }
         Beacon {
             ctx,
             events,
             copies,
+            shift_ms: 0,
         }
     }
+
+    fn window_ms(&self) -> i64 {
+        self.settings.window_ms
+    }
+}
+
+/// The shift of a late re-send, at least `delay`: the first (in 100 ms steps, within one
+/// window) that puts no event of the beacon within [`RESEND_MARGIN_MS`] before a window
+/// boundary, so that the request's latency cannot change any event's window.
+pub fn resend_shift(events: &[QoeEvent], delay: i64, window_ms: i64) -> Option<i64> {
+    (0..window_ms / 100)
+        .map(|step| delay + step * 100)
+        .find(|shift| {
+            events.iter().all(|e| {
+                (e.event_time + shift).rem_euclid(window_ms) < window_ms - RESEND_MARGIN_MS
+            })
+        })
 }
 
 #[cfg(test)]
@@ -221,6 +291,9 @@ mod tests {
             incidents,
             duplicate_rate: 0.02,
             reorder_rate: 0.05,
+            resend_rate: 0.02,
+            silent_exit_rate: 0.05,
+            window_ms: 10_000,
         }
     }
 
@@ -243,22 +316,42 @@ mod tests {
     }
 
     #[test]
+    fn late_copies_keep_clear_of_window_boundaries() {
+        let at = |t: i64| QoeEvent::blank("v", 0, EventType::Heartbeat, t);
+        // 8_500 + 30_000 lands 1.5 s before a boundary: the shift grows past it.
+        assert_eq!(resend_shift(&[at(8_500)], 30_000, 10_000), Some(31_500));
+        assert_eq!(resend_shift(&[at(1_000)], 30_000, 10_000), Some(30_000));
+        // Five events 2 s apart rule out every shift.
+        let crowded: Vec<_> = (0..5).map(|i| at(i * 2_000)).collect();
+        assert_eq!(resend_shift(&crowded, 30_000, 10_000), None);
+    }
+
+    #[test]
     fn keeps_the_audience_near_its_size_and_events_within_the_flush_interval() {
         let s = settings(vec![]);
         let mut sim = Simulation::new(s.clone());
         let mut sizes = Vec::new();
-        let (mut dups, mut reordered, mut beacons) = (0, 0, 0);
+        let (mut dups, mut reordered, mut beacons, mut late_copies) = (0, 0, 0, 0);
         while !sim.finished() {
             let now = sim.now();
             for b in sim.tick() {
                 beacons += 1;
                 dups += usize::from(b.copies == 2);
+                late_copies += usize::from(b.shift_ms > 0);
                 reordered += usize::from(b.events.windows(2).any(|w| w[0].seq > w[1].seq));
                 for e in &b.events {
-                    // A beacon never carries events much older than one flush interval:
-                    // this is what keeps every event within the aggregator's lateness.
-                    assert!(e.event_time >= now - s.flush_ms - 2 * TICK_MS);
-                    assert!(e.event_time < now + 2 * TICK_MS);
+                    // A beacon never carries events (as the collector will time them) much
+                    // older than one flush interval: this is what keeps every event within
+                    // the aggregator's lateness. A late copy's are moved by its shift.
+                    let t = e.event_time + b.shift_ms;
+                    assert!(t >= now - s.flush_ms - 2 * TICK_MS);
+                    assert!(t < now + 2 * TICK_MS);
+                    if b.shift_ms > 0 {
+                        assert!(
+                            t.rem_euclid(10_000) < 10_000 - RESEND_MARGIN_MS,
+                            "clear of a window boundary"
+                        );
+                    }
                 }
             }
             if sim.elapsed_ms() > 120_000 {
@@ -269,8 +362,8 @@ mod tests {
         let max = *sizes.iter().max().unwrap();
         assert!(min > 250 && max <= 300, "audience between {min} and {max}");
         assert!(
-            dups > 0 && reordered > 0,
-            "dups {dups}, reordered {reordered}"
+            dups > 0 && reordered > 0 && late_copies > 20,
+            "dups {dups}, reordered {reordered}, late copies {late_copies}"
         );
         assert!(beacons > 1000);
     }
@@ -284,7 +377,7 @@ mod tests {
         let s = settings(vec![inc]);
         // Per (in incident slice, during incident): stalls, playing ms, start failures, starts.
         let mut stats = std::collections::BTreeMap::<(bool, bool), [u64; 4]>::new();
-        for b in run(s.clone()) {
+        for b in run(s.clone()).into_iter().filter(|b| b.shift_ms == 0) {
             for e in &b.events {
                 let in_slice = e.region == "eu-west" && e.cdn == "cdn-b";
                 let offset = e.event_time - s.start_ms;

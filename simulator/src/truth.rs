@@ -5,7 +5,8 @@
 //! The simulator keeps every event within the aggregator's allowed lateness of the newest
 //! event it has sent, so no acknowledged event is late and the truth does not depend on the
 //! order events take through Kafka partitions: the first copy of `(view_id, seq)` counts, every
-//! further acknowledged copy is a duplicate in the same window and slice.
+//! further acknowledged copy is a duplicate, in the window and slice of the copy's own time (a
+//! late re-send's time is moved by its delay), for the whole life of the view.
 
 use qoe_schemas::metrics::{column_index, STARTUP_BUCKETS, WINDOW_COLUMNS, WINDOW_COLUMN_COUNT};
 use qoe_schemas::{EndReason, EventType, QoeEvent};
@@ -154,6 +155,8 @@ pub struct Truth {
     rows: BTreeMap<RowKey, (Metrics, HashSet<String>)>,
     seen: HashSet<(String, u32)>,
     views: HashSet<String>,
+    /// Per view: the time of its latest counted event and whether a `view_end` counted.
+    lives: BTreeMap<String, (i64, bool)>,
 }
 
 impl Truth {
@@ -163,6 +166,7 @@ impl Truth {
             rows: BTreeMap::new(),
             seen: HashSet::new(),
             views: HashSet::new(),
+            lives: BTreeMap::new(),
         }
     }
 
@@ -176,6 +180,23 @@ impl Truth {
         add_event(row, e);
         views.insert(e.view_id.clone());
         self.views.insert(e.view_id.clone());
+        let life = self
+            .lives
+            .entry(e.view_id.clone())
+            .or_insert((e.event_time, false));
+        life.0 = life.0.max(e.event_time);
+        life.1 |= e.kind == EventType::ViewEnd;
+    }
+
+    /// Views without a counted `view_end`, with the time of their latest counted event: the
+    /// aggregator ends each with reason `timeout` once its watermark is the view timeout past
+    /// that time (views still playing when the run stops are among them).
+    pub fn unended_views(&self) -> Vec<(String, i64)> {
+        self.lives
+            .iter()
+            .filter(|(_, (_, ended))| !ended)
+            .map(|(id, (last, _))| (id.clone(), *last))
+            .collect()
     }
 
     /// Distinct views with at least one acknowledged event.
@@ -247,6 +268,12 @@ pub struct TruthFile {
     pub views: u64,
     /// Acknowledged event copies (duplicates included).
     pub acknowledged_events: u64,
+    /// Beacons re-sent late with their original `sent_at` (moved into later windows).
+    #[serde(default)]
+    pub late_copies: u64,
+    /// Views without a counted `view_end`, with the time (ms) of their latest counted event.
+    #[serde(default)]
+    pub unended_views: Vec<(String, i64)>,
     /// Events the collector never acknowledged (given up after retries, or refused).
     pub unacknowledged_events: u64,
     /// Events sent in attempts whose outcome is unknown (a 503 or a broken connection): they

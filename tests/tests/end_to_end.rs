@@ -1,6 +1,8 @@
 //! The whole pipeline with real processes: simulator -> collector -> broker -> aggregator ->
 //! ClickHouse. Every metric of every window and slice in ClickHouse equals the simulator's
-//! ground truth of the events the collector acknowledged, exactly, at 10 s, 1 min and 1 h.
+//! ground truth of the events the collector acknowledged, exactly, at 10 s, 1 min and 1 h;
+//! late re-sends (moved into later windows by their original `sent_at`) count once; views
+//! that left silently end with reason `timeout`.
 
 use qoe_simulator::truth::{TruthFile, METRIC_COLUMNS};
 use qoe_tests::truth::{Row, RowKey};
@@ -70,9 +72,11 @@ async fn assert_clickhouse_equals(
         .iter()
         .map(|r| (r.key(), Row::from_values(&r.metrics)))
         .collect();
+    // A window holding only late copies of a view's events has no active view.
     let views: BTreeMap<RowKey, u64> = truth
         .rows
         .iter()
+        .filter(|r| r.active_views > 0)
         .map(|r| (r.key(), r.active_views))
         .collect();
     let late: u64 = rows.values().map(|r| r.get("late_events")).sum();
@@ -118,7 +122,18 @@ async fn clickhouse_equals_the_simulators_ground_truth() {
         ],
     )
     .await;
-    let _aggregator = spawn_aggregator(&topic, &database, &unique("e2e"), &[]);
+    // A view timeout short enough for the run: silent views of its first two minutes end.
+    let _aggregator = spawn_aggregator(
+        &topic,
+        &database,
+        &unique("e2e"),
+        &[
+            "--view-timeout-secs",
+            &VIEW_TIMEOUT_SECS.to_string(),
+            "--vod-view-timeout-secs",
+            &VIEW_TIMEOUT_SECS.to_string(),
+        ],
+    );
     let (truth, _) = simulate(
         &url,
         &[
@@ -136,12 +151,22 @@ async fn clickhouse_equals_the_simulators_ground_truth() {
             "0.05",
             "--reorder-rate",
             "0.1",
+            "--resend-rate",
+            "0.03",
+            "--silent-exit-rate",
+            "0.2",
             "--incident",
             INCIDENT,
         ],
     )
     .await;
     let rows = assert_clickhouse_equals(&database, &topic, &truth).await;
+    assert!(
+        truth.late_copies > 20,
+        "late re-sends exercised: {}",
+        truth.late_copies
+    );
+    assert_silent_views_timed_out(&database, &truth).await;
     let total = |name: &str| rows.values().map(|r| r.get(name)).sum::<u64>();
     assert!(
         total("events") > 10_000,
@@ -184,6 +209,71 @@ async fn clickhouse_equals_the_simulators_ground_truth() {
     };
     assert_eq!(worst_by(2), "eu-west x cdn-b", "worst rebuffering");
     assert_eq!(worst_by(3), "eu-west x cdn-b", "worst start failures");
+}
+
+/// The aggregator's view timeout in these runs (live and VOD), seconds.
+const VIEW_TIMEOUT_SECS: i64 = 60;
+
+/// Every view without a `view_end` whose last event is far enough before the end of the run
+/// (view timeout, allowed lateness, a window and a margin for partitions whose last event is
+/// a little earlier) has ended with reason `timeout`, at its last event; no view that sent a
+/// `view_end` has.
+async fn assert_silent_views_timed_out(database: &str, truth: &TruthFile) {
+    let window = i64::from(truth.window_secs);
+    let run_end = truth
+        .rows
+        .iter()
+        .map(|r| i64::from(r.window_start) + window)
+        .max()
+        .expect("rows");
+    let cutoff = run_end - VIEW_TIMEOUT_SECS - 30 - window - 30;
+    let expected: std::collections::BTreeSet<(String, i64)> = truth
+        .unended_views
+        .iter()
+        .map(|(v, last)| (v.clone(), last.div_euclid(1000)))
+        .filter(|(_, last)| *last < cutoff)
+        .collect();
+    assert!(
+        expected.len() > 10,
+        "silent exits exercised: {}",
+        expected.len()
+    );
+    let got: std::collections::BTreeSet<(String, i64)> = clickhouse_query(
+        database,
+        &format!(
+            "SELECT view_id, toUnixTimestamp(last_event_time) FROM qoe_views \
+             WHERE end_reason = 'timeout' AND toUnixTimestamp(last_event_time) < {cutoff}"
+        ),
+    )
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|r| (r[0].clone(), r[1].parse().unwrap()))
+    .collect();
+    assert_eq!(
+        got.len(),
+        expected.len(),
+        "views ended by timeout before {cutoff}"
+    );
+    assert_eq!(got, expected);
+    let unended: std::collections::BTreeSet<&str> = truth
+        .unended_views
+        .iter()
+        .map(|(v, _)| v.as_str())
+        .collect();
+    let timed_out = clickhouse_query(
+        database,
+        "SELECT view_id FROM qoe_views WHERE end_reason = 'timeout'",
+    )
+    .await
+    .unwrap();
+    for r in &timed_out {
+        assert!(
+            unended.contains(r[0].as_str()),
+            "{} sent a view_end but ended by timeout",
+            r[0]
+        );
+    }
 }
 
 /// Players that are rate limited retry with backoff, and no event is lost or counted twice.

@@ -8,7 +8,9 @@
 //! which is the collector's clock correction (`schemas/src/validate.rs`, `corrected_time`).
 
 use qoe_schemas::{EndReason, EventType, QoeEvent, StreamType};
-use qoe_tests::{clickhouse_query, create_topic, publish, spawn_aggregator, unique, wait_caught_up};
+use qoe_tests::{
+    clickhouse_query, create_topic, publish, spawn_aggregator, unique, wait_caught_up,
+};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -51,7 +53,12 @@ fn end(view: &str, seq: u32, t: i64, started: bool, reason: EndReason) -> QoeEve
 }
 
 /// Publishes and waits until the aggregator's checkpoints cover it.
-async fn publish_and_wait(topic: &str, db: &str, events: &[QoeEvent], next: &mut BTreeMap<i32, i64>) {
+async fn publish_and_wait(
+    topic: &str,
+    db: &str,
+    events: &[QoeEvent],
+    next: &mut BTreeMap<i32, i64>,
+) {
     for (p, (_, n)) in publish(topic, events).await {
         next.insert(p, n);
     }
@@ -104,7 +111,13 @@ async fn resent_body_scenario(flush_ms: u64, kill: bool) {
     let last_seq = after.last().map(|e| e.seq).unwrap_or(0);
     let mut phase2 = copy;
     phase2.extend(after);
-    phase2.push(end(view, last_seq + 1, T0 + 380_000, true, EndReason::Completed));
+    phase2.push(end(
+        view,
+        last_seq + 1,
+        T0 + 380_000,
+        true,
+        EndReason::Completed,
+    ));
     publish_and_wait(&topic, &db, &phase2, &mut next).await;
     let totals = one_row(
         &db,
