@@ -398,6 +398,13 @@ def views():
             f"SELECT round(quantileExact(0.5)(100 * stall_ms / (playing_ms + stall_ms)), 2) AS median_rebuffering_pct "
             f"{base} AND playing_ms + stall_ms > 0", "table", w=6, h=4,
             columns=["median_rebuffering_pct"])
+    d.panel("table", "Views by how they ended",
+            "live: no view_end yet and heard from within the view timeout; timeout: went silent "
+            "(closed tab, crashed app) and was ended by the aggregator; completed / exit / error: "
+            "the player's view_end.",
+            f"SELECT if(end_reason = '', 'live', end_reason) AS state, count() AS views, "
+            f"countIf(started = 1) AS started_views\n{base}\nGROUP BY state\nORDER BY views DESC",
+            "table", w=24, h=6, columns=["state", "views", "started_views"])
     d.panel("table", "Views with the most stalling",
             "Views of the selected slices, most stalled time first.",
             f"SELECT {cols}\n{base}\nORDER BY stall_ms DESC, errors DESC\nLIMIT 500",
