@@ -109,6 +109,8 @@ struct Tracked {
     /// out).
     ended: bool,
     seqs: Seqs,
+    /// The caller's token for `context` (see [`Views::track`]): equal tokens, equal contexts.
+    token: u64,
 }
 
 /// A view that went silent: its summary ends with reason `timeout` at its last event.
@@ -172,16 +174,22 @@ impl<S: BuildHasher> Views<S> {
     }
 
     /// Records an event that is not late; false if its `(view_id, seq)` was counted before.
-    pub fn track(&mut self, e: &EventRef<'_>, config: &ViewConfig) -> bool {
+    /// `token` names the event's context for the caller (the partition passes its batch's
+    /// context index with the batch number): while it is unchanged, the view's context is
+    /// known to be the same and is not compared (0: always compare).
+    pub fn track(&mut self, e: &EventRef<'_>, config: &ViewConfig, token: u64) -> bool {
         if let Some(v) = self.by_id.get_mut(&*e.view_id) {
             if !v.seqs.insert(e.seq) {
                 return false;
             }
             v.last_time = v.last_time.max(e.event_time);
             v.ended |= e.kind == EventType::ViewEnd;
-            if !Equivalent::<Context>::equivalent(&ContextRef::of(e), &*v.context) {
+            if (token == 0 || token != v.token)
+                && !Equivalent::<Context>::equivalent(&ContextRef::of(e), &*v.context)
+            {
                 v.context = intern(&mut self.contexts, e);
             }
+            v.token = token;
             return true;
         }
         if self.by_id.len() >= config.max_views.max(1) {
@@ -194,6 +202,7 @@ impl<S: BuildHasher> Views<S> {
             last_time: e.event_time,
             ended: e.kind == EventType::ViewEnd,
             seqs,
+            token,
         };
         self.by_id.insert(e.view_id.as_ref().into(), tracked);
         true
@@ -292,6 +301,7 @@ impl<S: BuildHasher + Default> Views<S> {
                     last_time,
                     ended,
                     seqs: Seqs { below, above },
+                    token: 0,
                 },
             );
         }
@@ -362,10 +372,10 @@ mod tests {
             ..ViewConfig::default()
         };
         let mut v = Views::<DefaultHashBuilder>::default();
-        assert!(v.track(&ev("a", 0, EventType::ViewStart, 0), &config));
-        assert!(v.track(&ev("b", 0, EventType::ViewStart, 0), &config));
-        assert!(v.track(&ev("b", 1, EventType::ViewEnd, 5_000), &config));
-        assert!(v.track(&ev("a", 1, EventType::Heartbeat, 10_000), &config));
+        assert!(v.track(&ev("a", 0, EventType::ViewStart, 0), &config, 0));
+        assert!(v.track(&ev("b", 0, EventType::ViewStart, 0), &config, 0));
+        assert!(v.track(&ev("b", 1, EventType::ViewEnd, 5_000), &config, 0));
+        assert!(v.track(&ev("a", 1, EventType::Heartbeat, 10_000), &config, 0));
         let mut silent = Vec::new();
         v.expire(65_000, &config, &mut silent);
         assert!(silent.is_empty());
@@ -375,7 +385,7 @@ mod tests {
             "b ended 60 s before the watermark: forgotten quietly"
         );
         // A copy arriving minutes later, shifted into an open window, is still a duplicate.
-        assert!(!v.track(&ev("a", 0, EventType::ViewStart, 60_000), &config));
+        assert!(!v.track(&ev("a", 0, EventType::ViewStart, 60_000), &config, 0));
         v.expire(70_000, &config, &mut silent);
         assert_eq!(silent.len(), 1);
         assert_eq!(
@@ -397,9 +407,10 @@ mod tests {
             v.track(
                 &ev(&format!("v{i:02}"), 0, EventType::ViewStart, 1000 * i),
                 &config,
+                0,
             );
         }
-        v.track(&ev("new", 0, EventType::ViewStart, 99_000), &config);
+        v.track(&ev("new", 0, EventType::ViewStart, 99_000), &config, 0);
         assert_eq!(v.len(), 15);
         assert_eq!(v.take_evicted(), 2);
         let held: Vec<String> = v.held().into_iter().map(|h| h.0).collect();
@@ -411,17 +422,17 @@ mod tests {
     fn stored_tables_round_trip() {
         let config = ViewConfig::default();
         let mut v = Views::<DefaultHashBuilder>::default();
-        v.track(&ev("a", 0, EventType::ViewStart, 0), &config);
-        v.track(&ev("a", 5, EventType::Heartbeat, 9), &config);
-        v.track(&ev("b", 0, EventType::ViewEnd, 3), &config);
+        v.track(&ev("a", 0, EventType::ViewStart, 0), &config, 0);
+        v.track(&ev("a", 5, EventType::Heartbeat, 9), &config, 0);
+        v.track(&ev("b", 0, EventType::ViewEnd, 3), &config, 0);
         let json = serde_json::to_string(&v.to_stored()).unwrap();
         let w =
             Views::<DefaultHashBuilder>::from_stored(serde_json::from_str(&json).unwrap()).unwrap();
         assert_eq!(v.held(), w.held());
         assert_eq!(w.contexts.len(), 1, "one shared context");
         let mut w = w;
-        assert!(!w.track(&ev("a", 5, EventType::Heartbeat, 9), &config));
-        assert!(w.track(&ev("a", 4, EventType::Heartbeat, 9), &config));
+        assert!(!w.track(&ev("a", 5, EventType::Heartbeat, 9), &config, 0));
+        assert!(w.track(&ev("a", 4, EventType::Heartbeat, 9), &config, 0));
         let bad: Stored =
             serde_json::from_str(r#"{"contexts":[],"views":[["a",0,0,false,0,[]]]}"#).unwrap();
         assert!(Views::<DefaultHashBuilder>::from_stored(bad).is_err());

@@ -498,6 +498,8 @@ pub struct PartitionState<S = DefaultHashBuilder> {
     /// Beacon views: duplicates over their whole life, timeouts.
     views: Views<S>,
     batch: Batch,
+    /// Number of the current batch (context indices are per batch).
+    batch_number: u32,
     batch_from: i64,
     next_offset: i64,
     sessions: Sessions,
@@ -510,6 +512,11 @@ pub struct PartitionState<S = DefaultHashBuilder> {
     /// Events made from one CMCD report (reused buffer).
     derived: Vec<QoeEvent>,
     silent: Vec<SilentView>,
+}
+
+/// A view table token for a batch's context index: never 0 (0 means "unknown").
+fn context_token(batch: u32, context: u32) -> u64 {
+    (u64::from(batch) << 32 | u64::from(context)) + 1
 }
 
 /// Why a stored state cannot be used.
@@ -537,6 +544,7 @@ impl<S: BuildHasher + Default> PartitionState<S> {
             reports_seen: HashSet::new(),
             views: Views::default(),
             batch: Batch::default(),
+            batch_number: 0,
             batch_from: 0,
             next_offset: 0,
             sessions: Sessions::default(),
@@ -606,6 +614,7 @@ impl<S: BuildHasher + Default> PartitionState<S> {
     fn settle(&mut self) {
         if self.next_offset <= self.discard_until {
             self.batch = Batch::default();
+            self.batch_number = self.batch_number.wrapping_add(1);
             self.batch_from = self.next_offset;
         }
     }
@@ -732,7 +741,11 @@ impl<S: BuildHasher + Default> PartitionState<S> {
         let (context, slice) = self.batch.intern(e, self.config.dimensions);
         let outcome = if window + self.config.window_ms <= self.watermark() {
             Outcome::Late
-        } else if self.views.track(e, &self.config.views) {
+        } else if self.views.track(
+            e,
+            &self.config.views,
+            context_token(self.batch_number, context),
+        ) {
             Outcome::Accepted
         } else {
             Outcome::Duplicate
@@ -851,6 +864,7 @@ impl<S: BuildHasher + Default> PartitionState<S> {
             state,
         };
         self.batch_from = self.next_offset;
+        self.batch_number = self.batch_number.wrapping_add(1);
         (std::mem::take(&mut self.batch), checkpoint)
     }
 }
