@@ -2,13 +2,14 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help demo test stack stop status lint unit migrate dashboards metrics-json players
+.PHONY: help demo test stack stop status lint unit migrate dashboards metrics-json players sdk
 
 help:
 	@echo "make demo    set up everything and run the pipeline on local defaults"
 	@echo "make test    set up everything and run the whole test suite (lint included)"
 	@echo "make stack   install (if missing) and start Kafka + ClickHouse on loopback"
-	@echo "make players install chromium, ffmpeg and the pinned web players (tests/players)"
+	@echo "make players install chromium, ffmpeg and the pinned web players (tests/players) and the web SDK's build tool"
+	@echo "make sdk     the web SDK's unit tests and build check (sdk/web)"
 	@echo "make stop    stop the services this project started"
 	@echo "make status  what runs"
 	@echo "make dashboards  regenerate dashboards/json and the alert rules from dashboards/generate.py"
@@ -35,7 +36,10 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-test: stack players lint
+sdk: players
+	cd sdk/web && node --test test/ && node build.mjs --check
+
+test: stack players lint sdk
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --no-fail-fast
 	python3 -c 'import chdb, pytest, yaml' 2>/dev/null || python3 -m pip install -q chdb-core pytest pyyaml

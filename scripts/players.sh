@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# What the real-player tests (tests/tests/players.rs) and the demo's player need: Debian's
-# chromium and ffmpeg, Node.js with npm, and the players and puppeteer-core pinned in
+# What the real-player tests (tests/tests/players.rs), the web SDK's tests and the demo's player
+# need: Debian's chromium and ffmpeg, Node.js with npm, the players and puppeteer-core pinned in
 # tests/players/package-lock.json (puppeteer-core drives the system chromium; it never
-# downloads a browser). Idempotent: installs only what is missing.
+# downloads a browser), and the SDK's build tool pinned in sdk/web/package-lock.json.
+# Idempotent: installs only what is missing.
 #   scripts/players.sh setup
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +25,11 @@ setup() {
   if [[ ! -f $modules || tests/players/package-lock.json -nt $modules ]]; then
     echo "[players] npm ci (tests/players)"
     (cd tests/players && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+  modules=sdk/web/node_modules/.package-lock.json
+  if [[ ! -f $modules || sdk/web/package-lock.json -nt $modules ]]; then
+    echo "[players] npm ci (sdk/web: the SDK's pinned build tool)"
+    (cd sdk/web && npm ci --no-audit --no-fund --loglevel=error)
   fi
   echo "[players] chromium $(/usr/bin/chromium --version 2>/dev/null | awk '{print $2}'), ffmpeg $(ffmpeg -version | awk 'NR==1{print $3}'), node $(node --version)"
 }

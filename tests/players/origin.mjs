@@ -27,7 +27,7 @@ function vodSegments(playlist) {
   return out;
 }
 
-export function startOrigin({ contentDir, pageDir, modulesDir, port = 0 }) {
+export function startOrigin({ contentDir, pageDir, modulesDir, sdkFile, port = 0 }) {
   const started = Date.now();
   const firstRequest = new Map(); // scenario -> ms of its first media request
   const media = {};
@@ -91,6 +91,9 @@ export function startOrigin({ contentDir, pageDir, modulesDir, port = 0 }) {
       const file = path.join(modulesDir, path.normalize(url.pathname.slice('/vendor/'.length)));
       if (!file.startsWith(modulesDir)) { res.writeHead(403); res.end(); return; }
       return sendFile(res, file, types[path.extname(file)] || 'application/octet-stream');
+    }
+    if (url.pathname === '/sdk/qoe.min.js' && sdkFile) {
+      return sendFile(res, sdkFile, 'text/javascript');
     }
     if (url.pathname === '/player.html') {
       return sendFile(res, path.join(pageDir, 'player.html'), 'text/html');

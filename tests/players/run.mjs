@@ -1,6 +1,8 @@
 // Plays the scenarios with real players in one headless Chromium, pages side by side, against
 // the test origin (origin.mjs) and a running collector, and writes what each page observed
-// (its ground truth) and every CMCD body its player posted, as JSON.
+// (its ground truth), every CMCD and beacon body posted, and the web SDK's own counters, as
+// JSON. Pages with `sdk` also run the web SDK (sdk/web) on the same <video>, under its own
+// view and stream ids, so the same playback is reported both ways.
 //
 // Usage: node run.mjs --collector URL --content DIR --out FILE [--only name,name]
 // Needs /usr/bin/chromium (Debian's package); puppeteer-core never downloads a browser.
@@ -26,13 +28,15 @@ const runId = Date.now().toString(36);
 // played so far) and the page is then read; `leave` closes the page instead.
 const STEPS_SCALE = Number(process.env.STEPS_SCALE || 1);
 const SCENARIOS = [
-  { name: 'hls-healthy', p: 'hls', scenario: 'none', steps: [[40, 'finish']] },
-  { name: 'dash-healthy', p: 'dash', scenario: 'none', steps: [[40, 'finish']] },
+  { name: 'hls-healthy', p: 'hls', scenario: 'none', sdk: true, steps: [[40, 'finish']] },
+  { name: 'dash-healthy', p: 'dash', scenario: 'none', sdk: true, steps: [[40, 'finish']] },
   { name: 'shaka-healthy', p: 'shaka', scenario: 'none', steps: [[40, 'finish']] },
-  { name: 'hls-stall', p: 'hls', scenario: 'stall', steps: [[45, 'finish']] },
-  { name: 'hls-missing', p: 'hls', scenario: 'missing', steps: [[10, 'finish']] },
-  { name: 'hls-pause', p: 'hls', scenario: 'none', steps: [[14, 'pause'], [20, 'play'], [30, 'leave']] },
-  { name: 'hls-throttle', p: 'hls', scenario: 'throttle', steps: [[45, 'finish']] },
+  { name: 'hls-stall', p: 'hls', scenario: 'stall', sdk: true, steps: [[45, 'finish']] },
+  { name: 'hls-missing', p: 'hls', scenario: 'missing', sdk: true, steps: [[10, 'finish']] },
+  { name: 'hls-pause', p: 'hls', scenario: 'none', sdk: true, steps: [[14, 'pause'], [20, 'play'], [30, 'leave']] },
+  { name: 'hls-throttle', p: 'hls', scenario: 'throttle', sdk: true, steps: [[45, 'finish']] },
+  // The web SDK alone, with a player that does not report CMCD.
+  { name: 'hls-sdk-only', p: 'hls', scenario: 'none', sdk: true, cmcd: false, steps: [[40, 'finish']] },
 ];
 // Not part of the test: the demo's one real viewer (scripts/demo.sh).
 const EXTRA = [{ name: 'demo', p: 'hls', scenario: 'none', steps: [[Number(process.env.DEMO_SECONDS || 40), 'finish']] }];
@@ -42,6 +46,7 @@ const origin = await startOrigin({
   contentDir: path.resolve(args.content),
   pageDir: here,
   modulesDir: path.join(here, 'node_modules'),
+  sdkFile: path.resolve(here, '../../sdk/web/dist/qoe.min.js'),
 });
 const browser = await puppeteer.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
@@ -54,29 +59,36 @@ const browser = await puppeteer.launch({
 });
 
 async function run(s) {
-  const sid = `${s.name}-${runId}`;
-  const cid = `${s.name}-${runId}`;
+  const cmcd = s.cmcd !== false;
+  const sid = cmcd ? `${s.name}-${runId}` : '';
+  const cid = sid;
+  const sdkView = s.sdk ? `${s.name}-sdk-${runId}` : null;
   // Its own context (a window of its own): a background tab's media would not start.
   const context = await browser.createBrowserContext();
   const page = await context.newPage();
   const posted = [];
+  const beacons = [];
   const console_ = [];
   page.on('request', (r) => {
     if (r.url().includes('/v1/cmcd') && r.method() === 'POST') posted.push({ at: Date.now(), body: r.postData() ?? null });
+    if (r.url().includes('/v1/beacons') && r.method() === 'POST') beacons.push({ at: Date.now(), body: r.postData() ?? null });
   });
   page.on('console', (m) => { if (console_.length < 200) console_.push(`${m.type()}: ${m.text()}`); });
   page.on('pageerror', (e) => console_.push(`pageerror: ${e.message}`));
   page.on('response', (r) => { if (r.status() >= 400) console_.push(`http ${r.status()} ${r.request().method()} ${r.url()}`); });
   page.on('requestfailed', (r) => {
     // CML drops its report fetch once it has the status: not a failure.
-    if (!r.url().includes('/v1/cmcd')) console_.push(`failed ${r.url()} ${r.failure()?.errorText}`);
+    if (!r.url().includes('/v1/')) console_.push(`failed ${r.url()} ${r.failure()?.errorText}`);
   });
   const url = `${origin.base}/player.html?p=${s.p}&scenario=${s.scenario}-${runId}-${s.name}&sid=${sid}&cid=${cid}` +
-    `&collector=${encodeURIComponent(args.collector)}`;
+    `&collector=${encodeURIComponent(args.collector)}&cmcd=${cmcd ? 1 : 0}` +
+    (sdkView ? `&sdk=1&sdkview=${sdkView}&sdkstream=${sdkView}` : '');
   const started = Date.now();
   await page.goto(url);
   let truth = null;
+  let sdk = null;
   let closed = false;
+  const readSdk = () => page.evaluate(() => window.qoe.sdk());
   for (const [at, action] of s.steps) {
     await sleep(Math.max(0, started + at * 1000 * STEPS_SCALE - Date.now()));
     if (action === 'pause') await page.evaluate(() => window.qoe.pause());
@@ -85,11 +97,13 @@ async function run(s) {
       truth = await page.evaluate(() => window.qoe.finish());
       await sleep(2500); // the pause report reaches the collector
       truth = await page.evaluate(() => window.qoe.truth);
+      sdk = await readSdk();
     } else if (action === 'leave') {
       // The viewer stops watching and closes the page (players report nothing on close).
       await page.evaluate(() => window.qoe.finish());
       await sleep(300);
       truth = await page.evaluate(() => window.qoe.truth);
+      sdk = await readSdk();
       await page.close({ runBeforeUnload: true });
       closed = true;
       await sleep(1500);
@@ -97,7 +111,8 @@ async function run(s) {
   }
   if (!closed) await page.close();
   await context.close();
-  return { name: s.name, player: s.p, scenario: s.scenario, sid, cid, truth, posted, console: console_ };
+  return { name: s.name, player: s.p, scenario: s.scenario, sid, cid, sdk_view: sdkView, sdk_stream: sdkView,
+    sdk, truth, posted, beacons, console: console_ };
 }
 
 let results;

@@ -1,8 +1,11 @@
 //! Real players through the real pipeline: hls.js, dash.js and Shaka Player in headless
 //! Chromium (Debian's `chromium`, driven by `puppeteer-core`), playing live HLS and DASH from a
 //! local origin that injects faults, report CMCD v2 to the collector with nothing of ours in the
-//! page but their `cmcd` configuration; the rows in ClickHouse are compared with what each page
-//! measured on its own `<video>` element (tests/players: run.mjs, player.html, origin.mjs).
+//! page but their `cmcd` configuration; most pages also run the web SDK (`sdk/web`, beacon
+//! protocol v1) on the same `<video>` under its own view and stream ids, and one runs the SDK
+//! alone. The rows in ClickHouse, from either path, are compared with what each page measured on
+//! its own `<video>` element, and the two paths' rows of one playback with each other
+//! (tests/players: run.mjs, player.html, origin.mjs).
 //!
 //! Needs `scripts/players.sh setup` (chromium, ffmpeg, node modules), which `make test` runs.
 
@@ -24,11 +27,38 @@ struct Run {
 #[derive(Debug, Deserialize)]
 struct Page {
     name: String,
+    /// CMCD session and content ids (empty when the page's player reports no CMCD).
     sid: String,
     cid: String,
+    /// The web SDK's view and stream ids, when the page runs it.
+    sdk_view: Option<String>,
+    sdk_stream: Option<String>,
+    sdk: Option<SdkReport>,
     truth: Truth,
     posted: Vec<Posted>,
+    beacons: Vec<Posted>,
     console: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SdkReport {
+    stats: SdkStats,
+}
+
+/// The SDK's own counters; times are main-thread milliseconds spent in its handlers.
+#[derive(Debug, Deserialize)]
+struct SdkStats {
+    #[serde(rename = "handlerMs")]
+    handler_ms: f64,
+    #[serde(rename = "handlerCalls")]
+    handler_calls: u64,
+    #[serde(rename = "maxHandlerMs")]
+    max_handler_ms: f64,
+    heartbeats: u64,
+    #[serde(rename = "heartbeatMs")]
+    heartbeat_ms: f64,
+    errors: u64,
+    dropped: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -65,13 +95,13 @@ struct Observed {
     down: u64,
 }
 
-async fn observed(db: &str, page: &Page) -> Observed {
+/// The rows of one reporting path: a view id and the stream id its windows are under.
+async fn observed(db: &str, view_id: &str, stream_id: &str) -> Observed {
     let v = clickhouse_query(
         db,
         &format!(
             "SELECT count(), max(started), max(startup_ms), sum(playing_ms), sum(stall_ms), \
-             sum(stalls), any(end_reason) FROM qoe_views WHERE view_id = '{}'",
-            page.sid
+             sum(stalls), any(end_reason) FROM qoe_views WHERE view_id = '{view_id}'"
         ),
     )
     .await
@@ -80,8 +110,7 @@ async fn observed(db: &str, page: &Page) -> Observed {
         db,
         &format!(
             "SELECT sum(attempts), sum(plays), sum(vsf), sum(upswitches), sum(downswitches) \
-             FROM qoe_window_10s WHERE stream_id = '{}'",
-            page.cid
+             FROM qoe_window_10s WHERE stream_id = '{stream_id}'"
         ),
     )
     .await
@@ -108,7 +137,7 @@ fn players_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("players")
 }
 
-/// Checks one page; returns what is wrong with it.
+/// Checks one path's rows against the page; returns what is wrong.
 fn check(page: &Page, got: &Observed) -> Vec<String> {
     let t = &page.truth;
     let mut wrong = Vec::new();
@@ -254,55 +283,128 @@ async fn real_players_report_their_viewers_experience() {
     wait_caught_up(&db, &topic, &ends, Duration::from_secs(60)).await;
 
     let mut failures = Vec::new();
+    let (mut sdk_ms, mut sdk_heartbeat_ms, mut sdk_heartbeats, mut sdk_max_ms) =
+        (0.0, 0.0, 0, 0.0f64);
     for page in &run.pages {
-        let got = observed(&db, page).await;
-        let mut wrong = check(page, &got);
         let t = &page.truth;
-        // What each scenario must have made the page itself see.
-        let problem = match page.name.as_str() {
-            "hls-healthy" | "dash-healthy" | "shaka-healthy" if t.stalls > 0 => Some(format!(
-                "the page itself stalled {} times: not a healthy playback",
-                t.stalls
-            )),
-            "hls-stall" if t.stalls != 1 => Some(format!(
-                "the delayed segment made {} stalls on the page, want 1",
-                t.stalls
-            )),
-            "hls-missing" if got.vsf != 1 || got.end_reason != "error" => Some(format!(
-                "vsf {} end {:?}, want a start failure",
-                got.vsf, got.end_reason
-            )),
-            "hls-missing" if t.error.as_deref() != Some("manifestLoadError") => {
-                Some(format!("the page's player error was {:?}", t.error))
-            }
-            "hls-pause" if got.end_reason != "timeout" => Some(format!(
-                "end reason {:?}: the closed page's view should end silent (timeout)",
-                got.end_reason
-            )),
-            "hls-throttle" if t.down == 0 => {
-                Some("the throttled origin made no down-switch on the page".into())
-            }
+        let cmcd = if page.sid.is_empty() {
+            None
+        } else {
+            Some(observed(&db, &page.sid, &page.cid).await)
+        };
+        let sdk = match (&page.sdk_view, &page.sdk_stream) {
+            (Some(v), Some(s)) => Some(observed(&db, v, s).await),
             _ => None,
         };
-        wrong.extend(problem);
+        let mut wrong = Vec::new();
+        for (path, got) in [("cmcd", &cmcd), ("sdk", &sdk)] {
+            let Some(got) = got else { continue };
+            let mut w = check(page, got);
+            // What each scenario must have made the page itself see, and how each path ends.
+            let problem = match page.name.as_str() {
+                "hls-healthy" | "dash-healthy" | "shaka-healthy" | "hls-sdk-only"
+                    if t.stalls > 0 =>
+                {
+                    Some(format!(
+                        "the page itself stalled {} times: not a healthy playback",
+                        t.stalls
+                    ))
+                }
+                "hls-stall" if t.stalls != 1 => Some(format!(
+                    "the delayed segment made {} stalls on the page, want 1",
+                    t.stalls
+                )),
+                "hls-missing" if got.vsf != 1 || got.end_reason != "error" => Some(format!(
+                    "vsf {} end {:?}, want a start failure",
+                    got.vsf, got.end_reason
+                )),
+                "hls-missing" if t.error.as_deref() != Some("manifestLoadError") => {
+                    Some(format!("the page's player error was {:?}", t.error))
+                }
+                // Players send nothing when a page closes: the CMCD view ends silent. The SDK
+                // says goodbye on pagehide.
+                "hls-pause" if path == "cmcd" && got.end_reason != "timeout" => Some(format!(
+                    "end reason {:?}: the closed page's CMCD view should end silent (timeout)",
+                    got.end_reason
+                )),
+                "hls-pause" if path == "sdk" && got.end_reason != "exit" => Some(format!(
+                    "end reason {:?}: the SDK reports the closed page's view as an exit",
+                    got.end_reason
+                )),
+                "hls-throttle" if t.down == 0 => {
+                    Some("the throttled origin made no down-switch on the page".into())
+                }
+                _ => None,
+            };
+            w.extend(problem);
+            wrong.extend(w.into_iter().map(|w| format!("[{path}] {w}")));
+        }
+        // The same playback reported both ways: the two rows agree.
+        if let (Some(c), Some(s)) = (&cmcd, &sdk) {
+            let within = |a: i64, b: i64, tol: i64| (a - b).abs() <= tol;
+            if !(within(c.startup_ms, s.startup_ms, 250)
+                && within(c.playing_ms, s.playing_ms, 1_000)
+                && within(c.stall_ms, s.stall_ms, 1_000)
+                && c.stalls == s.stalls
+                && (c.plays, c.vsf) == (s.plays, s.vsf))
+            {
+                wrong.push(format!(
+                    "CMCD and SDK rows of one playback disagree: {c:?} vs {s:?}"
+                ));
+            }
+        }
+        if let Some(r) = &page.sdk {
+            let st = &r.stats;
+            if st.errors > 0 {
+                wrong.push(format!("the SDK caught {} errors of its own", st.errors));
+            }
+            sdk_ms += st.handler_ms;
+            sdk_heartbeat_ms += st.heartbeat_ms;
+            sdk_heartbeats += st.heartbeats;
+            sdk_max_ms = sdk_max_ms.max(st.max_handler_ms);
+            eprintln!(
+                "{:<14} SDK: {} handler calls, {:.2} ms in all, {} heartbeats ({:.3} ms each), longest handler {:.2} ms, {} events dropped",
+                page.name,
+                st.handler_calls,
+                st.handler_ms,
+                st.heartbeats,
+                st.heartbeat_ms / st.heartbeats.max(1) as f64,
+                st.max_handler_ms,
+                st.dropped
+            );
+        }
         eprintln!(
-            "{:<14} page {:?}\n{:<14} rows {:?}",
-            page.name, page.truth, "", got
+            "{:<14} page {:?}\n{:<14} cmcd {:?}\n{:<14} sdk  {:?}",
+            page.name, page.truth, "", cmcd, "", sdk
         );
         if !wrong.is_empty() {
-            failures.push(format!(
-                "{} (sid {}): {}\n  bodies posted by the player:\n{}\n  page console: {:?}",
-                page.name,
-                page.sid,
-                wrong.join("; "),
-                page.posted
+            let bodies = |posted: &[Posted]| {
+                posted
                     .iter()
                     .map(|p| format!("    {} {}", p.at, p.body.as_deref().unwrap_or("").trim()))
                     .collect::<Vec<_>>()
-                    .join("\n"),
+                    .join("\n")
+            };
+            failures.push(format!(
+                "{} (sid {}, SDK view {:?}): {}\n  CMCD bodies:\n{}\n  SDK bodies:\n{}\n  page console: {:?}",
+                page.name,
+                page.sid,
+                page.sdk_view,
+                wrong.join("; "),
+                bodies(&page.posted),
+                bodies(&page.beacons),
                 page.console
             ));
         }
     }
+    // The SDK's cost on the page's main thread (BENCHMARKS.md): all its handlers over the
+    // heartbeats they covered, and the heartbeat handler alone.
+    eprintln!(
+        "SDK main-thread time: {:.3} ms per heartbeat interval (all handlers), {:.3} ms per heartbeat handler, longest single handler {:.2} ms, over {} heartbeats",
+        sdk_ms / sdk_heartbeats.max(1) as f64,
+        sdk_heartbeat_ms / sdk_heartbeats.max(1) as f64,
+        sdk_max_ms,
+        sdk_heartbeats
+    );
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
