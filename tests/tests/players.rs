@@ -54,11 +54,19 @@ struct SdkStats {
     handler_calls: u64,
     #[serde(rename = "maxHandlerMs")]
     max_handler_ms: f64,
+    /// Which handler took `max_handler_ms`.
+    slowest: String,
+    /// Time per handler name.
+    #[serde(rename = "byHandler")]
+    by_handler: BTreeMap<String, f64>,
     heartbeats: u64,
     #[serde(rename = "heartbeatMs")]
     heartbeat_ms: f64,
     errors: u64,
     dropped: u64,
+    /// Handler time up to the first frame (set-up included).
+    #[serde(rename = "startupMs")]
+    startup_ms: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -283,8 +291,8 @@ async fn real_players_report_their_viewers_experience() {
     wait_caught_up(&db, &topic, &ends, Duration::from_secs(60)).await;
 
     let mut failures = Vec::new();
-    let (mut sdk_ms, mut sdk_heartbeat_ms, mut sdk_heartbeats, mut sdk_max_ms) =
-        (0.0, 0.0, 0, 0.0f64);
+    let (mut sdk_ms, mut sdk_steady_ms, mut sdk_heartbeat_ms, mut sdk_heartbeats, mut sdk_max_ms) =
+        (0.0, 0.0, 0.0, 0, 0.0f64);
     for page in &run.pages {
         let t = &page.truth;
         let cmcd = if page.sid.is_empty() {
@@ -359,18 +367,22 @@ async fn real_players_report_their_viewers_experience() {
                 wrong.push(format!("the SDK caught {} errors of its own", st.errors));
             }
             sdk_ms += st.handler_ms;
+            sdk_steady_ms += st.handler_ms - st.startup_ms.unwrap_or(st.handler_ms);
             sdk_heartbeat_ms += st.heartbeat_ms;
             sdk_heartbeats += st.heartbeats;
             sdk_max_ms = sdk_max_ms.max(st.max_handler_ms);
             eprintln!(
-                "{:<14} SDK: {} handler calls, {:.2} ms in all, {} heartbeats ({:.3} ms each), longest handler {:.2} ms, {} events dropped",
+                "{:<14} SDK: {} handler calls, {:.2} ms in all ({:.2} ms up to the first frame), {} heartbeats ({:.3} ms each), longest handler {:.2} ms ({}), {} events dropped; by handler {:?}",
                 page.name,
                 st.handler_calls,
                 st.handler_ms,
+                st.startup_ms.unwrap_or(0.0),
                 st.heartbeats,
                 st.heartbeat_ms / st.heartbeats.max(1) as f64,
                 st.max_handler_ms,
-                st.dropped
+                st.slowest,
+                st.dropped,
+                st.by_handler
             );
         }
         eprintln!(
@@ -397,14 +409,17 @@ async fn real_players_report_their_viewers_experience() {
             ));
         }
     }
-    // The SDK's cost on the page's main thread (BENCHMARKS.md): all its handlers over the
-    // heartbeats they covered, and the heartbeat handler alone.
+    // The SDK's cost on the page's main thread (BENCHMARKS.md): after the first frame, all its
+    // handlers (element events, heartbeats, sends) per heartbeat interval; the heartbeat handler
+    // alone; everything including set-up. performance.now() is coarsened to 0.1 ms here, and
+    // a handler's wall time includes any preemption of the page's thread.
+    let n = sdk_heartbeats.max(1) as f64;
     eprintln!(
-        "SDK main-thread time: {:.3} ms per heartbeat interval (all handlers), {:.3} ms per heartbeat handler, longest single handler {:.2} ms, over {} heartbeats",
-        sdk_ms / sdk_heartbeats.max(1) as f64,
-        sdk_heartbeat_ms / sdk_heartbeats.max(1) as f64,
+        "SDK main-thread time over {sdk_heartbeats} heartbeats: {:.3} ms per heartbeat interval after the first frame (all handlers), {:.3} ms per heartbeat handler, {:.3} ms per interval including set-up and startup, longest single handler {:.2} ms",
+        sdk_steady_ms / n,
+        sdk_heartbeat_ms / n,
+        sdk_ms / n,
         sdk_max_ms,
-        sdk_heartbeats
     );
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }

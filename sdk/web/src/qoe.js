@@ -10,7 +10,8 @@
  *   view.end('completed');          // when the app knows better than the element
  *
  * What it measures, from the element's own events:
- * - a view starts at the play request (`play`, or `loadstart` of an autoplaying element);
+ * - a view starts at the play request (`play`; for an autoplaying element the player's manifest
+ *   request when an adapter is attached, else `loadstart`; or `playRequested()`);
  *   `first_frame` at the first `playing`, with `startup_ms` since the request;
  * - playing time while playing; a stall is `waiting` after the first frame that is not a seek
  *   (startup and seeking are not stalls); every event after the first frame carries the playing
@@ -104,7 +105,8 @@ export class Monitor {
     this.nextViewId = o.viewId || null;
     /** Counters for the application and the tests; `handlerMs` is main-thread time spent here. */
     this.stats = { events: 0, bodies: 0, dropped: 0, refused: 0, retries: 0, errors: 0,
-      handlerMs: 0, handlerCalls: 0, maxHandlerMs: 0, heartbeats: 0, heartbeatMs: 0 };
+      handlerMs: 0, handlerCalls: 0, maxHandlerMs: 0, slowest: '', byHandler: {}, heartbeats: 0, heartbeatMs: 0, startupMs: null };
+    this.depth = 0;
     this.queue = [];
     this.view = null;
     this.bitrate = null;
@@ -115,7 +117,7 @@ export class Monitor {
     this.listeners = [];
     const on = (target, type, fn) => {
       if (!target) return;
-      const handler = this.guard(fn);
+      const handler = this.guard(fn, type);
       target.addEventListener(type, handler);
       this.listeners.push([target, type, handler]);
     };
@@ -126,24 +128,35 @@ export class Monitor {
     on(this.env.document, 'visibilitychange', () => {
       if (this.env.document.visibilityState === 'hidden') this.flush(true);
     });
-    this.heartbeatTimer = this.env.setInterval(this.guard(() => this.heartbeat(), true), HEARTBEAT_MS);
-    this.flushTimer = this.env.setInterval(this.guard(() => this.flush(false)), FLUSH_MS);
+    this.heartbeatTimer = this.env.setInterval(this.guard(() => this.heartbeat(), 'heartbeat'), HEARTBEAT_MS);
+    this.flushTimer = this.env.setInterval(this.guard(() => this.flush(false), 'flush'), FLUSH_MS);
     if (!video.paused || (video.autoplay && video.currentSrc)) this.guard(() => this.startView())();
   }
 
   /** The current view's id (null before the first play request). */
   get viewId() { return this.view ? this.view.id : null; }
 
-  /** Wraps a handler: never throws, and its main-thread time is counted. */
-  guard(fn, heartbeat = false) {
+  /** Wraps a handler: never throws, and its main-thread time is counted (once, by the
+   * outermost handler; `name` says which was the slowest). */
+  guard(fn, name = 'api') {
     return (...args) => {
+      if (this.depth) {
+        try { fn(...args); } catch (e) { this.stats.errors += 1; }
+        return;
+      }
+      this.depth = 1;
       const t0 = this.env.monotonic();
       try { fn(...args); } catch (e) { this.stats.errors += 1; }
       const spent = this.env.monotonic() - t0;
-      this.stats.handlerMs += spent;
-      this.stats.handlerCalls += 1;
-      if (spent > this.stats.maxHandlerMs) this.stats.maxHandlerMs = spent;
-      if (heartbeat) this.stats.heartbeatMs += spent;
+      this.depth = 0;
+      const st = this.stats;
+      st.handlerMs += spent;
+      st.handlerCalls += 1;
+      if (spent > st.maxHandlerMs) { st.maxHandlerMs = spent; st.slowest = name; }
+      if (name === 'heartbeat') st.heartbeatMs += spent;
+      st.byHandler[name] = (st.byHandler[name] || 0) + spent;
+      // The handler that saw the first frame closes the start-up part.
+      if (st.startupMs === null && this.view && this.view.started) st.startupMs = st.handlerMs;
     };
   }
 
@@ -287,6 +300,12 @@ export class Monitor {
 
   // --- what applications and adapters call ----------------------------------------------
 
+  /** The viewer asked to play (a click on a custom play button, a player loading a source to
+   * autoplay): the view, and its startup time, begin now. */
+  playRequested() {
+    this.guard(() => { if (!this.view || this.view.ended) this.startView(); })();
+  }
+
   /** Ends the current view (`completed`, `exit` or `error`) and sends what is queued. */
   end(reason = 'exit') {
     this.guard(() => {
@@ -349,9 +368,9 @@ export class Monitor {
     this.env.clearInterval(this.flushTimer);
   }
 
-  hls(hls) { this.guard(() => attachHls(this, hls))(); return this; }
+  hls(hls) { this.guard(() => attachHls(this, hls), 'attach')(); return this; }
 
-  dash(player) { this.guard(() => attachDash(this, player))(); return this; }
+  dash(player) { this.guard(() => attachDash(this, player), 'attach')(); return this; }
 
   // --- delivery ----------------------------------------------------------------------------
 
@@ -403,7 +422,7 @@ export class Monitor {
       }
       this.stats.retries += 1;
       this.retryAt = this.env.now() + retryMs;
-      this.env.setTimeout(this.guard(() => this.flush(false)), retryMs);
+      this.env.setTimeout(this.guard(() => this.flush(false), 'retry'), retryMs);
     };
     const backoff = () => {
       this.backoffMs = Math.min(MAX_BACKOFF_MS, this.backoffMs ? this.backoffMs * 2 : 1000);
@@ -426,17 +445,22 @@ function attachHls(m, hls) {
   const ev = (name, fallback) => E[name] || fallback;
   const version = hls.constructor && hls.constructor.version;
   m.setContext({ player: `hls.js${version ? `/${version}` : ''}`, protocol: 'hls' });
-  hls.on(ev('LEVEL_SWITCHED', 'hlsLevelSwitched'), m.guard((_, d) => {
+  // Loading a source into an autoplaying element is the play request.
+  hls.on(ev('MANIFEST_LOADING', 'hlsManifestLoading'), m.guard(() => {
+    if (m.video.autoplay) m.playRequested();
+  }, 'hls'));
+  // The rendition the player switches to (as hls.js's own CMCD reports it).
+  hls.on(ev('LEVEL_SWITCHING', 'hlsLevelSwitching'), m.guard((_, d) => {
     const level = hls.levels && hls.levels[d.level];
     if (level && level.bitrate) m.setBitrate(level.bitrate / 1000);
-  }));
+  }, 'hls'));
   hls.on(ev('FRAG_LOADED', 'hlsFragLoaded'), m.guard((_, d) => {
     if (!m.context.cdn && d && d.frag && d.frag.url) m.setContext({ cdn: new URL(d.frag.url).host });
-  }));
+  }, 'hls'));
   hls.on(ev('ERROR', 'hlsError'), m.guard((_, d) => {
     if (d && d.fatal) m.fail(d.details || d.type, true);
     else if (d && d.type !== 'mediaError' && d.details !== 'bufferStalledError') m.fail(d.details || d.type, false);
-  }));
+  }, 'hls'));
   m.setLatencySource(() => (Number.isFinite(hls.latency) ? hls.latency * 1000 : NaN));
 }
 
@@ -445,15 +469,18 @@ function attachDash(m, player) {
   const events = (globalThis.dashjs && globalThis.dashjs.MediaPlayer && globalThis.dashjs.MediaPlayer.events) || {};
   const version = player.getVersion ? player.getVersion() : '';
   m.setContext({ player: `dash.js${version ? `/${version}` : ''}`, protocol: 'dash' });
+  player.on(events.MANIFEST_LOADING_STARTED || 'manifestLoadingStarted', m.guard(() => {
+    if (m.video.autoplay) m.playRequested();
+  }, 'dash'));
   player.on(events.QUALITY_CHANGE_RENDERED || 'qualityChangeRendered', m.guard((e) => {
     if (e.mediaType === 'video' && e.newRepresentation && e.newRepresentation.bandwidth) {
       m.setBitrate(e.newRepresentation.bandwidth / 1000);
     }
-  }));
+  }, 'dash'));
   player.on(events.ERROR || 'error', m.guard((e) => {
     const code = e && e.error ? (e.error.code !== undefined ? `DASH_${e.error.code}` : e.error.message) : 'dash';
     m.fail(code, true);
-  }));
+  }, 'dash'));
   m.setLatencySource(() => {
     const s = player.getCurrentLiveLatency ? player.getCurrentLiveLatency() : NaN;
     return s * 1000;

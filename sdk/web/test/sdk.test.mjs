@@ -257,6 +257,31 @@ test('autoplay: the view starts at loadstart, so startup includes loading', asyn
   assert.equal(s.of('view_start').length, 1);
 });
 
+test('an adapter marks the play request when the player starts loading an autoplaying source', async () => {
+  const s = setup();
+  s.video.autoplay = true;
+  const handlers = {};
+  function FakeHls() {}
+  FakeHls.Events = { MANIFEST_LOADING: 'ml', LEVEL_SWITCHING: 'ls', FRAG_LOADED: 'fl', ERROR: 'err' };
+  FakeHls.version = '1.7.4';
+  const hls = Object.assign(new FakeHls(), { levels: [{ bitrate: 800000 }, { bitrate: 2500000 }], on: (e, f) => { handlers[e] = f; } });
+  s.view.hls(hls);
+  handlers.ml('ml', {});
+  await s.env.advance(400);
+  s.video.fire('loadstart');
+  handlers.ls('ls', { level: 1 });
+  await s.env.advance(600);
+  s.video.fire('playing');
+  handlers.ls('ls', { level: 0 });
+  handlers.fl('fl', { frag: { url: 'https://edge-7.cdn-b.example/seg1.ts' } });
+  handlers.err('err', { fatal: true, details: 'bufferAppendError' });
+  await settle();
+  assert.equal(s.of('first_frame')[0].startup_ms, 1000, 'from the manifest request');
+  assert.deepEqual(s.of('bitrate_change').map((e) => [e.prev_bitrate_kbps, e.bitrate_kbps]), [[2500, 800]]);
+  assert.deepEqual(s.of('error').map((e) => [e.code, e.fatal, e.started]), [['bufferAppendError', true, true]]);
+  assert.equal(s.env.bodies[0].body.view.player, 'p', 'an explicit player name wins');
+});
+
 test('never throws into the page, and its own time is counted', async () => {
   const s = setup({ status: () => 'throw' });
   s.video.getVideoPlaybackQuality = () => { throw new Error('broken'); };
