@@ -37,6 +37,11 @@ const SCENARIOS = [
   { name: 'hls-throttle', p: 'hls', scenario: 'throttle', sdk: true, steps: [[45, 'finish']] },
   // The web SDK alone, with a player that does not report CMCD.
   { name: 'hls-sdk-only', p: 'hls', scenario: 'none', sdk: true, cmcd: false, steps: [[40, 'finish']] },
+  // The SDK on dash.js through the faults (a second wave: two cores play eight pages at most).
+  { name: 'dash-sdk-stall', p: 'dash', scenario: 'stall', sdk: true, cmcd: false, wave: 2, steps: [[45, 'finish']] },
+  { name: 'dash-sdk-missing', p: 'dash', scenario: 'missing', sdk: true, cmcd: false, wave: 2, steps: [[10, 'finish']] },
+  { name: 'dash-sdk-pause', p: 'dash', scenario: 'none', sdk: true, cmcd: false, wave: 2,
+    steps: [[14, 'pause'], [20, 'play'], [30, 'leave']] },
 ];
 // Not part of the test: the demo's one real viewer (scripts/demo.sh).
 const EXTRA = [{ name: 'demo', p: 'hls', scenario: 'none', steps: [[Number(process.env.DEMO_SECONDS || 40), 'finish']] }];
@@ -118,7 +123,10 @@ async function run(s) {
 let results;
 try {
   const chosen = only ? [...SCENARIOS, ...EXTRA].filter((s) => only.has(s.name)) : SCENARIOS;
-  results = await Promise.all(chosen.map(run));
+  results = [];
+  for (const wave of [...new Set(chosen.map((s) => s.wave || 1))].sort()) {
+    results.push(...await Promise.all(chosen.filter((s) => (s.wave || 1) === wave).map(run)));
+  }
 } finally {
   await browser.close();
   origin.server.close();

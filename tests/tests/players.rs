@@ -322,10 +322,15 @@ async fn real_players_report_their_viewers_experience() {
                     "the delayed segment made {} stalls on the page, want 1",
                     t.stalls
                 )),
-                "hls-missing" if got.vsf != 1 || got.end_reason != "error" => Some(format!(
-                    "vsf {} end {:?}, want a start failure",
-                    got.vsf, got.end_reason
-                )),
+                "dash-sdk-stall" if t.stalls == 0 => {
+                    Some("the delayed segment made no stall on the page".into())
+                }
+                "hls-missing" | "dash-sdk-missing" if got.vsf != 1 || got.end_reason != "error" => {
+                    Some(format!(
+                        "vsf {} end {:?}, want a start failure",
+                        got.vsf, got.end_reason
+                    ))
+                }
                 "hls-missing" if t.error.as_deref() != Some("manifestLoadError") => {
                     Some(format!("the page's player error was {:?}", t.error))
                 }
@@ -335,10 +340,12 @@ async fn real_players_report_their_viewers_experience() {
                     "end reason {:?}: the closed page's CMCD view should end silent (timeout)",
                     got.end_reason
                 )),
-                "hls-pause" if path == "sdk" && got.end_reason != "exit" => Some(format!(
-                    "end reason {:?}: the SDK reports the closed page's view as an exit",
-                    got.end_reason
-                )),
+                "hls-pause" | "dash-sdk-pause" if path == "sdk" && got.end_reason != "exit" => {
+                    Some(format!(
+                        "end reason {:?}: the SDK reports the closed page's view as an exit",
+                        got.end_reason
+                    ))
+                }
                 "hls-throttle" if t.down == 0 => {
                     Some("the throttled origin made no down-switch on the page".into())
                 }

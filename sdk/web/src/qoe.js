@@ -446,7 +446,12 @@ function attachHls(m, hls) {
   const version = hls.constructor && hls.constructor.version;
   m.setContext({ player: `hls.js${version ? `/${version}` : ''}`, protocol: 'hls' });
   // Loading a source into an autoplaying element is the play request.
-  hls.on(ev('MANIFEST_LOADING', 'hlsManifestLoading'), m.guard(() => {
+  let source = null;
+  hls.on(ev('MANIFEST_LOADING', 'hlsManifestLoading'), m.guard((_, d) => {
+    // A new source on the same element is a new view (hls.js keeps the element as it is).
+    const url = d && d.url;
+    if (source !== null && url !== source && m.view && m.view.started) m.end('exit');
+    source = url;
     if (m.video.autoplay) m.playRequested();
   }, 'hls'));
   // The rendition the player switches to (as hls.js's own CMCD reports it).

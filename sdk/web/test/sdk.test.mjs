@@ -282,6 +282,25 @@ test('an adapter marks the play request when the player starts loading an autopl
   assert.equal(s.env.bodies[0].body.view.player, 'p', 'an explicit player name wins');
 });
 
+test('hls.js loading another source on the same element starts a new view', async () => {
+  const s = setup();
+  s.video.autoplay = true;
+  const handlers = {};
+  const hls = { levels: [], on: (e, f) => { handlers[e] = f; } };
+  s.view.hls(hls);
+  handlers.hlsManifestLoading('m', { url: 'https://o/a.m3u8' });
+  s.video.fire('playing');
+  await s.env.advance(5000);
+  handlers.hlsManifestLoading('m', { url: 'https://o/b.m3u8' });
+  await s.env.advance(300);
+  s.video.fire('playing');
+  await s.env.advance(15_000);
+  const views = [...new Set(s.env.bodies.map((b) => b.body.view.view_id))];
+  assert.equal(views.length, 2);
+  assert.equal(s.of('view_end')[0].reason, 'exit');
+  assert.deepEqual(s.of('first_frame').map((e) => e.startup_ms), [0, 300]);
+});
+
 test('never throws into the page, and its own time is counted', async () => {
   const s = setup({ status: () => 'throw' });
   s.video.getVideoPlaybackQuality = () => { throw new Error('broken'); };
