@@ -96,6 +96,7 @@ SUM_ALIASES = {
     "kbps_ms_": "bitrate_kbps_ms", "latency_sum_": "latency_ms_sum",
     "latency_n_": "latency_samples", "seeks_": "seeks", "startup_unknown_": "startup_unknown",
     "requests_": "cdn_requests", "request_errors_": "cdn_request_errors", "ttfb_sum_": "ttfb_ms_sum",
+    "startup_sum_": "startup_ms_sum",
 }
 _sums = [f"sum({column(c)}) AS {a}" for a, c in SUM_ALIASES.items()]
 SUMS = ("\n    ".join(", ".join(_sums[i:i + 4]) + "," for i in range(0, len(_sums), 4))
@@ -123,12 +124,25 @@ KPIS = {
     "ttfb_p95_ms": percentile(0.95, "th", "tc", "ttfbs_", TTFB_LO, TTFB_HI),
 }
 
+# The experience score and its parts (schemas/src/score.rs, README "Experience score"), from the
+# catalogue's SQL over the sums above: the same formula as each view's score in qoe_views.
+SCORE_TOTALS = {
+    "attempts": "attempts_", "ebvs": "ebvs_", "failures": "(vsf_ + vpf_)", "startups": "startups_",
+    "startup_ms_sum": "startup_sum_", "playing_ms": "playing_", "stall_ms": "stall_",
+    "stalls": "stalls_", "bitrate_kbps_ms": "kbps_ms_",
+    "top_kbps": repr(float(CATALOGUE["score"]["default_top_kbps"])),
+}
+for _s in CATALOGUE["score"]["sql"]:
+    KPIS[_s["name"]] = _s["sql"].format(**SCORE_TOTALS)
+
 UNITS = {
     "start_failure_pct": "percent", "ebvs_pct": "percent", "playback_failure_pct": "percent",
     "rebuffering_pct": "percent", "startup_p50_ms": "ms", "startup_p95_ms": "ms",
     "startup_p95_ms_": "ms", "avg_bitrate_kbps": "Kbits", "live_latency_ms": "ms",
     "viewer_hours": "h", "freshness_s": "s", "seconds_since_write": "s",
     "request_error_pct": "percent", "ttfb_p95_ms": "ms",
+    "score": "none", "score_success": "none", "score_startup": "none", "score_smoothness": "none",
+    "score_quality": "none",
 }
 
 
@@ -159,9 +173,10 @@ def report_sql(name, frm, to):
     where = f"window_start >= toDateTime({int(frm)}) AND window_start < toDateTime({int(to)})"
     if name == "slices":
         return kpi_table(["region", "cdn"],
-                         ["attempts", "plays", "start_failure_pct", "ebvs_pct", "rebuffering_pct",
-                          "startup_p50_ms", "startup_p95_ms", "avg_bitrate_kbps", "seeks_per_hour"],
-                         "rebuffering_pct DESC", limit=1000, where=where)
+                         ["score", "attempts", "plays", "start_failure_pct", "ebvs_pct",
+                          "rebuffering_pct", "startup_p50_ms", "startup_p95_ms", "avg_bitrate_kbps",
+                          "seeks_per_hour"],
+                         "score ASC", limit=1000, where=where)
     if name == "minutes":
         # Slice-minutes with at least 50 minutes of viewing, so that a ratio means something.
         return kpi_table(["window_start", "region", "cdn"],
@@ -281,7 +296,12 @@ def overview():
     d.panel("timeseries", "Average bitrate", "Playing-time weighted rendition bitrate.",
             kpi_series(["avg_bitrate_kbps"]), "timeseries", columns=["avg_bitrate_kbps"])
     d.panel("timeseries", "Live latency", "Average live-edge latency reported by heartbeats.",
-            kpi_series(["live_latency_ms"]), "timeseries", columns=["live_latency_ms"], w=24)
+            kpi_series(["live_latency_ms"]), "timeseries", columns=["live_latency_ms"])
+    parts = ["score", "score_success", "score_startup", "score_smoothness", "score_quality"]
+    d.panel("timeseries", "Experience score (0-100)",
+            "One number for how viewers fared, and its parts: playback success, startup, "
+            "smoothness, quality (README, \"Experience score\"). Computed from the bucket's totals.",
+            kpi_series(parts), "timeseries", columns=parts)
     return d
 
 
@@ -299,11 +319,12 @@ def region_cdn():
     d = Dashboard("qoe-region-cdn", "QoE by region x CDN",
                   "Which slice is broken: KPIs as region x CDN matrices, and slices ranked by "
                   "how many viewers they affect.")
-    all_kpis = ["attempts", "plays", "viewer_hours", "start_failure_pct", "ebvs_pct",
+    all_kpis = ["score", "attempts", "plays", "viewer_hours", "start_failure_pct", "ebvs_pct",
                 "playback_failure_pct", "rebuffering_pct", "stalls_per_hour", "seeks_per_hour",
                 "startup_p50_ms", "startup_p95_ms", "avg_bitrate_kbps", "live_latency_ms",
                 "cdn_requests", "request_error_pct", "ttfb_p95_ms"]
-    for name, title in [("rebuffering_pct", "Rebuffering ratio (%)"),
+    for name, title in [("score", "Experience score (0-100)"),
+                        ("rebuffering_pct", "Rebuffering ratio (%)"),
                         ("start_failure_pct", "Start failures (%)"),
                         ("ebvs_pct", "Exits before video start (%)"),
                         ("startup_p95_ms", "Startup p95 (ms)"),
@@ -379,11 +400,11 @@ def views():
                   "The individual views behind a bad slice: one row per view (qoe_views).")
     base = (f"FROM qoe_views\nWHERE start_time >= $__fromTime AND start_time <= $__toTime "
             f"AND {FILTER}")
-    cols = ("view_id, start_time, region, cdn, platform, stream_id, started, startup_ms,\n"
+    cols = ("view_id, start_time, region, cdn, platform, stream_id, score, started, startup_ms,\n"
             "  round(playing_ms / 1000) AS watched_s, round(stall_ms / 1000, 1) AS stalled_s, stalls,\n"
             "  if(playing_ms + stall_ms = 0, 0, round(100 * stall_ms / (playing_ms + stall_ms), 2)) AS rebuffering_pct,\n"
             "  round(avg_bitrate_kbps) AS avg_bitrate_kbps, errors, error_code, end_reason")
-    names = ["view_id", "start_time", "region", "cdn", "platform", "stream_id", "started",
+    names = ["view_id", "start_time", "region", "cdn", "platform", "stream_id", "score", "started",
              "startup_ms", "watched_s", "stalled_s", "stalls", "rebuffering_pct",
              "avg_bitrate_kbps", "errors", "error_code", "end_reason"]
     d.panel("stat", "Views started in range", "Distinct views that started in the time range.",
@@ -405,6 +426,15 @@ def views():
             f"SELECT if(end_reason = '', 'live', end_reason) AS state, count() AS views, "
             f"countIf(started = 1) AS started_views\n{base}\nGROUP BY state\nORDER BY views DESC",
             "table", w=24, h=6, columns=["state", "views", "started_views"])
+    d.panel("table", "Worst views by experience score",
+            "The views of the selected slices that fared worst (README, \"Experience score\"): "
+            "failed starts score 0, exits before start 50; its parts say why.",
+            f"SELECT view_id, start_time, region, cdn, stream_id, score, score_success, score_startup,\n"
+            f"  score_smoothness, score_quality, end_reason, error_code\n{base}\n"
+            f"ORDER BY score ASC, start_time DESC\nLIMIT 500",
+            "table", w=24, h=10,
+            columns=["view_id", "start_time", "region", "cdn", "stream_id", "score", "score_success",
+                     "score_startup", "score_smoothness", "score_quality", "end_reason", "error_code"])
     d.panel("table", "Views with the most stalling",
             "Views of the selected slices, most stalled time first.",
             f"SELECT {cols}\n{base}\nORDER BY stall_ms DESC, errors DESC\nLIMIT 500",

@@ -71,14 +71,14 @@ report() {
   [ -f "$RANGE_FILE" ] && read -r from to <"$RANGE_FILE"
   local where="window_start >= toDateTime($from) AND window_start < toDateTime($to)"
   echo
-  echo "QoE by region x CDN, worst rebuffering first (ClickHouse $DB.qoe_window_1m, simulated run)"
+  echo "QoE by region x CDN, worst experience score first (0-100, README \"Experience score\"; ClickHouse $DB.qoe_window_1m, simulated run)"
   report_table slices "$from" "$to"
   echo
   echo "Worst slice-minutes (at least 50 minutes of viewing, so a ratio means something): when it happened"
   report_table minutes "$from" "$to"
   echo
   echo "Real player: hls.js in headless Chromium, reporting CMCD v2 to POST /v1/cmcd (its own view)"
-  ch "SELECT view_id, player, protocol, cdn, started, startup_ms, round(playing_ms / 1000, 1) AS playing_s,
+  ch "SELECT view_id, player, protocol, cdn, score, started, startup_ms, round(playing_ms / 1000, 1) AS playing_s,
         stalls, round(stall_ms / 1000, 1) AS stall_s, round(avg_bitrate_kbps) AS kbps, end_reason
       FROM qoe_views WHERE view_id LIKE 'demo-%' ORDER BY start_time FORMAT PrettyCompactMonoBlock"
   echo

@@ -20,6 +20,7 @@ pub mod cmcd;
 pub mod event;
 pub mod metrics;
 pub mod migrations;
+pub mod score;
 pub mod validate;
 
 pub use beacon::{Envelope, RawEvent, ViewContext};

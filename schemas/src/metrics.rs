@@ -385,6 +385,12 @@ pub fn catalogue_json() -> String {
         "window_tables": WINDOW_TABLES.iter().map(|(t, s)| json!({"table": t, "grain_s": s})).collect::<Vec<_>>(),
         "window_columns": WINDOW_COLUMNS.as_slice(),
         "metrics": metrics,
+        "score": {
+            "about": "The experience score (schemas/src/score.rs): SQL over additive totals, \
+                      with placeholders for the totals' expressions and the top rendition's kbps",
+            "default_top_kbps": crate::score::DEFAULT_TOP_KBPS,
+            "sql": crate::score::sql_templates().into_iter().map(|(n, e)| json!({"name": n, "sql": e})).collect::<Vec<_>>(),
+        },
     });
     let mut s = serde_json::to_string_pretty(&doc).unwrap_or_default();
     s.push('\n');

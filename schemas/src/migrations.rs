@@ -52,6 +52,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0006_partition_state.sql",
         sql: include_str!("../clickhouse/0006_partition_state.sql"),
     },
+    Migration {
+        version: 7,
+        name: "0007_view_score.sql",
+        sql: include_str!("../clickhouse/0007_view_score.sql"),
+    },
 ];
 
 /// A ClickHouse server version, as `SELECT version()` reports it (`18.16.1`, `25.3.2.39`).

@@ -137,6 +137,25 @@ async fn resent_body_scenario(flush_ms: u64, kill: bool) {
     )
     .await;
     assert_eq!(views, [view, "900", "370000", "completed"], "{name}");
+    // Its experience score, as qoe_views computes it, is the definition's for its totals.
+    let want = qoe_schemas::score::Score::of(
+        &qoe_schemas::score::Totals {
+            attempts: 1.0,
+            startups: 1.0,
+            startup_ms_sum: 900.0,
+            playing_ms: 370_000.0,
+            bitrate_kbps_ms: 3000.0 * 370_000.0,
+            ..Default::default()
+        },
+        qoe_schemas::score::DEFAULT_TOP_KBPS,
+    )
+    .overall
+    .unwrap();
+    let score = one_row(&db, "SELECT score FROM qoe_views").await;
+    assert!(
+        (score[0].parse::<f64>().unwrap() - want).abs() <= 0.051,
+        "{name}: score {score:?}, the definition gives {want:.2}"
+    );
     drop(agg);
 }
 
