@@ -4,7 +4,10 @@
 //! Pure logic:
 //! - [`metrics`]: how one event adds to the per-window metrics of the catalogue.
 //! - [`staging`]: the staged row's columns and RowBinary encoding.
-//! - [`window`]: per-partition windowing, watermark, lateness and duplicate rules.
+//! - [`window`]: per-partition windowing, watermark, lateness, batches, checkpoints and the
+//!   partition's state snapshot.
+//! - [`views`]: beacon views over their whole life: duplicates, timeouts, bounds.
+//! - [`cmcd`]: CMCD sessions turned into views and events.
 //!
 //! I/O:
 //! - [`store`]: the ClickHouse connection (server version detection, legacy-server mode).

@@ -9,13 +9,17 @@
 //!   closing windows early.
 //! - An event whose window ended at or before the watermark is *late*: it is not added to
 //!   any metric, only to `late_events` of its own window.
-//! - An event whose `(view_id, seq)` was already accepted while its window is open is a
-//!   *duplicate*: it only adds to `duplicate_events`.
+//! - An event whose `(view_id, seq)` was already counted in the view's life is a *duplicate*
+//!   ([`crate::views`]): it only adds to `duplicate_events` of its own window.
 //! - Windows are never "held open" for output: every batch writes partial rows that add up;
-//!   the watermark only decides lateness and when duplicate-tracking state is dropped.
+//!   the watermark decides lateness, when views and CMCD sessions time out, and when CMCD
+//!   duplicate keys are dropped.
 //!
 //! - A CMCD report is turned into events by its session ([`crate::cmcd`]); each event counts
-//!   in its own window. The session table travels with the checkpoint.
+//!   in its own window.
+//! - Views and sessions are the partition's long-lived state: a checkpoint carries it every
+//!   few seconds ([`PartitionState::snapshot`]), and a restart from an older snapshot
+//!   re-processes the messages after it without output ([`PartitionState::discarding_until`]).
 //!
 //! Speed: this runs once per message, so the hot path allocates nothing for events whose
 //! context, window and view the batch already holds. A batch interns each distinct context
