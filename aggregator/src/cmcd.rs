@@ -33,6 +33,8 @@
 //! window is final is late anyway, so the keys live only as long as their windows are open and
 //! are rebuilt by the same replay, instead of growing every session's stored state.
 
+use crate::views::SilentView;
+use crate::window::ContextRef;
 use qoe_schemas::cmcd::{CmcdMessage, CmcdReport};
 use qoe_schemas::{EndReason, EventType, QoeEvent, StreamType, SCHEMA_VERSION};
 use serde::{Deserialize, Serialize};
@@ -152,7 +154,7 @@ impl Sessions {
         watermark: i64,
         window_ms: i64,
         config: &SessionConfig,
-        silent_views: &mut Vec<QoeEvent>,
+        silent_views: &mut Vec<SilentView>,
     ) {
         self.by_sid.retain(|_, s| {
             let keep = s.last_ts + config.timeout_ms + window_ms > watermark;
@@ -162,7 +164,11 @@ impl Sessions {
                     // summary ends with reason `timeout`.
                     let last = s.last_ts;
                     let probe = s.event_for_view(&mut view, last);
-                    silent_views.push(probe);
+                    silent_views.push(SilentView {
+                        context: std::sync::Arc::new(ContextRef::of(&probe.borrowed()).owned()),
+                        view_id: probe.view_id,
+                        last_time: last,
+                    });
                 }
             }
             keep
@@ -810,7 +816,7 @@ mod tests {
         assert!(p.sessions.is_empty());
         assert_eq!(silent.len(), 1, "the open view went silent");
         assert_eq!(
-            (silent[0].view_id.as_str(), silent[0].event_time),
+            (silent[0].view_id.as_str(), silent[0].last_time),
             ("s-8", T0 + 100)
         );
     }

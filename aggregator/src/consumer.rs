@@ -472,6 +472,11 @@ fn handle_message(shared: &Shared, m: &rdkafka::message::BorrowedMessage<'_>) {
         .increment(1);
         return;
     }
+    if route == Route::Restore {
+        // Beacon views come whole from the snapshot; only CMCD tracking is rebuilt, so a
+        // beacon message here is not even decoded.
+        return;
+    }
     let event = match m.payload().map(EventRef::decode) {
         Some(Ok(e)) => Some(e),
         Some(Err(e)) => {
@@ -480,10 +485,6 @@ fn handle_message(shared: &Shared, m: &rdkafka::message::BorrowedMessage<'_>) {
         }
         None => None,
     };
-    if route == Route::Restore {
-        // Beacon views come whole from the snapshot; only CMCD tracking is rebuilt.
-        return;
-    }
     let Some(event) = event else {
         if count {
             metrics::counter!(names::EVENTS, "outcome" => "invalid").increment(1);

@@ -641,22 +641,12 @@ impl<S: BuildHasher + Default> PartitionState<S> {
                 .expire(watermark, &self.config.views, &mut silent);
         }
         if !self.sessions.is_empty() {
-            let mut ended = std::mem::take(&mut self.derived);
-            ended.clear();
             self.sessions.expire(
                 watermark,
                 self.config.window_ms,
                 &self.config.sessions,
-                &mut ended,
+                &mut silent,
             );
-            for e in &ended {
-                silent.push(SilentView {
-                    view_id: e.view_id.clone(),
-                    context: std::sync::Arc::new(ContextRef::of(&e.borrowed()).owned()),
-                    last_time: e.event_time,
-                });
-            }
-            self.derived = ended;
         }
         for v in &silent {
             let (context, _) = self
