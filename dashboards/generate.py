@@ -513,7 +513,11 @@ def ratio_rule(what, num, den, guard, guard_unit, pct_threshold, times, guard_sc
         sums, "round(100 * cur_num / cur_den, 2)",
         [f"cur_den >= {guard_raw}", f"cur_num / cur_den > {pct_threshold / 100}",
          f"(base_den < {guard_raw} OR cur_num / cur_den > {times} * base_num / base_den)"])
-    return dict(sql=sql, rule=describe(what, f"{pct_threshold:g}%", guard, guard_unit, times))
+    # guard, kpi, threshold: the same numbers for dashboards/alert_eval.py, which checks
+    # independently of the SQL that no alert fires below the guard, and plots the KPI.
+    return dict(sql=sql, rule=describe(what, f"{pct_threshold:g}%", guard, guard_unit, times),
+                guard=(f"sum({den})", guard_raw), kpi=(f"sum({num})", f"sum({den})"),
+                threshold=pct_threshold)
 
 
 def startup_rule(guard, threshold_ms, times):
@@ -529,7 +533,9 @@ def startup_rule(guard, threshold_ms, times):
         [f"cur_n >= {guard}", f"{p_cur} > {threshold_ms}",
          f"(base_n < {guard} OR {p_cur} > {times} * {p_base})"])
     return dict(sql=sql, rule=describe("startup p95", f"{threshold_ms} ms", guard,
-                                       "plays with a measured startup", times))
+                                       "plays with a measured startup", times),
+                guard=(" + ".join(f"sum({column(c)})" for c in STARTUP_COLUMNS), guard),
+                kpi=None, threshold=threshold_ms)
 
 
 RULES = [

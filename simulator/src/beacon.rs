@@ -83,12 +83,13 @@ mod tests {
         let cond = Conditions {
             quality: baseline_quality("ap-south", "cdn-c"),
             start_failure_floor: 0.1,
+            start_failure_extra: 0.0,
         };
         let limits = Limits::default();
         let mut checked = 0;
         for seed in 0..100 {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-            let ctx = draw_context(&mut rng, "b", seed);
+            let ctx = draw_context(&mut rng, "b", seed, false);
             let t0 = 1_763_721_600_000;
             let mut p = Player::new(ctx.clone(), seed, t0, &cond, 15_000);
             let mut t = t0;

@@ -5,7 +5,9 @@
 //! `region=eu-west,cdn=cdn-b,start=8m,duration=3m,stalls=5,startup=3,start_failures=0.25`:
 //! `start` is counted from the beginning of the simulated run; `stalls`, `stall_length` and
 //! `startup` multiply the slice's baseline; `start_failures` is the probability that a view
-//! starting during the incident fails to start (it replaces the baseline when higher).
+//! starting during the incident fails to start (it replaces the baseline when higher);
+//! `start_failure_points` adds that many percentage points to the slice's own probability
+//! (`start_failure_points=10`: 1.3 % becomes 11.3 %).
 
 use crate::population::NetworkQuality;
 use std::fmt;
@@ -22,13 +24,15 @@ pub struct Incident {
     pub stall_length: f64,
     pub startup: f64,
     pub start_failures: f64,
+    /// Percentage points added to the start-failure probability.
+    pub start_failure_points: f64,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum IncidentError {
     #[error("expected key=value, got {0:?}")]
     NotKeyValue(String),
-    #[error("unknown incident setting {0:?} (known: region, cdn, start, duration, stalls, stall_length, startup, start_failures)")]
+    #[error("unknown incident setting {0:?} (known: region, cdn, start, duration, stalls, stall_length, startup, start_failures, start_failure_points)")]
     UnknownKey(String),
     #[error("{key}: {value:?} is not {expected}")]
     BadValue {
@@ -97,6 +101,7 @@ impl FromStr for Incident {
             stall_length: 1.0,
             startup: 1.0,
             start_failures: 0.0,
+            start_failure_points: 0.0,
         };
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (k, v) = part
@@ -136,6 +141,16 @@ impl FromStr for Incident {
                         })
                     }
                 },
+                "start_failure_points" => match v.parse::<f64>() {
+                    Ok(p) if (0.0..=100.0).contains(&p) => inc.start_failure_points = p,
+                    _ => {
+                        return Err(IncidentError::BadValue {
+                            key: "start_failure_points",
+                            value: v.to_owned(),
+                            expected: "percentage points between 0 and 100",
+                        })
+                    }
+                },
                 other => return Err(IncidentError::UnknownKey(other.to_owned())),
             }
         }
@@ -159,7 +174,7 @@ impl fmt::Display for Incident {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} x {} from +{}s for {}s: stalls x{}, stall length x{}, startup x{}, start failures {}%",
+            "{} x {} from +{}s for {}s: stalls x{}, stall length x{}, startup x{}, start failures {}% (+{} points)",
             self.region,
             self.cdn,
             self.start_ms / 1000,
@@ -167,7 +182,8 @@ impl fmt::Display for Incident {
             self.stalls,
             self.stall_length,
             self.startup,
-            self.start_failures * 100.0
+            self.start_failures * 100.0,
+            self.start_failure_points
         )
     }
 }
@@ -188,6 +204,11 @@ mod tests {
         assert_eq!(i.duration_ms, 180_000);
         assert_eq!((i.stalls, i.startup, i.stall_length), (5.0, 3.0, 1.0));
         assert_eq!(i.start_failures, 0.25);
+        assert_eq!(i.start_failure_points, 0.0);
+        let j: Incident = "region=a,cdn=b,start=0s,duration=1m,start_failure_points=10"
+            .parse()
+            .unwrap();
+        assert_eq!(j.start_failure_points, 10.0);
         assert!(i.applies("eu-west", "cdn-b", 480_000));
         assert!(i.applies("eu-west", "cdn-b", 659_999));
         assert!(!i.applies("eu-west", "cdn-b", 660_000));

@@ -10,12 +10,15 @@
 //! - [`player`]: one view's state machine, from `view_start` to `view_end`, batching its
 //!   events into beacons the way an SDK flushes them.
 //! - [`simulation`]: the audience over simulated time: arrivals, departures, one tick at a time.
+//! - [`offline`]: a run without a collector: every event counted once, per window and
+//!   region x CDN, as `qoe_window_*` rows (the alert evaluation's input).
 //! - [`beacon`]: the beacon protocol v1 request body for a batch of events.
 //! - [`truth`]: expected per-window, per-slice metrics of the acknowledged events, by the
 //!   spec's definitions.
 
 pub mod beacon;
 pub mod incident;
+pub mod offline;
 pub mod player;
 pub mod population;
 pub mod simulation;

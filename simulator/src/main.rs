@@ -11,7 +11,8 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use qoe_schemas::QoeEvent;
 use qoe_simulator::incident::{parse_duration_ms, Incident};
-use qoe_simulator::simulation::{Beacon, Settings, Simulation, TICK_MS};
+use qoe_simulator::offline::{self, SliceRows};
+use qoe_simulator::simulation::{Audience, Beacon, Settings, Simulation, TICK_MS};
 use qoe_simulator::truth::{Truth, TruthFile, METRIC_COLUMNS};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -109,9 +110,40 @@ struct Args {
     /// `-` for standard output.
     #[arg(long)]
     truth_out: Option<String>,
+    /// How the audience size moves: `flat` (--viewers all along) or `diurnal` (--viewers at
+    /// --peak-hour, --trough of that twelve hours away, a cosine in between, with busier
+    /// networks at peak: --congestion).
+    #[arg(long, value_enum, default_value_t = AudienceShape::Flat)]
+    audience: AudienceShape,
+    /// Diurnal audience: the night trough as a share of the peak.
+    #[arg(long, default_value_t = 0.1)]
+    trough: f64,
+    /// Diurnal audience: the UTC hour (of simulated time) of the peak.
+    #[arg(long, default_value_t = 20.0)]
+    peak_hour: f64,
+    /// Diurnal audience: at peak every slice stalls this much more often (0.3: +30 %) and
+    /// starts half that much slower; none at the trough.
+    #[arg(long, default_value_t = 0.3)]
+    congestion: f64,
+    /// Add small regions (af-south, me-central) whose slices hold a few viewers each.
+    #[arg(long)]
+    long_tail: bool,
+    /// Run without a collector: every generated event counts once (there is no network, so
+    /// no duplicates or late re-sends), summed per --window-secs window and region x CDN, and
+    /// written to this file (`-`: standard output) as ClickHouse JSONEachRow rows of the
+    /// `qoe_window_*` tables (other dimensions empty). Simulated time runs flat out and may
+    /// lie anywhere (--start-ms). For evaluating alert rules over a simulated day.
+    #[arg(long, value_name = "FILE")]
+    offline_rows: Option<String>,
     /// Seconds between progress lines on standard error (0: none).
     #[arg(long, default_value_t = 5)]
     progress_secs: u64,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum AudienceShape {
+    Flat,
+    Diurnal,
 }
 
 fn duration_arg(s: &str) -> Result<i64, String> {
@@ -347,7 +379,25 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
             args.allowed_lateness_secs.saturating_sub(3)
         );
     }
-    let wall_ms = if args.speed > 0.0 {
+    if !(0.0 < args.trough && args.trough <= 1.0) {
+        bail!("--trough must be a share of the peak in (0, 1]");
+    }
+    if !(0.0..24.0).contains(&args.peak_hour) {
+        bail!("--peak-hour must be an hour of the day, 0 to 24");
+    }
+    if !(0.0..=10.0).contains(&args.congestion) {
+        bail!("--congestion must be between 0 and 10");
+    }
+    let audience = match args.audience {
+        AudienceShape::Flat => Audience::Flat,
+        AudienceShape::Diurnal => Audience::Diurnal {
+            trough: args.trough,
+            peak_hour: args.peak_hour,
+            congestion: args.congestion,
+        },
+    };
+    let offline = args.offline_rows.is_some();
+    let wall_ms = if args.speed > 0.0 && !offline {
         (args.duration as f64 / args.speed) as i64
     } else {
         0
@@ -356,7 +406,7 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
         .start_ms
         .unwrap_or_else(|| now_ms() + wall_ms - args.duration);
     let oldest_allowed = now_ms() - (args.max_event_age_secs as i64) * 1000 + 60_000;
-    if start_ms < oldest_allowed {
+    if start_ms < oldest_allowed && !offline {
         bail!(
             "the simulated run would start {} ago, older than the collector's maximum event age \
              ({} s, with a minute to spare): shorten --duration, raise --speed less, or start the \
@@ -365,7 +415,7 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
             args.max_event_age_secs
         );
     }
-    if start_ms + args.duration > now_ms() + wall_ms + 60_000 {
+    if start_ms + args.duration > now_ms() + wall_ms + 60_000 && !offline {
         bail!("--start-ms puts simulated events in the future; the collector would reject them");
     }
     let run_id = args
@@ -384,11 +434,14 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
         flush_ms: i64::from(args.flush_secs) * 1000,
         ramp_ms: args.ramp.max(1),
         incidents: args.incidents.clone(),
-        duplicate_rate: args.duplicate_rate,
+        // Offline there is no network to lose a response or hold a batch back.
+        duplicate_rate: if offline { 0.0 } else { args.duplicate_rate },
         reorder_rate: args.reorder_rate,
-        resend_rate: args.resend_rate,
+        resend_rate: if offline { 0.0 } else { args.resend_rate },
         silent_exit_rate: args.silent_exit_rate,
         window_ms: i64::from(args.window_secs) * 1000,
+        audience,
+        long_tail: args.long_tail,
     })
 }
 
@@ -396,6 +449,9 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let settings = settings(&args)?;
+    if let Some(path) = &args.offline_rows {
+        return run_offline(&args, settings, path);
+    }
     let sender = Arc::new(Sender {
         client: reqwest::Client::builder()
             .pool_max_idle_per_host(args.connections)
@@ -489,6 +545,73 @@ async fn main() -> anyhow::Result<()> {
             totals.last_error.as_deref().unwrap_or("none")
         );
     }
+    Ok(())
+}
+
+/// `--offline-rows`: the simulation flat out, its rows written as their windows close.
+fn run_offline(args: &Args, settings: Settings, path: &str) -> anyhow::Result<()> {
+    let mut out: Box<dyn Write> = if path == "-" {
+        Box::new(std::io::BufWriter::new(std::io::stdout().lock()))
+    } else {
+        Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {path}"))?,
+        ))
+    };
+    eprintln!(
+        "[sim] offline: {} viewers ({:?}), {} simulated from {} UTC, seed {}, rows per {} s x region x CDN to {path}",
+        args.viewers,
+        settings.audience,
+        clock(args.duration),
+        qoe_simulator::offline::datetime(settings.start_ms.div_euclid(1000)),
+        args.seed,
+        args.window_secs
+    );
+    for inc in &settings.incidents {
+        eprintln!("[sim] incident: {inc}");
+    }
+    let wall_start = Instant::now();
+    let mut rows = SliceRows::new(settings.window_ms);
+    let mut sim = Simulation::new(settings.clone());
+    let (mut events, mut written) = (0u64, 0u64);
+    let mut write = |rows: Vec<_>, out: &mut Box<dyn Write>| -> anyhow::Result<()> {
+        for (key, m) in rows {
+            writeln!(out, "{}", offline::json_row(&key, &m)).context("writing rows")?;
+            written += 1;
+        }
+        Ok(())
+    };
+    let mut next_progress = Duration::from_secs(args.progress_secs);
+    while !sim.finished() {
+        for b in sim.tick() {
+            for e in &b.events {
+                rows.record(e);
+                events += 1;
+            }
+        }
+        // A beacon holds events at most one flush interval old.
+        write(
+            rows.take_closed(sim.now() - settings.flush_ms - 2 * TICK_MS),
+            &mut out,
+        )?;
+        if args.progress_secs > 0 && wall_start.elapsed() >= next_progress {
+            next_progress += Duration::from_secs(args.progress_secs);
+            eprintln!(
+                "[sim] {} / {} simulated | wall {:>4.0}s | {:>5} viewers | {} events",
+                clock(sim.elapsed_ms()),
+                clock(args.duration),
+                wall_start.elapsed().as_secs_f64(),
+                sim.active_views(),
+                events
+            );
+        }
+    }
+    write(rows.take_all(), &mut out)?;
+    out.flush().context("writing rows")?;
+    eprintln!(
+        "[sim] offline: {} views, {events} events, {written} rows in {:.1} s",
+        sim.views_started(),
+        wall_start.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

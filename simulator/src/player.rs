@@ -39,6 +39,8 @@ pub struct Conditions {
     pub quality: NetworkQuality,
     /// Floor on the start-failure probability (an incident's spike); 0 when healthy.
     pub start_failure_floor: f64,
+    /// Added to the start-failure probability (an incident of so many points); 0 when healthy.
+    pub start_failure_extra: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,7 +174,8 @@ impl Player {
         let startup = log_normal(&mut self.rng, BASE_STARTUP_MEDIAN_MS * q.startup, 0.6)
             .clamp(100.0, 60_000.0) as i64;
         let patience = log_normal(&mut self.rng, 10_000.0, 0.5) as i64;
-        let fail_p = (BASE_START_FAILURE * q.start_failures).max(cond.start_failure_floor);
+        let fail_p = (BASE_START_FAILURE * q.start_failures).max(cond.start_failure_floor)
+            + cond.start_failure_extra;
         if self.rng.random_bool(fail_p.min(1.0)) {
             let at = t + self.rng.random_range(200..=startup.clamp(201, 8_000));
             self.schedule(at, Action::StartFailure);
@@ -428,13 +431,14 @@ mod tests {
         Conditions {
             quality: baseline_quality("eu-west", "cdn-b"),
             start_failure_floor: 0.0,
+            start_failure_extra: 0.0,
         }
     }
 
     /// Runs one view to its end and returns every event it flushed, and the flushes.
     fn run(seed: u64, cond: Conditions) -> (Vec<QoeEvent>, usize) {
         let mut rng = StdRng::seed_from_u64(seed);
-        let ctx = draw_context(&mut rng, "t", seed);
+        let ctx = draw_context(&mut rng, "t", seed, false);
         let t0 = 1_763_721_600_000;
         let mut p = Player::new(ctx, seed, t0, &cond, 15_000);
         let (mut all, mut flushes) = (Vec::new(), 0);
@@ -521,6 +525,7 @@ mod tests {
                 top_rung: 3,
             },
             start_failure_floor: 0.25,
+            start_failure_extra: 0.0,
         };
         let summary = |cond: Conditions| {
             let (mut stalls, mut playing, mut startup, mut plays, mut failures, mut views) =

@@ -13,6 +13,13 @@ pub const REGIONS: [(&str, f64); 4] = [
     ("ap-south", 0.20),
     ("sa-east", 0.15),
 ];
+/// Small regions, drawn in addition to [`REGIONS`] when a run has a long tail: their slices
+/// hold 0.15-1.3 % of the audience each, where one unlucky view moves a ratio.
+pub const TAIL_REGIONS: [(&str, f64); 3] = [
+    ("oc-east", 0.03),
+    ("af-south", 0.025),
+    ("me-central", 0.008),
+];
 pub const CDNS: [(&str, f64); 3] = [("cdn-a", 0.45), ("cdn-b", 0.35), ("cdn-c", 0.20)];
 pub const PLATFORMS: [(&str, f64); 4] = [
     ("web", 0.35),
@@ -60,6 +67,10 @@ pub struct NetworkQuality {
 pub fn baseline_quality(region: &str, cdn: &str) -> NetworkQuality {
     let region_factor = match region {
         "ap-south" => 1.15,
+        "af-south" => 1.2,
+        "me-central" => 1.1,
+        "oc-east" => 1.05,
+        "oc-east" => 1.05,
         "sa-east" => 1.1,
         "us-east" => 0.95,
         _ => 1.0,
@@ -102,9 +113,15 @@ pub fn log_normal(rng: &mut impl Rng, median: f64, sigma: f64) -> f64 {
     median * (sigma * z).exp()
 }
 
-/// Draws the context of view number `n` of a run.
-pub fn draw_context(rng: &mut impl Rng, run: &str, n: u64) -> ViewContext {
-    let region = pick(rng, &REGIONS);
+/// Draws the context of view number `n` of a run; with `long_tail`, some viewers come from
+/// the [`TAIL_REGIONS`].
+pub fn draw_context(rng: &mut impl Rng, run: &str, n: u64, long_tail: bool) -> ViewContext {
+    let region = if long_tail {
+        let all: Vec<(&'static str, f64)> = REGIONS.iter().chain(&TAIL_REGIONS).copied().collect();
+        pick(rng, &all)
+    } else {
+        pick(rng, &REGIONS)
+    };
     let cdn = pick(rng, &CDNS);
     let platform = pick(rng, &PLATFORMS);
     let (stream_type, stream_id) = if rng.random_bool(LIVE_SHARE) {
@@ -168,11 +185,13 @@ mod tests {
     fn contexts_are_valid_view_ids_and_deterministic() {
         let a: Vec<_> = {
             let mut rng = StdRng::seed_from_u64(3);
-            (0..50).map(|n| draw_context(&mut rng, "run", n)).collect()
+            (0..50)
+                .map(|n| draw_context(&mut rng, "run", n, false))
+                .collect()
         };
         let mut rng = StdRng::seed_from_u64(3);
         for (n, ctx) in a.iter().enumerate() {
-            assert_eq!(&draw_context(&mut rng, "run", n as u64), ctx);
+            assert_eq!(&draw_context(&mut rng, "run", n as u64, false), ctx);
             assert!(qoe_schemas::validate::is_valid_view_id(&ctx.view_id));
         }
     }

@@ -46,6 +46,53 @@ pub struct Settings {
     pub silent_exit_rate: f64,
     /// The aggregator's window length (late re-sends keep clear of its boundaries).
     pub window_ms: i64,
+    /// How the audience size moves over the day.
+    pub audience: Audience,
+    /// Whether some viewers come from small regions (a few viewers per slice).
+    pub long_tail: bool,
+}
+
+/// The audience size over simulated time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Audience {
+    /// `viewers` concurrent viewers all along (after the ramp).
+    Flat,
+    /// A day's curve: `viewers` at `peak_hour` (UTC hour of simulated time, 0-24), `trough`
+    /// times that twelve hours away, a cosine in between. At peak the networks are busier:
+    /// every slice stalls up to `congestion` more often (0.3: +30 %) and starts up to half
+    /// that much slower, in proportion to the audience.
+    Diurnal {
+        trough: f64,
+        peak_hour: f64,
+        congestion: f64,
+    },
+}
+
+impl Audience {
+    /// The audience at `t` (ms since the epoch) as a share of its peak, in (0, 1].
+    pub fn level(&self, t: i64) -> f64 {
+        match *self {
+            Audience::Flat => 1.0,
+            Audience::Diurnal {
+                trough, peak_hour, ..
+            } => {
+                let hour = t.rem_euclid(86_400_000) as f64 / 3_600_000.0;
+                let phase = std::f64::consts::TAU * (hour - peak_hour) / 24.0;
+                trough + (1.0 - trough) * 0.5 * (1.0 + phase.cos())
+            }
+        }
+    }
+
+    /// How much busier than at the trough every network is at `t`: 0 at the trough (and
+    /// always for a flat audience), `congestion` at peak.
+    fn load(&self, t: i64) -> f64 {
+        match *self {
+            Audience::Flat => 0.0,
+            Audience::Diurnal {
+                trough, congestion, ..
+            } => congestion * ((self.level(t) - trough) / (1.0 - trough).max(1e-9)),
+        }
+    }
 }
 
 /// Only small beacons are re-sent late: the delay is chosen so that no event's shifted time
@@ -88,6 +135,10 @@ impl Simulation {
         let mut rng = StdRng::seed_from_u64(settings.seed);
         let ramp = settings.ramp_ms.max(1);
         let arrivals = (0..settings.viewers)
+            .take(
+                (settings.viewers as f64 * settings.audience.level(settings.start_ms)).ceil()
+                    as usize,
+            )
             .map(|_| Reverse(settings.start_ms + rng.random_range(0..ramp)))
             .collect();
         Simulation {
@@ -135,9 +186,14 @@ impl Simulation {
     /// The conditions of a slice at simulated time `t`.
     pub fn conditions(&self, region: &str, cdn: &str, t: i64) -> Conditions {
         let offset = t - self.settings.start_ms;
+        let mut quality = baseline_quality(region, cdn);
+        let load = self.settings.audience.load(t);
+        quality.stalls *= 1.0 + load;
+        quality.startup *= 1.0 + load / 2.0;
         let mut cond = Conditions {
-            quality: baseline_quality(region, cdn),
+            quality,
             start_failure_floor: 0.0,
+            start_failure_extra: 0.0,
         };
         for inc in self
             .settings
@@ -147,6 +203,7 @@ impl Simulation {
         {
             cond.quality = inc.degrade(cond.quality);
             cond.start_failure_floor = cond.start_failure_floor.max(inc.start_failures);
+            cond.start_failure_extra += inc.start_failure_points / 100.0;
         }
         cond
     }
@@ -172,17 +229,15 @@ impl Simulation {
                 flushed.push((self.players[i].ctx.clone(), events));
             }
         }
-        // Departures are replaced after a short while, keeping the audience near its size.
-        let mut kept = Vec::with_capacity(self.players.len());
-        for p in self.players.drain(..) {
-            if p.ended() {
-                let gap = (-3000.0 * (1.0 - self.rng.random::<f64>()).ln()) as i64;
-                self.arrivals.push(Reverse(to + gap));
-            } else {
-                kept.push(p);
-            }
+        // Departures are replaced after a short while, keeping the audience near its size (which
+        // a diurnal audience moves: fewer replacements as it falls, more arrivals as it grows).
+        self.players.retain(|p| !p.ended());
+        let target = (self.settings.viewers as f64 * self.settings.audience.level(to)).round();
+        let expected = self.players.len() + self.arrivals.len();
+        for _ in expected..target as usize {
+            let gap = (-3000.0 * (1.0 - self.rng.random::<f64>()).ln()) as i64;
+            self.arrivals.push(Reverse(to + gap));
         }
-        self.players = kept;
         // Late re-sends fall due; a view that has gone since does not send them.
         let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.resends)
             .into_iter()
@@ -212,7 +267,12 @@ impl Simulation {
     fn start_view(&mut self, at: i64) {
         let n = self.views_started;
         self.views_started += 1;
-        let ctx = draw_context(&mut self.rng, &self.settings.run_id, n);
+        let ctx = draw_context(
+            &mut self.rng,
+            &self.settings.run_id,
+            n,
+            self.settings.long_tail,
+        );
         let seed = self
             .settings
             .seed
@@ -294,6 +354,8 @@ mod tests {
             resend_rate: 0.02,
             silent_exit_rate: 0.05,
             window_ms: 10_000,
+            audience: Audience::Flat,
+            long_tail: false,
         }
     }
 
