@@ -70,7 +70,6 @@ pub fn baseline_quality(region: &str, cdn: &str) -> NetworkQuality {
         "af-south" => 1.2,
         "me-central" => 1.1,
         "oc-east" => 1.05,
-        "oc-east" => 1.05,
         "sa-east" => 1.1,
         "us-east" => 0.95,
         _ => 1.0,
