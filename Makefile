@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help demo test stack stop status lint unit migrate dashboards metrics-json players sdk
+.PHONY: help demo test stack stop status lint unit migrate dashboards metrics-json players sdk alert-eval
 
 help:
 	@echo "make demo    set up everything and run the pipeline on local defaults"
@@ -14,6 +14,7 @@ help:
 	@echo "make status  what runs"
 	@echo "make dashboards  regenerate dashboards/json and the alert rules from dashboards/generate.py"
 	@echo "make metrics-json  regenerate schemas/metrics.json from the metric catalogue"
+	@echo "make alert-eval  measure the alert rules over a simulated day (healthy, then with 33 incidents; ~20 min)"
 
 stack:
 	scripts/stack.sh start
@@ -47,6 +48,15 @@ test: stack players lint sdk
 
 dashboards:
 	python3 dashboards/generate.py
+
+# The simulated day of dashboards/alert_eval.py: the report (markdown) and the plot of one
+# incident land in target/alert-eval/.
+alert-eval: stack
+	$(CARGO) build -p qoe-simulator -p qoe-aggregator --bins
+	python3 -c 'import matplotlib, yaml' 2>/dev/null || python3 -m pip install -q matplotlib pyyaml
+	mkdir -p target/alert-eval
+	python3 dashboards/alert_eval.py --plan healthy --out target/alert-eval/healthy.md
+	python3 dashboards/alert_eval.py --plan full --plot target/alert-eval/incident.png --out target/alert-eval/full.md
 
 metrics-json:
 	QOE_BLESS=1 $(CARGO) test -q -p qoe-schemas --lib metrics::tests::committed_json_is_current

@@ -483,7 +483,16 @@ def pipeline():
 # region, cdn; value: the current figure), so an empty result is healthy.
 CURRENT = "window_start >= $__fromTime AND window_start + 60 <= $__toTime"
 BASELINE = "window_start >= $__fromTime - 3600 AND window_start < $__fromTime"
-ALERT_RANGE = {"from": 690, "to": 90}  # 10 minutes, ending 90 s ago (lateness 30 s + margin)
+# The current range ends this long before the evaluation: a minute is final once the
+# aggregator's watermark is its end plus the allowed lateness (30 s) and it has flushed (about
+# a second more); a minute-aligned evaluation then sees every minute that ended 60 s or more
+# before it. Each rule's range is its window plus this lag.
+ALERT_LAG_S = 60
+ALERT_INTERVAL = "1m"
+
+
+def alert_range(window_min):
+    return {"from": window_min * 60 + ALERT_LAG_S, "to": ALERT_LAG_S}
 
 
 def alert_sql(sums, value, conditions):
@@ -495,32 +504,44 @@ def alert_sql(sums, value, conditions):
     )
 
 
-WINDOW_MIN = (ALERT_RANGE["from"] - ALERT_RANGE["to"]) // 60
-
-
-def describe(what, threshold, guard, guard_unit, times):
+def describe(what, threshold, guard, guard_unit, times, window_min, min_count=0, count_unit="",
+             z=0):
     """The rule in words, from the same numbers as its SQL."""
-    return (f"{what} is above {threshold} over {WINDOW_MIN} minutes with at least {guard} "
-            f"{guard_unit}, and above {times:g}x the slice's value in the hour before")
+    count = f", at least {min_count} {count_unit}" if min_count else ""
+    significance = (f", and the count exceeds the hour before's rate by {z:g} standard "
+                    f"deviations") if z else ""
+    return (f"{what} is above {threshold} over the last {window_min} complete minutes with at "
+            f"least {guard} {guard_unit}{count}, and above {times:g}x the slice's value in the "
+            f"hour before{significance}")
 
 
-def ratio_rule(what, num, den, guard, guard_unit, pct_threshold, times, guard_scale=1):
-    """SQL and description of a rule on num / den, as a percentage."""
+def ratio_rule(what, num, den, guard, guard_unit, pct_threshold, times, window_min, pending_min,
+               guard_scale=1, min_count=0, count_unit="", z=0):
+    """SQL and description of a rule on num / den, as a percentage. `min_count`: the numerator
+    must reach this many too. `z`: for counted events (failed starts, errors), the current
+    count must also exceed what the slice's rate of the hour before predicts by z standard
+    deviations of a Poisson count (sqrt of the prediction): a few more failures than usual in a
+    small slice is noise, the same share in a big one is not."""
     guard_raw = guard * guard_scale
     sums = [f"sumIf({num}, {CURRENT}) AS cur_num", f"sumIf({den}, {CURRENT}) AS cur_den",
             f"sumIf({num}, {BASELINE}) AS base_num", f"sumIf({den}, {BASELINE}) AS base_den"]
-    sql = alert_sql(
-        sums, "round(100 * cur_num / cur_den, 2)",
-        [f"cur_den >= {guard_raw}", f"cur_num / cur_den > {pct_threshold / 100}",
-         f"(base_den < {guard_raw} OR cur_num / cur_den > {times} * base_num / base_den)"])
+    conditions = [f"cur_den >= {guard_raw}", f"cur_num / cur_den > {pct_threshold / 100}",
+                  f"(base_den < {guard_raw} OR cur_num / cur_den > {times} * base_num / base_den)"]
+    if min_count:
+        conditions.insert(1, f"cur_num >= {min_count}")
+    if z:
+        sums.append(f"if(base_den >= {guard_raw}, cur_den * base_num / base_den, 0) AS expected")
+        conditions.append(f"cur_num - expected > {z} * sqrt(greatest(expected, 1))")
+    sql = alert_sql(sums, "round(100 * cur_num / cur_den, 2)", conditions)
     # guard, kpi, threshold: the same numbers for dashboards/alert_eval.py, which checks
     # independently of the SQL that no alert fires below the guard, and plots the KPI.
-    return dict(sql=sql, rule=describe(what, f"{pct_threshold:g}%", guard, guard_unit, times),
+    return dict(sql=sql, rule=describe(what, f"{pct_threshold:g}%", guard, guard_unit, times,
+                                       window_min, min_count, count_unit, z),
                 guard=(f"sum({den})", guard_raw), kpi=(f"sum({num})", f"sum({den})"),
-                threshold=pct_threshold)
+                threshold=pct_threshold, range=alert_range(window_min), pending=pending_min)
 
 
-def startup_rule(guard, threshold_ms, times):
+def startup_rule(guard, threshold_ms, times, window_min, pending_min):
     """SQL and description of the startup p95 rule."""
     cur_h, base_h = histogram(CURRENT), histogram(BASELINE)
     # n: plays with a known startup (the histogram's total).
@@ -533,16 +554,17 @@ def startup_rule(guard, threshold_ms, times):
         [f"cur_n >= {guard}", f"{p_cur} > {threshold_ms}",
          f"(base_n < {guard} OR {p_cur} > {times} * {p_base})"])
     return dict(sql=sql, rule=describe("startup p95", f"{threshold_ms} ms", guard,
-                                       "plays with a measured startup", times),
+                                       "plays with a measured startup", times, window_min),
                 guard=(" + ".join(f"sum({column(c)})" for c in STARTUP_COLUMNS), guard),
-                kpi=None, threshold=threshold_ms)
+                kpi=None, threshold=threshold_ms, range=alert_range(window_min),
+                pending=pending_min)
 
 
 RULES = [
     dict(uid="qoe-rebuffering", metric="rebuffering_ratio", severity="critical",
          title="Rebuffering ratio regression",
-         **ratio_rule("the share of viewing time stalled", "stall_ms", "playing_ms + stall_ms", 100,
-                       "viewer-minutes", 1.0, 3, guard_scale=60000),
+         **ratio_rule("the share of viewing time stalled", "stall_ms", "playing_ms + stall_ms", 200,
+                       "viewer-minutes", 0.5, 2, 3, 3, guard_scale=60000),
          summary="Rebuffering {{ $values.B.Value }}% in {{ $labels.region }} x {{ $labels.cdn }}",
          runbook="Check the CDN's status page and edge error rates for the region; compare "
                  "with the other CDNs of the region on 'QoE by region x CDN'. If only this CDN "
@@ -550,8 +572,8 @@ RULES = [
                  "weights) and open a ticket with the CDN."),
     dict(uid="qoe-start-failures", metric="start_failure_rate", severity="critical",
          title="Start failure rate regression",
-         **ratio_rule("the share of attempts that failed to start", "vsf", "attempts", 100,
-                       "attempts", 8.0, 3),
+         **ratio_rule("the share of attempts that failed to start", "vsf", "attempts", 50,
+                       "attempts", 4.0, 2, 3, 3, z=4),
          summary="Start failures {{ $values.B.Value }}% of attempts in {{ $labels.region }} x {{ $labels.cdn }}",
          runbook="Open 'QoE view drill-down' filtered to the slice: the error codes of failed "
                  "views say whether manifests (404), DRM licences or the network fail. Manifest "
@@ -560,13 +582,13 @@ RULES = [
     dict(uid="qoe-ebvs", metric="ebvs_rate", severity="warning",
          title="Exits before video start regression",
          **ratio_rule("the share of attempts abandoned before the first frame", "ebvs", "attempts",
-                       100, "attempts", 8.0, 2),
+                       50, "attempts", 8.0, 2, 3, 3, z=4),
          summary="Exits before start {{ $values.B.Value }}% of attempts in {{ $labels.region }} x {{ $labels.cdn }}",
          runbook="Viewers give up when startup is slow: check the startup p95 of the slice and "
                  "the CDN's time to first byte for manifests and first segments."),
     dict(uid="qoe-startup-p95", metric="startup_p95", severity="warning",
          title="Startup time p95 regression",
-         **startup_rule(100, 6000, 1.5),
+         **startup_rule(50, 4500, 1.5, 3, 3),
          summary="Startup p95 {{ $values.B.Value }} ms in {{ $labels.region }} x {{ $labels.cdn }}",
          runbook="Compare with the other CDNs of the region; slow starts on one CDN point at "
                  "its edge (cache misses, TTFB). Everywhere at once: check the origin and the "
@@ -574,7 +596,7 @@ RULES = [
     dict(uid="qoe-cdn-request-errors", metric="cdn_request_error_rate", severity="critical",
          title="CDN request error rate regression",
          **ratio_rule("the share of CDN requests that failed (players' CMCD request reports)",
-                       "cdn_request_errors", "cdn_requests", 200, "requests", 5.0, 3),
+                       "cdn_request_errors", "cdn_requests", 200, "requests", 5.0, 3, 3, 3, z=4),
          summary="CDN request errors {{ $values.B.Value }}% of requests in {{ $labels.region }} x {{ $labels.cdn }}",
          runbook="Players see this CDN answer errors (status >= 400, or no response) before "
                  "viewers rebuffer. Check the CDN's status page and its edge logs for the region; "
@@ -583,7 +605,7 @@ RULES = [
     dict(uid="qoe-playback-failures", metric="playback_failure_rate", severity="critical",
          title="Playback failure rate regression",
          **ratio_rule("the share of plays ended by a fatal error", "vpf", "plays", 100, "plays",
-                       15.0, 3),
+                       15.0, 3, 3, 3, z=4),
          summary="Playback failures {{ $values.B.Value }}% of plays in {{ $labels.region }} x {{ $labels.cdn }}",
          runbook="Open 'QoE view drill-down' for the slice and group the failed views by error "
                  "code and player version; a new player release or a broken rendition is the "
@@ -599,7 +621,7 @@ def alerting():
             "title": r["title"],
             "condition": "C",
             "data": [
-                {"refId": "A", "relativeTimeRange": ALERT_RANGE, "datasourceUid": DS_UID,
+                {"refId": "A", "relativeTimeRange": r["range"], "datasourceUid": DS_UID,
                  "model": {"refId": "A", "datasource": DS, "editorType": "sql", "format": 1,
                            "queryType": "table", "rawSql": r["sql"]}},
                 {"refId": "B", "datasourceUid": EXPR["uid"],
@@ -612,7 +634,7 @@ def alerting():
             ],
             "noDataState": "OK",
             "execErrState": "Error",
-            "for": "5m",
+            "for": f"{r['pending']}m",
             "labels": {"severity": r["severity"], "metric": r["metric"], "team": "video-sre"},
             "annotations": {
                 "summary": r["summary"],
@@ -624,7 +646,7 @@ def alerting():
         })
     return {
         "apiVersion": 1,
-        "groups": [{"orgId": 1, "name": "qoe-regressions", "folder": "QoE", "interval": "1m",
+        "groups": [{"orgId": 1, "name": "qoe-regressions", "folder": "QoE", "interval": ALERT_INTERVAL,
                     "rules": rules}],
     }
 

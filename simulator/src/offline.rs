@@ -16,7 +16,9 @@ type SliceKey = (i64, String, String);
 /// Window rows per region x CDN, filled event by event.
 pub struct SliceRows {
     window_ms: i64,
-    open: BTreeMap<SliceKey, Metrics>,
+    /// By window start (s): the window's slices, a few dozen, searched in place so that an
+    /// event allocates nothing.
+    open: BTreeMap<i64, Vec<(String, String, Metrics)>>,
 }
 
 impl SliceRows {
@@ -30,28 +32,40 @@ impl SliceRows {
     /// Counts one event in its window and slice.
     pub fn record(&mut self, e: &QoeEvent) {
         let window = e.event_time.div_euclid(self.window_ms) * self.window_ms / 1000;
-        let row = self
-            .open
-            .entry((window, e.region.clone(), e.cdn.clone()))
-            .or_default();
-        add_event(row, e);
+        let slices = self.open.entry(window).or_default();
+        let i = match slices
+            .iter()
+            .position(|(r, c, _)| *r == e.region && *c == e.cdn)
+        {
+            Some(i) => i,
+            None => {
+                slices.push((e.region.clone(), e.cdn.clone(), Metrics::default()));
+                slices.len() - 1
+            }
+        };
+        add_event(&mut slices[i].2, e);
+    }
+
+    fn rows(windows: BTreeMap<i64, Vec<(String, String, Metrics)>>) -> Vec<(SliceKey, Metrics)> {
+        let mut rows: Vec<_> = windows
+            .into_iter()
+            .flat_map(|(w, slices)| slices.into_iter().map(move |(r, c, m)| ((w, r, c), m)))
+            .collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        rows
     }
 
     /// Removes and returns the rows of windows that end at or before `t` (ms), in window order.
     pub fn take_closed(&mut self, t: i64) -> Vec<(SliceKey, Metrics)> {
-        // The first window still open starts at or before t; keys sort by window first.
+        // The first window still open starts at or before t.
         let first_open = t.div_euclid(self.window_ms) * self.window_ms / 1000;
-        let still_open = self
-            .open
-            .split_off(&(first_open, String::new(), String::new()));
-        std::mem::replace(&mut self.open, still_open)
-            .into_iter()
-            .collect()
+        let still_open = self.open.split_off(&first_open);
+        Self::rows(std::mem::replace(&mut self.open, still_open))
     }
 
     /// Every row left, at the end of a run.
     pub fn take_all(&mut self) -> Vec<(SliceKey, Metrics)> {
-        std::mem::take(&mut self.open).into_iter().collect()
+        Self::rows(std::mem::take(&mut self.open))
     }
 }
 

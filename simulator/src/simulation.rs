@@ -222,9 +222,18 @@ impl Simulation {
             self.start_view(at.max(from));
         }
         let mut flushed = Vec::new();
+        // A tick's conditions per slice, worked out once (a few dozen slices, many viewers).
+        let mut slices: Vec<(&'static str, &'static str, Conditions)> = Vec::new();
         for i in 0..self.players.len() {
             let (region, cdn) = (self.players[i].ctx.region, self.players[i].ctx.cdn);
-            let cond = self.conditions(region, cdn, from);
+            let cond = match slices.iter().find(|(r, c, _)| *r == region && *c == cdn) {
+                Some((_, _, cond)) => *cond,
+                None => {
+                    let cond = self.conditions(region, cdn, from);
+                    slices.push((region, cdn, cond));
+                    cond
+                }
+            };
             if let Some(events) = self.players[i].tick(from, to, &cond) {
                 flushed.push((self.players[i].ctx.clone(), events));
             }
