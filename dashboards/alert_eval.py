@@ -15,7 +15,8 @@ Output: per rule and incident, detected or not and the delay from incident start
 alert-minutes (alerting outside any incident's slice and time) per simulated day; alerts on
 slices below the rule's traffic guard; optionally a PNG of one incident.
 
-    python3 dashboards/alert_eval.py                 # the full day (about 5 minutes)
+    python3 dashboards/alert_eval.py                 # the day with incidents (about 10 minutes)
+    python3 dashboards/alert_eval.py --plan healthy  # the same day without them
     python3 dashboards/alert_eval.py --plan reduced  # the form `make test` runs
 
 Needs a ClickHouse at QOE_CLICKHOUSE_URL (`make stack`) and the built `simulator` and
@@ -118,9 +119,9 @@ def plan(name):
     elif name == "healthy":
         first, last = DAY0, DAY0 + 86400
     elif name == "reduced":
-        # Four hours of the evening, from 16:00: the target size in each kind's ~1 % slice, then
+        # Three hours of the evening, from 16:00: the target size in each kind's ~1 % slice, then
         # the biggest size for 3 minutes in its bigger slice.
-        first, last = DAY0 + 16 * 3600, DAY0 + 20 * 3600
+        first, last = DAY0 + 16 * 3600, DAY0 + 19 * 3600
         for kind, slices in KIND_SLICES.items():
             incidents.append(Incident(kind, TARGET[kind], TARGET_MINUTES, *slices[0],
                                       first + 20 * 60, "peak"))
@@ -215,8 +216,8 @@ def rules():
 
 
 def evaluate(rule, database, first, last):
-    """Alert state per instance and evaluation: {(region, cdn): {t: (state, value)}}, state one
-    of 'pending' and 'alerting' (normal is absent), with Grafana's transitions."""
+    """Alert state per instance and evaluation from `first` to `last`, the rule's query run on
+    `database` at every evaluation: see `grafana_states`."""
     step = rule["interval"]
     times = list(range(first, last + 1, step))
 
@@ -227,30 +228,41 @@ def evaluate(rule, database, first, last):
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         results = dict(pool.map(run, times))
+    return grafana_states(results, rule["pending"], step)
+
+
+def grafana_states(results, pending, step):
+    """Grafana's transitions over a rule's results ({t: {(region, cdn): value}}, every
+    evaluation in order): {(region, cdn): {t: (state, value)}}, state 'pending' or 'alerting'
+    (normal is absent). A returned instance whose value passes the threshold (B > 0) is
+    pending, and alerting once it has been so for the pending period; a series missing from a
+    result keeps its state (value None) until it has been missing for two evaluations
+    (Grafana's default "missing series evaluations to resolve"), then is normal again."""
     states, live = {}, {}  # live: instance -> [state, starts_at, last_seen]
-    for t in times:
-        firing = results[t]
+    for t in sorted(results):
+        firing = {inst: v for inst, v in results[t].items() if v is not None and v > 0}
         for inst, value in firing.items():
-            if value <= 0:  # the rule's threshold expression: B > 0
-                continue
             s = live.get(inst)
             if s is None:
                 s = live[inst] = ["pending", t, t]
             s[2] = t
-            if s[0] == "pending" and t - s[1] >= rule["pending"]:
+            if s[0] == "pending" and t - s[1] >= pending:
                 s[0] = "alerting"
             states.setdefault(inst, {})[t] = (s[0], value)
         for inst in list(live):
             if inst in firing:
                 continue
-            s = live[inst]
-            # A series missing from the result keeps its state until it has been missing for
-            # two evaluations (Grafana's default "missing series evaluations to resolve").
-            if t - s[2] >= 2 * step:
+            if t - live[inst][2] >= 2 * step:
                 del live[inst]
             else:
-                states.setdefault(inst, {})[t] = (s[0], None)
+                states.setdefault(inst, {})[t] = (live[inst][0], None)
     return states
+
+
+def alerting(states):
+    """(t, instance) of every alerting evaluation."""
+    return sorted((t, inst) for inst, by_t in states.items()
+                  for t, (state, _) in by_t.items() if state == "alerting")
 
 
 def attribute(rule, states, incidents, first, last):
@@ -439,7 +451,7 @@ def main():
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--plan", choices=["full", "healthy", "reduced"], default="full",
                    help="full: a day with every incident size; healthy: the same day without "
-                        "incidents; reduced: four evening hours with a few incidents")
+                        "incidents; reduced: three evening hours with a few incidents")
     p.add_argument("--viewers", type=int, default=20000, help="peak concurrent viewers")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--plot", metavar="PNG", help="plot the target-size rebuffering incident")

@@ -440,6 +440,43 @@ mod tests {
     }
 
     #[test]
+    fn a_diurnal_audience_follows_its_curve() {
+        let day = Audience::Diurnal {
+            trough: 0.1,
+            peak_hour: 20.0,
+            congestion: 0.3,
+        };
+        let at = |hour: f64| 1_768_176_000_000 + (hour * 3_600_000.0) as i64; // a midnight
+        assert!((day.level(at(20.0)) - 1.0).abs() < 1e-9);
+        assert!((day.level(at(8.0)) - 0.1).abs() < 1e-9);
+        assert!((day.level(at(2.0)) - 0.55).abs() < 1e-9);
+        assert!((day.load(at(20.0)) - 0.3).abs() < 1e-9 && day.load(at(8.0)).abs() < 1e-9);
+        assert_eq!(Audience::Flat.level(at(8.0)), 1.0);
+        // From the peak down to 02:00, where the target is 55 % of it.
+        let mut s = settings(vec![]);
+        s.audience = day;
+        s.long_tail = true;
+        s.viewers = 400;
+        s.start_ms = at(20.0);
+        s.span_ms = 6 * 3_600_000;
+        let mut sim = Simulation::new(s);
+        let mut regions = std::collections::BTreeSet::new();
+        let mut at_peak = 0;
+        while !sim.finished() {
+            for b in sim.tick() {
+                regions.insert(b.ctx.region);
+            }
+            if sim.elapsed_ms() == 600_000 {
+                at_peak = sim.active_views();
+            }
+        }
+        assert!((340..=400).contains(&at_peak), "{at_peak} at peak");
+        let end = sim.active_views();
+        assert!((180..=280).contains(&end), "{end} at 02:00");
+        assert!(regions.contains("me-central") && regions.contains("oc-east"));
+    }
+
+    #[test]
     fn an_incident_degrades_its_slice_only_while_it_lasts() {
         let inc: Incident =
             "region=eu-west,cdn=cdn-b,start=5m,duration=5m,stalls=5,startup=3,start_failures=0.3"

@@ -1,6 +1,6 @@
 """Alert quality, measured in `make test`: the reduced plan of dashboards/alert_eval.py.
 
-Four evening hours (an hour before them to compare with) of a diurnal audience of 20,000 peak
+Three evening hours (an hour before them to compare with) of a diurnal audience of 20,000 peak
 viewers with small slices, simulated offline and loaded into a scratch database of the real
 ClickHouse; every provisioned alert rule is evaluated every simulated minute as Grafana
 evaluates it (macros, range, pending period, stale series). Six incidents: the target size of
