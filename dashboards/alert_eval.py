@@ -292,22 +292,26 @@ def attribute(rule, states, incidents, first, last):
 
 def guard_breaches(rule_spec, rule, states, database):
     """Alerting evaluations on slices whose traffic in the rule's current range is below the
-    rule's own guard, counted from the stored rows independently of the rule's SQL. Only
-    evaluations whose result holds the slice count: the one evaluation a missing series keeps
-    its state (Grafana's stale-series rule) is the slice leaving, not a breach."""
-    if rule_spec is None:
-        return 0
+    rule's own guard, counted from the stored rows independently of the rule's SQL (one query
+    for the guard's per-minute values, summed here). Only evaluations whose result holds the
+    slice count: the one evaluation a missing series keeps its state (Grafana's stale-series
+    rule) is the slice leaving, not a breach."""
     expr, minimum = rule_spec["guard"]
+    per_minute = {}
+    rows = ch(f"SELECT toUInt32(window_start), region, cdn, {expr} FROM qoe_window_1m "
+              "GROUP BY window_start, region, cdn", database, fmt="JSONCompact")
+    for minute, region, cdn, value in json.loads(rows)["data"]:
+        per_minute[(region, cdn, int(minute))] = float(value)
     n = 0
     for (region, cdn), by_t in states.items():
         for t, (state, value) in by_t.items():
             if state != "alerting" or value is None:
                 continue
             frm, to = t - rule["rng"]["from"], t - rule["rng"]["to"]
-            got = ch(f"SELECT {expr} FROM qoe_window_1m WHERE region = '{region}' AND cdn = "
-                     f"'{cdn}' AND window_start >= toDateTime({frm}) AND window_start + 60 <= "
-                     f"toDateTime({to})", database, fmt="TSV").strip()
-            n += float(got or 0) < minimum
+            first_minute = -(-frm // 60) * 60
+            got = sum(per_minute.get((region, cdn, m), 0.0)
+                      for m in range(first_minute, to - 60 + 1, 60))
+            n += got < minimum
     return n
 
 
@@ -325,9 +329,8 @@ def clock(t):
     return time.strftime("%H:%M", time.gmtime(t))
 
 
-def report(first, last, incidents, evaluated, database):
+def report(first, last, incidents, evaluated, database, by_uid):
     """The measured table (markdown) and a summary dict for assertions."""
-    by_uid = {r["uid"]: r for r in rules()}
     days = (last - first) / 86400
     lines = [f"Simulated {clock(first)}-{clock(last)} UTC ({(last - first) / 3600:g} h), "
              f"{len(incidents)} incidents, every rule evaluated every minute.", "",
@@ -423,17 +426,18 @@ def run(plan_name, viewers=20000, seed=7, keep=False, plot_path=None, out=None):
         t0 = time.monotonic()
         evaluated = {}
         spec = {r["uid"]: r for r in generate.RULES}
-        for rule in rules():
+        by_uid = {r["uid"]: r for r in rules()}
+        for uid, rule in by_uid.items():
             states = evaluate(rule, database, first, last)
-            evaluated[rule["uid"]] = (states, attribute(rule, states, incidents, first, last),
-                                      guard_breaches(spec.get(rule["uid"]), rule, states, database))
+            evaluated[uid] = (states, attribute(rule, states, incidents, first, last),
+                              guard_breaches(spec[uid], rule, states, database))
         eval_s = time.monotonic() - t0
-        table, summary = report(first, last, incidents, evaluated, database)
+        table, summary = report(first, last, incidents, evaluated, database, by_uid)
         summary["seconds"] = dict(simulation=sim_s, evaluation=eval_s)
         if plot_path and incidents:
             inc = next(i for i in incidents if i.kind == "rebuffering"
                        and i.size == TARGET["rebuffering"] and i.minutes == TARGET_MINUTES)
-            rule = next(r for r in rules() if r["uid"] == KIND_RULE[inc.kind])
+            rule = by_uid[KIND_RULE[inc.kind]]
             plot(plot_path, rule, evaluated[rule["uid"]][0], inc, database)
         text = (f"{table}\n\nPeak audience {viewers} viewers, seed {seed}; simulation "
                 f"{sim_s:.0f} s, evaluation {eval_s:.0f} s.\n")

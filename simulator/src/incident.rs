@@ -123,6 +123,15 @@ impl FromStr for Incident {
                     expected: "a positive number",
                 }),
             };
+            let within =
+                |key: &'static str, max: f64, expected: &'static str| match v.parse::<f64>() {
+                    Ok(x) if (0.0..=max).contains(&x) => Ok(x),
+                    _ => Err(IncidentError::BadValue {
+                        key,
+                        value: v.to_owned(),
+                        expected,
+                    }),
+                };
             match k {
                 "region" => inc.region = v.to_owned(),
                 "cdn" => inc.cdn = v.to_owned(),
@@ -131,26 +140,17 @@ impl FromStr for Incident {
                 "stalls" => inc.stalls = factor("stalls")?,
                 "stall_length" => inc.stall_length = factor("stall_length")?,
                 "startup" => inc.startup = factor("startup")?,
-                "start_failures" => match v.parse::<f64>() {
-                    Ok(p) if (0.0..=1.0).contains(&p) => inc.start_failures = p,
-                    _ => {
-                        return Err(IncidentError::BadValue {
-                            key: "start_failures",
-                            value: v.to_owned(),
-                            expected: "a probability between 0 and 1",
-                        })
-                    }
-                },
-                "start_failure_points" => match v.parse::<f64>() {
-                    Ok(p) if (0.0..=100.0).contains(&p) => inc.start_failure_points = p,
-                    _ => {
-                        return Err(IncidentError::BadValue {
-                            key: "start_failure_points",
-                            value: v.to_owned(),
-                            expected: "percentage points between 0 and 100",
-                        })
-                    }
-                },
+                "start_failures" => {
+                    inc.start_failures =
+                        within("start_failures", 1.0, "a probability between 0 and 1")?
+                }
+                "start_failure_points" => {
+                    inc.start_failure_points = within(
+                        "start_failure_points",
+                        100.0,
+                        "percentage points between 0 and 100",
+                    )?
+                }
                 other => return Err(IncidentError::UnknownKey(other.to_owned())),
             }
         }
