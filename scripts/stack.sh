@@ -213,6 +213,8 @@ case "${1:-}" in
   restart-kafka) stop_one tansu; start_kafka ;;
   create-topic) create_topic "${2:?topic name}" "${3:-$PARTITIONS}" ;;
   start-clickhouse) start_clickhouse ;;
+  install-clickhouse) install_clickhouse ;;
+  write-clickhouse-config) write_clickhouse_config ;;
   stop-clickhouse) stop_one clickhouse ;;
   *) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

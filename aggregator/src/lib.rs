@@ -8,10 +8,12 @@
 //!   partition's state snapshot.
 //! - [`views`]: beacon views over their whole life: duplicates, timeouts, bounds.
 //! - [`cmcd`]: CMCD sessions turned into views and events.
+//! - [`route`]: which server (shard, replica) a partition writes to on a cluster; failover.
 //!
 //! I/O:
 //! - [`store`]: the ClickHouse connection (server version detection, legacy-server mode).
-//! - [`migrate`]: applies the schema migrations of the `qoe-schemas` crate.
+//! - [`migrate`]: applies the schema migrations of the `qoe-schemas` crate, on one server or
+//!   (rewritten by `qoe_schemas::cluster`) on a cluster.
 //! - [`writer`]: writes a batch and its checkpoint atomically; reads checkpoints back.
 //! - [`source`] (pure): the rules of reading a partition: resume plan, routing of fetched
 //!   messages, refetch position, backoff.
@@ -25,6 +27,7 @@ pub mod kafka_check;
 pub mod metrics;
 pub mod migrate;
 pub mod names;
+pub mod route;
 pub mod source;
 pub mod staging;
 pub mod store;

@@ -3,10 +3,11 @@
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use qoe_aggregator::consumer::{self, ConsumerConfig, Shared};
-use qoe_aggregator::migrate;
-use qoe_aggregator::store::{Store, StoreConfig};
+use qoe_aggregator::migrate::{self, MigrationReport};
+use qoe_aggregator::store::{parse_shards, Store, StoreConfig};
 use qoe_aggregator::window::{Dimensions, WindowConfig};
 use qoe_aggregator::writer::Writer;
+use qoe_schemas::cluster::ClusterTarget;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -24,9 +25,18 @@ enum Command {
     /// Consume events and write windowed QoE metrics until SIGTERM/SIGINT.
     Run(Box<RunArgs>),
     /// Apply the ClickHouse schema migrations (idempotent), then exit.
+    ///
+    /// With --clickhouse-cluster the same migrations are applied to a cluster (ON CLUSTER,
+    /// replicated engines) through --clickhouse-url (or the first server of
+    /// --clickhouse-shards), and `<database>_all` receives the Distributed tables that
+    /// dashboards read. Every server of the cluster must be up.
     Migrate {
         #[command(flatten)]
         clickhouse: ClickHouseArgs,
+        /// Print the statements for --clickhouse-cluster instead of applying them (no server
+        /// needed).
+        #[arg(long, requires = "clickhouse_cluster")]
+        print: bool,
     },
     /// Check that Kafka and ClickHouse are reachable, then exit.
     Check {
@@ -141,16 +151,69 @@ struct ClickHouseArgs {
         hide_env_values = true
     )]
     clickhouse_password: String,
+    /// Name of the ClickHouse cluster (its `remote_servers` entry) to migrate on; tables are
+    /// replicated and sharded (schemas/CLUSTER.md).
+    #[arg(long, alias = "cluster", env = "QOE_CLICKHOUSE_CLUSTER")]
+    clickhouse_cluster: Option<String>,
+    /// Write to a cluster instead of --clickhouse-url: shards separated by `;`, the HTTP URLs
+    /// of a shard's replicas by `,` (e.g. `scripts/cluster.sh urls`). Kafka partition p goes
+    /// to shard p % shards, to a replica of it with failover to the others.
+    #[arg(long, env = "QOE_CLICKHOUSE_SHARDS", requires = "clickhouse_cluster")]
+    clickhouse_shards: Option<String>,
 }
 
 impl ClickHouseArgs {
     fn config(&self) -> StoreConfig {
+        self.config_at(&self.clickhouse_url)
+    }
+
+    fn config_at(&self, url: &str) -> StoreConfig {
         StoreConfig {
-            url: self.clickhouse_url.clone(),
+            url: url.to_owned(),
             database: self.clickhouse_database.clone(),
             user: self.clickhouse_user.clone(),
             password: self.clickhouse_password.clone(),
         }
+    }
+
+    /// The shards of --clickhouse-shards, if given.
+    fn shards(&self) -> anyhow::Result<Option<Vec<Vec<String>>>> {
+        self.clickhouse_shards
+            .as_deref()
+            .map(|s| parse_shards(s).map_err(|e| anyhow::anyhow!("--clickhouse-shards: {e}")))
+            .transpose()
+    }
+
+    /// The cluster target, if --clickhouse-cluster is given.
+    fn cluster(&self) -> anyhow::Result<Option<ClusterTarget>> {
+        self.clickhouse_cluster
+            .as_deref()
+            .map(|c| ClusterTarget::new(c, &self.clickhouse_database).map_err(anyhow::Error::from))
+            .transpose()
+    }
+
+    /// The server migrations go through: the first of --clickhouse-shards, or --clickhouse-url.
+    fn seed(&self) -> anyhow::Result<StoreConfig> {
+        Ok(match self.shards()? {
+            Some(shards) => self.config_at(&shards[0][0]),
+            None => self.config(),
+        })
+    }
+}
+
+/// Applies the migrations to one server, or to the cluster when one is configured.
+async fn migrate_schema(
+    store: &Store,
+    clickhouse: &ClickHouseArgs,
+) -> anyhow::Result<MigrationReport> {
+    let database = &clickhouse.clickhouse_database;
+    match clickhouse.cluster()? {
+        Some(target) => migrate::run_cluster(store, &target)
+            .await
+            .with_context(|| format!("migrating {database} on cluster {}", target.cluster)),
+        None => migrate::run(store)
+            .await
+            .with_context(|| format!("migrating {database}")),
     }
 }
 
@@ -168,13 +231,27 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Run(_) => unreachable!("handled above"),
-        Command::Migrate { clickhouse } => {
-            let store = Store::connect(clickhouse.config(), true).await?;
-            let report = migrate::run(&store)
-                .await
-                .with_context(|| format!("migrating {}", clickhouse.clickhouse_database))?;
+        Command::Migrate { clickhouse, print } => {
+            if print {
+                let target = clickhouse
+                    .cluster()?
+                    .context("--print needs --clickhouse-cluster")?;
+                for sql in qoe_schemas::cluster::all_statements(&target)? {
+                    println!("{sql};\n");
+                }
+                return Ok(());
+            }
+            let store = Store::connect(clickhouse.seed()?, true).await?;
+            let report = migrate_schema(&store, &clickhouse).await?;
+            let on = match &clickhouse.clickhouse_cluster {
+                Some(c) => format!(
+                    " on cluster {c} (read through {}_all)",
+                    clickhouse.clickhouse_database
+                ),
+                None => String::new(),
+            };
             println!(
-                "ClickHouse {} database {}: {} migration(s) applied, {} already applied, {} statement(s) skipped for this server version",
+                "ClickHouse {} database {}{on}: {} migration(s) applied, {} already applied, {} statement(s) skipped for this server version",
                 store.version,
                 clickhouse.clickhouse_database,
                 report.applied.len(),
@@ -239,20 +316,27 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
     };
 
-    let store = loop {
-        match Store::connect(args.clickhouse.config(), !args.no_migrate).await {
-            Ok(s) => break s,
-            Err(e) => {
-                tracing::warn!(error = %e, "ClickHouse not reachable yet; retrying in 2 s");
-                tokio::time::sleep(Duration::from_secs(2)).await;
-            }
-        }
-    };
+    let shards = args.clickhouse.shards()?;
+    let store = connect(args.clickhouse.seed()?, !args.no_migrate).await;
     if !args.no_migrate {
-        let report = migrate::run(&store).await.context("applying migrations")?;
+        let report = migrate_schema(&store, &args.clickhouse).await?;
         tracing::info!(applied = ?report.applied, server = %store.version, "schema up to date");
     }
-    let writer = Writer::new(store, &args.topic)?;
+    let writer = match shards {
+        None => Writer::new(store, &args.topic)?,
+        Some(shards) => {
+            let mut stores = Vec::new();
+            for shard in &shards {
+                let mut replicas = Vec::new();
+                for url in shard {
+                    replicas.push(connect(args.clickhouse.config_at(url), false).await);
+                }
+                stores.push(replicas);
+            }
+            tracing::info!(shards = ?shards, "writing to a cluster: partition p goes to shard p % {}", shards.len());
+            Writer::cluster(stores, &args.topic)?
+        }
+    };
     check_checkpoints(&writer, &args).await?;
     let shared = Shared::new(
         ConsumerConfig {
@@ -378,6 +462,19 @@ async fn check_checkpoints(writer: &Writer, args: &RunArgs) -> anyhow::Result<()
         .await
         .context("deleting stale checkpoints")?;
     Ok(())
+}
+
+/// Connects to a server, retrying until it answers: a process may start before ClickHouse.
+async fn connect(config: StoreConfig, create_database: bool) -> Store {
+    loop {
+        match Store::connect(config.clone(), create_database).await {
+            Ok(s) => return s,
+            Err(e) => {
+                tracing::warn!(error = %e, "ClickHouse not reachable yet; retrying in 2 s");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    }
 }
 
 async fn wait_thread_exit(worker: &std::thread::JoinHandle<()>) {

@@ -3,11 +3,19 @@
 //! are skipped by the migration's own `-- qoe:min-version` directives, and an
 //! `ALTER TABLE t ADD COLUMN c` whose column exists already (a re-run after a failure half-way)
 //! is skipped too.
+//!
+//! On a cluster ([`run_cluster`]) the same files are applied in the form
+//! [`qoe_schemas::cluster`] rewrites them to (`ON CLUSTER`, replicated engines), through one
+//! server; the ledger is a table replicated to every server, and a lock held in ZooKeeper
+//! keeps two migrators from applying a step at the same time. The reading layer (a second
+//! database of `Distributed` tables and views over them) is re-created after any step.
 
 use crate::store::{Store, StoreError};
 use clickhouse::Row;
+use qoe_schemas::cluster::{Catalog, ClusterError, ClusterTarget};
 use qoe_schemas::migrations::{MigrationError, MIGRATIONS};
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
@@ -21,6 +29,14 @@ pub enum MigrateError {
         index: usize,
         sql: String,
         source: clickhouse::error::Error,
+    },
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error("another migrator holds the lock of database {database} on cluster {cluster} (for {waited:?}); if none runs, a previous one died holding it: DROP TABLE {database}.schema_migrations_lock on the server it used")]
+    Locked {
+        database: String,
+        cluster: String,
+        waited: Duration,
     },
     #[error("migration {name} was applied with checksum {applied} but the file now has {current}; migrations must not be edited once released, add a new one")]
     Edited {
@@ -72,6 +88,15 @@ pub async fn run(store: &Store) -> Result<MigrationReport, MigrateError> {
         .execute()
         .await
         .map_err(StoreError::from)?;
+    apply(store, |sql| Ok(vec![sql.to_owned()])).await
+}
+
+/// Applies the migrations not yet in the ledger, each statement in the form `form` gives it.
+async fn apply(
+    store: &Store,
+    form: impl Fn(&str) -> Result<Vec<String>, MigrateError>,
+) -> Result<MigrationReport, MigrateError> {
+    let client = &store.client;
     let applied: Vec<AppliedMigration> = client
         .query("SELECT ?fields FROM schema_migrations ORDER BY version")
         .fetch_all()
@@ -101,7 +126,15 @@ pub async fn run(store: &Store) -> Result<MigrationReport, MigrateError> {
                     continue;
                 }
             }
-            let applied = client.query(&statement.sql).execute().await;
+            let mut applied = Ok(());
+            let mut sql = String::new();
+            for one in form(&statement.sql)? {
+                sql = one;
+                applied = client.query(&sql).execute().await;
+                if applied.is_err() {
+                    break;
+                }
+            }
             if let Err(source) = applied {
                 // Another migrator (an aggregator starting at the same moment) may have added
                 // the column between the check above and this statement: that is success.
@@ -113,7 +146,7 @@ pub async fn run(store: &Store) -> Result<MigrationReport, MigrateError> {
                     return Err(MigrateError::Statement {
                         name: migration.name.to_owned(),
                         index,
-                        sql: statement.sql.clone(),
+                        sql,
                         source,
                     });
                 }
@@ -141,4 +174,118 @@ pub async fn run(store: &Store) -> Result<MigrationReport, MigrateError> {
         report.applied.push(migration.name.to_owned());
     }
     Ok(report)
+}
+
+/// How long a cluster migrator waits for another one to finish.
+const LOCK_WAIT: Duration = Duration::from_secs(300);
+
+/// Applies the migrations to the cluster `target.cluster` through the server of `store`
+/// (whose database is `target.database`), then re-creates the reading layer if a step was
+/// applied or it is incomplete. Every server of the cluster must be up.
+pub async fn run_cluster(
+    store: &Store,
+    target: &ClusterTarget,
+) -> Result<MigrationReport, MigrateError> {
+    let catalog = Catalog::of_migrations()?;
+    let (db, cluster) = (&target.database, &target.cluster);
+    let read = target.read_database();
+    let ddl = |sql: String| async move {
+        store
+            .client
+            .query(&sql)
+            .execute()
+            .await
+            .map_err(|source| MigrateError::Statement {
+                name: "cluster setup".into(),
+                index: 0,
+                sql,
+                source,
+            })
+    };
+    ddl(format!(
+        "CREATE DATABASE IF NOT EXISTS {db} ON CLUSTER {cluster}"
+    ))
+    .await?;
+    ddl(format!(
+        "CREATE DATABASE IF NOT EXISTS {read} ON CLUSTER {cluster}"
+    ))
+    .await?;
+
+    lock(store, target).await?;
+    let result = async {
+        // One ledger for the whole cluster: every server is a replica of it.
+        ddl(format!(
+            "CREATE TABLE IF NOT EXISTS {db}.schema_migrations ON CLUSTER {cluster} \
+             (version UInt32, name String, checksum String, applied_at DateTime('UTC')) \
+             ENGINE = ReplicatedMergeTree('/clickhouse/tables/all/{db}/schema_migrations', '{{replica}}') \
+             ORDER BY version"
+        ))
+        .await?;
+        ddl(format!("SYSTEM SYNC REPLICA {db}.schema_migrations")).await?;
+        let report = apply(store, |sql| Ok(target.rewrite(&catalog, sql)?)).await?;
+        let layer = target.distributed_layer(&catalog)?;
+        let expected = (layer.len() / 2) as u64;
+        let present: u64 = store
+            .client
+            .query("SELECT count() FROM system.tables WHERE database = ?")
+            .bind(&read)
+            .fetch_one()
+            .await
+            .map_err(StoreError::from)?;
+        if !report.applied.is_empty() || present < expected {
+            for sql in layer {
+                ddl(sql).await?;
+            }
+            tracing::info!(database = %read, objects = expected, "reading layer (Distributed tables) re-created");
+        }
+        Ok(report)
+    }
+    .await;
+    unlock(store, target).await;
+    result
+}
+
+/// The lock: a replicated table whose one replica name can exist once in ZooKeeper, so
+/// creating it succeeds for one migrator at a time, whichever server each one uses.
+async fn lock(store: &Store, target: &ClusterTarget) -> Result<(), MigrateError> {
+    let db = &target.database;
+    let sql = format!(
+        "CREATE TABLE {db}.schema_migrations_lock (held_since DateTime) \
+         ENGINE = ReplicatedMergeTree('/clickhouse/qoe/{db}/migration_lock', 'holder') \
+         ORDER BY held_since"
+    );
+    let started = std::time::Instant::now();
+    loop {
+        match store.client.query(&sql).execute().await {
+            Ok(()) => return Ok(()),
+            // 57: the table exists on this server; 253: the replica exists (on another one).
+            Err(e) if is_code(&e, 57) || is_code(&e, 253) => {
+                if started.elapsed() >= LOCK_WAIT {
+                    return Err(MigrateError::Locked {
+                        database: db.clone(),
+                        cluster: target.cluster.clone(),
+                        waited: started.elapsed(),
+                    });
+                }
+                tracing::info!(database = %db, "another migrator is applying migrations; waiting");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(StoreError::from(e).into()),
+        }
+    }
+}
+
+async fn unlock(store: &Store, target: &ClusterTarget) {
+    let sql = format!(
+        "DROP TABLE IF EXISTS {}.schema_migrations_lock",
+        target.database
+    );
+    if let Err(e) = store.client.query(&sql).execute().await {
+        tracing::error!(error = %e, "could not release the migration lock; drop {}.schema_migrations_lock by hand", target.database);
+    }
+}
+
+fn is_code(e: &clickhouse::error::Error, code: u32) -> bool {
+    let text = e.to_string();
+    text.contains(&format!("Code: {code},")) || text.contains(&format!("Code: {code}."))
 }

@@ -31,6 +31,35 @@ pub enum StoreError {
     BadDatabase(String),
 }
 
+/// `--clickhouse-shards`: shards separated by `;`, the replicas of a shard by `,`, each an
+/// HTTP(S) URL: `http://a:8123,http://b:8123;http://c:8123,http://d:8123`.
+pub fn parse_shards(spec: &str) -> Result<Vec<Vec<String>>, String> {
+    let mut shards = Vec::new();
+    for (s, shard) in spec.split(';').enumerate() {
+        let mut replicas = Vec::new();
+        for url in shard.split(',').map(str::trim) {
+            if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+                return Err(format!(
+                    "shard {}: {url:?} is not an http(s) URL (expected e.g. \
+                     http://a:8123,http://b:8123;http://c:8123,http://d:8123)",
+                    s + 1
+                ));
+            }
+            if shards
+                .iter()
+                .flatten()
+                .chain(replicas.iter())
+                .any(|u: &String| u == url)
+            {
+                return Err(format!("{url} is listed twice"));
+            }
+            replicas.push(url.to_owned());
+        }
+        shards.push(replicas);
+    }
+    Ok(shards)
+}
+
 /// A connected ClickHouse: a client configured for the server's version.
 #[derive(Clone)]
 pub struct Store {
@@ -106,7 +135,27 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::is_valid_database;
+    use super::{is_valid_database, parse_shards};
+
+    #[test]
+    fn shard_lists() {
+        assert_eq!(
+            parse_shards("http://a:1,http://b:1;http://c:1, http://d:1").unwrap(),
+            vec![
+                vec!["http://a:1".to_owned(), "http://b:1".to_owned()],
+                vec!["http://c:1".to_owned(), "http://d:1".to_owned()]
+            ]
+        );
+        assert_eq!(parse_shards("http://a:1").unwrap().len(), 1);
+        assert!(parse_shards("").unwrap_err().contains("shard 1"));
+        assert!(parse_shards("http://a:1;;http://b:1")
+            .unwrap_err()
+            .contains("shard 2"));
+        assert!(parse_shards("http://a:1,a:2").is_err());
+        assert!(parse_shards("http://a:1;http://a:1")
+            .unwrap_err()
+            .contains("twice"));
+    }
 
     #[test]
     fn database_names() {

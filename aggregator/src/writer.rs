@@ -12,13 +12,14 @@
 //! Then the checkpoint is read back: present means committed. A step-2 error is not retried
 //! blindly; the checkpoint decides.
 
+use crate::route::{Router, Topology};
 use crate::staging::{self, secs, Kind, StagingRow};
 use crate::store::Store;
 use crate::window::{Batch, Checkpoint};
 use clickhouse::Row;
 use qoe_schemas::metrics::WindowMetrics;
 use serde::Deserialize;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -105,20 +106,109 @@ fn query_id_prefix(topic: &str, partition: i32) -> String {
 }
 
 pub struct Writer {
-    pub store: Store,
+    /// Every server written to: one, or each replica of each shard of a cluster.
+    servers: Vec<Store>,
+    router: Router,
     pub topic: String,
 }
 
+/// How long a replica may take to catch up with its shard before it is given up on.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(15);
+
 impl Writer {
+    /// A writer to one server.
     pub fn new(store: Store, topic: &str) -> anyhow::Result<Writer> {
+        Writer::with_topology(vec![store], Topology::single(), topic)
+    }
+
+    /// A writer to a cluster: `shards[s]` are the replicas of shard `s` (see [`crate::route`]).
+    pub fn cluster(shards: Vec<Vec<Store>>, topic: &str) -> anyhow::Result<Writer> {
+        anyhow::ensure!(
+            !shards.is_empty() && shards.iter().all(|s| !s.is_empty()),
+            "a cluster needs at least one shard, each with at least one replica"
+        );
+        let mut servers = Vec::new();
+        let mut topology = Topology { shards: Vec::new() };
+        for shard in shards {
+            let mut replicas = Vec::new();
+            for store in shard {
+                replicas.push(servers.len());
+                servers.push(store);
+            }
+            topology.shards.push(replicas);
+        }
+        Writer::with_topology(servers, topology, topic)
+    }
+
+    fn with_topology(
+        servers: Vec<Store>,
+        topology: Topology,
+        topic: &str,
+    ) -> anyhow::Result<Writer> {
         anyhow::ensure!(
             sql_safe_topic(topic),
             "topic name {topic:?} has characters Kafka does not allow"
         );
         Ok(Writer {
-            store,
+            servers,
+            router: Router::new(topology),
             topic: topic.to_owned(),
         })
+    }
+
+    /// The server a partition writes to now, caught up with its shard first on a cluster.
+    async fn store_for(&self, partition: i32) -> Result<&Store, WriteError> {
+        let store = &self.servers[self.router.server(partition, Instant::now())];
+        if self.router.needs_sync(partition, Instant::now()) {
+            if let Err(e) = sync_checkpoints(store).await {
+                tracing::warn!(partition, server = %store.config.url, error = %e, "replica cannot catch up with its shard; trying the other replica");
+                self.router.failed(partition, Instant::now());
+                return Err(e);
+            }
+            tracing::info!(partition, server = %store.config.url, "partition writes to this replica");
+            self.router.synced(partition, Instant::now());
+        }
+        Ok(store)
+    }
+
+    /// Runs `call` on the partition's server; a failure (other than a fence) moves the
+    /// partition to its shard's other replica for the next call.
+    async fn on_partition<'a, T, F, Fut>(&'a self, partition: i32, call: F) -> Result<T, WriteError>
+    where
+        F: FnOnce(&'a Store) -> Fut,
+        Fut: std::future::Future<Output = Result<T, WriteError>>,
+    {
+        let store = self.store_for(partition).await?;
+        let result = call(store).await;
+        if let Err(e) = &result {
+            if !matches!(e, WriteError::Fenced { .. }) {
+                self.router.failed(partition, Instant::now());
+            }
+        }
+        result
+    }
+
+    /// One answering server of each shard.
+    async fn one_per_shard(&self) -> Result<Vec<&Store>, WriteError> {
+        let mut out = Vec::new();
+        for shard in &self.router.topology().shards {
+            let mut last = None;
+            for &i in shard {
+                let store = &self.servers[i];
+                match store.client.query("SELECT 1").fetch_one::<u8>().await {
+                    Ok(_) => {
+                        last = None;
+                        out.push(store);
+                        break;
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+            if let Some(e) = last {
+                return Err(e.into());
+            }
+        }
+        Ok(out)
     }
 
     /// The furthest checkpoint of every partition of the topic that has one.
@@ -128,31 +218,40 @@ impl Writer {
             partition: u32,
             next: u64,
         }
-        let rows: Vec<End> = self
-            .store
-            .client
-            .query(
-                "SELECT partition, max(next_offset) AS next FROM qoe_checkpoints WHERE topic = ? \
-                 GROUP BY partition ORDER BY partition",
-            )
-            .bind(&self.topic)
-            .fetch_all()
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| (r.partition as i32, r.next as i64))
-            .collect())
+        let mut ends: Vec<(i32, i64)> = Vec::new();
+        for store in self.one_per_shard().await? {
+            let rows: Vec<End> = store
+                .client
+                .query(
+                    "SELECT partition, max(next_offset) AS next FROM qoe_checkpoints WHERE topic = ? \
+                     GROUP BY partition ORDER BY partition",
+                )
+                .bind(&self.topic)
+                .fetch_all()
+                .await?;
+            for r in rows {
+                let (p, next) = (r.partition as i32, r.next as i64);
+                match ends.iter_mut().find(|(q, _)| *q == p) {
+                    Some((_, n)) => *n = (*n).max(next),
+                    None => ends.push((p, next)),
+                }
+            }
+        }
+        ends.sort_unstable();
+        Ok(ends)
     }
 
     /// Deletes every checkpoint of the topic, so that all its partitions start over from the
     /// beginning; waits until the deletion is visible.
     pub async fn delete_checkpoints(&self) -> Result<(), WriteError> {
-        self.store
-            .client
-            .query("ALTER TABLE qoe_checkpoints DELETE WHERE topic = ?")
-            .bind(&self.topic)
-            .execute()
-            .await?;
+        for store in self.one_per_shard().await? {
+            store
+                .client
+                .query("ALTER TABLE qoe_checkpoints DELETE WHERE topic = ?")
+                .bind(&self.topic)
+                .execute()
+                .await?;
+        }
         for _ in 0..600 {
             if self.checkpoint_ends().await?.is_empty() {
                 return Ok(());
@@ -172,10 +271,18 @@ impl Writer {
     }
 
     async fn checkpoint_unbounded(&self, partition: i32) -> Result<Option<Checkpoint>, WriteError> {
+        self.on_partition(partition, |store| self.latest_checkpoint(store, partition))
+            .await
+    }
+
+    async fn latest_checkpoint(
+        &self,
+        store: &Store,
+        partition: i32,
+    ) -> Result<Option<Checkpoint>, WriteError> {
         let prefix = query_id_prefix(&self.topic, partition);
         for _ in 0..100 {
-            let running: u64 = self
-                .store
+            let running: u64 = store
                 .client
                 .query("SELECT count() FROM system.processes WHERE startsWith(query_id, ?)")
                 .bind(&prefix)
@@ -186,8 +293,7 @@ impl Writer {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let row: Option<StoredCheckpoint> = self
-            .store
+        let row: Option<StoredCheckpoint> = store
             .client
             .query(
                 "SELECT ?fields FROM qoe_checkpoints WHERE topic = ? AND partition = ? \
@@ -207,25 +313,38 @@ impl Writer {
         partition: i32,
         next_offset: i64,
     ) -> Result<Option<Checkpoint>, WriteError> {
-        let row: Option<StoredCheckpoint> = self
-            .store
-            .client
-            .query(
-                "SELECT ?fields FROM qoe_checkpoints WHERE topic = ? AND partition = ? \
-                 AND next_offset = ? AND state != '' LIMIT 1",
-            )
-            .bind(&self.topic)
-            .bind(partition as u32)
-            .bind(next_offset as u64)
-            .fetch_optional()
-            .await?;
-        Ok(row.map(Checkpoint::from))
+        self.on_partition(partition, |store| async move {
+            let row: Option<StoredCheckpoint> = store
+                .client
+                .query(
+                    "SELECT ?fields FROM qoe_checkpoints WHERE topic = ? AND partition = ? \
+                     AND next_offset = ? AND state != '' LIMIT 1",
+                )
+                .bind(&self.topic)
+                .bind(partition as u32)
+                .bind(next_offset as u64)
+                .fetch_optional()
+                .await?;
+            Ok(row.map(Checkpoint::from))
+        })
+        .await
     }
 
     /// Whether the batch written under `batch_id` is committed.
     pub async fn committed(&self, partition: i32, batch_id: u64) -> Result<bool, WriteError> {
-        let n: u64 = self
-            .store
+        self.on_partition(partition, |store| {
+            self.committed_on(store, partition, batch_id)
+        })
+        .await
+    }
+
+    async fn committed_on(
+        &self,
+        store: &Store,
+        partition: i32,
+        batch_id: u64,
+    ) -> Result<bool, WriteError> {
+        let n: u64 = store
             .client
             .query("SELECT count() FROM qoe_checkpoints WHERE topic = ? AND partition = ? AND batch_id = ?")
             .bind(&self.topic)
@@ -251,28 +370,34 @@ impl Writer {
         batch_id: u64,
         timeout: Duration,
     ) -> Result<(), WriteError> {
-        tokio::time::timeout(
-            timeout,
-            self.write_unbounded(partition, batch, checkpoint, batch_id),
-        )
+        self.on_partition(partition, |store| async move {
+            tokio::time::timeout(
+                timeout,
+                self.write_unbounded(store, partition, batch, checkpoint, batch_id),
+            )
+            .await
+            .unwrap_or(Err(WriteError::Timeout(timeout)))
+        })
         .await
-        .unwrap_or(Err(WriteError::Timeout(timeout)))
     }
 
     async fn write_unbounded(
         &self,
+        store: &Store,
         partition: i32,
         batch: &Batch,
         checkpoint: &Checkpoint,
         batch_id: u64,
     ) -> Result<(), WriteError> {
         let staged_at = now_secs();
-        let client = &self.store.client;
+        let client = &store.client;
 
         let columns = staging::column_list();
         // Rows are streamed in chunks of about CHUNK_BYTES (the client's buffered insert), so a
         // large batch is never held a second time, encoded, in memory.
         let mut insert = client
+            .clone()
+            .with_option("insert_deduplicate", "0")
             .insert_formatted_with(format!(
                 "INSERT INTO qoe_staging ({columns}) FORMAT RowBinary"
             ))
@@ -339,8 +464,11 @@ impl Writer {
             topic = self.topic,
             from = checkpoint.from_offset,
         );
+        // Replicated tables drop a block identical to a recent one; on a cluster two batches
+        // can produce identical window rows, and each must count.
         let moved = client
             .clone()
+            .with_option("insert_deduplicate", "0")
             .with_option(
                 "query_id",
                 format!("{}{batch_id}", query_id_prefix(&self.topic, partition)),
@@ -348,7 +476,7 @@ impl Writer {
             .query(&move_batch)
             .execute()
             .await;
-        match (moved, self.committed(partition, batch_id).await?) {
+        match (moved, self.committed_on(store, partition, batch_id).await?) {
             (_, true) => Ok(()),
             (Err(e), false) => Err(e.into()),
             (Ok(()), false) => Err(WriteError::Fenced {
@@ -357,4 +485,30 @@ impl Writer {
             }),
         }
     }
+}
+
+/// Waits until `store` holds every checkpoint its shard has committed (`SYSTEM SYNC REPLICA`:
+/// it fetches the replication log and waits for its queue to empty). Fails when it cannot
+/// within [`SYNC_TIMEOUT`], e.g. while the other replica holds a part nobody else has yet.
+async fn sync_checkpoints(store: &Store) -> Result<(), WriteError> {
+    let sql = format!(
+        "SYSTEM SYNC REPLICA {}.qoe_checkpoints",
+        store.config.database
+    );
+    let timeout_secs = SYNC_TIMEOUT.as_secs().saturating_sub(2).max(1);
+    tokio::time::timeout(
+        SYNC_TIMEOUT,
+        store
+            .client
+            .clone()
+            .with_option("receive_timeout", timeout_secs.to_string())
+            .query(&sql)
+            .execute(),
+    )
+    .await
+    .unwrap_or_else(|_| Err(clickhouse::error::Error::Custom("timed out".into())))
+    .map_err(|e| match e {
+        clickhouse::error::Error::Custom(_) => WriteError::Timeout(SYNC_TIMEOUT),
+        other => other.into(),
+    })
 }

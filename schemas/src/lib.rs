@@ -11,11 +11,13 @@
 //!   aggregator consumes, and [`event::MessageEncoder`], which writes it.
 //! - [`metrics`]: the metric catalogue, the one definition of every windowed metric (its
 //!   columns, roll-up, unit and doc) from which the window row and `metrics.json` are made.
-//! - [`migrations`]: the ClickHouse schema, as versioned SQL files embedded at build time.
+//! - [`migrations`]: the ClickHouse schema, as versioned SQL files embedded at build time;
+//!   [`cluster`] rewrites them for a replicated, sharded cluster.
 //!
 //! This crate does no I/O, so all of it is unit-testable and benchmarkable without servers.
 
 pub mod beacon;
+pub mod cluster;
 pub mod cmcd;
 pub mod event;
 pub mod metrics;
