@@ -192,11 +192,12 @@ impl ClickHouseArgs {
             .transpose()
     }
 
-    /// The server migrations go through: the first of --clickhouse-shards, or --clickhouse-url.
-    fn seed(&self) -> anyhow::Result<StoreConfig> {
+    /// The servers migrations may go through, in order of preference: those of
+    /// --clickhouse-shards, or --clickhouse-url.
+    fn seeds(&self) -> anyhow::Result<Vec<StoreConfig>> {
         Ok(match self.shards()? {
-            Some(shards) => self.config_at(&shards[0][0]),
-            None => self.config(),
+            Some(shards) => shards.iter().flatten().map(|u| self.config_at(u)).collect(),
+            None => vec![self.config()],
         })
     }
 }
@@ -241,7 +242,8 @@ async fn main() -> anyhow::Result<()> {
                 }
                 return Ok(());
             }
-            let store = Store::connect(clickhouse.seed()?, true).await?;
+            let seeds = clickhouse.seeds()?;
+            let store = connect_any(&seeds, true, false).await?;
             let report = migrate_schema(&store, &clickhouse).await?;
             let on = match &clickhouse.clickhouse_cluster {
                 Some(c) => format!(
@@ -317,7 +319,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
 
     let shards = args.clickhouse.shards()?;
-    let store = connect(args.clickhouse.seed()?, !args.no_migrate).await;
+    let store = connect_any(&args.clickhouse.seeds()?, !args.no_migrate, true).await?;
     if !args.no_migrate {
         let report = migrate_schema(&store, &args.clickhouse).await?;
         tracing::info!(applied = ?report.applied, server = %store.version, "schema up to date");
@@ -329,7 +331,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             for shard in &shards {
                 let mut replicas = Vec::new();
                 for url in shard {
-                    replicas.push(connect(args.clickhouse.config_at(url), false).await);
+                    replicas.push(Store::assume(args.clickhouse.config_at(url), store.version));
                 }
                 stores.push(replicas);
             }
@@ -464,16 +466,27 @@ async fn check_checkpoints(writer: &Writer, args: &RunArgs) -> anyhow::Result<()
     Ok(())
 }
 
-/// Connects to a server, retrying until it answers: a process may start before ClickHouse.
-async fn connect(config: StoreConfig, create_database: bool) -> Store {
+/// Connects to the first of `seeds` that answers; with `wait`, retries until one does (a
+/// process may start before ClickHouse), otherwise fails with the last error.
+async fn connect_any(
+    seeds: &[StoreConfig],
+    create_database: bool,
+    wait: bool,
+) -> anyhow::Result<Store> {
     loop {
-        match Store::connect(config.clone(), create_database).await {
-            Ok(s) => return s,
-            Err(e) => {
-                tracing::warn!(error = %e, "ClickHouse not reachable yet; retrying in 2 s");
-                tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut last = None;
+        for seed in seeds {
+            match Store::connect(seed.clone(), create_database).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
             }
         }
+        let e = last.context("no ClickHouse server configured")?;
+        if !wait {
+            return Err(e.into());
+        }
+        tracing::warn!(error = %e, "no ClickHouse server reachable yet; retrying in 2 s");
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
 

@@ -120,37 +120,70 @@ async fn apply(
         let all = migration.statements()?;
         let statements = migration.statements_for(store.version)?;
         report.skipped_statements += all.len() - statements.len();
-        for (index, statement) in statements.iter().enumerate() {
-            if let Some((table, column)) = statement.added_column() {
-                if column_exists(store, &table, &column).await? {
-                    continue;
+        // A run of `ADD COLUMN`s to one table is applied as one `ALTER` (on a cluster each
+        // statement is a distributed DDL that waits for every server), skipping the columns
+        // that exist already.
+        let mut index = 0;
+        while index < statements.len() {
+            let statement = &statements[index];
+            let (sql, columns, next) = match statement.added_column() {
+                Some((table, _)) => {
+                    let mut clauses = Vec::new();
+                    let mut columns = Vec::new();
+                    let mut next = index;
+                    while let Some(s) = statements.get(next) {
+                        let (Some((t, column)), Some(clause)) =
+                            (s.added_column(), s.alter_clause())
+                        else {
+                            break;
+                        };
+                        if t != table {
+                            break;
+                        }
+                        if !column_exists(store, &table, &column).await? {
+                            clauses.push(clause.to_owned());
+                            columns.push((t, column));
+                        }
+                        next += 1;
+                    }
+                    if clauses.is_empty() {
+                        index = next;
+                        continue;
+                    }
+                    (
+                        format!("ALTER TABLE {table} {}", clauses.join(", ")),
+                        columns,
+                        next,
+                    )
                 }
-            }
+                None => (statement.sql.clone(), Vec::new(), index + 1),
+            };
             let mut applied = Ok(());
-            let mut sql = String::new();
-            for one in form(&statement.sql)? {
-                sql = one;
-                applied = client.query(&sql).execute().await;
+            let mut sent = String::new();
+            for one in form(&sql)? {
+                sent = one;
+                applied = client.query(&sent).execute().await;
                 if applied.is_err() {
                     break;
                 }
             }
             if let Err(source) = applied {
                 // Another migrator (an aggregator starting at the same moment) may have added
-                // the column between the check above and this statement: that is success.
-                let added_meanwhile = match statement.added_column() {
-                    Some((table, column)) => column_exists(store, &table, &column).await?,
-                    None => false,
-                };
+                // the columns between the check above and this statement: that is success.
+                let mut added_meanwhile = !columns.is_empty();
+                for (table, column) in &columns {
+                    added_meanwhile &= column_exists(store, table, column).await?;
+                }
                 if !added_meanwhile {
                     return Err(MigrateError::Statement {
                         name: migration.name.to_owned(),
                         index,
-                        sql,
+                        sql: sent,
                         source,
                     });
                 }
             }
+            index = next;
         }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -189,6 +222,11 @@ pub async fn run_cluster(
     let catalog = Catalog::of_migrations()?;
     let (db, cluster) = (&target.database, &target.cluster);
     let read = target.read_database();
+    // Up to date already: no distributed DDL, which would wait for every server, so an
+    // aggregator restarting while a server is down starts at once.
+    if let Some(report) = up_to_date(store, target, &catalog).await {
+        return Ok(report);
+    }
     let ddl = |sql: String| async move {
         store
             .client
@@ -243,6 +281,42 @@ pub async fn run_cluster(
     .await;
     unlock(store, target).await;
     result
+}
+
+/// The report of a run that has nothing to do, when the ledger lists every migration (with
+/// its checksum) and the reading layer is complete; `None` otherwise or when unsure.
+async fn up_to_date(
+    store: &Store,
+    target: &ClusterTarget,
+    catalog: &Catalog,
+) -> Option<MigrationReport> {
+    let applied: Vec<AppliedMigration> = store
+        .client
+        .query(&format!(
+            "SELECT ?fields FROM {}.schema_migrations ORDER BY version",
+            target.database
+        ))
+        .fetch_all()
+        .await
+        .ok()?;
+    let all_there = MIGRATIONS.iter().all(|m| {
+        applied
+            .iter()
+            .any(|a| a.version == m.version && a.checksum == m.checksum())
+    });
+    let expected = (target.distributed_layer(catalog).ok()?.len() / 2) as u64;
+    let present: u64 = store
+        .client
+        .query("SELECT count() FROM system.tables WHERE database = ?")
+        .bind(target.read_database())
+        .fetch_one()
+        .await
+        .ok()?;
+    (all_there && present >= expected).then(|| MigrationReport {
+        applied: Vec::new(),
+        already_applied: MIGRATIONS.iter().map(|m| m.name.to_owned()).collect(),
+        skipped_statements: 0,
+    })
 }
 
 /// The lock: a replicated table whose one replica name can exist once in ZooKeeper, so

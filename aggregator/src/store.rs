@@ -121,15 +121,22 @@ impl Store {
                 .execute()
                 .await?;
         }
+        Ok(Store::assume(config, version))
+    }
+
+    /// A store for a server of known version, without contacting it: the replicas of a
+    /// cluster run the version of the server probed first, and one that is down at start-up
+    /// must not hold the others up.
+    pub fn assume(config: StoreConfig, version: ServerVersion) -> Store {
         let mut client = base_client(&config).with_database(&config.database);
         if version.is_legacy() {
             client = legacy(client);
         }
-        Ok(Store {
+        Store {
             client,
             version,
             config,
-        })
+        }
     }
 }
 

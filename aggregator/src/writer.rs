@@ -157,18 +157,31 @@ impl Writer {
     }
 
     /// The server a partition writes to now, caught up with its shard first on a cluster.
+    /// A replica that cannot catch up is passed over for the shard's next one at once
+    /// (catching up only reads), so a dead home replica costs one refused connection.
     async fn store_for(&self, partition: i32) -> Result<&Store, WriteError> {
-        let store = &self.servers[self.router.server(partition, Instant::now())];
-        if self.router.needs_sync(partition, Instant::now()) {
-            if let Err(e) = sync_checkpoints(store).await {
-                tracing::warn!(partition, server = %store.config.url, error = %e, "replica cannot catch up with its shard; trying the other replica");
-                self.router.failed(partition, Instant::now());
-                return Err(e);
+        let shard = self.router.topology().shard_of(partition);
+        let replicas = self.router.topology().shards[shard].len();
+        let mut last = None;
+        for _ in 0..replicas {
+            let store = &self.servers[self.router.server(partition, Instant::now())];
+            if !self.router.needs_sync(partition, Instant::now()) {
+                return Ok(store);
             }
-            tracing::info!(partition, server = %store.config.url, "partition writes to this replica");
-            self.router.synced(partition, Instant::now());
+            match sync_checkpoints(store).await {
+                Ok(()) => {
+                    tracing::info!(partition, server = %store.config.url, "partition writes to this replica");
+                    self.router.synced(partition, Instant::now());
+                    return Ok(store);
+                }
+                Err(e) => {
+                    tracing::warn!(partition, server = %store.config.url, error = %e, "replica cannot catch up with its shard; trying the next replica");
+                    self.router.failed(partition, Instant::now());
+                    last = Some(e);
+                }
+            }
         }
-        Ok(store)
+        Err(last.unwrap_or(WriteError::Timeout(SYNC_TIMEOUT)))
     }
 
     /// Runs `call` on the partition's server; a failure (other than a fence) moves the

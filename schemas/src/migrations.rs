@@ -98,6 +98,18 @@ pub struct Statement {
 }
 
 impl Statement {
+    /// For an [`Self::added_column`] statement, the text after `ALTER TABLE table`
+    /// (`ADD COLUMN c ...`), so that several can be applied as one `ALTER`.
+    pub fn alter_clause(&self) -> Option<&str> {
+        self.added_column()?;
+        let mut rest = self.sql.trim_start();
+        for _ in 0..3 {
+            let end = rest.find(char::is_whitespace)?;
+            rest = rest[end..].trim_start();
+        }
+        Some(rest)
+    }
+
     /// `(table, column)` when the statement is `ALTER TABLE table ADD COLUMN column ...`
     /// (one column, no `IF NOT EXISTS`), so that the migrator can skip it when the column exists.
     pub fn added_column(&self) -> Option<(String, String)> {
@@ -271,6 +283,11 @@ mod tests {
             None
         );
         assert_eq!(st("ALTER TABLE t MODIFY TTL x").added_column(), None);
+        assert_eq!(
+            st("alter table t\n  add column c UInt64 AFTER b").alter_clause(),
+            Some("add column c UInt64 AFTER b")
+        );
+        assert_eq!(st("ALTER TABLE t MODIFY TTL x").alter_clause(), None);
         assert_eq!(
             st("CREATE TABLE t (x UInt8) ENGINE = Memory").added_column(),
             None

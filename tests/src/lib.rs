@@ -14,7 +14,65 @@ pub fn kafka_brokers() -> String {
     std::env::var("QOE_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
 
+/// The servers of the local cluster (`scripts/cluster.sh`) when a test binary reads through
+/// it ([`use_cluster`]); the single server otherwise.
+static CLUSTER: std::sync::OnceLock<Vec<Vec<String>>> = std::sync::OnceLock::new();
+
+/// Makes this test binary's ClickHouse queries go to the local cluster: to its first server,
+/// in the database given (the tests read `<database>_all`, the Distributed tables).
+pub fn use_cluster() -> &'static Vec<Vec<String>> {
+    CLUSTER.get_or_init(|| {
+        let out = std::process::Command::new(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/cluster.sh"),
+        )
+        .arg("urls")
+        .output()
+        .expect("running scripts/cluster.sh urls");
+        let spec = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        spec.split(';')
+            .map(|s| s.split(',').map(str::to_owned).collect())
+            .collect()
+    })
+}
+
+/// Waits until every replica of the cluster holds every part of every replicated table of
+/// `database`, so that a read through the Distributed tables sees all of it whichever replica
+/// answers. Every server must be up.
+pub async fn sync_replicas(database: &str) {
+    for url in clickhouse_servers() {
+        let tables = clickhouse_query_at(
+            &url,
+            database,
+            &format!(
+                "SELECT name FROM system.tables WHERE database = '{database}' AND engine LIKE 'Replicated%'"
+            ),
+        )
+        .await
+        .expect("listing replicated tables");
+        for t in tables {
+            clickhouse_query_at(
+                &url,
+                database,
+                &format!("SYSTEM SYNC REPLICA {database}.{}", t[0]),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{url}: SYNC REPLICA {}: {e}", t[0]));
+        }
+    }
+}
+
+/// Every server the tests query: the cluster's, or the single server.
+pub fn clickhouse_servers() -> Vec<String> {
+    match CLUSTER.get() {
+        Some(shards) => shards.iter().flatten().cloned().collect(),
+        None => vec![clickhouse_url()],
+    }
+}
+
 pub fn clickhouse_url() -> String {
+    if let Some(shards) = CLUSTER.get() {
+        return shards[0][0].clone();
+    }
     std::env::var("QOE_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into())
 }
 
@@ -234,8 +292,20 @@ pub fn stack(command: &str) {
 /// Stops a stack service for the duration of a test and starts it again when dropped, even
 /// when the test fails, so later tests find the stack as they expect it.
 pub struct Outage {
-    start: &'static str,
+    script: &'static str,
+    start: String,
     active: bool,
+}
+
+/// Runs `scripts/<script> <args>`.
+fn script(script: &str, args: &[&str]) -> std::io::Result<std::process::ExitStatus> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scripts")
+        .join(script);
+    std::process::Command::new("bash")
+        .arg(path)
+        .args(args)
+        .status()
 }
 
 impl Outage {
@@ -248,6 +318,24 @@ impl Outage {
         };
         stack(stop);
         Outage {
+            script: "stack.sh",
+            start: start.to_owned(),
+            active: true,
+        }
+    }
+
+    /// A server of the local cluster killed with SIGKILL (`n` in 1..=4), or its ZooKeeper
+    /// stopped (`n` = 0), until the outage ends.
+    pub fn cluster(n: u8) -> Outage {
+        let (stop, start) = match n {
+            0 => ("stop-zookeeper".to_owned(), "start-zookeeper".to_owned()),
+            n => (format!("kill-replica {n}"), format!("start-replica {n}")),
+        };
+        let args: Vec<&str> = stop.split(' ').collect();
+        let status = script("cluster.sh", &args).expect("running scripts/cluster.sh");
+        assert!(status.success(), "scripts/cluster.sh {stop} failed");
+        Outage {
+            script: "cluster.sh",
             start,
             active: true,
         }
@@ -255,7 +343,14 @@ impl Outage {
 
     /// Ends the outage now.
     pub fn end(mut self) {
-        stack(self.start);
+        let args: Vec<&str> = self.start.split(' ').collect();
+        let status = script(self.script, &args).expect("running the stack script");
+        assert!(
+            status.success(),
+            "scripts/{} {} failed",
+            self.script,
+            self.start
+        );
         self.active = false;
     }
 }
@@ -264,12 +359,8 @@ impl Drop for Outage {
     fn drop(&mut self) {
         if self.active {
             // Never panic here: this runs while a failed test unwinds.
-            let script =
-                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/stack.sh");
-            let _ = std::process::Command::new("bash")
-                .arg(script)
-                .arg(self.start)
-                .status();
+            let args: Vec<&str> = self.start.split(' ').collect();
+            let _ = script(self.script, &args);
         }
     }
 }
@@ -326,16 +417,36 @@ pub async fn publish(
 }
 
 /// Runs a statement on the ClickHouse HTTP interface and returns the TSV lines of its result
-/// (none for an INSERT).
+/// (none for an INSERT or DDL).
+/// On the cluster, the first server that answers (tests kill some).
 pub async fn clickhouse_query(database: &str, sql: &str) -> anyhow::Result<Vec<Vec<String>>> {
-    let is_insert = sql.trim_start().to_ascii_uppercase().starts_with("INSERT");
-    let body = if is_insert {
-        sql.to_owned()
-    } else {
+    let mut last = None;
+    for url in clickhouse_servers() {
+        match clickhouse_query_at(&url, database, sql).await {
+            Ok(rows) => return Ok(rows),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no ClickHouse server")))
+}
+
+/// [`clickhouse_query`] on the server at `url`.
+pub async fn clickhouse_query_at(
+    url: &str,
+    database: &str,
+    sql: &str,
+) -> anyhow::Result<Vec<Vec<String>>> {
+    let upper = sql.trim_start().to_ascii_uppercase();
+    let returns_rows = ["SELECT", "WITH", "SHOW", "DESC", "EXISTS"]
+        .iter()
+        .any(|k| upper.starts_with(k));
+    let body = if returns_rows {
         format!("{sql} FORMAT TSV")
+    } else {
+        sql.to_owned()
     };
     let response = reqwest::Client::new()
-        .post(format!("{}/?database={database}", clickhouse_url()))
+        .post(format!("{url}/?database={database}"))
         .body(body)
         .send()
         .await?;
@@ -450,10 +561,16 @@ pub async fn wait_commits_finished(database: &str, topic: &str, timeout: Duratio
         qoe_aggregator::writer::commit_query_id_prefix(topic)
     );
     loop {
-        let running = clickhouse_query(database, &sql)
-            .await
-            .ok()
-            .and_then(|r| r.first()?.first()?.parse::<u64>().ok());
+        let mut running = Some(0);
+        for url in clickhouse_servers() {
+            let here = clickhouse_query_at(&url, database, &sql)
+                .await
+                .ok()
+                .and_then(|r| r.first()?.first()?.parse::<u64>().ok());
+            // A cluster server that does not answer (killed by the test) runs nothing.
+            let here = here.or(CLUSTER.get().map(|_| 0));
+            running = running.zip(here).map(|(a, b)| a + b);
+        }
         if running == Some(0) {
             return;
         }
@@ -589,4 +706,99 @@ pub fn rss_kib(pid: u32) -> u64 {
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or_else(|| panic!("no RSS for pid {pid}"))
+}
+
+/// Runs the simulator to completion against `url` with `args`; returns its ground truth and
+/// its summary (standard output).
+pub async fn simulate(url: &str, args: &[&str]) -> (qoe_simulator::truth::TruthFile, String) {
+    let truth_path = std::env::temp_dir().join(format!("{}.json", unique("truth")));
+    let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    args.extend(
+        [
+            "--url",
+            url,
+            "--progress-secs",
+            "0",
+            "--truth-out",
+            truth_path.to_str().expect("utf-8 temp path"),
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(binary("simulator"))
+            .args(&args)
+            .output()
+    })
+    .await
+    .expect("simulator task")
+    .expect("running the simulator");
+    assert!(
+        output.status.success(),
+        "simulator failed: {}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let bytes = std::fs::read(&truth_path).expect("truth file");
+    let _ = std::fs::remove_file(&truth_path);
+    let truth = serde_json::from_slice(&bytes).expect("truth file parses");
+    (truth, String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Every window and slice in ClickHouse equals the truth, at every grain, and one summary row
+/// per view; returns the expected base rows.
+pub async fn assert_clickhouse_equals(
+    database: &str,
+    topic: &str,
+    truth: &qoe_simulator::truth::TruthFile,
+) -> std::collections::BTreeMap<truth::RowKey, truth::Row> {
+    // Exactness needs every send to have a known outcome; on a healthy loopback stack it has.
+    assert_eq!(
+        (truth.unacknowledged_events, truth.uncertain_events),
+        (0, 0),
+        "every beacon must be acknowledged for the truth to be exact"
+    );
+    assert_eq!(truth.columns, qoe_simulator::truth::METRIC_COLUMNS);
+    let rows: std::collections::BTreeMap<truth::RowKey, truth::Row> = truth
+        .rows
+        .iter()
+        .map(|r| (r.key(), truth::Row::from_values(&r.metrics)))
+        .collect();
+    // A window holding only late copies of a view's events has no active view.
+    let views: std::collections::BTreeMap<truth::RowKey, u64> = truth
+        .rows
+        .iter()
+        .filter(|r| r.active_views > 0)
+        .map(|r| (r.key(), r.active_views))
+        .collect();
+    let late: u64 = rows.values().map(|r| r.get("late_events")).sum();
+    assert_eq!(late, 0, "the simulator never sends late");
+
+    // Wait until every acknowledged copy is accounted for in ClickHouse.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let got = clickhouse_query(
+            database,
+            "SELECT sum(events) + sum(duplicate_events) + sum(late_events) FROM qoe_window_10s",
+        )
+        .await
+        .ok()
+        .and_then(|r| r.first()?.first()?.parse::<u64>().ok())
+        .unwrap_or(0);
+        if got >= truth.acknowledged_events || tokio::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    wait_commits_finished(database, topic, Duration::from_secs(30)).await;
+    if let Some(local) = database
+        .strip_suffix("_all")
+        .filter(|_| CLUSTER.get().is_some())
+    {
+        sync_replicas(local).await;
+    }
+
+    assert_windows_equal(database, &rows, &views, truth.views).await;
+
+    rows
 }

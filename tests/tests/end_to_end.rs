@@ -4,106 +4,14 @@
 //! late re-sends (moved into later windows by their original `sent_at`) count once; views
 //! that left silently end with reason `timeout`.
 
-use qoe_simulator::truth::{TruthFile, METRIC_COLUMNS};
-use qoe_tests::truth::{Row, RowKey};
+use qoe_simulator::truth::TruthFile;
 use qoe_tests::{
-    assert_windows_equal, binary, clickhouse_query, create_topic, spawn_aggregator,
-    spawn_collector, unique, wait_commits_finished,
+    assert_clickhouse_equals, clickhouse_query, create_topic, simulate, spawn_aggregator,
+    spawn_collector, unique,
 };
-use std::collections::BTreeMap;
-use std::time::Duration;
 
 const INCIDENT: &str =
     "region=eu-west,cdn=cdn-b,start=0s,duration=4m,stalls=8,stall_length=2,startup=3,start_failures=0.4";
-
-/// Runs the simulator to completion against `url` with `args`; returns its ground truth and
-/// its summary (standard output).
-async fn simulate(url: &str, args: &[&str]) -> (TruthFile, String) {
-    let truth_path = std::env::temp_dir().join(format!("{}.json", unique("truth")));
-    let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    args.extend(
-        [
-            "--url",
-            url,
-            "--progress-secs",
-            "0",
-            "--truth-out",
-            truth_path.to_str().expect("utf-8 temp path"),
-        ]
-        .iter()
-        .map(|s| s.to_string()),
-    );
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(binary("simulator"))
-            .args(&args)
-            .output()
-    })
-    .await
-    .expect("simulator task")
-    .expect("running the simulator");
-    assert!(
-        output.status.success(),
-        "simulator failed: {}\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        String::from_utf8_lossy(&output.stdout)
-    );
-    let bytes = std::fs::read(&truth_path).expect("truth file");
-    let _ = std::fs::remove_file(&truth_path);
-    let truth = serde_json::from_slice(&bytes).expect("truth file parses");
-    (truth, String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-/// Every window and slice in ClickHouse equals the truth, at every grain, and one summary row
-/// per view; returns the expected base rows.
-async fn assert_clickhouse_equals(
-    database: &str,
-    topic: &str,
-    truth: &TruthFile,
-) -> BTreeMap<RowKey, Row> {
-    // Exactness needs every send to have a known outcome; on a healthy loopback stack it has.
-    assert_eq!(
-        (truth.unacknowledged_events, truth.uncertain_events),
-        (0, 0),
-        "every beacon must be acknowledged for the truth to be exact"
-    );
-    assert_eq!(truth.columns, METRIC_COLUMNS);
-    let rows: BTreeMap<RowKey, Row> = truth
-        .rows
-        .iter()
-        .map(|r| (r.key(), Row::from_values(&r.metrics)))
-        .collect();
-    // A window holding only late copies of a view's events has no active view.
-    let views: BTreeMap<RowKey, u64> = truth
-        .rows
-        .iter()
-        .filter(|r| r.active_views > 0)
-        .map(|r| (r.key(), r.active_views))
-        .collect();
-    let late: u64 = rows.values().map(|r| r.get("late_events")).sum();
-    assert_eq!(late, 0, "the simulator never sends late");
-
-    // Wait until every acknowledged copy is accounted for in ClickHouse.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let got = clickhouse_query(
-            database,
-            "SELECT sum(events) + sum(duplicate_events) + sum(late_events) FROM qoe_window_10s",
-        )
-        .await
-        .ok()
-        .and_then(|r| r.first()?.first()?.parse::<u64>().ok())
-        .unwrap_or(0);
-        if got >= truth.acknowledged_events || tokio::time::Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    wait_commits_finished(database, topic, Duration::from_secs(30)).await;
-
-    assert_windows_equal(database, &rows, &views, truth.views).await;
-
-    rows
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clickhouse_equals_the_simulators_ground_truth() {
