@@ -2,12 +2,14 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help demo test stack stop status lint unit migrate dashboards metrics-json players sdk alert-eval
+.PHONY: help demo test stack cluster stop status lint unit migrate dashboards metrics-json players sdk alert-eval
 
 help:
 	@echo "make demo    set up everything and run the pipeline on local defaults"
 	@echo "make test    set up everything and run the whole test suite (lint included)"
 	@echo "make stack   install (if missing) and start Kafka + ClickHouse on loopback"
+	@echo "make cluster install (if missing) and start ZooKeeper + a ClickHouse cluster of 2 shards x 2 replicas on loopback"
+	@echo "             (QOE_DEMO_CLUSTER=1 make demo runs the demo on it)"
 	@echo "make players install chromium, ffmpeg and the pinned web players (tests/players) and the web SDK's build tool"
 	@echo "make sdk     the web SDK's unit tests and build check (sdk/web)"
 	@echo "make stop    stop the services this project started"
@@ -19,18 +21,24 @@ help:
 stack:
 	scripts/stack.sh start
 
+cluster: stack
+	scripts/cluster.sh start
+
 players:
 	scripts/players.sh setup
 
 stop:
 	scripts/demo.sh stop || true
+	scripts/cluster.sh stop
 	scripts/stack.sh stop
 
 status:
 	scripts/stack.sh status
+	scripts/cluster.sh status
 	scripts/demo.sh status || true
 
 demo: stack players
+	if [ "$${QOE_DEMO_CLUSTER:-0}" = 1 ]; then scripts/cluster.sh start; fi
 	scripts/demo.sh start
 
 lint:
@@ -40,7 +48,7 @@ lint:
 sdk: players
 	cd sdk/web && node --test test/ && node build.mjs --check
 
-test: stack players lint sdk
+test: stack cluster players lint sdk
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --no-fail-fast
 	python3 -c 'import chdb, pytest, yaml' 2>/dev/null || python3 -m pip install -q chdb-core pytest pyyaml

@@ -16,7 +16,9 @@
 # compression, 10: 20 minutes in 2), QOE_DEMO_VIEWERS (concurrent viewers, 2000),
 # QOE_DEMO_SEED (1), QOE_DEMO_INCIDENT (the injected regression, see below), QOE_DEMO_KEEP
 # (1: keep the data of earlier runs; by default each run starts from an empty topic and database,
-# because a new run's simulated time overlaps the last one's and would arrive late).
+# because a new run's simulated time overlaps the last one's and would arrive late),
+# QOE_DEMO_CLUSTER (1: write to the local ClickHouse cluster of scripts/cluster.sh, which must
+# be running, and read the report through its Distributed tables in <database>_all).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,6 +26,14 @@ STACK="${QOE_STACK_DIR:-$ROOT/.stack}"
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 DB="${QOE_CLICKHOUSE_DATABASE:-qoe}"
 CH="http://127.0.0.1:${QOE_CH_HTTP_PORT:-8123}"
+CLUSTER_ARGS=()
+READ_DB="$DB"
+if [ "${QOE_DEMO_CLUSTER:-0}" = 1 ]; then
+  SHARDS="$("$ROOT/scripts/cluster.sh" urls)"
+  CH="${SHARDS%%,*}"
+  READ_DB="${DB}_all"
+  CLUSTER_ARGS=(--clickhouse-cluster "${QOE_CLUSTER_NAME:-qoe}" --clickhouse-shards "$SHARDS")
+fi
 DURATION="${QOE_DEMO_DURATION:-20m}"
 SPEED="${QOE_DEMO_SPEED:-10}"
 VIEWERS="${QOE_DEMO_VIEWERS:-2000}"
@@ -51,7 +61,7 @@ wait_ok() { # url seconds
   done
 }
 
-ch() { curl -fsS "$CH/?database=$DB&output_format_pretty_color=0" --data-binary "$1"; }
+ch() { curl -fsS "$CH/?database=$READ_DB&output_format_pretty_color=0" --data-binary "$1"; }
 
 # Seconds of a duration like 90s, 20m, 2h.
 secs() {
@@ -71,7 +81,7 @@ report() {
   [ -f "$RANGE_FILE" ] && read -r from to <"$RANGE_FILE"
   local where="window_start >= toDateTime($from) AND window_start < toDateTime($to)"
   echo
-  echo "QoE by region x CDN, worst experience score first (0-100, README \"Experience score\"; ClickHouse $DB.qoe_window_1m, simulated run)"
+  echo "QoE by region x CDN, worst experience score first (0-100, README \"Experience score\"; ClickHouse $READ_DB.qoe_window_1m, simulated run)"
   report_table slices "$from" "$to"
   echo
   echo "Worst slice-minutes (at least 50 minutes of viewing, so a ratio means something): when it happened"
@@ -97,11 +107,18 @@ case "${1:-}" in
       "$0" stop
       "$ROOT/scripts/stack.sh" restart-kafka
       # Not through ch(): a query naming a database that does not exist yet is refused.
-      curl -fsS "$CH/" --data-binary "DROP DATABASE IF EXISTS $DB" >/dev/null
+      if [ "${QOE_DEMO_CLUSTER:-0}" = 1 ]; then
+        for d in "$DB" "${DB}_all"; do
+          curl -fsS "$CH/" --data-binary "DROP DATABASE IF EXISTS $d ON CLUSTER ${QOE_CLUSTER_NAME:-qoe}" >/dev/null
+        done
+      else
+        curl -fsS "$CH/" --data-binary "DROP DATABASE IF EXISTS $DB" >/dev/null
+      fi
     fi
     # The local broker keeps topics in memory: after a stack restart the topic is new and the
     # checkpoints of the previous one are stale, so the demo lets the aggregator start over.
-    start_service aggregator run --clickhouse-database "$DB" --listen 127.0.0.1:9100 --reset-stale-checkpoints
+    start_service aggregator run --clickhouse-database "$DB" --listen 127.0.0.1:9100 --reset-stale-checkpoints \
+      ${CLUSTER_ARGS[@]+"${CLUSTER_ARGS[@]}"}
     # The demo's traffic all comes from 127.0.0.1, so the per-address limits are lifted here.
     start_service collector --listen 127.0.0.1:8080 --admin-listen 127.0.0.1:9464 \
       --rate-per-ip 0 --rate-events-per-ip 0 --cdn-host 127.0.0.1=local-origin
@@ -135,9 +152,9 @@ case "${1:-}" in
     report
     echo
     echo "The pipeline keeps running: collector http://127.0.0.1:8080 (POST /v1/beacons; admin: /readyz, /metrics on :9464),"
-    echo "aggregator http://127.0.0.1:9100/metrics, ClickHouse $CH database $DB."
+    echo "aggregator http://127.0.0.1:9100/metrics, ClickHouse $CH database $READ_DB."
     echo "Grafana: provisioning in dashboards/ (see dashboards/README.md); point the ClickHouse data"
-    echo "source at http://127.0.0.1:${QOE_CH_HTTP_PORT:-8123}, database $DB, user default, no password."
+    echo "source at $CH, database $READ_DB, user default, no password."
     echo "Report again: scripts/demo.sh report. Stop everything: make stop"
     ;;
   report) report ;;
@@ -157,5 +174,5 @@ case "${1:-}" in
       if running "$name"; then echo "$name: running (pid $(cat "$STACK/run/$name.pid"))"; else echo "$name: stopped"; fi
     done
     ;;
-  *) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

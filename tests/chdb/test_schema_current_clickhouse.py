@@ -135,3 +135,26 @@ def test_schema_matches_the_metric_catalogue(ch):
         got = q(ch, f"SELECT {', '.join(f'sum({c})' for c in names)} FROM qoe.{t['table']} WHERE region = 'fanout'")[0]
         missing = [c for c, v, g in zip(names, values, got) if str(v) != g]
         assert not missing, f"{t['table']}: its materialized view drops {missing}"
+
+
+def test_cluster_form_of_the_migrations_parses_on_current_clickhouse(ch):
+    """chDB cannot run a cluster; the cluster form of every migration statement (ON CLUSTER,
+    replicated engines, the Distributed reading layer: `aggregator migrate --print`) must at
+    least parse on a current server."""
+    import os
+    import subprocess
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    target = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", root / "target")) / "debug"
+    out = subprocess.run([str(target / "aggregator"), "migrate", "--clickhouse-cluster", "qoe",
+                          "--print"], check=True, capture_output=True, text=True).stdout
+    statements = [s.strip().rstrip(";") for s in out.split(";\n\n") if s.strip()]
+    assert len(statements) > 100
+    assert all(" ON CLUSTER qoe" in s for s in statements)
+    assert any("ReplicatedSummingMergeTree('/clickhouse/tables/{shard}/qoe/qoe_window_1m'" in s
+               for s in statements)
+    assert any("ENGINE = Distributed(qoe, qoe, qoe_view_partials, rand())" in s for s in statements)
+    for s in statements:
+        ch.query("EXPLAIN AST " + s)
+    with pytest.raises(Exception):  # the check can fail
+        ch.query("EXPLAIN AST CREATE TABLE x ON CLUSTER qoe ENGINE = ReplicatedMergeTree(")

@@ -12,6 +12,11 @@ series), each relevant alert rule alerts for the incident slice while the incide
 range, no rule alerts for another slice or at another time, and none alerts on the data without
 the incident. A single breaching evaluation is pending, not an alert: the rules are built so
 that one bad minute does not page (dashboards/README.md).
+
+Cluster: the incident run's tables are copied into a database of the local ClickHouse cluster
+(scripts/cluster.sh, migrated by `aggregator migrate --clickhouse-cluster`), spread over both
+shards; every panel query and every alert evaluation, unchanged, returns the same through its
+Distributed tables (`<database>_all`) as on the single server.
 """
 
 import json
@@ -143,8 +148,8 @@ def test_expansion_matches_the_plugin():
 
 # --- data -----------------------------------------------------------------------------------
 
-def ch(database, sql, fmt="JSON"):
-    req = urllib.request.Request(f"{CH}/?database={database}", data=f"{sql}\nFORMAT {fmt}".encode())
+def ch(database, sql, fmt="JSON", url=CH):
+    req = urllib.request.Request(f"{url}/?database={database}", data=f"{sql}\nFORMAT {fmt}".encode())
     try:
         with urllib.request.urlopen(req, timeout=120) as r:
             body = r.read().decode()
@@ -153,9 +158,9 @@ def ch(database, sql, fmt="JSON"):
     return json.loads(body) if fmt == "JSON" else body
 
 
-def ch_exec(database, sql):
+def ch_exec(database, sql, url=CH):
     """A statement with no result (DDL, INSERT ... VALUES)."""
-    req = urllib.request.Request(f"{CH}/?database={database}", data=sql.encode())
+    req = urllib.request.Request(f"{url}/?database={database}", data=sql.encode())
     try:
         with urllib.request.urlopen(req, timeout=120) as r:
             r.read()
@@ -293,13 +298,13 @@ def test_panel_queries_run_on_current_clickhouse(data, chdb_session):
         assert [c["name"] for c in new["meta"]] == old, f"{name} / {p['title']}"
 
 
-def evaluations(data, database, rule):
+def evaluations(data, database, rule, url=CH):
     """Firing slices of one rule at each minute of the run: {t: [(region, cdn, value)]}."""
     [query] = [q for q in rule["data"] if q["datasourceUid"] == DS_UID]
     rng = query["relativeTimeRange"]
     fired = {}
     for t in range(data["start"] + 12 * 60, data["start"] + SPAN_S + rng["to"] + 60, 60):
-        result = ch(database, expand(query["model"]["rawSql"], t - rng["from"], t - rng["to"]))
+        result = ch(database, expand(query["model"]["rawSql"], t - rng["from"], t - rng["to"]), url=url)
         assert [c["name"] for c in result["meta"]] == ["region", "cdn", "value"]
         rows = [(r["region"], r["cdn"], float(r["value"])) for r in result["data"]]
         if rows:
@@ -380,3 +385,72 @@ def test_alert_queries_run_on_current_clickhouse(data, chdb_session):
         sql = expand(query["model"]["rawSql"], data["start"], data["start"] + 600)
         new = json.loads(str(chdb_session.query(sql, "JSON")))
         assert [c["name"] for c in new["meta"]] == ["region", "cdn", "value"], rule["uid"]
+
+
+# --- the same on a cluster ------------------------------------------------------------------
+
+def cluster_servers():
+    out = subprocess.run([str(ROOT / "scripts" / "cluster.sh"), "urls"], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    return out, [u for shard in out.split(";") for u in shard.split(",")]
+
+
+@pytest.fixture(scope="module")
+def cluster_copy(data):
+    """The incident run's tables in a cluster database, inserted through its Distributed tables
+    (rows spread over both shards), every replica caught up. Returns (server, read database)."""
+    spec, servers = cluster_servers()
+    database = f"test_dash_cluster_{uuid.uuid4().hex[:8]}"
+    subprocess.run([str(TARGET / "aggregator"), "migrate", "--clickhouse-cluster", "qoe",
+                    "--clickhouse-shards", spec, "--clickhouse-database", database],
+                   check=True, capture_output=True, env=dict(os.environ, RUST_LOG="warn"))
+    read = f"{database}_all"
+    seed = servers[0]
+    tables = [r["name"] for r in ch(read, f"SELECT name FROM system.tables WHERE database = '{read}' "
+                                          "AND engine = 'Distributed'", url=seed)["data"]]
+    assert len(tables) >= 6, tables
+    native = CH.rsplit(":", 1)[0].split("//")[1] + ":" + os.environ.get("QOE_CH_TCP_PORT", "9000")
+    for t in tables:
+        cols = ", ".join(r["name"] for r in ch(data["incident"], f"SELECT name FROM system.columns WHERE "
+                                               f"database = '{data['incident']}' AND table = '{t}'")["data"])
+        ch_exec(read, f"INSERT INTO {read}.{t} ({cols}) SELECT {cols} FROM "
+                      f"remote('{native}', {data['incident']}, {t}) SETTINGS insert_distributed_sync = 1",
+                url=seed)
+    for url in servers:
+        for t in tables:
+            ch_exec(database, f"SYSTEM SYNC REPLICA {database}.{t}", url=url)
+    shard_rows = [int(ch(database, "SELECT count() AS n FROM qoe_window_10s", url=u)["data"][0]["n"])
+                  for u in servers]
+    assert shard_rows[0] > 0 and shard_rows[2] > 0, f"rows on both shards: {shard_rows}"
+    return seed, read
+
+
+def canonical(rows):
+    """Result rows comparable across servers: floats to 9 significant digits (sums of floats
+    may be added in another order on a cluster), rows sorted."""
+    def value(v):
+        if isinstance(v, float):
+            return float(f"{v:.9g}")
+        if isinstance(v, str):
+            try:
+                return float(f"{float(v):.9g}") if "." in v or "e" in v else v
+            except ValueError:
+                return v
+        return v
+    return sorted(json.dumps({k: value(v) for k, v in r.items()}, sort_keys=True) for r in rows)
+
+
+def test_panels_and_alerts_read_the_same_through_a_cluster(data, cluster_copy):
+    server, read = cluster_copy
+    for name, p, t, sql in expanded_panels(data):
+        single = ch(data["incident"], sql)
+        cluster = ch(read, sql, url=server)
+        assert [c["name"] for c in cluster["meta"]] == [c["name"] for c in single["meta"]], name
+        assert canonical(cluster["data"]) == canonical(single["data"]), f"{name} / {p['title']}"
+    for rule in alert_rules():
+        def rounded(fired):
+            return {t: sorted((r, c, float(f"{v:.9g}")) for r, c, v in rows) for t, rows in fired.items()}
+        single = rounded(evaluations(data, data["incident"], rule))
+        if rule["uid"] in RELEVANT:
+            assert single, f"{rule['uid']}: no breaching evaluation to compare"
+        assert rounded(evaluations(data, read, rule, url=server)) == single, rule["uid"]
