@@ -168,6 +168,7 @@ impl Writer {
             if !self.router.needs_sync(partition, Instant::now()) {
                 return Ok(store);
             }
+            self.wait_moves_in_shard(partition).await;
             match sync_checkpoints(store).await {
                 Ok(()) => {
                     tracing::info!(partition, server = %store.config.url, "partition writes to this replica");
@@ -182,6 +183,36 @@ impl Writer {
             }
         }
         Err(last.unwrap_or(WriteError::Timeout(SYNC_TIMEOUT)))
+    }
+
+    /// Waits (up to 10 s per replica) until no move of the partition runs on any answering replica of its
+    /// shard: a move that timed out on one replica may still commit there, and the replica the
+    /// partition moves to must see that checkpoint before it fences the next batch. A replica
+    /// that does not answer within 2 s runs nothing (killed) or is cut off, which this cannot
+    /// see.
+    async fn wait_moves_in_shard(&self, partition: i32) {
+        if !self.router.topology().is_cluster() {
+            return;
+        }
+        let prefix = query_id_prefix(&self.topic, partition);
+        let shard = &self.router.topology().shards[self.router.topology().shard_of(partition)];
+        for &i in shard {
+            let client = &self.servers[i].client;
+            for _ in 0..100 {
+                let running = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    client
+                        .query("SELECT count() FROM system.processes WHERE startsWith(query_id, ?)")
+                        .bind(&prefix)
+                        .fetch_one::<u64>(),
+                )
+                .await;
+                if !matches!(running, Ok(Ok(n)) if n > 0) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
     }
 
     /// Runs `call` on the partition's server; a failure (other than a fence) moves the
