@@ -69,7 +69,9 @@ wait_for() { # what seconds command...
   done
 }
 
-zk_ready() { [ "$(exec 3<>"/dev/tcp/127.0.0.1/$ZK_PORT" && printf 'ruok' >&3 && timeout 2 cat <&3)" = "imok" ]; } 2>/dev/null
+# Serving, not merely up: while it loads its snapshot ZooKeeper answers `ruok` already, but
+# refuses sessions, and a ClickHouse server that starts then gives up on its replicated tables.
+zk_ready() { (exec 3<>"/dev/tcp/127.0.0.1/$ZK_PORT" && printf 'srvr' >&3 && timeout 2 cat <&3) 2>/dev/null | grep -q '^Mode:'; }
 
 start_zookeeper() {
   mkdir -p "$DIR/zookeeper/data" "$DIR/logs" "$DIR/run"
@@ -86,7 +88,7 @@ clientPort=$ZK_PORT
 clientPortAddress=127.0.0.1
 maxClientCnxns=200
 admin.enableServer=false
-4lw.commands.whitelist=ruok,stat,mntr
+4lw.commands.whitelist=ruok,srvr,stat,mntr
 CFG
   log "starting zookeeper on 127.0.0.1:$ZK_PORT"
   nohup java -Xms64m -Xmx256m -cp "$cp" org.apache.zookeeper.server.quorum.QuorumPeerMain \

@@ -158,9 +158,9 @@ def ch(database, sql, fmt="JSON", url=CH):
     return json.loads(body) if fmt == "JSON" else body
 
 
-def ch_exec(database, sql, url=CH):
-    """A statement with no result (DDL, INSERT ... VALUES)."""
-    req = urllib.request.Request(f"{url}/?database={database}", data=sql.encode())
+def ch_exec(database, sql, url=CH, settings=""):
+    """A statement with no result (DDL, INSERT ... VALUES); `settings`: `&name=value...`."""
+    req = urllib.request.Request(f"{url}/?database={database}{settings}", data=sql.encode())
     try:
         with urllib.request.urlopen(req, timeout=120) as r:
             r.read()
@@ -413,15 +413,21 @@ def cluster_copy(data):
     for t in tables:
         cols = ", ".join(r["name"] for r in ch(data["incident"], f"SELECT name FROM system.columns WHERE "
                                                f"database = '{data['incident']}' AND table = '{t}'")["data"])
+        # Synchronous, as a setting of the request: a SETTINGS clause of INSERT ... SELECT
+        # reaches only the SELECT on 18.16, and the Distributed table would then queue the
+        # rows and send them to the shards in the background, after the replicas were synced.
         ch_exec(read, f"INSERT INTO {read}.{t} ({cols}) SELECT {cols} FROM "
-                      f"remote('{native}', {data['incident']}, {t}) SETTINGS insert_distributed_sync = 1",
-                url=seed)
+                      f"remote('{native}', {data['incident']}, {t})",
+                url=seed, settings="&insert_distributed_sync=1")
     for url in servers:
         for t in tables:
             ch_exec(database, f"SYSTEM SYNC REPLICA {database}.{t}", url=url)
     shard_rows = [int(ch(database, "SELECT count() AS n FROM qoe_window_10s", url=u)["data"][0]["n"])
                   for u in servers]
     assert shard_rows[0] > 0 and shard_rows[2] > 0, f"rows on both shards: {shard_rows}"
+    events = [int(ch(db, "SELECT sum(events) AS n FROM qoe_window_1m", url=u)["data"][0]["n"])
+              for db, u in ((data["incident"], CH), (read, seed))]
+    assert events[0] == events[1], f"copied completely: {events}"
     return seed, read
 
 
