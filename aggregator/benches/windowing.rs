@@ -4,6 +4,10 @@
 //! - events/s applying already-decoded events (one core),
 //! - events/s decoding JSON message bytes and applying them (one core),
 //! - heap bytes held per active view (duplicate-tracking state of open windows).
+//!
+//! With `QOE_BENCH_SCALING=1` it also prints how the per-event cost and the memory grow with
+//! the number of active views (1k to 1M) and of distinct slices (region x CDN x stream, 10 to
+//! 100k): the scaling curves of BENCHMARKS.md.
 
 use qoe_aggregator::window::{PartitionState, WindowConfig};
 use qoe_schemas::{EventRef, EventType, QoeEvent, StreamType};
@@ -30,6 +34,12 @@ static ALLOC: Counting = Counting;
 
 /// Live-like traffic: `views` views, each sending a heartbeat every 10 s, over `secs` seconds.
 fn events(views: usize, secs: i64) -> Vec<QoeEvent> {
+    events_in_slices(views, secs, None)
+}
+
+/// The same, spread over exactly `slices` distinct region x CDN x stream slices when given
+/// (otherwise 4 regions x 3 CDNs x 50 streams, as the views fall).
+fn events_in_slices(views: usize, secs: i64, slices: Option<usize>) -> Vec<QoeEvent> {
     let regions = ["eu-west", "us-east", "ap-south", "sa-east"];
     let cdns = ["cdn-a", "cdn-b", "cdn-c"];
     let mut out = Vec::new();
@@ -41,16 +51,23 @@ fn events(views: usize, secs: i64) -> Vec<QoeEvent> {
             }
             let seq = (tick / 10) as u32;
             let t = t0 + tick * 1000;
+            let (region, cdn, stream) = match slices {
+                None => (regions[v % 4], cdns[v % 3], v % 50),
+                Some(n) => {
+                    let s = v % n;
+                    (regions[s % 4], cdns[(s / 4) % 3], s)
+                }
+            };
             out.push(QoeEvent {
                 v: 1,
                 view_id: format!("view-{v:08}"),
-                stream_id: format!("channel-{}", v % 50),
+                stream_id: format!("channel-{stream}"),
                 stream_type: StreamType::Live,
-                cdn: cdns[v % 3].into(),
+                cdn: cdn.into(),
                 platform: "web".into(),
                 player: "p".into(),
                 protocol: "hls".into(),
-                region: regions[v % 4].into(),
+                region: region.into(),
                 custom: Default::default(),
                 seq,
                 kind: if seq == 0 {
@@ -155,4 +172,58 @@ fn main() {
         snapshot.len() as f64 / views as f64,
         t.elapsed().as_secs_f64() * 1000.0
     );
+
+    if std::env::var("QOE_BENCH_SCALING").is_ok_and(|v| v == "1") {
+        scaling(config);
+    }
+}
+
+/// One configuration's figures: events/s from JSON bytes (decode + apply, a batch taken every
+/// 50,000 events, the best of 2), heap bytes held per active view once the batches are taken,
+/// and the window rows written per 1,000 events.
+fn measure(config: WindowConfig, evs: &[QoeEvent], views: usize) -> (f64, f64, f64) {
+    let bytes: Vec<Vec<u8>> = evs.iter().map(|e| e.encode()).collect();
+    let n = evs.len() as f64;
+    let mut best = 0.0f64;
+    let mut held = 0isize;
+    let mut rows = 0;
+    for _ in 0..2 {
+        let before = LIVE.load(Ordering::Relaxed);
+        let mut p = PartitionState::new(config, None);
+        rows = 0;
+        let t = Instant::now();
+        for (o, b) in bytes.iter().enumerate() {
+            let e = EventRef::decode(b).expect("decodes");
+            p.apply(o as i64, &e);
+            if o % 50_000 == 49_999 {
+                rows += p.take_batch(false).0.window_rows().count();
+            }
+        }
+        rows += p.take_batch(false).0.window_rows().count();
+        best = best.max(n / t.elapsed().as_secs_f64());
+        held = LIVE.load(Ordering::Relaxed) - before;
+    }
+    (best, held as f64 / views as f64, rows as f64 * 1000.0 / n)
+}
+
+fn scaling(config: WindowConfig) {
+    println!("\nscaling, one core, from JSON bytes (30 s of heartbeats: 3 events per view):");
+    println!("  active views | events/s | ns/event | bytes held/view");
+    for views in [1_000, 10_000, 100_000, 1_000_000] {
+        let evs = events(views, 30);
+        let (rate, per_view, _) = measure(config, &evs, views);
+        println!(
+            "  {views:>12} | {rate:>8.0} | {:>8.0} | {per_view:>15.0}",
+            1e9 / rate
+        );
+    }
+    println!("  distinct slices (100,000 views) | events/s | ns/event | bytes held/view | window rows per 1,000 events");
+    for slices in [10, 100, 1_000, 10_000, 100_000] {
+        let evs = events_in_slices(100_000, 30, Some(slices));
+        let (rate, per_view, rows) = measure(config, &evs, 100_000);
+        println!(
+            "  {slices:>31} | {rate:>8.0} | {:>8.0} | {per_view:>15.0} | {rows:>8.0}",
+            1e9 / rate
+        );
+    }
 }
