@@ -5,6 +5,10 @@
 # sustained target, and 80k, 80% of it), for latency. Paced runs measure latency from each request's
 # scheduled time, so falling behind shows. Prints events/s, latency percentiles and the
 # collector's peak RSS. Needs the stack (scripts/stack.sh start).
+#
+# `scripts/bench-collector.sh batch-sizes` instead runs the Kafka sink paced at
+# BENCH_BATCH_RATE (20,000) events/s with 1, 20 and 200 events per request: latency and the
+# collector's CPU per event against the request size.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
@@ -18,7 +22,7 @@ cargo build --release -p qoe-collector --bins >/dev/null 2>&1
 RUN="$(date +%s)"
 N=0
 
-run() { # label rate sink
+run() { # label rate sink [events per request]
   # A fresh topic per run: the local broker keeps topics in memory and slows as they grow.
   local topic="bench.collector.$RUN.$((++N))"
   tansu topic create "$topic" --broker "tcp://127.0.0.1:${QOE_KAFKA_PORT:-9092}" --partitions 6 >/dev/null
@@ -33,14 +37,23 @@ run() { # label rate sink
   kill -0 "$pid" 2>/dev/null || { echo "collector exited at start (is port $PORT in use?)" >&2; exit 1; }
   local out
   out="$("$BIN/loadgen" --url "http://127.0.0.1:$PORT" --rate "$2" --duration-secs "$SECS" \
-    --connections "$CONNS" --batch 20)"
-  local hwm
+    --connections "$CONNS" --batch "${4:-20}")"
+  local hwm cpu
   hwm="$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")"
+  cpu="$(awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$pid/stat")"
   kill "$pid"; wait "$pid" 2>/dev/null || true
-  printf '%-28s %s  peak RSS %d MiB\n' "$1" "$out" "$((hwm / 1024))"
+  printf '%-28s %s  peak RSS %d MiB, collector CPU %s s\n' "$1" "$out" "$((hwm / 1024))" "$cpu"
   LAST="$out"
 }
 
+if [ "${1:-}" = batch-sizes ]; then
+  RATE="${BENCH_BATCH_RATE:-20000}"
+  echo "collector latency against events per request: Kafka sink paced at $RATE events/s, ${SECS}s per run, ${CONNS} connections"
+  for batch in 1 20 200; do
+    run "kafka sink, $batch per request" "$RATE" kafka "$batch"
+  done
+  exit 0
+fi
 echo "collector benchmark: ${SECS}s per run, ${CONNS} connections, 20 events per request, $(nproc) cores shared by broker, collector and load generator"
 run "kafka sink, flat out" 0 kafka
 KAFKA_RATE="$(echo "$LAST" | sed -n 's/.*accepted events\/s \([0-9]*\).*/\1/p')"

@@ -222,7 +222,7 @@ fn scaling(config: WindowConfig) {
         let evs = events_in_slices(100_000, 30, Some(slices));
         let (rate, per_view, rows) = measure(config, &evs, 100_000);
         println!(
-            "  {slices:>31} | {rate:>8.0} | {:>8.0} | {per_view:>15.0} | {rows:>8.0}",
+            "  {slices:>31} | {rate:>8.0} | {:>8.0} | {per_view:>15.0} | {rows:>8.1}",
             1e9 / rate
         );
     }
