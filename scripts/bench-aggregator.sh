@@ -7,6 +7,11 @@
 #   3. event-to-queryable delay: while simulated viewers play in real time, probe beacons are
 #      posted and ClickHouse is polled until each probe's window row is visible.
 # Settings: BENCH_VIEWERS (2000), BENCH_DURATION (simulated, 20m), BENCH_PROBES (30).
+#
+# `scripts/bench-aggregator.sh partitions` instead measures the whole path against the number
+# of partitions (BENCH_PARTITIONS, "1 4 16 64"): per count, a fresh topic filled by `loadgen`
+# through the collector (BENCH_FILL_SECS, 8, flat out), the bare consumer, then the aggregator
+# from the beginning to caught up: events/s of each, their ratio and the aggregator's peak RSS.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
@@ -21,6 +26,43 @@ CPORT=18282
 APORT=19292
 cd "$ROOT"
 cargo build --release --workspace --bins >/dev/null 2>&1
+
+if [ "${1:-}" = partitions ]; then
+  PIDS=()
+  trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
+  echo "whole path against partitions: loadgen fills each topic for ${BENCH_FILL_SECS:-8}s flat out (20 events per request)"
+  for parts in ${BENCH_PARTITIONS:-1 4 16 64}; do
+    topic="bench.partitions.$RUN.$parts"
+    db="bench_partitions_${RUN}_$parts"
+    scripts/stack.sh create-topic "$topic" "$parts" >/dev/null 2>&1
+    "$BIN/collector" --listen "127.0.0.1:$CPORT" --admin-listen "127.0.0.1:$((CPORT + 1))" --topic "$topic" \
+      --rate-per-ip 0 --rate-events-per-ip 0 --rate-per-view 0 --rate-global 0 >/dev/null 2>&1 &
+    cpid=$!
+    until curl -fsS "http://127.0.0.1:$((CPORT + 1))/readyz" >/dev/null 2>&1; do sleep 0.2; done
+    "$BIN/loadgen" --url "http://127.0.0.1:$CPORT" --duration-secs "${BENCH_FILL_SECS:-8}" --connections 64 >/dev/null
+    kill "$cpid"; wait "$cpid" 2>/dev/null || true
+    line="$("$BIN/bare-consumer" --topic "$topic")"
+    bare="$(echo "$line" | sed -n 's/.*= \([0-9]*\) events\/s/\1/p')"
+    total="$(echo "$line" | sed -n 's/.* of \([0-9]*\) messages.*/\1/p')"
+    "$BIN/aggregator" migrate --clickhouse-database "$db" >/dev/null 2>&1
+    t0="$(date +%s%3N)"
+    "$BIN/aggregator" run --topic "$topic" --group "bench-$RUN-$parts" --clickhouse-database "$db" \
+      --no-migrate --listen "127.0.0.1:$APORT" >/dev/null 2>&1 &
+    apid=$!
+    PIDS+=($apid)
+    until [ "$(curl -fsS "$CH/?database=$db" --data-binary \
+      "SELECT sum(n) FROM (SELECT max(next_offset) AS n FROM qoe_checkpoints GROUP BY partition)" 2>/dev/null || echo 0)" -ge "$total" ]; do
+      sleep 0.1
+    done
+    t1="$(date +%s%3N)"
+    rss=$(( $(awk '/VmHWM/ {print $2}' "/proc/$apid/status") / 1024 ))
+    kill "$apid"; wait "$apid" 2>/dev/null || true
+    agg=$(awk -v n="$total" -v t="$((t1 - t0))" 'BEGIN { printf "%.0f", n / (t / 1000) }')
+    echo "$parts partitions: $total events; bare consumer $bare events/s; aggregator $agg events/s ($(awk -v a="$agg" -v b="$bare" 'BEGIN { printf "%.2f", a / b }') of it, from process start); peak RSS $rss MiB"
+  done
+  exit 0
+fi
+
 scripts/stack.sh create-topic "$TOPIC" 6 >/dev/null 2>&1
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
