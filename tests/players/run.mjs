@@ -109,7 +109,12 @@ async function run(s) {
       await sleep(300);
       truth = await page.evaluate(() => window.qoe.truth);
       sdk = await readSdk();
+      // With runBeforeUnload, close() returns before the page has closed; wait for it (its
+      // pagehide handlers have then run and queued their beacons) before the context goes,
+      // which a loaded machine can otherwise reach first.
+      const gone = new Promise((resolve) => page.once('close', resolve));
       await page.close({ runBeforeUnload: true });
+      await Promise.race([gone, sleep(10000)]);
       closed = true;
       await sleep(1500);
     }
