@@ -26,10 +26,38 @@ CPORT=18282
 APORT=19292
 cd "$ROOT"
 cargo build --release --workspace --bins >/dev/null 2>&1
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+ms() { date +%s%3N; }
+ch() { curl -fsS "$CH/?database=$DB" --data-binary "$1"; }
+rate() { sed -n 's/.*= \([0-9]*\) events\/s/\1/p'; }
+messages() { sed -n 's/.* of \([0-9]*\) messages.*/\1/p'; }
+
+# The aggregator from the beginning of topic $1 into a fresh database $2 (group $3) until its
+# checkpoints reach $4 messages; it is left running. Sets APID, T0 (start), TF and FIRST (its
+# first written batch and the messages it covered), T1 (caught up).
+catch_up() {
+  "$BIN/aggregator" migrate --clickhouse-database "$2" >/dev/null 2>&1
+  T0="$(ms)"
+  "$BIN/aggregator" run --topic "$1" --group "$3" --clickhouse-database "$2" \
+    --no-migrate --listen "127.0.0.1:$APORT" >/dev/null 2>&1 &
+  APID=$!
+  PIDS+=($APID)
+  TF=""
+  local written
+  while :; do
+    written="$(curl -fsS "$CH/?database=$2" --data-binary \
+      "SELECT sum(n) FROM (SELECT max(next_offset) AS n FROM qoe_checkpoints GROUP BY partition)" \
+      2>/dev/null || echo 0)"
+    if [ -z "$TF" ] && [ "${written:-0}" -gt 0 ]; then TF="$(ms)"; FIRST="$written"; fi
+    [ "${written:-0}" -ge "$4" ] && break
+    sleep 0.1
+  done
+  T1="$(ms)"
+}
 
 if [ "${1:-}" = partitions ]; then
-  PIDS=()
-  trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
   echo "whole path against partitions: loadgen fills each topic for ${BENCH_FILL_SECS:-8}s flat out (20 events per request)"
   for parts in ${BENCH_PARTITIONS:-1 4 16 64}; do
     topic="bench.partitions.$RUN.$parts"
@@ -42,33 +70,18 @@ if [ "${1:-}" = partitions ]; then
     "$BIN/loadgen" --url "http://127.0.0.1:$CPORT" --duration-secs "${BENCH_FILL_SECS:-8}" --connections 64 >/dev/null
     kill "$cpid"; wait "$cpid" 2>/dev/null || true
     line="$("$BIN/bare-consumer" --topic "$topic")"
-    bare="$(echo "$line" | sed -n 's/.*= \([0-9]*\) events\/s/\1/p')"
-    total="$(echo "$line" | sed -n 's/.* of \([0-9]*\) messages.*/\1/p')"
-    "$BIN/aggregator" migrate --clickhouse-database "$db" >/dev/null 2>&1
-    t0="$(date +%s%3N)"
-    "$BIN/aggregator" run --topic "$topic" --group "bench-$RUN-$parts" --clickhouse-database "$db" \
-      --no-migrate --listen "127.0.0.1:$APORT" >/dev/null 2>&1 &
-    apid=$!
-    PIDS+=($apid)
-    until [ "$(curl -fsS "$CH/?database=$db" --data-binary \
-      "SELECT sum(n) FROM (SELECT max(next_offset) AS n FROM qoe_checkpoints GROUP BY partition)" 2>/dev/null || echo 0)" -ge "$total" ]; do
-      sleep 0.1
-    done
-    t1="$(date +%s%3N)"
-    rss=$(( $(awk '/VmHWM/ {print $2}' "/proc/$apid/status") / 1024 ))
-    kill "$apid"; wait "$apid" 2>/dev/null || true
-    agg=$(awk -v n="$total" -v t="$((t1 - t0))" 'BEGIN { printf "%.0f", n / (t / 1000) }')
+    bare="$(echo "$line" | rate)"
+    total="$(echo "$line" | messages)"
+    catch_up "$topic" "$db" "bench-$RUN-$parts" "$total"
+    rss=$(( $(awk '/VmHWM/ {print $2}' "/proc/$APID/status") / 1024 ))
+    kill "$APID"; wait "$APID" 2>/dev/null || true
+    agg=$(awk -v n="$total" -v t="$((T1 - T0))" 'BEGIN { printf "%.0f", n / (t / 1000) }')
     echo "$parts partitions: $total events; bare consumer $bare events/s; aggregator $agg events/s ($(awk -v a="$agg" -v b="$bare" 'BEGIN { printf "%.2f", a / b }') of it, from process start); peak RSS $rss MiB"
   done
   exit 0
 fi
 
 scripts/stack.sh create-topic "$TOPIC" 6 >/dev/null 2>&1
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
-ms() { date +%s%3N; }
-ch() { curl -fsS "$CH/?database=$DB" --data-binary "$1"; }
 
 CADMIN=$((CPORT + 1))
 QOE_RATE_EVENTS_PER_IP=0 "$BIN/collector" --listen "127.0.0.1:$CPORT" --admin-listen "127.0.0.1:$CADMIN" --topic "$TOPIC" \
@@ -80,25 +93,11 @@ echo "filling $TOPIC: $VIEWERS viewers, $DURATION simulated, flat out"
   --speed 0 --progress-secs 0 | sed -n 's/^Events acknowledged/  acknowledged/p'
 
 echo
-rate() { sed -n 's/.*= \([0-9]*\) events\/s/\1/p'; }
 LINE="$("$BIN/bare-consumer" --topic "$TOPIC")"
 echo "$LINE (1)"
 BARE1="$(echo "$LINE" | rate)"
-TOTAL="$(echo "$LINE" | sed -n 's/.* of \([0-9]*\) messages.*/\1/p')"
-"$BIN/aggregator" migrate --clickhouse-database "$DB" >/dev/null 2>&1
-T0="$(ms)"
-"$BIN/aggregator" run --topic "$TOPIC" --group "bench-$RUN" --clickhouse-database "$DB" \
-  --no-migrate --listen "127.0.0.1:$APORT" >/dev/null 2>&1 &
-APID=$!
-PIDS+=($APID)
-TF=""
-while :; do
-  DONE="$(ch "SELECT sum(n) FROM (SELECT max(next_offset) AS n FROM qoe_checkpoints GROUP BY partition)" 2>/dev/null || echo 0)"
-  if [ -z "$TF" ] && [ "${DONE:-0}" -gt 0 ]; then TF="$(ms)"; FIRST="$DONE"; fi
-  [ "${DONE:-0}" -ge "$TOTAL" ] && break
-  sleep 0.1
-done
-T1="$(ms)"
+TOTAL="$(echo "$LINE" | messages)"
+catch_up "$TOPIC" "$DB" "bench-$RUN" "$TOTAL"
 AGG=$(awk -v n="$TOTAL" -v t="$((T1 - T0))" 'BEGIN { printf "%.0f", n / (t / 1000) }')
 STEADY=$(awk -v n="$((TOTAL - FIRST))" -v t="$((T1 - TF))" 'BEGIN { printf "%.0f", n / (t / 1000) }')
 echo "aggregator: $TOTAL events from Kafka into ClickHouse in $((T1 - T0)) ms = $AGG events/s from process start (group join included); $STEADY events/s from its first written batch; peak RSS $(( $(awk '/VmHWM/ {print $2}' /proc/$APID/status) / 1024 )) MiB"

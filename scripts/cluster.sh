@@ -25,8 +25,9 @@ BASE="${QOE_CLUSTER_BASE_PORT:-8200}"
 ZK_PORT="${QOE_ZK_PORT:-2181}"
 SERVERS=(1 2 3 4)
 
-log() { printf '[cluster] %s\n' "$*" >&2; }
-die() { printf '[cluster] error: %s\n' "$*" >&2; exit 1; }
+LOG_PREFIX=cluster RUN_DIR="$DIR/run" LOG_DIR="$DIR/logs"
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
 
 http_port() { echo $((BASE + $1)); }
 tcp_port() { echo $((BASE + 100 + $1)); }
@@ -55,18 +56,6 @@ install() {
   if ! command -v clickhouse-server >/dev/null 2>&1; then
     "$ROOT/scripts/stack.sh" install-clickhouse
   fi
-}
-
-is_running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-wait_for() { # what seconds command...
-  local what="$1" secs="$2"; shift 2
-  local deadline=$((SECONDS + secs))
-  until "$@"; do
-    [ $SECONDS -lt $deadline ] || die "$what did not become ready within ${secs}s (logs: $DIR/logs)"
-    sleep 0.3
-  done
 }
 
 # Serving, not merely up: while it loads its snapshot ZooKeeper answers `ruok` already, but
@@ -191,18 +180,6 @@ start_all() {
   for n in "${SERVERS[@]}"; do start_replica "$n"; done
   for n in "${SERVERS[@]}"; do wait_for "clickhouse server $n" 60 ch_ready "$n"; done
   log "cluster $CLUSTER ready: 2 shards x 2 replicas"
-}
-
-stop_one() { # name [signal]
-  local pidfile="$DIR/run/$1.pid"
-  if is_running "$pidfile"; then
-    local pid; pid="$(cat "$pidfile")"
-    log "stopping $1 (pid $pid${2:+, SIG$2})"
-    kill "-${2:-TERM}" "$pid" 2>/dev/null || true
-    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-    kill -9 "$pid" 2>/dev/null || true
-  fi
-  rm -f "$pidfile"
 }
 
 urls() {

@@ -24,8 +24,9 @@ PARTITIONS="${QOE_TOPIC_PARTITIONS:-6}"
 TANSU_VERSION="${TANSU_VERSION:-0.6.0}"
 BROKER="tcp://127.0.0.1:${KAFKA_PORT}"
 
-log() { printf '[stack] %s\n' "$*" >&2; }
-die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }
+LOG_PREFIX=stack RUN_DIR="$STACK/run" LOG_DIR="$STACK/logs"
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
 
 tansu_bin() {
   if command -v tansu >/dev/null 2>&1; then command -v tansu; return; fi
@@ -48,21 +49,6 @@ install_clickhouse() {
   [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq clickhouse-server clickhouse-client >/dev/null
-}
-
-is_running() { # pidfile
-  [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
-}
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-wait_for() { # what seconds command...
-  local what="$1" secs="$2"; shift 2
-  local deadline=$((SECONDS + secs))
-  until "$@"; do
-    [ $SECONDS -lt $deadline ] || die "$what did not become ready within ${secs}s (logs: $STACK/logs)"
-    sleep 0.5
-  done
 }
 
 start_kafka() {
@@ -177,18 +163,6 @@ start_clickhouse() {
   )
   wait_for "clickhouse" 60 ch_ready
   log "clickhouse ready: $(curl -fsS "http://127.0.0.1:$CH_HTTP_PORT/?query=SELECT%20version()")"
-}
-
-stop_one() { # name
-  local pidfile="$STACK/run/$1.pid"
-  if is_running "$pidfile"; then
-    local pid; pid="$(cat "$pidfile")"
-    log "stopping $1 (pid $pid)"
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-    kill -9 "$pid" 2>/dev/null || true
-  fi
-  rm -f "$pidfile"
 }
 
 status() {

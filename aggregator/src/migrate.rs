@@ -13,7 +13,7 @@
 use crate::store::{Store, StoreError};
 use clickhouse::Row;
 use qoe_schemas::cluster::{Catalog, ClusterError, ClusterTarget};
-use qoe_schemas::migrations::{MigrationError, MIGRATIONS};
+use qoe_schemas::migrations::{steps, MigrationError, Step, MIGRATIONS};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -120,43 +120,28 @@ async fn apply(
         let all = migration.statements()?;
         let statements = migration.statements_for(store.version)?;
         report.skipped_statements += all.len() - statements.len();
-        // A run of `ADD COLUMN`s to one table is applied as one `ALTER` (on a cluster each
-        // statement is a distributed DDL that waits for every server), skipping the columns
-        // that exist already.
-        let mut index = 0;
-        while index < statements.len() {
-            let statement = &statements[index];
-            let (sql, columns, next) = match statement.added_column() {
-                Some((table, _)) => {
+        for step in steps(&statements) {
+            let (index, sql, columns) = match step {
+                Step::Statement { index, sql } => (index, sql.to_owned(), Vec::new()),
+                Step::AddColumns {
+                    index,
+                    table,
+                    columns,
+                } => {
+                    let mut missing = Vec::new();
                     let mut clauses = Vec::new();
-                    let mut columns = Vec::new();
-                    let mut next = index;
-                    while let Some(s) = statements.get(next) {
-                        let (Some((t, column)), Some(clause)) =
-                            (s.added_column(), s.alter_clause())
-                        else {
-                            break;
-                        };
-                        if t != table {
-                            break;
-                        }
+                    for (column, clause) in columns {
                         if !column_exists(store, &table, &column).await? {
-                            clauses.push(clause.to_owned());
-                            columns.push((t, column));
+                            clauses.push(clause);
+                            missing.push((table.clone(), column));
                         }
-                        next += 1;
                     }
                     if clauses.is_empty() {
-                        index = next;
                         continue;
                     }
-                    (
-                        format!("ALTER TABLE {table} {}", clauses.join(", ")),
-                        columns,
-                        next,
-                    )
+                    let sql = format!("ALTER TABLE {table} {}", clauses.join(", "));
+                    (index, sql, missing)
                 }
-                None => (statement.sql.clone(), Vec::new(), index + 1),
             };
             let mut applied = Ok(());
             let mut sent = String::new();
@@ -183,7 +168,6 @@ async fn apply(
                     });
                 }
             }
-            index = next;
         }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -261,20 +245,11 @@ pub async fn run_cluster(
         .await?;
         ddl(format!("SYSTEM SYNC REPLICA {db}.schema_migrations")).await?;
         let report = apply(store, |sql| Ok(target.rewrite(&catalog, sql)?)).await?;
-        let layer = target.distributed_layer(&catalog)?;
-        let expected = (layer.len() / 2) as u64;
-        let present: u64 = store
-            .client
-            .query("SELECT count() FROM system.tables WHERE database = ?")
-            .bind(&read)
-            .fetch_one()
-            .await
-            .map_err(StoreError::from)?;
-        if !report.applied.is_empty() || present < expected {
-            for sql in layer {
+        if !report.applied.is_empty() || !read_layer_complete(store, target, &catalog).await? {
+            for sql in target.distributed_layer(&catalog)? {
                 ddl(sql).await?;
             }
-            tracing::info!(database = %read, objects = expected, "reading layer (Distributed tables) re-created");
+            tracing::info!(database = %read, objects = catalog.read_objects(), "reading layer (Distributed tables) re-created");
         }
         Ok(report)
     }
@@ -304,19 +279,27 @@ async fn up_to_date(
             .iter()
             .any(|a| a.version == m.version && a.checksum == m.checksum())
     });
-    let expected = (target.distributed_layer(catalog).ok()?.len() / 2) as u64;
+    let complete = read_layer_complete(store, target, catalog).await.ok()?;
+    (all_there && complete).then(|| MigrationReport {
+        applied: Vec::new(),
+        already_applied: MIGRATIONS.iter().map(|m| m.name.to_owned()).collect(),
+        skipped_statements: 0,
+    })
+}
+
+/// Whether the reading layer database holds all of its objects.
+async fn read_layer_complete(
+    store: &Store,
+    target: &ClusterTarget,
+    catalog: &Catalog,
+) -> Result<bool, StoreError> {
     let present: u64 = store
         .client
         .query("SELECT count() FROM system.tables WHERE database = ?")
         .bind(target.read_database())
         .fetch_one()
-        .await
-        .ok()?;
-    (all_there && present >= expected).then(|| MigrationReport {
-        applied: Vec::new(),
-        already_applied: MIGRATIONS.iter().map(|m| m.name.to_owned()).collect(),
-        skipped_statements: 0,
-    })
+        .await?;
+    Ok(present as usize >= catalog.read_objects())
 }
 
 /// The lock: a replicated table whose one replica name can exist once in ZooKeeper, so

@@ -11,7 +11,7 @@
 //! A replica the partition has just switched to (and every replica at start-up) is not used
 //! until it has caught up with the shard's replication log for `qoe_checkpoints`
 //! (`SYSTEM SYNC REPLICA`): until then it may lack a checkpoint the other replica committed,
-//! and resuming or fencing from it could count a batch twice. [`Router::needs_sync`] says when.
+//! and resuming or fencing from it could count a batch twice. [`Router::route`] says when.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -100,15 +100,11 @@ impl Router {
         f(route)
     }
 
-    /// The server (index into the writer's list) the partition writes to now.
-    pub fn server(&self, partition: i32, now: Instant) -> usize {
+    /// The server (index into the writer's list) the partition writes to now, and whether it
+    /// must catch up before it is used.
+    pub fn route(&self, partition: i32, now: Instant) -> (usize, bool) {
         let shard = &self.topology.shards[self.topology.shard_of(partition)];
-        self.with_route(partition, now, |r| shard[r.replica])
-    }
-
-    /// Whether the partition's current server must catch up before it is used.
-    pub fn needs_sync(&self, partition: i32, now: Instant) -> bool {
-        self.with_route(partition, now, |r| !r.synced)
+        self.with_route(partition, now, |r| (shard[r.replica], !r.synced))
     }
 
     /// The partition's current server has caught up.
@@ -146,14 +142,14 @@ mod tests {
     fn partitions_spread_over_shards_and_home_replicas() {
         let r = Router::new(two_by_two());
         let now = Instant::now();
-        let servers: Vec<usize> = (0..8).map(|p| r.server(p, now)).collect();
+        let servers: Vec<usize> = (0..8).map(|p| r.route(p, now).0).collect();
         // p % 2 picks the shard, (p / 2) % 2 the replica.
         assert_eq!(servers, vec![0, 2, 1, 3, 0, 2, 1, 3]);
         assert!(
-            r.needs_sync(0, now),
+            r.route(0, now).1,
             "a cluster replica catches up before first use"
         );
-        assert!(!Router::new(Topology::single()).needs_sync(0, now));
+        assert!(!Router::new(Topology::single()).route(0, now).1);
     }
 
     #[test]
@@ -161,22 +157,22 @@ mod tests {
         let r = Router::new(two_by_two());
         let t0 = Instant::now();
         r.synced(1, t0);
-        assert_eq!(r.server(1, t0), 2);
+        assert_eq!(r.route(1, t0).0, 2);
         r.failed(1, t0);
-        assert_eq!(r.server(1, t0), 3, "the other replica of shard 1");
-        assert!(r.needs_sync(1, t0));
+        assert_eq!(r.route(1, t0).0, 3, "the other replica of shard 1");
+        assert!(r.route(1, t0).1);
         r.synced(1, t0);
-        assert!(!r.needs_sync(1, t0 + Duration::from_secs(1)));
+        assert!(!r.route(1, t0 + Duration::from_secs(1)).1);
         // Home again after a while, and it must catch up first.
         let later = t0 + RETURN_HOME_AFTER;
-        assert_eq!(r.server(1, later), 2);
-        assert!(r.needs_sync(1, later));
+        assert_eq!(r.route(1, later).0, 2);
+        assert!(r.route(1, later).1);
         // Failing at home and away alternates between the shard's replicas.
         r.failed(1, later);
         r.failed(1, later);
-        assert_eq!(r.server(1, later), 2);
+        assert_eq!(r.route(1, later).0, 2);
         // Other partitions are not affected.
-        assert_eq!(r.server(3, later), 3);
+        assert_eq!(r.route(3, later).0, 3);
     }
 
     #[test]
@@ -184,8 +180,8 @@ mod tests {
         let r = Router::new(Topology::single());
         let now = Instant::now();
         r.failed(5, now);
-        assert_eq!(r.server(5, now), 0);
-        assert!(!r.needs_sync(5, now));
+        assert_eq!(r.route(5, now).0, 0);
+        assert!(!r.route(5, now).1);
         assert!(!Topology::single().is_cluster());
         assert!(two_by_two().is_cluster());
     }

@@ -164,8 +164,9 @@ impl Writer {
         let replicas = self.router.topology().shards[shard].len();
         let mut last = None;
         for _ in 0..replicas {
-            let store = &self.servers[self.router.server(partition, Instant::now())];
-            if !self.router.needs_sync(partition, Instant::now()) {
+            let (server, needs_sync) = self.router.route(partition, Instant::now());
+            let store = &self.servers[server];
+            if !needs_sync {
                 return Ok(store);
             }
             self.wait_moves_in_shard(partition).await;
@@ -185,34 +186,42 @@ impl Writer {
         Err(last.unwrap_or(WriteError::Timeout(SYNC_TIMEOUT)))
     }
 
-    /// Waits (up to 10 s per replica) until no move of the partition runs on any answering replica of its
-    /// shard: a move that timed out on one replica may still commit there, and the replica the
+    /// Waits until no move of the partition runs on any answering replica of its shard: a
+    /// move that timed out on one replica may still commit there, and the replica the
     /// partition moves to must see that checkpoint before it fences the next batch. A replica
-    /// that does not answer within 2 s runs nothing (killed) or is cut off, which this cannot
-    /// see.
+    /// that does not answer runs nothing (killed) or is cut off, which this cannot see.
     async fn wait_moves_in_shard(&self, partition: i32) {
         if !self.router.topology().is_cluster() {
             return;
         }
-        let prefix = query_id_prefix(&self.topic, partition);
         let shard = &self.router.topology().shards[self.router.topology().shard_of(partition)];
         for &i in shard {
-            let client = &self.servers[i].client;
-            for _ in 0..100 {
-                let running = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    client
-                        .query("SELECT count() FROM system.processes WHERE startsWith(query_id, ?)")
-                        .bind(&prefix)
-                        .fetch_one::<u64>(),
-                )
-                .await;
-                if !matches!(running, Ok(Ok(n)) if n > 0) {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            let _ = self.wait_moves_on(&self.servers[i], partition).await;
         }
+    }
+
+    /// Waits (up to 10 s) until no move of the partition runs on `store`, each probe bounded
+    /// by 2 s; a failed probe is returned.
+    async fn wait_moves_on(&self, store: &Store, partition: i32) -> Result<(), WriteError> {
+        let prefix = query_id_prefix(&self.topic, partition);
+        let probe_timeout = Duration::from_secs(2);
+        for _ in 0..100 {
+            let running: u64 = tokio::time::timeout(
+                probe_timeout,
+                store
+                    .client
+                    .query("SELECT count() FROM system.processes WHERE startsWith(query_id, ?)")
+                    .bind(&prefix)
+                    .fetch_one(),
+            )
+            .await
+            .map_err(|_| WriteError::Timeout(probe_timeout))??;
+            if running == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
     }
 
     /// Runs `call` on the partition's server; a failure (other than a fence) moves the
@@ -232,24 +241,27 @@ impl Writer {
         result
     }
 
-    /// One answering server of each shard.
-    async fn one_per_shard(&self) -> Result<Vec<&Store>, WriteError> {
+    /// `call`'s result on each shard, from the first of its replicas that answers.
+    async fn on_each_shard<'a, T, F, Fut>(&'a self, call: F) -> Result<Vec<T>, WriteError>
+    where
+        F: Fn(&'a Store) -> Fut,
+        Fut: std::future::Future<Output = Result<T, WriteError>>,
+    {
         let mut out = Vec::new();
         for shard in &self.router.topology().shards {
             let mut last = None;
             for &i in shard {
-                let store = &self.servers[i];
-                match store.client.query("SELECT 1").fetch_one::<u8>().await {
-                    Ok(_) => {
+                match call(&self.servers[i]).await {
+                    Ok(v) => {
+                        out.push(v);
                         last = None;
-                        out.push(store);
                         break;
                     }
                     Err(e) => last = Some(e),
                 }
             }
             if let Some(e) = last {
-                return Err(e.into());
+                return Err(e);
             }
         }
         Ok(out)
@@ -262,17 +274,22 @@ impl Writer {
             partition: u32,
             next: u64,
         }
+        let shards = self
+            .on_each_shard(|store| async move {
+                let rows: Vec<End> = store
+                    .client
+                    .query(
+                        "SELECT partition, max(next_offset) AS next FROM qoe_checkpoints \
+                         WHERE topic = ? GROUP BY partition ORDER BY partition",
+                    )
+                    .bind(&self.topic)
+                    .fetch_all()
+                    .await?;
+                Ok(rows)
+            })
+            .await?;
         let mut ends: Vec<(i32, i64)> = Vec::new();
-        for store in self.one_per_shard().await? {
-            let rows: Vec<End> = store
-                .client
-                .query(
-                    "SELECT partition, max(next_offset) AS next FROM qoe_checkpoints WHERE topic = ? \
-                     GROUP BY partition ORDER BY partition",
-                )
-                .bind(&self.topic)
-                .fetch_all()
-                .await?;
+        for rows in shards {
             for r in rows {
                 let (p, next) = (r.partition as i32, r.next as i64);
                 match ends.iter_mut().find(|(q, _)| *q == p) {
@@ -288,14 +305,16 @@ impl Writer {
     /// Deletes every checkpoint of the topic, so that all its partitions start over from the
     /// beginning; waits until the deletion is visible.
     pub async fn delete_checkpoints(&self) -> Result<(), WriteError> {
-        for store in self.one_per_shard().await? {
+        self.on_each_shard(|store| async move {
             store
                 .client
                 .query("ALTER TABLE qoe_checkpoints DELETE WHERE topic = ?")
                 .bind(&self.topic)
                 .execute()
                 .await?;
-        }
+            Ok(())
+        })
+        .await?;
         for _ in 0..600 {
             if self.checkpoint_ends().await?.is_empty() {
                 return Ok(());
@@ -324,19 +343,7 @@ impl Writer {
         store: &Store,
         partition: i32,
     ) -> Result<Option<Checkpoint>, WriteError> {
-        let prefix = query_id_prefix(&self.topic, partition);
-        for _ in 0..100 {
-            let running: u64 = store
-                .client
-                .query("SELECT count() FROM system.processes WHERE startsWith(query_id, ?)")
-                .bind(&prefix)
-                .fetch_one()
-                .await?;
-            if running == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.wait_moves_on(store, partition).await?;
         let row: Option<StoredCheckpoint> = store
             .client
             .query(

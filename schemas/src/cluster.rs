@@ -181,6 +181,12 @@ impl Catalog {
         Ok(())
     }
 
+    /// How many objects the reading layer holds: a `Distributed` table per replicated table
+    /// and every plain view.
+    pub fn read_objects(&self) -> usize {
+        self.replicated_tables().len() + self.views.len()
+    }
+
     /// Tables that get a `Distributed` twin for reading: the replicated ones but staging.
     pub fn replicated_tables(&self) -> Vec<&str> {
         self.engines

@@ -126,6 +126,48 @@ impl Statement {
     }
 }
 
+/// What the migrator applies: one statement, or a run of consecutive `ADD COLUMN`s to one
+/// table, applied as one `ALTER` (on a cluster every statement is a distributed DDL that waits
+/// for every server) after dropping the columns that exist already.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step<'a> {
+    Statement {
+        index: usize,
+        sql: &'a str,
+    },
+    AddColumns {
+        index: usize,
+        table: String,
+        /// `(column, clause)`: the clause is the text after `ALTER TABLE table`.
+        columns: Vec<(String, &'a str)>,
+    },
+}
+
+/// The statements grouped into [`Step`]s, in order; `index` is the first statement's.
+pub fn steps(statements: &[Statement]) -> Vec<Step<'_>> {
+    let mut out: Vec<Step<'_>> = Vec::new();
+    for (index, statement) in statements.iter().enumerate() {
+        let added = statement.added_column().zip(statement.alter_clause());
+        match (added, out.last_mut()) {
+            (Some(((t, column), clause)), Some(Step::AddColumns { table, columns, .. }))
+                if *table == t =>
+            {
+                columns.push((column, clause));
+            }
+            (Some(((table, column), clause)), _) => out.push(Step::AddColumns {
+                index,
+                table,
+                columns: vec![(column, clause)],
+            }),
+            (None, _) => out.push(Step::Statement {
+                index,
+                sql: &statement.sql,
+            }),
+        }
+    }
+    out
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MigrationError {
     #[error("{file}: bad directive {line:?} (expected `-- qoe:min-version X.Y`)")]
@@ -288,6 +330,35 @@ mod tests {
             Some("add column c UInt64 AFTER b")
         );
         assert_eq!(st("ALTER TABLE t MODIFY TTL x").alter_clause(), None);
+        let all = [
+            st("ALTER TABLE a ADD COLUMN x UInt8"),
+            st("ALTER TABLE a ADD COLUMN y UInt8 AFTER x"),
+            st("ALTER TABLE b ADD COLUMN x UInt8"),
+            st("DROP TABLE IF EXISTS v"),
+            st("ALTER TABLE b ADD COLUMN z UInt8"),
+        ];
+        let grouped = steps(&all);
+        assert_eq!(grouped.len(), 4);
+        assert_eq!(
+            grouped[0],
+            Step::AddColumns {
+                index: 0,
+                table: "a".into(),
+                columns: vec![
+                    ("x".into(), "ADD COLUMN x UInt8"),
+                    ("y".into(), "ADD COLUMN y UInt8 AFTER x")
+                ]
+            }
+        );
+        assert!(matches!(grouped[1], Step::AddColumns { index: 2, .. }));
+        assert_eq!(
+            grouped[2],
+            Step::Statement {
+                index: 3,
+                sql: "DROP TABLE IF EXISTS v"
+            }
+        );
+        assert!(matches!(grouped[3], Step::AddColumns { index: 4, .. }));
         assert_eq!(
             st("CREATE TABLE t (x UInt8) ENGINE = Memory").added_column(),
             None

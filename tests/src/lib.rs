@@ -16,11 +16,19 @@ pub fn kafka_brokers() -> String {
 
 /// The servers of the local cluster (`scripts/cluster.sh`) when a test binary reads through
 /// it ([`use_cluster`]); the single server otherwise.
-static CLUSTER: std::sync::OnceLock<Vec<Vec<String>>> = std::sync::OnceLock::new();
+static CLUSTER: std::sync::OnceLock<Cluster> = std::sync::OnceLock::new();
+
+/// The local cluster as `scripts/cluster.sh urls` describes it.
+pub struct Cluster {
+    /// The aggregator's `--clickhouse-shards` value.
+    pub spec: String,
+    /// `shards[s][r]`: the HTTP URL of replica `r` of shard `s`.
+    pub shards: Vec<Vec<String>>,
+}
 
 /// Makes this test binary's ClickHouse queries go to the local cluster: to its first server,
 /// in the database given (the tests read `<database>_all`, the Distributed tables).
-pub fn use_cluster() -> &'static Vec<Vec<String>> {
+pub fn use_cluster() -> &'static Cluster {
     CLUSTER.get_or_init(|| {
         let out = std::process::Command::new(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/cluster.sh"),
@@ -29,9 +37,9 @@ pub fn use_cluster() -> &'static Vec<Vec<String>> {
         .output()
         .expect("running scripts/cluster.sh urls");
         let spec = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        spec.split(';')
-            .map(|s| s.split(',').map(str::to_owned).collect())
-            .collect()
+        let shards = qoe_aggregator::store::parse_shards(&spec)
+            .unwrap_or_else(|e| panic!("scripts/cluster.sh urls printed {spec:?}: {e}"));
+        Cluster { spec, shards }
     })
 }
 
@@ -64,14 +72,14 @@ pub async fn sync_replicas(database: &str) {
 /// Every server the tests query: the cluster's, or the single server.
 pub fn clickhouse_servers() -> Vec<String> {
     match CLUSTER.get() {
-        Some(shards) => shards.iter().flatten().cloned().collect(),
+        Some(cluster) => cluster.shards.iter().flatten().cloned().collect(),
         None => vec![clickhouse_url()],
     }
 }
 
 pub fn clickhouse_url() -> String {
-    if let Some(shards) = CLUSTER.get() {
-        return shards[0][0].clone();
+    if let Some(cluster) = CLUSTER.get() {
+        return cluster.shards[0][0].clone();
     }
     std::env::var("QOE_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into())
 }

@@ -20,8 +20,6 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// An aggregator writing to the local cluster.
 fn cluster_aggregator(topic: &str, database: &str, group: &str) -> Service {
-    let shards: Vec<String> = use_cluster().iter().map(|s| s.join(",")).collect();
-    let shards = shards.join(";");
     spawn_aggregator(
         topic,
         database,
@@ -30,7 +28,7 @@ fn cluster_aggregator(topic: &str, database: &str, group: &str) -> Service {
             "--clickhouse-cluster",
             "qoe",
             "--clickhouse-shards",
-            &shards,
+            &use_cluster().spec,
         ],
     )
 }
@@ -39,7 +37,7 @@ fn cluster_aggregator(topic: &str, database: &str, group: &str) -> Service {
 /// the data went.
 async fn per_server(database: &str, table: &str, expression: &str) -> Vec<u64> {
     let mut out = Vec::new();
-    for url in use_cluster().iter().flatten() {
+    for url in use_cluster().shards.iter().flatten() {
         let n = clickhouse_query_at(url, database, &format!("SELECT {expression} FROM {table}"))
             .await
             .map(|r| r[0][0].parse().unwrap_or(0))
@@ -93,16 +91,46 @@ async fn assert_cluster_equals(database: &str, partitions: BTreeMap<i32, Vec<Qoe
     );
 }
 
-/// Publishes `events` and adds them to `partitions`; returns every partition's next offset.
-async fn publish_more(
-    topic: &str,
-    events: &[QoeEvent],
-    partitions: &mut BTreeMap<i32, Vec<QoeEvent>>,
-    next: &mut BTreeMap<i32, i64>,
-) {
-    for (p, (evs, n)) in publish(topic, events).await {
-        partitions.entry(p).or_default().extend(evs);
-        next.insert(p, n);
+/// One test's topic (4 partitions) and database on the cluster, and what was published.
+struct Run {
+    topic: String,
+    database: String,
+    partitions: BTreeMap<i32, Vec<QoeEvent>>,
+    next: BTreeMap<i32, i64>,
+}
+
+impl Run {
+    async fn new(name: &str) -> Run {
+        let topic = unique(&format!("test.cluster.{name}"));
+        create_topic(&topic, 4).await.unwrap();
+        Run {
+            topic,
+            database: unique(&format!("qoe_test_cluster_{name}")),
+            partitions: BTreeMap::new(),
+            next: BTreeMap::new(),
+        }
+    }
+
+    /// An aggregator of its own consumer group.
+    fn aggregator(&self) -> Service {
+        cluster_aggregator(&self.topic, &self.database, &unique("g"))
+    }
+
+    async fn publish(&mut self, events: &[QoeEvent]) {
+        for (p, (evs, n)) in publish(&self.topic, events).await {
+            self.partitions.entry(p).or_default().extend(evs);
+            self.next.insert(p, n);
+        }
+    }
+
+    /// Until the checkpoints read through the Distributed tables reach every published offset.
+    async fn wait_caught_up(&self, timeout: Duration) {
+        let read = format!("{}_all", self.database);
+        wait_caught_up(&read, &self.topic, &self.next, timeout).await;
+    }
+
+    async fn assert_exact(self) {
+        assert_cluster_equals(&self.database, self.partitions).await;
     }
 }
 
@@ -167,7 +195,7 @@ async fn two_aggregators_on_the_cluster_equal_the_ground_truth() {
         "checkpoints on both shards: {per_server:?}"
     );
     let ledger = clickhouse_query_at(
-        &use_cluster()[1][1],
+        &use_cluster().shards[1][1],
         &database,
         "SELECT count(), uniqExact(version) FROM schema_migrations",
     )
@@ -186,27 +214,22 @@ async fn two_aggregators_on_the_cluster_equal_the_ground_truth() {
 async fn replica_killed_and_zookeeper_stopped_lose_nothing() {
     let _serial = SERIAL.lock().await;
     use_cluster();
-    let topic = unique("test.cluster.down");
-    let database = unique("qoe_test_cluster_down");
-    let read = format!("{database}_all");
-    create_topic(&topic, 4).await.unwrap();
-    let mut agg = cluster_aggregator(&topic, &database, &unique("g"));
+    let mut run = Run::new("down").await;
+    let mut agg = run.aggregator();
     let events = generate(7, 1200, 1_763_721_600_000);
     let thirds: Vec<&[QoeEvent]> = events.chunks(events.len() / 3 + 1).collect();
-    let mut partitions = BTreeMap::new();
-    let mut next = BTreeMap::new();
 
-    publish_more(&topic, thirds[0], &mut partitions, &mut next).await;
-    wait_caught_up(&read, &topic, &next, Duration::from_secs(120)).await;
+    run.publish(thirds[0]).await;
+    run.wait_caught_up(Duration::from_secs(120)).await;
 
     // Server 1 is the home replica of partition 0 (shard 1).
     let replica = Outage::cluster(1);
-    publish_more(&topic, thirds[1], &mut partitions, &mut next).await;
-    wait_caught_up(&read, &topic, &next, Duration::from_secs(120)).await;
+    run.publish(thirds[1]).await;
+    run.wait_caught_up(Duration::from_secs(120)).await;
     assert!(agg.is_running(), "aggregator died with a replica down");
 
     let zookeeper = Outage::cluster(0);
-    publish_more(&topic, thirds[2], &mut partitions, &mut next).await;
+    run.publish(thirds[2]).await;
     let pid = agg.child.id();
     let mut peak = 0;
     for _ in 0..12 {
@@ -219,10 +242,10 @@ async fn replica_killed_and_zookeeper_stopped_lose_nothing() {
         "RSS reached {peak} KiB while ZooKeeper was down"
     );
     zookeeper.end();
-    wait_caught_up(&read, &topic, &next, Duration::from_secs(180)).await;
+    run.wait_caught_up(Duration::from_secs(180)).await;
     replica.end();
 
-    assert_cluster_equals(&database, partitions).await;
+    run.assert_exact().await;
     assert!(
         agg.terminate(Duration::from_secs(30)),
         "graceful shutdown failed"
@@ -236,31 +259,26 @@ async fn replica_killed_and_zookeeper_stopped_lose_nothing() {
 async fn aggregator_killed_while_a_replica_is_down_is_exact_after_restart() {
     let _serial = SERIAL.lock().await;
     use_cluster();
-    let topic = unique("test.cluster.agg");
-    let database = unique("qoe_test_cluster_agg");
-    let read = format!("{database}_all");
-    create_topic(&topic, 4).await.unwrap();
-    let mut agg = cluster_aggregator(&topic, &database, &unique("g"));
+    let mut run = Run::new("agg").await;
+    let mut agg = run.aggregator();
     let events = generate(11, 1200, 1_763_725_200_000);
     let (first, second) = events.split_at(events.len() / 2);
-    let mut partitions = BTreeMap::new();
-    let mut next = BTreeMap::new();
-    publish_more(&topic, first, &mut partitions, &mut next).await;
-    wait_caught_up(&read, &topic, &next, Duration::from_secs(120)).await;
+    run.publish(first).await;
+    run.wait_caught_up(Duration::from_secs(120)).await;
 
     // Server 3 is the home replica of partition 1 (shard 2).
     let replica = Outage::cluster(3);
-    publish_more(&topic, second, &mut partitions, &mut next).await;
+    run.publish(second).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     agg.kill9();
     // A new group, as the other kill -9 tests do: in the old one the dead member keeps its
     // partitions until the broker expires its session. The restart resumes from the
     // checkpoints in ClickHouse, not from the group.
-    let mut successor = cluster_aggregator(&topic, &database, &unique("g"));
-    wait_caught_up(&read, &topic, &next, Duration::from_secs(180)).await;
+    let mut successor = run.aggregator();
+    run.wait_caught_up(Duration::from_secs(180)).await;
     replica.end();
 
-    assert_cluster_equals(&database, partitions).await;
+    run.assert_exact().await;
     assert!(
         successor.terminate(Duration::from_secs(30)),
         "graceful shutdown failed"
