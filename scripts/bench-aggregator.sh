@@ -12,6 +12,14 @@
 # of partitions (BENCH_PARTITIONS, "1 4 16 64"): per count, a fresh topic filled by `loadgen`
 # through the collector (BENCH_FILL_SECS, 8, flat out), the bare consumer, then the aggregator
 # from the beginning to caught up: events/s of each, their ratio and the aggregator's peak RSS.
+#
+# `scripts/bench-aggregator.sh raw-clickhouse` instead compares the pipeline with the
+# alternative teams build first: raw events inserted straight into ClickHouse in batches, with
+# materialized views computing the 10 s windows (scripts/bench-raw-events.sql). One topic
+# filled by the simulator (BENCH_VIEWERS, BENCH_DURATION: one hour simulated by default), then
+# the aggregator and `raw-inserter` each from its beginning into their own database: events/s,
+# ClickHouse server CPU per event (its own process time while each catches up), bytes stored
+# per event, and the median time of the region x CDN panel query over one hour of data.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
@@ -78,6 +86,113 @@ if [ "${1:-}" = partitions ]; then
     agg=$(awk -v n="$total" -v t="$((T1 - T0))" 'BEGIN { printf "%.0f", n / (t / 1000) }')
     echo "$parts partitions: $total events; bare consumer $bare events/s; aggregator $agg events/s ($(awk -v a="$agg" -v b="$bare" 'BEGIN { printf "%.2f", a / b }') of it, from process start); peak RSS $rss MiB"
   done
+  exit 0
+fi
+
+# CPU time (user + system) of process $1 in ms.
+cpu_ms() { awk '{ print ($14 + $15) * 10 }' "/proc/$1/stat"; }
+
+# Median wall time in ms of query $2 against database $1 (3 warm-up runs, then 15).
+query_ms() {
+  local i
+  for i in 1 2 3; do curl -fsS "$CH/?database=$1" --data-binary "$2 FORMAT Null"; done
+  for i in $(seq 1 15); do
+    curl -fsS -o /dev/null -w '%{time_total}\n' "$CH/?database=$1" --data-binary "$2 FORMAT Null"
+  done | sort -n | awk '{ a[NR] = $1 } END { printf "%.1f", a[8] * 1000 }'
+}
+
+# Bytes on disk of the active parts of database $1 (tables matching $2), after merging them.
+stored_bytes() {
+  local t
+  for t in $(curl -fsS "$CH/" --data-binary "SELECT name FROM system.tables WHERE database = '$1' AND engine LIKE '%MergeTree' AND match(name, '$2')"); do
+    curl -fsS "$CH/?database=$1" --data-binary "OPTIMIZE TABLE $t FINAL"
+  done
+  curl -fsS "$CH/" --data-binary "SELECT sum(bytes_on_disk) FROM system.parts WHERE active AND database = '$1' AND match(table, '$2')"
+}
+
+if [ "${1:-}" = raw-clickhouse ]; then
+  VIEWERS="${BENCH_VIEWERS:-2000}"
+  DURATION="${BENCH_DURATION:-60m}"
+  CHPID="$(cat "$ROOT/.stack/run/clickhouse.pid")"
+  RAWDB="bench_raw_$RUN"
+  scripts/stack.sh create-topic "$TOPIC" 6 >/dev/null 2>&1
+  "$BIN/collector" --listen "127.0.0.1:$CPORT" --admin-listen "127.0.0.1:$((CPORT + 1))" --topic "$TOPIC" \
+    --rate-per-ip 0 --rate-events-per-ip 0 --rate-per-view 0 --rate-global 0 >/dev/null 2>&1 &
+  cpid=$!
+  until curl -fsS "http://127.0.0.1:$((CPORT + 1))/readyz" >/dev/null 2>&1; do sleep 0.2; done
+  echo "filling $TOPIC: $VIEWERS viewers, $DURATION simulated, flat out"
+  "$BIN/simulator" --url "http://127.0.0.1:$CPORT" --viewers "$VIEWERS" --duration "$DURATION" \
+    --speed 0 --progress-secs 0 | sed -n 's/^Events acknowledged/  acknowledged/p'
+  kill "$cpid"; wait "$cpid" 2>/dev/null || true
+  TOTAL="$("$BIN/bare-consumer" --topic "$TOPIC" | messages)"
+
+  # The pipeline: the aggregator into its own database until caught up.
+  sleep 5
+  c0="$(cpu_ms "$CHPID")"
+  catch_up "$TOPIC" "$DB" "bench-$RUN" "$TOTAL"
+  sleep 3
+  p_server=$(( $(cpu_ms "$CHPID") - c0 ))
+  p_client="$(cpu_ms "$APID")"
+  kill "$APID"; wait "$APID" 2>/dev/null || true
+  p_rate=$(awk -v n="$TOTAL" -v t="$((T1 - T0))" 'BEGIN { printf "%.0f", n / (t / 1000) }')
+
+  # The alternative: every event a row, windows computed by materialized views.
+  curl -fsS "$CH/" --data-binary "CREATE DATABASE $RAWDB"
+  sed -e 's/--.*//' scripts/bench-raw-events.sql | tr '\n' ' ' | tr ';' '\n' | while read -r stmt; do
+    [ -n "$stmt" ] && curl -fsS "$CH/?database=$RAWDB" --data-binary "$stmt"
+  done
+  sleep 5
+  c0="$(cpu_ms "$CHPID")"
+  "$BIN/raw-inserter" --topic "$TOPIC" --clickhouse-database "$RAWDB" >/tmp/raw-inserter.$RUN.out &
+  rpid=$!
+  r_client=0
+  while kill -0 "$rpid" 2>/dev/null; do r_client="$(cpu_ms "$rpid" 2>/dev/null || echo "$r_client")"; sleep 0.2; done
+  wait "$rpid"
+  sleep 3
+  r_server=$(( $(cpu_ms "$CHPID") - c0 ))
+  line="$(cat /tmp/raw-inserter.$RUN.out)"; rm -f /tmp/raw-inserter.$RUN.out
+  echo "$line"
+  r_rate="$(echo "$line" | rate)"
+
+  p_bytes="$(stored_bytes "$DB" '.')"
+  r_all="$(stored_bytes "$RAWDB" '^raw_')"
+  r_events="$(curl -fsS "$CH/" --data-binary "SELECT sum(bytes_on_disk) FROM system.parts WHERE active AND database = '$RAWDB' AND table = 'raw_events'")"
+  p_counted="$(ch "SELECT sum(events) FROM qoe_window_10s")"
+  r_counted="$(curl -fsS "$CH/?database=$RAWDB" --data-binary "SELECT count() FROM raw_events")"
+
+  from="$(ch "SELECT toUInt32(min(window_start)) FROM qoe_window_10s")"
+  to=$((from + 3600))
+  panel="SELECT region, cdn, sum(attempts) AS attempts_, sum(plays) AS plays_, sum(errors) AS errors_,
+    if(sum(playing_ms) + sum(stall_ms) = 0, NULL, 100 * sum(stall_ms) / (sum(playing_ms) + sum(stall_ms))) AS rebuffering_pct,
+    sum(startup_ms_sum) / greatest(sum(plays), 1) AS startup_mean_ms, sum(bitrate_kbps_ms) / greatest(sum(playing_ms), 1) AS mean_kbps
+    FROM TABLE WHERE window_start >= toDateTime($from) AND window_start < toDateTime($to) GROUP BY region, cdn ORDER BY region, cdn"
+  raw_panel="SELECT region, cdn, countIf(type = 'view_start') AS attempts_, countIf(type = 'first_frame') AS plays_, countIf(type = 'error') AS errors_,
+    if(sum(playing_ms) + sum(stall_ms) = 0, NULL, 100 * sum(stall_ms) / (sum(playing_ms) + sum(stall_ms))) AS rebuffering_pct,
+    sumIf(startup_ms, type = 'first_frame') / greatest(countIf(type = 'first_frame'), 1) AS startup_mean_ms,
+    sum(toUInt64(bitrate_kbps) * playing_ms) / greatest(sum(playing_ms), 1) AS mean_kbps
+    FROM raw_events WHERE event_time >= $from * 1000 AND event_time < $to * 1000 GROUP BY region, cdn ORDER BY region, cdn"
+  q_p1m="$(query_ms "$DB" "${panel/TABLE/qoe_window_1m}")"
+  q_p10="$(query_ms "$DB" "${panel/TABLE/qoe_window_10s}")"
+  q_rmv="$(query_ms "$RAWDB" "${panel/TABLE/raw_window_10s}")"
+  q_raw="$(query_ms "$RAWDB" "$raw_panel")"
+
+  echo
+  echo "$TOTAL messages, $VIEWERS viewers, $DURATION simulated; events counted: pipeline $p_counted (duplicates dropped), raw $r_counted"
+  printf '%-34s %12s %12s\n' "" pipeline "raw events"
+  printf '%-34s %12s %12s\n' "events/s into ClickHouse" "$p_rate" "$r_rate"
+  printf '%-34s %12s %12s\n' "ClickHouse CPU, µs per event" \
+    "$(awk -v c="$p_server" -v n="$TOTAL" 'BEGIN { printf "%.1f", c * 1000 / n }')" \
+    "$(awk -v c="$r_server" -v n="$TOTAL" 'BEGIN { printf "%.1f", c * 1000 / n }')"
+  printf '%-34s %12s %12s\n' "client CPU, µs per event" \
+    "$(awk -v c="$p_client" -v n="$TOTAL" 'BEGIN { printf "%.1f", c * 1000 / n }')" \
+    "$(awk -v c="$r_client" -v n="$TOTAL" 'BEGIN { printf "%.1f", c * 1000 / n }')"
+  printf '%-34s %12s %12s\n' "bytes stored per event" \
+    "$(awk -v b="$p_bytes" -v n="$TOTAL" 'BEGIN { printf "%.1f", b / n }')" \
+    "$(awk -v b="$r_all" -v n="$TOTAL" 'BEGIN { printf "%.1f", b / n }')"
+  printf '%-34s %12s %12s\n' "  of which the raw events table" "" \
+    "$(awk -v b="$r_events" -v n="$TOTAL" 'BEGIN { printf "%.1f", b / n }')"
+  printf '%-34s %12s %12s\n' "region x CDN panel, 1 h, ms (p50)" "$q_p1m (1m)" "$q_raw (raw)"
+  printf '%-34s %12s %12s\n' "  same panel on 10 s windows" "$q_p10" "$q_rmv (views)"
   exit 0
 fi
 
