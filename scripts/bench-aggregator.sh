@@ -74,6 +74,7 @@ if [ "${1:-}" = partitions ]; then
     "$BIN/collector" --listen "127.0.0.1:$CPORT" --admin-listen "127.0.0.1:$((CPORT + 1))" --topic "$topic" \
       --rate-per-ip 0 --rate-events-per-ip 0 --rate-per-view 0 --rate-global 0 >/dev/null 2>&1 &
     cpid=$!
+    PIDS+=($cpid)
     until curl -fsS "http://127.0.0.1:$((CPORT + 1))/readyz" >/dev/null 2>&1; do sleep 0.2; done
     "$BIN/loadgen" --url "http://127.0.0.1:$CPORT" --duration-secs "${BENCH_FILL_SECS:-8}" --connections 64 >/dev/null
     kill "$cpid"; wait "$cpid" 2>/dev/null || true
@@ -116,13 +117,16 @@ if [ "${1:-}" = raw-clickhouse ]; then
   CHPID="$(cat "$ROOT/.stack/run/clickhouse.pid")"
   RAWDB="bench_raw_$RUN"
   scripts/stack.sh create-topic "$TOPIC" 6 >/dev/null 2>&1
+  # An hour of simulated viewing ends now, so it starts older than the default maximum age.
   "$BIN/collector" --listen "127.0.0.1:$CPORT" --admin-listen "127.0.0.1:$((CPORT + 1))" --topic "$TOPIC" \
-    --rate-per-ip 0 --rate-events-per-ip 0 --rate-per-view 0 --rate-global 0 >/dev/null 2>&1 &
+    --rate-per-ip 0 --rate-events-per-ip 0 --rate-per-view 0 --rate-global 0 \
+    --max-event-age-secs 86400 >/dev/null 2>&1 &
   cpid=$!
+  PIDS+=($cpid)
   until curl -fsS "http://127.0.0.1:$((CPORT + 1))/readyz" >/dev/null 2>&1; do sleep 0.2; done
   echo "filling $TOPIC: $VIEWERS viewers, $DURATION simulated, flat out"
   "$BIN/simulator" --url "http://127.0.0.1:$CPORT" --viewers "$VIEWERS" --duration "$DURATION" \
-    --speed 0 --progress-secs 0 | sed -n 's/^Events acknowledged/  acknowledged/p'
+    --max-event-age-secs 86400 --speed 0 --progress-secs 0 | sed -n 's/^Events acknowledged/  acknowledged/p'
   kill "$cpid"; wait "$cpid" 2>/dev/null || true
   TOTAL="$("$BIN/bare-consumer" --topic "$TOPIC" | messages)"
 

@@ -8,12 +8,15 @@
 //!   processed again without output, later ones are aggregated. Without a checkpoint a
 //!   partition starts at the beginning (or the end, if configured).
 //! - Every `flush_interval` (or when a batch grows large) each partition's batch is written
-//!   with its checkpoint ([`crate::writer`]), all partitions concurrently. Kafka offsets are
-//!   committed after that, for lag monitoring only.
+//!   with its checkpoint ([`crate::writer`]), all partitions concurrently, in the background:
+//!   consumption goes on while ClickHouse takes the batch. A partition has at most one write
+//!   in flight: the next flush waits for it first (so batches land in order and at most two
+//!   are held), then commits Kafka offsets (for lag monitoring only) and starts the next.
 //! - A failed write keeps the batch, pauses consumption (bounded memory) and retries with
-//!   exponential backoff; consumption resumes once ClickHouse takes writes again.
-//! - On revocation, a partition's batch is written if possible and its state dropped; the
-//!   next owner resumes from the checkpoint either way.
+//!   exponential backoff, waiting for each retry; consumption resumes once ClickHouse takes
+//!   writes again.
+//! - On revocation and at shutdown, a partition's batch is written if possible (waiting for
+//!   it) and its state dropped; the next owner resumes from the checkpoint either way.
 
 use crate::names;
 use crate::source::{self, Backoff, FetchFrom, ResumePlan, Route};
@@ -57,6 +60,15 @@ struct Slot {
     unacked: Option<(Batch, Checkpoint, u64)>,
     /// When the last checkpoint with a state snapshot was taken (none yet: the next one).
     last_snapshot: Option<Instant>,
+    /// The partition's write running in the background, if any (at most one).
+    in_flight: Option<tokio::task::JoinHandle<Written>>,
+}
+
+/// A background write's outcome: the offset now committed, or the error with the batch to
+/// retry as is (none after fencing: that batch is dropped).
+struct Written {
+    result: Result<Option<i64>, WriteError>,
+    unacked: Option<(Batch, Checkpoint, u64)>,
 }
 
 /// State shared between the loop and the rebalance callback (both run on the loop thread).
@@ -94,6 +106,22 @@ impl Shared {
             slots: Mutex::new(HashMap::new()),
             healthy: AtomicBool::new(false),
         })
+    }
+
+    /// Drops staged batches older than [`STAGING_RETENTION`] every [`STAGING_PRUNE_EVERY`],
+    /// until the process ends (a task of its own: never in the way of consumption).
+    pub async fn prune_staging(&self) {
+        let mut every = tokio::time::interval(STAGING_PRUNE_EVERY);
+        loop {
+            every.tick().await;
+            match self.writer.drop_old_staging(STAGING_RETENTION).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(hours = n, "dropped old staged batches"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot drop old staged batches; retrying later")
+                }
+            }
+        }
     }
 
     /// The latest checkpoint of a partition and the one holding the state it resumes from.
@@ -166,63 +194,119 @@ impl Shared {
             traceparents: Vec::new(),
             unacked: None,
             last_snapshot: None,
+            in_flight: None,
         };
         (slot, offset(plan.fetch))
     }
 
-    /// Writes one partition's unacknowledged batch (if any), then its pending batch. A failed
-    /// batch is kept as is and retried later; returns the offset now committed.
-    async fn flush_slot(&self, partition: i32, slot: &mut Slot) -> Result<Option<i64>, WriteError> {
-        let mut committed = None;
-        if let Some((batch, checkpoint, last_id)) = slot.unacked.take() {
-            // The last attempt may have committed although its answer was lost.
-            let done =
-                tokio::time::timeout(WRITE_TIMEOUT, self.writer.committed(partition, last_id))
-                    .await
-                    .unwrap_or(Err(WriteError::Timeout(WRITE_TIMEOUT)));
-            match done {
-                Ok(true) => committed = Some(checkpoint.next_offset),
-                Ok(false) => {
-                    let next = checkpoint.next_offset;
-                    self.write_batch(partition, slot, batch, checkpoint).await?;
-                    committed = Some(next);
-                }
-                Err(e) => {
-                    slot.unacked = Some((batch, checkpoint, last_id));
-                    return Err(e);
-                }
+    /// Starts writing the partition in the background: its unacknowledged batch if it has one
+    /// (the pending batch waits for the retry), else its pending batch if not empty.
+    fn start_flush(self: &Arc<Self>, partition: i32, slot: &mut Slot) {
+        debug_assert!(
+            slot.in_flight.is_none(),
+            "one write in flight per partition"
+        );
+        let shared = Arc::clone(self);
+        let write = if let Some((batch, checkpoint, last_id)) = slot.unacked.take() {
+            self.runtime
+                .spawn(async move { shared.retry(partition, batch, checkpoint, last_id).await })
+        } else if slot.state.pending().is_empty() {
+            return;
+        } else {
+            let with_snapshot = slot
+                .last_snapshot
+                .is_none_or(|at| at.elapsed() >= self.config.snapshot_interval);
+            let (batch, checkpoint) = slot.state.take_batch(with_snapshot);
+            if with_snapshot {
+                slot.last_snapshot = Some(Instant::now());
+                metrics::histogram!(names::STATE_SNAPSHOT_BYTES)
+                    .record(checkpoint.state.len() as f64);
             }
+            let traceparents = std::mem::take(&mut slot.traceparents);
+            self.runtime.spawn(async move {
+                shared
+                    .write_batch(partition, batch, checkpoint, &traceparents)
+                    .await
+            })
+        };
+        slot.in_flight = Some(write);
+    }
+
+    /// Waits for the partition's write in flight, if any; a failed batch goes back to the slot
+    /// for the next retry. Returns the offset now committed.
+    fn finish_flush(&self, slot: &mut Slot) -> Result<Option<i64>, WriteError> {
+        let Some(write) = slot.in_flight.take() else {
+            return Ok(None);
+        };
+        // A panic in the write is a bug: crash, and the restart replays from the checkpoint.
+        let written = self
+            .runtime
+            .block_on(write)
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        if written.unacked.is_some() {
+            slot.unacked = written.unacked;
         }
-        if slot.state.pending().is_empty() {
-            return Ok(committed);
+        written.result
+    }
+
+    /// Writes the partition now and waits: the write in flight, an unacknowledged batch, then
+    /// the pending batch. Returns the offset now committed.
+    fn write_now(
+        self: &Arc<Self>,
+        partition: i32,
+        slot: &mut Slot,
+    ) -> Result<Option<i64>, WriteError> {
+        let mut committed = self.finish_flush(slot)?;
+        // At most twice: a retried batch, then the pending one.
+        for _ in 0..2 {
+            self.start_flush(partition, slot);
+            if slot.in_flight.is_none() {
+                break;
+            }
+            committed = self.finish_flush(slot)?.or(committed);
         }
-        let with_snapshot = slot
-            .last_snapshot
-            .is_none_or(|at| at.elapsed() >= self.config.snapshot_interval);
-        let (batch, checkpoint) = slot.state.take_batch(with_snapshot);
-        if with_snapshot {
-            slot.last_snapshot = Some(Instant::now());
-            metrics::histogram!(names::STATE_SNAPSHOT_BYTES).record(checkpoint.state.len() as f64);
+        Ok(committed)
+    }
+
+    /// Retries a batch whose last write failed: the last attempt may have committed although
+    /// its answer was lost, so that is asked first.
+    async fn retry(
+        &self,
+        partition: i32,
+        batch: Batch,
+        checkpoint: Checkpoint,
+        last_id: u64,
+    ) -> Written {
+        let done = tokio::time::timeout(WRITE_TIMEOUT, self.writer.committed(partition, last_id))
+            .await
+            .unwrap_or(Err(WriteError::Timeout(WRITE_TIMEOUT)));
+        match done {
+            Ok(true) => Written {
+                result: Ok(Some(checkpoint.next_offset)),
+                unacked: None,
+            },
+            Ok(false) => self.write_batch(partition, batch, checkpoint, &[]).await,
+            Err(e) => Written {
+                result: Err(e),
+                unacked: Some((batch, checkpoint, last_id)),
+            },
         }
-        let next = checkpoint.next_offset;
-        self.write_batch(partition, slot, batch, checkpoint).await?;
-        Ok(Some(next))
     }
 
     async fn write_batch(
         &self,
         partition: i32,
-        slot: &mut Slot,
         batch: Batch,
         checkpoint: Checkpoint,
-    ) -> Result<(), WriteError> {
+        traceparents: &[String],
+    ) -> Written {
         let span = tracing::info_span!(
             "write_batch",
             partition,
             rows = batch.rows(),
             messages = batch.messages
         );
-        qoe_telemetry::continue_batch(&span, &std::mem::take(&mut slot.traceparents));
+        qoe_telemetry::continue_batch(&span, traceparents);
         let started = Instant::now();
         let batch_id = Writer::new_batch_id();
         let written = self
@@ -235,14 +319,19 @@ impl Shared {
                 metrics::histogram!(names::INSERT_SECONDS).record(started.elapsed().as_secs_f64());
                 metrics::counter!(names::BATCHES_WRITTEN).increment(1);
                 metrics::counter!(names::ROWS_WRITTEN).increment(batch.rows() as u64);
-                Ok(())
+                Written {
+                    result: Ok(Some(checkpoint.next_offset)),
+                    unacked: None,
+                }
             }
             Err(e) => {
                 metrics::counter!(names::WRITE_FAILURES).increment(1);
-                if !matches!(e, WriteError::Fenced { .. }) {
-                    slot.unacked = Some((batch, checkpoint, batch_id));
+                let unacked = (!matches!(e, WriteError::Fenced { .. }))
+                    .then_some((batch, checkpoint, batch_id));
+                Written {
+                    result: Err(e),
+                    unacked,
                 }
-                Err(e)
             }
         }
     }
@@ -254,6 +343,11 @@ const MAX_TRACE_LINKS: usize = 32;
 
 /// Upper bound of one batch write (all its ClickHouse requests).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long staged batches are kept: far beyond [`WRITE_TIMEOUT`], so clock differences
+/// between the aggregator and ClickHouse (which dates the rows) cannot matter.
+const STAGING_RETENTION: Duration = Duration::from_secs(2 * 3600);
+const STAGING_PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 /// Rebalance handling: eager protocol; offsets come from ClickHouse checkpoints.
 pub struct AggregatorContext {
@@ -302,10 +396,7 @@ impl ConsumerContext for AggregatorContext {
                 for elem in tpl.elements() {
                     if let Some(mut slot) = slots.remove(&elem.partition()) {
                         // Best effort: the next owner replays from the checkpoint anyway.
-                        let flushed = self
-                            .shared
-                            .runtime
-                            .block_on(self.shared.flush_slot(elem.partition(), &mut slot));
+                        let flushed = self.shared.write_now(elem.partition(), &mut slot);
                         if let Err(e) = flushed {
                             tracing::warn!(partition = elem.partition(), error = %e, "revoked partition's batch not written; its next owner replays it");
                         }
@@ -387,7 +478,7 @@ pub fn run(shared: Arc<Shared>, consumer: BaseConsumer<AggregatorContext>, shutd
                 .values()
                 .any(|s| s.state.pending().rows() >= shared.config.max_batch_rows);
         if (due || stopping) && backoff.ready(Instant::now()) {
-            match flush_all(&shared, &consumer) {
+            match flush_all(&shared, &consumer, stopping) {
                 Ok(()) => {
                     shared.healthy.store(true, Ordering::Relaxed);
                     backoff.reset();
@@ -517,20 +608,30 @@ fn handle_message(shared: &Shared, m: &rdkafka::message::BorrowedMessage<'_>) {
     .increment(1);
 }
 
+/// Waits for the writes in flight and, unless stopping or failing, starts the next ones. A
+/// partition with a failed batch is retried and waited for, so consumption stays paused until
+/// ClickHouse takes writes again; when stopping, every partition is written and waited for.
 fn flush_all<C: ConsumerContext>(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     consumer: &BaseConsumer<C>,
+    stopping: bool,
 ) -> Result<(), WriteError> {
     let mut slots = lock(&shared.slots);
     let mut commits = TopicPartitionList::new();
     let mut first_error = None;
     let mut fenced = Vec::new();
-    // Partitions are written concurrently: a flush costs the slowest write, not their sum.
-    let results = shared.runtime.block_on(futures_util::future::join_all(
-        slots
-            .iter_mut()
-            .map(|(&p, slot)| async move { (p, shared.flush_slot(p, slot).await) }),
-    ));
+    // The writes in flight run concurrently: waiting for each in turn costs the slowest.
+    let results: Vec<(i32, Result<Option<i64>, WriteError>)> = slots
+        .iter_mut()
+        .map(|(&p, slot)| {
+            let result = if stopping || slot.unacked.is_some() {
+                shared.write_now(p, slot)
+            } else {
+                shared.finish_flush(slot)
+            };
+            (p, result)
+        })
+        .collect();
     for (p, result) in results {
         match result {
             Ok(Some(next)) => {
@@ -554,6 +655,11 @@ fn flush_all<C: ConsumerContext>(
         );
         let (slot, _) = shared.open_partition(p);
         slots.insert(p, slot);
+    }
+    if first_error.is_none() && !stopping {
+        for (&p, slot) in slots.iter_mut() {
+            shared.start_flush(p, slot);
+        }
     }
     drop(slots);
     if reload {

@@ -395,6 +395,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(listen = %args.listen, topic = %args.topic, group = %args.group, window_secs = args.window_secs, "aggregator running");
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let pruner = shared.clone();
+    let pruning = tokio::spawn(async move { pruner.prune_staging().await });
 
     tokio::select! {
         _ = shutdown.cancelled() => {
@@ -408,6 +410,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         anyhow::bail!("consumer thread panicked");
     }
     server.abort();
+    pruning.abort();
     telemetry.shutdown();
     Ok(())
 }

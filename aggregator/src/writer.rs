@@ -324,6 +324,45 @@ impl Writer {
         Err(WriteError::Timeout(Duration::from_secs(60)))
     }
 
+    /// Drops the hours of `qoe_staging` that ended more than `retention` ago, on every shard;
+    /// returns how many hour partitions were dropped. A staged batch is read only by the move
+    /// of its own write attempt (bounded by the write timeout; a retry stages again under a
+    /// new id), so older rows are dead weight: without this, staging keeps a copy of every
+    /// row ever written.
+    pub async fn drop_old_staging(&self, retention: Duration) -> Result<usize, WriteError> {
+        let dropped = self
+            .on_each_shard(|store| async move {
+                // Partitions are `toYYYYMMDD(staged_at) * 100 + toHour(staged_at)`, in UTC.
+                let old: Vec<String> = store
+                    .client
+                    .query(
+                        "SELECT DISTINCT partition FROM system.parts \
+                         WHERE database = currentDatabase() AND table = 'qoe_staging' AND active \
+                         AND toUInt64(partition) < toYYYYMMDD(toDateTime(now() - ?, 'UTC')) * 100 \
+                             + toHour(toDateTime(now() - ?, 'UTC'))",
+                    )
+                    .bind(retention.as_secs())
+                    .bind(retention.as_secs())
+                    .fetch_all()
+                    .await?;
+                for partition in &old {
+                    // The value came from the server as a number; refuse anything else.
+                    if partition.bytes().all(|b| b.is_ascii_digit()) {
+                        store
+                            .client
+                            .query(&format!(
+                                "ALTER TABLE qoe_staging DROP PARTITION {partition}"
+                            ))
+                            .execute()
+                            .await?;
+                    }
+                }
+                Ok(old.len())
+            })
+            .await?;
+        Ok(dropped.into_iter().sum())
+    }
+
     /// The latest committed checkpoint of a partition, after any commit of it still running
     /// on the server (from a predecessor that died mid-request) has finished.
     pub async fn checkpoint(&self, partition: i32) -> Result<Option<Checkpoint>, WriteError> {

@@ -322,3 +322,52 @@ async fn concurrent_migrators_all_succeed() {
         .await
         .unwrap();
 }
+
+/// Staged batches are needed only while their write runs: hours of `qoe_staging` older than
+/// the retention are dropped, recent ones are kept.
+#[tokio::test]
+async fn old_staged_batches_are_dropped_and_recent_ones_kept() {
+    let db = unique("qoe_test_staging");
+    let store = Store::connect(config(&db), true)
+        .await
+        .expect("ClickHouse reachable (start the stack: scripts/stack.sh start)");
+    migrate::run(&store).await.unwrap();
+    for (batch_id, age_secs) in [(1, 3 * 3600), (2, 0)] {
+        store
+            .client
+            .query(&format!(
+                "INSERT INTO qoe_staging (batch_id, staged_at) \
+                 SELECT {batch_id}, toDateTime(now() - {age_secs}, 'UTC')"
+            ))
+            .execute()
+            .await
+            .unwrap();
+    }
+    let writer = qoe_aggregator::writer::Writer::new(store.clone(), "t").unwrap();
+    let dropped = writer
+        .drop_old_staging(std::time::Duration::from_secs(2 * 3600))
+        .await
+        .unwrap();
+    assert_eq!(dropped, 1, "the hour of the 3-hour-old batch");
+    let left: Vec<u64> = store
+        .client
+        .query("SELECT batch_id FROM qoe_staging ORDER BY batch_id")
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(left, vec![2]);
+    // Nothing more to drop: a second pass is a no-op.
+    assert_eq!(
+        writer
+            .drop_old_staging(std::time::Duration::from_secs(2 * 3600))
+            .await
+            .unwrap(),
+        0
+    );
+    store
+        .client
+        .query(&format!("DROP DATABASE {db}"))
+        .execute()
+        .await
+        .unwrap();
+}
