@@ -102,13 +102,14 @@ query_ms() {
   done | sort -n | awk '{ a[NR] = $1 } END { printf "%.1f", a[8] * 1000 }'
 }
 
-# Bytes on disk of the active parts of database $1 (tables matching $2), after merging them.
+# Bytes on disk of the active parts of database $1 (tables where condition $2 holds of
+# `table`), after merging them.
 stored_bytes() {
   local t
-  for t in $(curl -fsS "$CH/" --data-binary "SELECT name FROM system.tables WHERE database = '$1' AND engine LIKE '%MergeTree' AND match(name, '$2')"); do
+  for t in $(curl -fsS "$CH/" --data-binary "SELECT name FROM system.tables WHERE database = '$1' AND engine LIKE '%MergeTree' AND (${2//table/name})"); do
     curl -fsS "$CH/?database=$1" --data-binary "OPTIMIZE TABLE $t FINAL"
   done
-  curl -fsS "$CH/" --data-binary "SELECT sum(bytes_on_disk) FROM system.parts WHERE active AND database = '$1' AND match(table, '$2')"
+  curl -fsS "$CH/" --data-binary "SELECT sum(bytes_on_disk) FROM system.parts WHERE active AND database = '$1' AND ($2)"
 }
 
 if [ "${1:-}" = raw-clickhouse ]; then
@@ -158,8 +159,10 @@ if [ "${1:-}" = raw-clickhouse ]; then
   echo "$line"
   r_rate="$(echo "$line" | rate)"
 
-  p_bytes="$(stored_bytes "$DB" '.')"
-  r_all="$(stored_bytes "$RAWDB" '^raw_')"
+  # Staged batches are transient (dropped after 2 h): counted apart.
+  p_bytes="$(stored_bytes "$DB" "table != 'qoe_staging'")"
+  p_staging="$(stored_bytes "$DB" "table = 'qoe_staging'")"
+  r_all="$(stored_bytes "$RAWDB" "1")"
   r_events="$(curl -fsS "$CH/" --data-binary "SELECT sum(bytes_on_disk) FROM system.parts WHERE active AND database = '$RAWDB' AND table = 'raw_events'")"
   p_counted="$(ch "SELECT sum(events) FROM qoe_window_10s")"
   r_counted="$(curl -fsS "$CH/?database=$RAWDB" --data-binary "SELECT count() FROM raw_events")"
@@ -193,6 +196,8 @@ if [ "${1:-}" = raw-clickhouse ]; then
   printf '%-34s %12s %12s\n' "bytes stored per event" \
     "$(awk -v b="$p_bytes" -v n="$TOTAL" 'BEGIN { printf "%.1f", b / n }')" \
     "$(awk -v b="$r_all" -v n="$TOTAL" 'BEGIN { printf "%.1f", b / n }')"
+  printf '%-34s %12s %12s\n' "  transient staging (kept 2 h)" \
+    "$(awk -v b="$p_staging" -v n="$TOTAL" 'BEGIN { printf "%.1f", b / n }')" ""
   printf '%-34s %12s %12s\n' "  of which the raw events table" "" \
     "$(awk -v b="$r_events" -v n="$TOTAL" 'BEGIN { printf "%.1f", b / n }')"
   printf '%-34s %12s %12s\n' "region x CDN panel, 1 h, ms (p50)" "$q_p1m (1m)" "$q_raw (raw)"
