@@ -9,6 +9,10 @@
 # `scripts/bench-collector.sh batch-sizes` instead runs the Kafka sink paced at
 # BENCH_BATCH_RATE (20,000) events/s with 1, 20 and 200 events per request: latency and the
 # collector's CPU per event against the request size.
+#
+# `scripts/bench-collector.sh formats` compares the two Kafka message formats (one message per
+# event, one per beacon) in one run: Kafka and no-op sinks flat out, then the Kafka sink paced
+# at BENCH_SUSTAIN_RATE, for each format in turn, BENCH_ROUNDS (2) times.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
@@ -26,7 +30,7 @@ run() { # label rate sink [events per request]
   # A fresh topic per run: the local broker keeps topics in memory and slows as they grow.
   local topic="bench.collector.$RUN.$((++N))"
   tansu topic create "$topic" --broker "tcp://127.0.0.1:${QOE_KAFKA_PORT:-9092}" --partitions 6 >/dev/null
-  QOE_RATE_EVENTS_PER_IP=0 QOE_ADMIN_LISTEN=127.0.0.1:0 "$BIN/collector" --listen "127.0.0.1:$PORT" --topic "$topic" --sink "$3" \
+  QOE_KAFKA_MESSAGE_FORMAT="${FORMAT:-event}" QOE_RATE_EVENTS_PER_IP=0 QOE_ADMIN_LISTEN=127.0.0.1:0 "$BIN/collector" --listen "127.0.0.1:$PORT" --topic "$topic" --sink "$3" \
     --rate-per-ip 0 --rate-per-view 0 --rate-global 0 >/dev/null 2>&1 &
   local pid=$!
   # Wait for this collector (not some other process on the port) to answer.
@@ -51,6 +55,21 @@ if [ "${1:-}" = batch-sizes ]; then
   echo "collector latency against events per request: Kafka sink paced at $RATE events/s, ${SECS}s per run, ${CONNS} connections"
   for batch in 1 20 200; do
     run "kafka sink, $batch per request" "$RATE" kafka "$batch"
+  done
+  exit 0
+fi
+if [ "${1:-}" = formats ]; then
+  echo "Kafka message formats: ${SECS}s per run, ${CONNS} connections, 20 events per request"
+  rate() { echo "$LAST" | sed -n 's/.*accepted events\/s \([0-9]*\).*/\1/p'; }
+  for round in $(seq 1 "${BENCH_ROUNDS:-2}"); do
+    for FORMAT in event beacon; do
+      run "$FORMAT: kafka, flat out" 0 kafka
+      k="$(rate)"
+      run "$FORMAT: null, flat out" 0 null
+      n="$(rate)"
+      run "$FORMAT: kafka, ${SUSTAIN_RATE}/s" "$SUSTAIN_RATE" kafka
+      echo "round $round, $FORMAT per message: kafka/null $(awk -v k="$k" -v n="$n" 'BEGIN { printf "%.2f", k / n }')"
+    done
   done
   exit 0
 fi

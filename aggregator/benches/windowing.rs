@@ -2,7 +2,8 @@
 //!
 //! `cargo bench -p qoe-aggregator --bench windowing` prints:
 //! - events/s applying already-decoded events (one core),
-//! - events/s decoding JSON message bytes and applying them (one core),
+//! - events/s decoding JSON message bytes and applying them (one core), one event per
+//!   message and one beacon (2 events) per message,
 //! - heap bytes held per active view (duplicate-tracking state of open windows).
 //!
 //! With `QOE_BENCH_SCALING=1` it also prints how the per-event cost and the memory grow with
@@ -10,8 +11,9 @@
 //! 100k): the scaling curves of BENCHMARKS.md.
 
 use qoe_aggregator::window::{PartitionState, WindowConfig};
-use qoe_schemas::{EventRef, EventType, QoeEvent, StreamType};
+use qoe_schemas::{EventRef, EventType, MessageEncoder, MessageRef, QoeEvent, StreamType};
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Instant;
 
@@ -95,10 +97,29 @@ fn events_in_slices(views: usize, secs: i64, slices: Option<usize>) -> Vec<QoeEv
     out
 }
 
+/// The same events as messages of the per-beacon format, `per_beacon` events of a view in
+/// each (a view's beacon is sent with its last event); returns the messages and their events.
+fn beacon_messages(evs: &[QoeEvent], per_beacon: usize) -> (Vec<Vec<u8>>, usize) {
+    let mut pending: HashMap<&str, Vec<&QoeEvent>> = HashMap::new();
+    let (mut out, mut events) = (Vec::new(), 0);
+    for e in evs {
+        let held = pending.entry(e.view_id.as_str()).or_default();
+        held.push(e);
+        if held.len() == per_beacon {
+            let (context, _) = e.parts();
+            let fields: Vec<_> = held.drain(..).map(|e| e.parts().1).collect();
+            events += fields.len();
+            out.extend(MessageEncoder::for_beacon(&context).encode_beacon(&fields, 1 << 20));
+        }
+    }
+    (out, events)
+}
+
 fn main() {
     let config = WindowConfig::default();
     let evs = events(20_000, 60);
     let bytes: Vec<Vec<u8>> = evs.iter().map(|e| e.encode()).collect();
+    let (beacons, beacon_events) = beacon_messages(&evs, 2);
     let refs: Vec<EventRef<'_>> = evs.iter().map(QoeEvent::borrowed).collect();
     let n = evs.len() as f64;
 
@@ -106,7 +127,27 @@ fn main() {
     let mut best_decoded = 0.0f64;
     let mut best_json = 0.0f64;
     let mut best_decode_only = 0.0f64;
+    let (mut best_beacons, mut best_beacon_decode) = (0.0f64, 0.0f64);
     for _ in 0..3 {
+        let t = Instant::now();
+        for b in &beacons {
+            std::hint::black_box(MessageRef::decode(b).expect("decodes"));
+        }
+        best_beacon_decode =
+            best_beacon_decode.max(beacon_events as f64 / t.elapsed().as_secs_f64());
+
+        let mut p = PartitionState::new(config, None);
+        let t = Instant::now();
+        for (o, b) in beacons.iter().enumerate() {
+            MessageRef::decode(b).expect("decodes").for_each_event(|e| {
+                p.apply(o as i64, e);
+            });
+            if o % 25_000 == 24_999 {
+                std::hint::black_box(p.take_batch(false));
+            }
+        }
+        best_beacons = best_beacons.max(beacon_events as f64 / t.elapsed().as_secs_f64());
+
         let t = Instant::now();
         for b in &bytes {
             std::hint::black_box(EventRef::decode(b).expect("decodes"));
@@ -140,6 +181,10 @@ fn main() {
     println!(
         "  JSON decode alone:   {:>12.0} events/s (the ceiling of the line above)",
         best_decode_only
+    );
+    println!(
+        "  from beacon messages:{:>12.0} events/s (2 events per message; decode alone {:.0})",
+        best_beacons, best_beacon_decode
     );
 
     // Memory per active view: state held between batches (each view's counted sequence

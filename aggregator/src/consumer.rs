@@ -22,7 +22,7 @@ use crate::names;
 use crate::source::{self, Backoff, FetchFrom, ResumePlan, Route};
 use crate::window::{Batch, Checkpoint, Outcome, PartitionState, WindowConfig};
 use crate::writer::{WriteError, Writer};
-use qoe_schemas::EventRef;
+use qoe_schemas::MessageRef;
 use qoe_telemetry::process::Shutdown;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::message::{Headers, Message};
@@ -568,15 +568,15 @@ fn handle_message(shared: &Shared, m: &rdkafka::message::BorrowedMessage<'_>) {
         // beacon message here is not even decoded.
         return;
     }
-    let event = match m.payload().map(EventRef::decode) {
-        Some(Ok(e)) => Some(e),
+    let message = match m.payload().map(MessageRef::decode) {
+        Some(Ok(message)) => Some(message),
         Some(Err(e)) => {
             tracing::warn!(partition = m.partition(), offset, error = %e, "skipping message that is not a QoE event");
             None
         }
         None => None,
     };
-    let Some(event) = event else {
+    let Some(message) = message else {
         if count {
             metrics::counter!(names::EVENTS, "outcome" => "invalid").increment(1);
         }
@@ -596,21 +596,26 @@ fn handle_message(shared: &Shared, m: &rdkafka::message::BorrowedMessage<'_>) {
             }
         }
     }
-    let outcome = slot.state.apply(offset, &event);
-    if !count {
+    if message.is_empty() {
+        // A beacon message without events still moves the partition forward.
+        slot.state.skip(offset);
         return;
     }
-    metrics::counter!(names::EVENTS, "outcome" => match outcome {
-        Outcome::Accepted => "accepted",
-        Outcome::Late => "late",
-        Outcome::Duplicate => "duplicate",
-    })
-    .increment(1);
+    // A beacon message's events are applied in order at the message's offset: the message
+    // is consumed whole within one batch, so offsets stay exact.
+    message.for_each_event(|event| {
+        let outcome = slot.state.apply(offset, event);
+        if count {
+            metrics::counter!(names::EVENTS, "outcome" => match outcome {
+                Outcome::Accepted => "accepted",
+                Outcome::Late => "late",
+                Outcome::Duplicate => "duplicate",
+            })
+            .increment(1);
+        }
+    });
 }
 
-/// Waits for the writes in flight and, unless stopping or failing, starts the next ones. A
-/// partition with a failed batch is retried and waited for, so consumption stays paused until
-/// ClickHouse takes writes again; when stopping, every partition is written and waited for.
 fn flush_all<C: ConsumerContext>(
     shared: &Arc<Shared>,
     consumer: &BaseConsumer<C>,

@@ -31,6 +31,17 @@ pub struct Config {
     /// they are queued in the producer (`fire-and-forget`: faster, may lose events on failure).
     #[arg(long, env = "QOE_ACK_MODE", value_enum, default_value = "ack")]
     pub ack_mode: AckMode,
+    /// Kafka message format: one message per accepted beacon, its valid events with the view's
+    /// context once (`beacon`, format version 2), or one message per event with the context
+    /// copied into each (`event`, version 1). Same key (the view id), order and
+    /// acknowledgement rule; the aggregator reads both.
+    #[arg(
+        long,
+        env = "QOE_KAFKA_MESSAGE_FORMAT",
+        value_enum,
+        default_value = "beacon"
+    )]
+    pub kafka_message_format: MessageFormat,
     /// Producer compression.
     #[arg(long, env = "QOE_KAFKA_COMPRESSION", value_enum, default_value = "lz4")]
     pub kafka_compression: Compression,
@@ -168,6 +179,12 @@ pub enum SinkKind {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum MessageFormat {
+    Beacon,
+    Event,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum AckMode {
     Ack,
     FireAndForget,
@@ -198,6 +215,7 @@ impl Config {
             brokers: self.kafka_brokers.clone(),
             topic: self.topic.clone(),
             ack_mode: self.ack_mode,
+            message_format: self.kafka_message_format,
             compression: self.kafka_compression,
             linger_ms: self.kafka_linger_ms,
             batch_bytes: self.kafka_batch_bytes,

@@ -6,9 +6,11 @@
 //! broker that lost the idempotent producer's state in a restart can reject every retry of
 //! the old producer id forever). So the process recovers by itself.
 
-use crate::config::{AckMode, Compression, SinkKind};
+use crate::config::{AckMode, Compression, MessageFormat, SinkKind};
 use crate::names;
-use qoe_schemas::{EventContext, EventFields, MessageEncoder, SCHEMA_VERSION};
+use qoe_schemas::{
+    EventContext, EventFields, MessageEncoder, BEACON_MESSAGE_VERSION, SCHEMA_VERSION,
+};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -30,8 +32,27 @@ pub enum PublishError {
 
 pub enum Sink {
     Kafka(KafkaSink),
-    Null,
+    /// Encodes in the configured format and drops.
+    Null(MessageFormat),
 }
+
+/// The Kafka messages of one request's events: one per event, or one for the beacon.
+fn encode(format: MessageFormat, context: &EventContext, events: &[EventFields]) -> Vec<Vec<u8>> {
+    match format {
+        MessageFormat::Event => {
+            let encoder = MessageEncoder::new(context);
+            events.iter().map(|e| encoder.encode(e)).collect()
+        }
+        MessageFormat::Beacon if events.is_empty() => Vec::new(),
+        MessageFormat::Beacon => {
+            MessageEncoder::for_beacon(context).encode_beacon(events, MAX_BEACON_MESSAGE_BYTES)
+        }
+    }
+}
+
+/// Largest message of the per-beacon format; a bigger beacon goes as several messages. Well
+/// under Kafka's default limit of 1 MB per message, whatever the broker's settings.
+const MAX_BEACON_MESSAGE_BYTES: usize = 512 * 1024;
 
 /// The producer: librdkafka's queue with a thread serving its delivery reports.
 type KafkaProducer = ThreadedProducer<DeliveryContext>;
@@ -132,6 +153,7 @@ pub struct KafkaSink {
     config: ClientConfig,
     topic: String,
     ack_mode: AckMode,
+    message_format: MessageFormat,
     delivery_timeout: Duration,
     producer: RwLock<Arc<KafkaProducer>>,
     /// Since when every delivery has failed (None while deliveries succeed).
@@ -148,6 +170,7 @@ pub struct SinkConfig {
     pub brokers: String,
     pub topic: String,
     pub ack_mode: AckMode,
+    pub message_format: MessageFormat,
     pub compression: Compression,
     pub linger_ms: u32,
     pub batch_bytes: u32,
@@ -161,7 +184,7 @@ pub struct SinkConfig {
 impl Sink {
     pub fn from_config(c: &SinkConfig) -> anyhow::Result<Sink> {
         if c.kind == SinkKind::Null {
-            return Ok(Sink::Null);
+            return Ok(Sink::Null(c.message_format));
         }
         let mut config = ClientConfig::new();
         config
@@ -191,6 +214,7 @@ impl Sink {
             config,
             topic: c.topic.clone(),
             ack_mode: c.ack_mode,
+            message_format: c.message_format,
             delivery_timeout: c.delivery_timeout,
             producer: RwLock::new(Arc::new(producer)),
             failing_since: std::sync::Mutex::new(None),
@@ -206,12 +230,9 @@ impl Sink {
         traceparent: Option<&str>,
     ) -> Result<(), PublishError> {
         match self {
-            Sink::Null => {
+            Sink::Null(format) => {
                 // Same serialization work as the Kafka path, so the comparison is fair.
-                let encoder = MessageEncoder::new(context);
-                for e in events {
-                    std::hint::black_box(encoder.encode(e));
-                }
+                std::hint::black_box(encode(*format, context, events));
                 Ok(())
             }
             Sink::Kafka(k) => k.publish(context, events, traceparent).await,
@@ -226,13 +247,14 @@ impl Sink {
         traceparent: Option<&str>,
     ) -> Result<(), PublishError> {
         match self {
-            Sink::Null => Ok(()),
+            Sink::Null(_) => Ok(()),
             Sink::Kafka(k) => {
                 k.publish_messages(
                     messages.len(),
                     messages
                         .iter()
                         .map(|(k, v)| (k.as_bytes(), std::borrow::Cow::Borrowed(v.as_slice()))),
+                    SCHEMA_VERSION,
                     traceparent,
                 )
                 .await
@@ -244,7 +266,7 @@ impl Sink {
     /// the producer holding its idempotent producer id (so the next message is not held back).
     pub async fn ready(&self) -> bool {
         match self {
-            Sink::Null => true,
+            Sink::Null(_) => true,
             Sink::Kafka(k) => k.ready().await,
         }
     }
@@ -252,7 +274,7 @@ impl Sink {
     /// Messages queued in the producer and not yet acknowledged.
     pub fn in_flight(&self) -> i32 {
         match self {
-            Sink::Null => 0,
+            Sink::Null(_) => 0,
             Sink::Kafka(k) => k.current().in_flight_count(),
         }
     }
@@ -340,13 +362,18 @@ impl KafkaSink {
         events: &[EventFields],
         traceparent: Option<&str>,
     ) -> Result<(), PublishError> {
-        let encoder = MessageEncoder::new(context);
         let key = context.view_id.as_bytes();
+        let messages = encode(self.message_format, context, events);
+        let version = match self.message_format {
+            MessageFormat::Event => SCHEMA_VERSION,
+            MessageFormat::Beacon => BEACON_MESSAGE_VERSION,
+        };
         self.publish_messages(
-            events.len(),
-            events
-                .iter()
-                .map(|e| (key, std::borrow::Cow::Owned(encoder.encode(e)))),
+            messages.len(),
+            messages
+                .into_iter()
+                .map(|m| (key, std::borrow::Cow::Owned(m))),
+            version,
             traceparent,
         )
         .await
@@ -357,10 +384,11 @@ impl KafkaSink {
         &self,
         count: usize,
         messages: impl Iterator<Item = (&'a [u8], std::borrow::Cow<'a, [u8]>)>,
+        version: u8,
         traceparent: Option<&str>,
     ) -> Result<(), PublishError> {
         let producer = self.current();
-        let version = SCHEMA_VERSION.to_string();
+        let version = version.to_string();
         let started = Instant::now();
         let (delivery, delivered) = RequestDelivery::new(count);
         let mut enqueue_failure = None;

@@ -1,7 +1,9 @@
-//! The event as it travels through Kafka: one message per player event, with the view's
-//! context copied in, so that no later stage needs per-view state to know its dimensions.
+//! The event as it travels through Kafka, with its view's context, so that no later stage
+//! needs per-view state to know its dimensions.
 //!
-//! The JSON encoding of [`QoeEvent`] is the Kafka message value (key: `view_id`).
+//! The JSON encoding of [`QoeEvent`] is a message value of format 1, one message per event
+//! (key: `view_id`); [`MessageEncoder`] also writes format 2, one message per beacon (see
+//! [`crate::message`]).
 
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -169,7 +171,7 @@ pub struct EventContext {
 
 /// The player's event itself: every field of a [`QoeEvent`] but the context, serialized in
 /// the same order and with the same names.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventFields {
     pub seq: u32,
     #[serde(rename = "type")]
@@ -201,9 +203,11 @@ pub struct EventFields {
     pub reason: Option<EndReason>,
 }
 
-/// Encodes the events of one context as Kafka message values, byte for byte what
-/// [`QoeEvent::encode`] gives for the assembled event, but serializing the context once per
-/// beacon instead of once per event and cloning nothing (the collector's hot path).
+/// Encodes the events of one context as Kafka message values, serializing the context once
+/// per beacon and cloning nothing (the collector's hot path): one message per event
+/// ([`MessageEncoder::encode`], byte for byte what [`QoeEvent::encode`] gives for the
+/// assembled event), or one message for all of a beacon's events
+/// ([`MessageEncoder::encode_beacon`], see [`crate::message`]).
 #[derive(Debug, Clone)]
 pub struct MessageEncoder {
     /// The encoded context without its closing brace: every message begins with it.
@@ -231,9 +235,20 @@ fn is_empty_map(m: &&BTreeMap<String, String>) -> bool {
 }
 
 impl MessageEncoder {
+    /// An encoder of one message per event (format version [`SCHEMA_VERSION`]).
     pub fn new(context: &EventContext) -> Self {
+        Self::with_version(context, SCHEMA_VERSION)
+    }
+
+    /// An encoder of one message per beacon (format version
+    /// [`crate::message::BEACON_MESSAGE_VERSION`]).
+    pub fn for_beacon(context: &EventContext) -> Self {
+        Self::with_version(context, crate::message::BEACON_MESSAGE_VERSION)
+    }
+
+    fn with_version(context: &EventContext, v: u8) -> Self {
         let wire = ContextWire {
-            v: SCHEMA_VERSION,
+            v,
             view_id: &context.view_id,
             stream_id: &context.stream_id,
             stream_type: context.stream_type,
@@ -259,6 +274,39 @@ impl MessageEncoder {
         // the comma after the context's last field.
         out[start] = b',';
         out
+    }
+
+    /// The beacon's events as messages of the per-beacon format: the context, then
+    /// `"events": [fields, ...]`. One message, unless the events do not fit in `max_bytes`:
+    /// then as many messages as needed, in order, each with at least one event.
+    pub fn encode_beacon(&self, events: &[EventFields], max_bytes: usize) -> Vec<Vec<u8>> {
+        let open = |capacity: usize| {
+            let mut out = Vec::with_capacity(capacity);
+            out.extend_from_slice(&self.prefix);
+            out.extend_from_slice(b",\"events\":[");
+            out
+        };
+        let mut messages = Vec::new();
+        let mut out = open(self.prefix.len() + 16 + 160 * events.len());
+        let mut scratch = Vec::with_capacity(256);
+        let mut in_message = 0;
+        for fields in events {
+            scratch.clear();
+            serde_json::to_writer(&mut scratch, fields).expect("event fields serialize");
+            if in_message > 0 && out.len() + 1 + scratch.len() + 2 > max_bytes {
+                out.extend_from_slice(b"]}");
+                messages.push(std::mem::replace(&mut out, open(max_bytes.min(1 << 16))));
+                in_message = 0;
+            }
+            if in_message > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(&scratch);
+            in_message += 1;
+        }
+        out.extend_from_slice(b"]}");
+        messages.push(out);
+        messages
     }
 }
 
@@ -406,6 +454,40 @@ impl QoeEvent {
             fatal: fields.fatal,
             reason: fields.reason,
         }
+    }
+
+    /// The event's context and its own fields: what [`QoeEvent::from_parts`] puts together.
+    pub fn parts(&self) -> (EventContext, EventFields) {
+        let context = EventContext {
+            view_id: self.view_id.clone(),
+            stream_id: self.stream_id.clone(),
+            stream_type: self.stream_type,
+            cdn: self.cdn.clone(),
+            platform: self.platform.clone(),
+            player: self.player.clone(),
+            protocol: self.protocol.clone(),
+            region: self.region.clone(),
+            custom: self.custom.clone(),
+        };
+        let fields = EventFields {
+            seq: self.seq,
+            kind: self.kind,
+            ts: self.ts,
+            event_time: self.event_time,
+            received_at: self.received_at,
+            started: self.started,
+            playing_ms: self.playing_ms,
+            stall_ms: self.stall_ms,
+            bitrate_kbps: self.bitrate_kbps,
+            prev_bitrate_kbps: self.prev_bitrate_kbps,
+            startup_ms: self.startup_ms,
+            latency_ms: self.latency_ms,
+            dropped_frames: self.dropped_frames,
+            code: self.code.clone(),
+            fatal: self.fatal,
+            reason: self.reason,
+        };
+        (context, fields)
     }
 
     /// An event with the given identity and time and no optional fields, in a fixed context

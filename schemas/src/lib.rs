@@ -20,6 +20,7 @@ pub mod beacon;
 pub mod cluster;
 pub mod cmcd;
 pub mod event;
+pub mod message;
 pub mod metrics;
 pub mod migrations;
 pub mod score;
@@ -30,6 +31,7 @@ pub use event::{
     EndReason, EventContext, EventFields, EventRef, EventType, MessageEncoder, QoeEvent,
     StreamType, SCHEMA_VERSION,
 };
+pub use message::{MessageRef, BEACON_MESSAGE_VERSION};
 pub use validate::{Limits, Rejection};
 
 /// The JSON Schema of beacon protocol v1, as published to player developers.

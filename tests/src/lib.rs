@@ -235,6 +235,16 @@ impl Received {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     }
+
+    /// The events the message carries (one, or a beacon's), whichever format it is in.
+    pub fn events(&self) -> Vec<qoe_schemas::QoeEvent> {
+        qoe_schemas::message::decode_events(&self.payload).expect("message decodes")
+    }
+}
+
+/// Every event of `messages`, in their order.
+pub fn events_of(messages: &[Received]) -> Vec<qoe_schemas::QoeEvent> {
+    messages.iter().flat_map(Received::events).collect()
 }
 
 /// Reads every partition of `topic` from the beginning until nothing new arrives for `idle`.

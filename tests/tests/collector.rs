@@ -2,8 +2,8 @@
 //! protocol's status table.
 
 use flate2::write::GzEncoder;
-use qoe_schemas::{EventType, QoeEvent};
-use qoe_tests::{create_topic, read_topic, rss_kib, spawn_collector, unique, Service};
+use qoe_schemas::{EventType, BEACON_MESSAGE_VERSION};
+use qoe_tests::{create_topic, events_of, read_topic, rss_kib, spawn_collector, unique, Service};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -138,10 +138,14 @@ async fn accepted_events_land_in_kafka_exactly() {
     let mut last_seq: BTreeMap<String, u32> = BTreeMap::new();
     let mut by_offset = messages.clone();
     by_offset.sort_by_key(|m| (m.partition, m.offset));
-    for m in &by_offset {
-        let e = QoeEvent::decode(&m.payload).expect("message decodes");
+    let schema = BEACON_MESSAGE_VERSION.to_string();
+    for (m, e) in by_offset
+        .iter()
+        .flat_map(|m| m.events().into_iter().map(move |e| (m, e)))
+    {
         assert_eq!(m.key, e.view_id, "message key is the view id");
-        assert_eq!(m.header("qoe-schema"), Some("1"));
+        // The default format: one message per beacon.
+        assert_eq!(m.header("qoe-schema"), Some(schema.as_str()));
         assert!(m.header("traceparent").is_some(), "traceparent header");
         assert_eq!(e.region, "eu-west");
         assert_eq!(e.cdn, "cdn-a");
@@ -169,7 +173,7 @@ async fn accepted_events_land_in_kafka_exactly() {
                 "events of a view in order within its partition"
             );
         }
-        assert!(seen.insert((e.view_id.clone(), e.seq)), "duplicate message");
+        assert!(seen.insert((e.view_id.clone(), e.seq)), "duplicate event");
     }
     assert_eq!(seen, expected, "exactly the accepted events arrive");
     assert!(
@@ -332,7 +336,7 @@ async fn status_table() {
     // Only the accepted events reached Kafka: the good beacon twice (2 + 2) and the partial
     // one's 2 valid events. (Repeats are published; the aggregator drops them by (view_id, seq).)
     let messages = read_topic(&topic, Duration::from_secs(2)).await;
-    assert_eq!(messages.len(), 6);
+    assert_eq!(events_of(&messages).len(), 6);
 }
 
 #[tokio::test]
@@ -378,7 +382,7 @@ async fn over_the_rate_limit_gets_429_with_retry_after() {
     assert!((1..=2).contains(&secs));
     // Rejected requests published nothing.
     let messages = read_topic(&topic, Duration::from_secs(2)).await;
-    assert_eq!(messages.len(), statuses[&204]);
+    assert_eq!(events_of(&messages).len(), statuses[&204]);
 }
 
 #[tokio::test]
@@ -410,7 +414,7 @@ async fn kafka_traceparent_continues_the_request_trace() {
     );
     assert_ne!(server_span, incoming, "the request gets its own span");
     let messages = read_topic(&topic, Duration::from_secs(2)).await;
-    assert_eq!(messages.len(), 2);
+    assert_eq!(events_of(&messages).len(), 2);
     for m in messages {
         assert_eq!(m.header("traceparent"), Some(server_span.as_str()));
     }
@@ -502,13 +506,12 @@ async fn regions_resolve_from_edge_header_geoip_database_envelope() {
         assert_eq!(req.send().await.unwrap().status(), 204, "{view}");
     }
     let messages = read_topic(&topic, Duration::from_secs(2)).await;
-    let regions: BTreeMap<String, String> = messages
-        .iter()
-        .map(|m| {
-            let e = QoeEvent::decode(&m.payload).unwrap();
-            assert!(!String::from_utf8_lossy(&m.payload).contains("203.0.113.9"));
-            (e.view_id, e.region)
-        })
+    for m in &messages {
+        assert!(!String::from_utf8_lossy(&m.payload).contains("203.0.113.9"));
+    }
+    let regions: BTreeMap<String, String> = events_of(&messages)
+        .into_iter()
+        .map(|e| (e.view_id, e.region))
         .collect();
     let expected: BTreeMap<String, String> = cases
         .iter()
@@ -588,7 +591,11 @@ async fn slow_clients_are_cut_off() {
         "stalled body answered after {waited:?} (timeout 2 s)"
     );
     let messages = read_topic(&topic, Duration::from_secs(2)).await;
-    assert_eq!(messages.len(), 1, "only the normal client's event lands");
+    assert_eq!(
+        events_of(&messages).len(),
+        1,
+        "only the normal client's event lands"
+    );
 }
 
 /// The first line a raw HTTP/1.1 request with `Expect: 100-continue` gets back, before any
@@ -833,9 +840,9 @@ async fn edge_headers_from_untrusted_peers_are_ignored() {
         .await
         .unwrap();
     assert_eq!(r.status(), 429);
-    let messages = read_topic(&topic, Duration::from_secs(2)).await;
-    assert_eq!(messages.len(), 1);
-    let e = QoeEvent::decode(&messages[0].payload).unwrap();
+    let events = events_of(&read_topic(&topic, Duration::from_secs(2)).await);
+    assert_eq!(events.len(), 1);
+    let e = &events[0];
     assert_eq!(
         e.region, "eu-west",
         "the envelope's region, not the forged header's"

@@ -2,7 +2,7 @@
 //! ClickHouse. Every metric of every window and slice in ClickHouse equals the simulator's
 //! ground truth of the events the collector acknowledged, exactly, at 10 s, 1 min and 1 h;
 //! late re-sends (moved into later windows by their original `sent_at`) count once; views
-//! that left silently end with reason `timeout`.
+//! that left silently end with reason `timeout`. Run with each Kafka message format.
 
 use qoe_simulator::truth::TruthFile;
 use qoe_tests::{
@@ -15,6 +15,17 @@ const INCIDENT: &str =
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clickhouse_equals_the_simulators_ground_truth() {
+    end_to_end("beacon").await;
+}
+
+/// The same run with the other Kafka message format, which the aggregator reads as well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clickhouse_equals_the_ground_truth_with_one_message_per_event() {
+    end_to_end("event").await;
+}
+
+/// The run, with the collector writing Kafka messages in `format`.
+async fn end_to_end(format: &str) {
     let topic = unique("test.e2e");
     let database = unique("test_e2e");
     create_topic(&topic, 6).await.unwrap();
@@ -27,6 +38,8 @@ async fn clickhouse_equals_the_simulators_ground_truth() {
             "0",
             "--rate-per-view",
             "0",
+            "--kafka-message-format",
+            format,
         ],
     )
     .await;

@@ -1,12 +1,13 @@
 //! `bare-consumer`: the ceiling for any consumer of the topic on this machine. Reads every
-//! partition from its beginning up to the end it had at start, decodes each message as an
-//! [`EventRef`] (the aggregator's own decoding) and drops it, then prints events/s.
+//! partition from its beginning up to the end it had at start, decodes each message as a
+//! [`MessageRef`] (the aggregator's own decoding, either format) and drops it, then prints
+//! events/s.
 //! `scripts/bench-aggregator.sh` compares the aggregator's whole path (Kafka to ClickHouse)
 //! with it.
 
 use anyhow::Context;
 use clap::Parser;
-use qoe_schemas::EventRef;
+use qoe_schemas::MessageRef;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use std::collections::HashMap;
@@ -57,8 +58,8 @@ fn main() -> anyhow::Result<()> {
             continue;
         };
         let msg = msg?;
-        match msg.payload().map(EventRef::decode) {
-            Some(Ok(_)) => events += 1,
+        match msg.payload().map(MessageRef::decode) {
+            Some(Ok(m)) => events += m.len() as u64,
             _ => bad += 1,
         }
         if ends

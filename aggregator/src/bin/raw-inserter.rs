@@ -6,11 +6,12 @@
 //! the windows (`scripts/bench-raw-events.sql`). Prints events/s.
 //!
 //! Each message is checked to be a QoE event before it is sent, so a malformed message cannot
-//! fail a whole batch; the aggregator's own decoding is used for that.
+//! fail a whole batch; the aggregator's own decoding is used for that. Messages of the
+//! per-beacon format become one row per event.
 
 use anyhow::Context;
 use clap::Parser;
-use qoe_schemas::EventRef;
+use qoe_schemas::MessageRef;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use std::collections::HashSet;
@@ -95,11 +96,20 @@ fn main() -> anyhow::Result<()> {
             continue;
         };
         let msg = msg?;
-        match msg.payload() {
-            Some(p) if EventRef::decode(p).is_ok() => {
+        match msg.payload().map(|p| (p, MessageRef::decode(p))) {
+            // One event per message: the message is the row.
+            Some((p, Ok(MessageRef::Event(_)))) => {
                 body.extend_from_slice(p);
                 body.push(b'\n');
                 rows += 1;
+            }
+            // One beacon per message: a row per event, as the per-event format would carry.
+            Some((p, Ok(MessageRef::Beacon(_)))) => {
+                for e in qoe_schemas::message::decode_events(p)? {
+                    body.extend_from_slice(&e.encode());
+                    body.push(b'\n');
+                    rows += 1;
+                }
             }
             _ => bad += 1,
         }

@@ -1,0 +1,335 @@
+//! The two formats of a QoE event message on Kafka, and the decoder that reads either.
+//!
+//! - Version 1 ([`crate::SCHEMA_VERSION`]): one message per event, the view's context copied
+//!   into each ([`QoeEvent`]).
+//! - Version 2 ([`BEACON_MESSAGE_VERSION`]): one message per accepted beacon, the context
+//!   once and the beacon's valid events in order under `events`. Same key (`view_id`), same
+//!   order and acknowledgement rule; a consumer reads its events exactly as if they had come
+//!   one per message, at the message's offset.
+//!
+//! Both are self-describing JSON with `v` first. The collector writes the format it is told
+//! to; every consumer reads both.
+
+use crate::event::{DecodeError, EndReason, EventContext, EventFields, EventRef, EventType};
+use crate::{QoeEvent, StreamType, SCHEMA_VERSION};
+use serde::Deserialize;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+/// Version of the message format carrying one beacon's events.
+pub const BEACON_MESSAGE_VERSION: u8 = 2;
+
+/// One beacon's events as a consumer reads them, borrowed from the message bytes (`ts` and
+/// `custom` are skipped, as in [`EventRef`]).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct BeaconRef<'a> {
+    pub v: u8,
+    #[serde(borrow)]
+    pub view_id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub stream_id: Cow<'a, str>,
+    pub stream_type: StreamType,
+    #[serde(borrow)]
+    pub cdn: Cow<'a, str>,
+    #[serde(borrow)]
+    pub platform: Cow<'a, str>,
+    #[serde(borrow)]
+    pub player: Cow<'a, str>,
+    #[serde(borrow)]
+    pub protocol: Cow<'a, str>,
+    #[serde(borrow)]
+    pub region: Cow<'a, str>,
+    #[serde(borrow)]
+    pub events: Vec<FieldsRef<'a>>,
+}
+
+/// The fields of one event of a [`BeaconRef`] that aggregation reads.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct FieldsRef<'a> {
+    pub seq: u32,
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    pub event_time: i64,
+    pub received_at: i64,
+    #[serde(default)]
+    pub started: Option<bool>,
+    #[serde(default)]
+    pub playing_ms: Option<u32>,
+    #[serde(default)]
+    pub stall_ms: Option<u32>,
+    #[serde(default)]
+    pub bitrate_kbps: Option<u32>,
+    #[serde(default)]
+    pub prev_bitrate_kbps: Option<u32>,
+    #[serde(default)]
+    pub startup_ms: Option<u32>,
+    #[serde(default)]
+    pub latency_ms: Option<u32>,
+    #[serde(default)]
+    pub dropped_frames: Option<u32>,
+    #[serde(default, borrow)]
+    pub code: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pub fatal: Option<bool>,
+    #[serde(default)]
+    pub reason: Option<EndReason>,
+}
+
+impl<'a> BeaconRef<'a> {
+    pub fn decode(bytes: &'a [u8]) -> Result<Self, DecodeError> {
+        let beacon: BeaconRef<'a> = serde_json::from_slice(bytes)?;
+        if beacon.v != BEACON_MESSAGE_VERSION {
+            return Err(DecodeError::Version(beacon.v));
+        }
+        Ok(beacon)
+    }
+
+    /// Event `i` with the beacon's context, borrowing this beacon.
+    pub fn event(&self, i: usize) -> Option<EventRef<'_>> {
+        let f = self.events.get(i)?;
+        Some(EventRef {
+            v: SCHEMA_VERSION,
+            view_id: Cow::Borrowed(&self.view_id),
+            stream_id: Cow::Borrowed(&self.stream_id),
+            stream_type: self.stream_type,
+            cdn: Cow::Borrowed(&self.cdn),
+            platform: Cow::Borrowed(&self.platform),
+            player: Cow::Borrowed(&self.player),
+            protocol: Cow::Borrowed(&self.protocol),
+            region: Cow::Borrowed(&self.region),
+            seq: f.seq,
+            kind: f.kind,
+            event_time: f.event_time,
+            received_at: f.received_at,
+            started: f.started,
+            playing_ms: f.playing_ms,
+            stall_ms: f.stall_ms,
+            bitrate_kbps: f.bitrate_kbps,
+            prev_bitrate_kbps: f.prev_bitrate_kbps,
+            startup_ms: f.startup_ms,
+            latency_ms: f.latency_ms,
+            dropped_frames: f.dropped_frames,
+            code: f.code.as_deref().map(Cow::Borrowed),
+            fatal: f.fatal,
+            reason: f.reason,
+        })
+    }
+}
+
+/// A QoE event message of either format, borrowed from its bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MessageRef<'a> {
+    Event(EventRef<'a>),
+    Beacon(BeaconRef<'a>),
+}
+
+/// The format version a message declares. What the collector writes starts with it, so
+/// that is read without parsing; anything else is parsed for `v` first.
+fn version(bytes: &[u8]) -> Result<u8, DecodeError> {
+    if bytes.starts_with(b"{\"v\":1,") {
+        return Ok(SCHEMA_VERSION);
+    }
+    if bytes.starts_with(b"{\"v\":2,") {
+        return Ok(BEACON_MESSAGE_VERSION);
+    }
+    #[derive(Deserialize)]
+    struct Version {
+        v: u8,
+    }
+    Ok(serde_json::from_slice::<Version>(bytes)?.v)
+}
+
+impl<'a> MessageRef<'a> {
+    /// Decodes either format, as its `v` says.
+    pub fn decode(bytes: &'a [u8]) -> Result<Self, DecodeError> {
+        match version(bytes)? {
+            SCHEMA_VERSION => EventRef::decode(bytes).map(MessageRef::Event),
+            BEACON_MESSAGE_VERSION => BeaconRef::decode(bytes).map(MessageRef::Beacon),
+            v => Err(DecodeError::Version(v)),
+        }
+    }
+
+    /// How many events the message carries.
+    pub fn len(&self) -> usize {
+        match self {
+            MessageRef::Event(_) => 1,
+            MessageRef::Beacon(b) => b.events.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Calls `f` with each event, in order.
+    pub fn for_each_event(&self, mut f: impl FnMut(&EventRef<'_>)) {
+        match self {
+            MessageRef::Event(e) => f(e),
+            MessageRef::Beacon(b) => {
+                for i in 0..b.events.len() {
+                    if let Some(e) = b.event(i) {
+                        f(&e);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A beacon message, owned and whole (`ts` and `custom` included): for tests and tools.
+#[derive(Debug, Deserialize)]
+struct BeaconMessage {
+    v: u8,
+    view_id: String,
+    stream_id: String,
+    stream_type: StreamType,
+    cdn: String,
+    platform: String,
+    player: String,
+    protocol: String,
+    region: String,
+    #[serde(default)]
+    custom: BTreeMap<String, String>,
+    events: Vec<EventFields>,
+}
+
+/// Every event of a message of either format, owned and whole.
+pub fn decode_events(bytes: &[u8]) -> Result<Vec<QoeEvent>, DecodeError> {
+    match version(bytes)? {
+        SCHEMA_VERSION => Ok(vec![QoeEvent::decode(bytes)?]),
+        BEACON_MESSAGE_VERSION => {
+            let b: BeaconMessage = serde_json::from_slice(bytes)?;
+            if b.v != BEACON_MESSAGE_VERSION {
+                return Err(DecodeError::Version(b.v));
+            }
+            let context = EventContext {
+                view_id: b.view_id,
+                stream_id: b.stream_id,
+                stream_type: b.stream_type,
+                cdn: b.cdn,
+                platform: b.platform,
+                player: b.player,
+                protocol: b.protocol,
+                region: b.region,
+                custom: b.custom,
+            };
+            Ok(b.events
+                .into_iter()
+                .map(|f| QoeEvent::from_parts(&context, f))
+                .collect())
+        }
+        v => Err(DecodeError::Version(v)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MessageEncoder;
+
+    fn context() -> EventContext {
+        let mut custom = BTreeMap::new();
+        custom.insert("tier".to_owned(), "gold \"x\"".to_owned());
+        EventContext {
+            view_id: "view-1".into(),
+            stream_id: "line\nbreak".into(),
+            stream_type: StreamType::Live,
+            cdn: "cdn-a".into(),
+            platform: "web".into(),
+            player: "hls.js".into(),
+            protocol: "hls".into(),
+            region: "eu-west".into(),
+            custom,
+        }
+    }
+
+    fn fields() -> Vec<EventFields> {
+        let e0 = QoeEvent::blank("x", 0, EventType::ViewStart, 1_000);
+        let mut e1 = QoeEvent::blank("x", 1, EventType::Error, 2_000);
+        (e1.code, e1.fatal, e1.playing_ms) = (Some("E\"2\"".into()), Some(true), Some(7));
+        [e0, e1]
+            .into_iter()
+            .map(|e| {
+                let (_, mut f) = e.parts();
+                (f.ts, f.received_at) = (f.ts - 3, f.received_at + 5);
+                f
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_beacon_message_carries_the_same_events_as_one_message_each() {
+        let (context, fields) = (context(), fields());
+        let per_event: Vec<QoeEvent> = fields
+            .iter()
+            .map(|f| QoeEvent::from_parts(&context, f.clone()))
+            .collect();
+        let mut messages = MessageEncoder::for_beacon(&context).encode_beacon(&fields, 1 << 20);
+        assert_eq!(messages.len(), 1);
+        let bytes = messages.pop().unwrap();
+        assert_eq!(decode_events(&bytes).unwrap(), per_event);
+
+        let message = MessageRef::decode(&bytes).unwrap();
+        assert_eq!(message.len(), 2);
+        // Compared through Debug: the closure's events borrow the message only for the call.
+        let mut seen = Vec::new();
+        message.for_each_event(|e| seen.push(format!("{e:?}")));
+        let expected: Vec<_> = per_event
+            .iter()
+            .map(|e| format!("{:?}", e.borrowed()))
+            .collect();
+        assert_eq!(seen, expected);
+    }
+
+    #[test]
+    fn a_beacon_too_big_for_one_message_is_split_in_order() {
+        let context = context();
+        let fields: Vec<EventFields> = (0..50)
+            .map(|seq| {
+                QoeEvent::blank("x", seq, EventType::Heartbeat, 1_000)
+                    .parts()
+                    .1
+            })
+            .collect();
+        let messages = MessageEncoder::for_beacon(&context).encode_beacon(&fields, 1_000);
+        assert!(messages.len() >= 4, "{} messages", messages.len());
+        assert!(messages.iter().all(|m| m.len() <= 1_000));
+        let seqs: Vec<u32> = messages
+            .iter()
+            .flat_map(|m| decode_events(m).unwrap())
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, (0..50).collect::<Vec<_>>());
+        // A single event bigger than the bound still goes, alone.
+        let one = MessageEncoder::for_beacon(&context).encode_beacon(&fields[..2], 10);
+        assert_eq!(one.len(), 2);
+    }
+
+    #[test]
+    fn either_format_decodes_and_unknown_versions_are_refused() {
+        let (context, fields) = (context(), fields());
+        let single = MessageEncoder::new(&context).encode(&fields[0]);
+        assert!(matches!(
+            MessageRef::decode(&single).unwrap(),
+            MessageRef::Event(_)
+        ));
+        assert_eq!(decode_events(&single).unwrap().len(), 1);
+        // `v` not first: still read by the version it declares.
+        let reordered = br#"{"view_id":"a","v":2,"stream_id":"s","stream_type":"live","cdn":"c","platform":"p","player":"x","protocol":"h","region":"r","events":[]}"#;
+        assert!(matches!(
+            MessageRef::decode(reordered).unwrap(),
+            MessageRef::Beacon(ref b) if b.events.is_empty()
+        ));
+        let future = br#"{"v":3,"view_id":"a"}"#;
+        assert!(matches!(
+            MessageRef::decode(future),
+            Err(DecodeError::Version(3))
+        ));
+        assert!(MessageRef::decode(b"{\"v\":2,\"events\":[").is_err());
+        assert!(decode_events(b"[]").is_err());
+        assert!(matches!(
+            decode_events(future),
+            Err(DecodeError::Version(3))
+        ));
+    }
+}
