@@ -41,6 +41,8 @@ ms() { date +%s%3N; }
 ch() { curl -fsS "$CH/?database=$DB" --data-binary "$1"; }
 rate() { sed -n 's/.*= \([0-9]*\) events\/s/\1/p'; }
 messages() { sed -n 's/.* of \([0-9]*\) messages.*/\1/p'; }
+# Events, not messages: a message of the per-beacon format carries several.
+events() { sed -n 's/^bare consumer: \([0-9]*\) events.*/\1/p'; }
 
 # The aggregator from the beginning of topic $1 into a fresh database $2 (group $3) until its
 # checkpoints reach $4 messages; it is left running. Sets APID, T0 (start), TF and FIRST (its
@@ -81,11 +83,12 @@ if [ "${1:-}" = partitions ]; then
     line="$("$BIN/bare-consumer" --topic "$topic")"
     bare="$(echo "$line" | rate)"
     total="$(echo "$line" | messages)"
+    evs="$(echo "$line" | events)"
     catch_up "$topic" "$db" "bench-$RUN-$parts" "$total"
     rss=$(( $(awk '/VmHWM/ {print $2}' "/proc/$APID/status") / 1024 ))
     kill "$APID"; wait "$APID" 2>/dev/null || true
-    agg=$(awk -v n="$total" -v t="$((T1 - T0))" 'BEGIN { printf "%.0f", n / (t / 1000) }')
-    echo "$parts partitions: $total events; bare consumer $bare events/s; aggregator $agg events/s ($(awk -v a="$agg" -v b="$bare" 'BEGIN { printf "%.2f", a / b }') of it, from process start); peak RSS $rss MiB"
+    agg=$(awk -v n="$evs" -v t="$((T1 - T0))" 'BEGIN { printf "%.0f", n / (t / 1000) }')
+    echo "$parts partitions: $evs events in $total messages; bare consumer $bare events/s; aggregator $agg events/s ($(awk -v a="$agg" -v b="$bare" 'BEGIN { printf "%.2f", a / b }') of it, from process start); peak RSS $rss MiB"
   done
   exit 0
 fi
@@ -129,7 +132,9 @@ if [ "${1:-}" = raw-clickhouse ]; then
   "$BIN/simulator" --url "http://127.0.0.1:$CPORT" --viewers "$VIEWERS" --duration "$DURATION" \
     --max-event-age-secs 86400 --speed 0 --progress-secs 0 | sed -n 's/^Events acknowledged/  acknowledged/p'
   kill "$cpid"; wait "$cpid" 2>/dev/null || true
-  TOTAL="$("$BIN/bare-consumer" --topic "$TOPIC" | messages)"
+  LINE="$("$BIN/bare-consumer" --topic "$TOPIC")"
+  TOTAL="$(echo "$LINE" | messages)"
+  EVENTS="$(echo "$LINE" | events)"
 
   # The pipeline: the aggregator into its own database until caught up.
   sleep 5
@@ -139,7 +144,7 @@ if [ "${1:-}" = raw-clickhouse ]; then
   p_server=$(( $(cpu_ms "$CHPID") - c0 ))
   p_client="$(cpu_ms "$APID")"
   kill "$APID"; wait "$APID" 2>/dev/null || true
-  p_rate=$(awk -v n="$TOTAL" -v t="$((T1 - T0))" 'BEGIN { printf "%.0f", n / (t / 1000) }')
+  p_rate=$(awk -v n="$EVENTS" -v t="$((T1 - T0))" 'BEGIN { printf "%.0f", n / (t / 1000) }')
 
   # The alternative: every event a row, windows computed by materialized views.
   curl -fsS "$CH/" --data-binary "CREATE DATABASE $RAWDB"
@@ -184,22 +189,22 @@ if [ "${1:-}" = raw-clickhouse ]; then
   q_raw="$(query_ms "$RAWDB" "$raw_panel")"
 
   echo
-  echo "$TOTAL messages, $VIEWERS viewers, $DURATION simulated; events counted: pipeline $p_counted (duplicates dropped), raw $r_counted"
+  echo "$EVENTS events in $TOTAL messages, $VIEWERS viewers, $DURATION simulated; events counted: pipeline $p_counted (duplicates dropped), raw $r_counted"
   printf '%-34s %12s %12s\n' "" pipeline "raw events"
   printf '%-34s %12s %12s\n' "events/s into ClickHouse" "$p_rate" "$r_rate"
   printf '%-34s %12s %12s\n' "ClickHouse CPU, µs per event" \
-    "$(awk -v c="$p_server" -v n="$TOTAL" 'BEGIN { printf "%.1f", c * 1000 / n }')" \
-    "$(awk -v c="$r_server" -v n="$TOTAL" 'BEGIN { printf "%.1f", c * 1000 / n }')"
+    "$(awk -v c="$p_server" -v n="$EVENTS" 'BEGIN { printf "%.1f", c * 1000 / n }')" \
+    "$(awk -v c="$r_server" -v n="$EVENTS" 'BEGIN { printf "%.1f", c * 1000 / n }')"
   printf '%-34s %12s %12s\n' "client CPU, µs per event" \
-    "$(awk -v c="$p_client" -v n="$TOTAL" 'BEGIN { printf "%.1f", c * 1000 / n }')" \
-    "$(awk -v c="$r_client" -v n="$TOTAL" 'BEGIN { printf "%.1f", c * 1000 / n }')"
+    "$(awk -v c="$p_client" -v n="$EVENTS" 'BEGIN { printf "%.1f", c * 1000 / n }')" \
+    "$(awk -v c="$r_client" -v n="$EVENTS" 'BEGIN { printf "%.1f", c * 1000 / n }')"
   printf '%-34s %12s %12s\n' "bytes stored per event" \
-    "$(awk -v b="$p_bytes" -v n="$TOTAL" 'BEGIN { printf "%.1f", b / n }')" \
-    "$(awk -v b="$r_all" -v n="$TOTAL" 'BEGIN { printf "%.1f", b / n }')"
+    "$(awk -v b="$p_bytes" -v n="$EVENTS" 'BEGIN { printf "%.1f", b / n }')" \
+    "$(awk -v b="$r_all" -v n="$EVENTS" 'BEGIN { printf "%.1f", b / n }')"
   printf '%-34s %12s %12s\n' "  transient staging (kept 2 h)" \
-    "$(awk -v b="$p_staging" -v n="$TOTAL" 'BEGIN { printf "%.1f", b / n }')" ""
+    "$(awk -v b="$p_staging" -v n="$EVENTS" 'BEGIN { printf "%.1f", b / n }')" ""
   printf '%-34s %12s %12s\n' "  of which the raw events table" "" \
-    "$(awk -v b="$r_events" -v n="$TOTAL" 'BEGIN { printf "%.1f", b / n }')"
+    "$(awk -v b="$r_events" -v n="$EVENTS" 'BEGIN { printf "%.1f", b / n }')"
   printf '%-34s %12s %12s\n' "region x CDN panel, 1 h, ms (p50)" "$q_p1m (1m)" "$q_raw (raw)"
   printf '%-34s %12s %12s\n' "  same panel on 10 s windows" "$q_p10" "$q_rmv (views)"
   exit 0
@@ -221,10 +226,12 @@ LINE="$("$BIN/bare-consumer" --topic "$TOPIC")"
 echo "$LINE (1)"
 BARE1="$(echo "$LINE" | rate)"
 TOTAL="$(echo "$LINE" | messages)"
+EVENTS="$(echo "$LINE" | events)"
 catch_up "$TOPIC" "$DB" "bench-$RUN" "$TOTAL"
-AGG=$(awk -v n="$TOTAL" -v t="$((T1 - T0))" 'BEGIN { printf "%.0f", n / (t / 1000) }')
-STEADY=$(awk -v n="$((TOTAL - FIRST))" -v t="$((T1 - TF))" 'BEGIN { printf "%.0f", n / (t / 1000) }')
-echo "aggregator: $TOTAL events from Kafka into ClickHouse in $((T1 - T0)) ms = $AGG events/s from process start (group join included); $STEADY events/s from its first written batch; peak RSS $(( $(awk '/VmHWM/ {print $2}' /proc/$APID/status) / 1024 )) MiB"
+AGG=$(awk -v n="$EVENTS" -v t="$((T1 - T0))" 'BEGIN { printf "%.0f", n / (t / 1000) }')
+# From the first batch on: its messages, counted in events at the topic's events per message.
+STEADY=$(awk -v m="$((TOTAL - FIRST))" -v e="$EVENTS" -v n="$TOTAL" -v t="$((T1 - TF))" 'BEGIN { printf "%.0f", m * e / n / (t / 1000) }')
+echo "aggregator: $EVENTS events ($TOTAL messages) from Kafka into ClickHouse in $((T1 - T0)) ms = $AGG events/s from process start (group join included); $STEADY events/s from its first written batch; peak RSS $(( $(awk '/VmHWM/ {print $2}' /proc/$APID/status) / 1024 )) MiB"
 LINE="$("$BIN/bare-consumer" --topic "$TOPIC")"
 echo "$LINE (2)"
 BARE2="$(echo "$LINE" | rate)"
