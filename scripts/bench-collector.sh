@@ -33,6 +33,9 @@ run() { # label rate sink [events per request]
   QOE_KAFKA_MESSAGE_FORMAT="${FORMAT:-event}" QOE_RATE_EVENTS_PER_IP=0 QOE_ADMIN_LISTEN=127.0.0.1:0 "$BIN/collector" --listen "127.0.0.1:$PORT" --topic "$topic" --sink "$3" \
     --rate-per-ip 0 --rate-per-view 0 --rate-global 0 >/dev/null 2>&1 &
   local pid=$!
+  local broker broker0
+  broker="$(cat "$ROOT/.stack/run/tansu.pid" 2>/dev/null || echo)"
+  broker0="$( [ -n "$broker" ] && awk '{ print $14 + $15 }' "/proc/$broker/stat" 2>/dev/null || echo 0)"
   # Wait for this collector (not some other process on the port) to answer.
   until curl -fsS "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1; do
     kill -0 "$pid" 2>/dev/null || { echo "collector exited at start (is port $PORT in use?)" >&2; exit 1; }
@@ -45,8 +48,12 @@ run() { # label rate sink [events per request]
   local hwm cpu
   hwm="$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")"
   cpu="$(awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$pid/stat")"
+  local broker_cpu="?"
+  if [ -n "$broker" ] && [ -r "/proc/$broker/stat" ]; then
+    broker_cpu="$(awk -v b0="$broker0" -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15 - b0) / hz }' "/proc/$broker/stat")"
+  fi
   kill "$pid"; wait "$pid" 2>/dev/null || true
-  printf '%-28s %s  peak RSS %d MiB, collector CPU %s s\n' "$1" "$out" "$((hwm / 1024))" "$cpu"
+  printf '%-28s %s  peak RSS %d MiB, collector CPU %s s, broker CPU %s s\n' "$1" "$out" "$((hwm / 1024))" "$cpu" "$broker_cpu"
   LAST="$out"
 }
 

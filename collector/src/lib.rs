@@ -1,4 +1,5 @@
-//! The collector: HTTP beacons in, one Kafka message per accepted event out.
+//! The collector: HTTP beacons in, one Kafka message per accepted beacon out (or one per
+//! event, `--kafka-message-format event`).
 //!
 //! - [`config`]: flags and defaults.
 //! - [`ingest`]: pure parsing and validation of a beacon (rules live in `qoe-schemas`).
@@ -9,12 +10,14 @@
 //! - [`http`]: routes, status codes and tower layers.
 //! - [`server`]: the accept loop (header read timeout, graceful shutdown).
 //! - [`names`]: the Prometheus metric names and their help texts.
+//! - [`memory`]: the allocator's settings.
 
 pub mod client;
 pub mod cmcd;
 pub mod config;
 pub mod http;
 pub mod ingest;
+pub mod memory;
 pub mod names;
 pub mod rate_limit;
 pub mod server;

@@ -23,6 +23,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    qoe_collector::memory::release_freed_memory_promptly();
     let config = Config::parse();
     let telemetry = qoe_telemetry::Telemetry::init("qoe-collector", config.log_format)?;
     qoe_collector::names::describe();
