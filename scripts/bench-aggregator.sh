@@ -251,7 +251,9 @@ for i in $(seq 1 "$PROBES"); do
   t0="$(ms)"
   until [ "$(ch "SELECT count() FROM qoe_window_10s WHERE stream_id = 'probe-$i'")" -gt 0 ]; do sleep 0.02; done
   DELAYS+=($(( $(ms) - t0 )))
-  sleep 0.5
+  # A random pause: with a fixed one, probes fall into step with the flush period and every
+  # probe waits the same part of it.
+  sleep "$(awk -v r="$RANDOM" 'BEGIN { printf "%.3f", 0.3 + (r % 1000) / 1000 }')"
 done
 kill "$SIM" 2>/dev/null || true
 printf '%s\n' "${DELAYS[@]}" | sort -n | awk '{ a[NR] = $1 } END {
