@@ -1,8 +1,10 @@
 # One obvious entry point. `make help` lists the targets.
 SHELL := /bin/bash
 CARGO ?= cargo
+# The project's Python environment (scripts/python.sh): Debian's own Python refuses installs.
+PYTHON := .stack/venv/bin/python
 
-.PHONY: help demo test stack cluster stop status lint unit migrate dashboards metrics-json players sdk alert-eval
+.PHONY: help demo test stack cluster stop status lint unit migrate dashboards metrics-json players python sdk alert-eval
 
 help:
 	@echo "make demo    set up everything and run the pipeline on local defaults"
@@ -11,6 +13,7 @@ help:
 	@echo "make cluster install (if missing) and start ZooKeeper + a ClickHouse cluster of 2 shards x 2 replicas on loopback"
 	@echo "             (QOE_DEMO_CLUSTER=1 make demo runs the demo on it)"
 	@echo "make players install chromium, ffmpeg and the pinned web players (tests/players) and the web SDK's build tool"
+	@echo "make python  create the Python environment .stack/venv with the pinned packages"
 	@echo "make sdk     the web SDK's unit tests and build check (sdk/web)"
 	@echo "make stop    stop the services this project started"
 	@echo "make status  what runs"
@@ -27,6 +30,9 @@ cluster: stack
 players:
 	scripts/players.sh setup
 
+python:
+	scripts/python.sh setup
+
 stop:
 	scripts/demo.sh stop || true
 	scripts/cluster.sh stop
@@ -37,7 +43,7 @@ status:
 	scripts/cluster.sh status
 	scripts/demo.sh status || true
 
-demo: stack players
+demo: stack players python
 	if [ "$${QOE_DEMO_CLUSTER:-0}" = 1 ]; then scripts/cluster.sh start; fi
 	scripts/demo.sh start
 
@@ -48,23 +54,20 @@ lint:
 sdk: players
 	cd sdk/web && node --test test/ && node build.mjs --check
 
-test: stack cluster players lint sdk
-	$(CARGO) build --workspace --bins
-	$(CARGO) test --workspace --no-fail-fast
-	python3 -c 'import chdb, pytest, yaml' 2>/dev/null || python3 -m pip install -q chdb-core pytest pyyaml
-	python3 -m pytest -q tests/chdb tests/dashboards
+# Setup, lint and the suites, concurrently where they can be (scripts/test.sh says how).
+test:
+	scripts/test.sh
 
-dashboards:
-	python3 dashboards/generate.py
+dashboards: python
+	$(PYTHON) dashboards/generate.py
 
 # The simulated day of dashboards/alert_eval.py: the report (markdown) and the plot of one
 # incident land in target/alert-eval/.
-alert-eval: stack
+alert-eval: stack python
 	$(CARGO) build -p qoe-simulator -p qoe-aggregator --bins
-	python3 -c 'import matplotlib, yaml' 2>/dev/null || python3 -m pip install -q matplotlib pyyaml
 	mkdir -p target/alert-eval
-	python3 dashboards/alert_eval.py --plan healthy --out target/alert-eval/healthy.md
-	python3 dashboards/alert_eval.py --plan full --plot target/alert-eval/incident.png --out target/alert-eval/full.md
+	$(PYTHON) dashboards/alert_eval.py --plan healthy --out target/alert-eval/healthy.md
+	$(PYTHON) dashboards/alert_eval.py --plan full --plot target/alert-eval/incident.png --out target/alert-eval/full.md
 
 metrics-json:
 	QOE_BLESS=1 $(CARGO) test -q -p qoe-schemas --lib metrics::tests::committed_json_is_current

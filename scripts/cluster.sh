@@ -46,12 +46,9 @@ zk_classpath() {
 }
 
 install() {
-  local sudo=""
-  [ "$(id -u)" = 0 ] || sudo="sudo"
   if ! zk_classpath >/dev/null || ! command -v java >/dev/null; then
-    log "installing ZooKeeper from Debian's packages (with a JRE)"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq zookeeper >/dev/null
+    log "installing ZooKeeper from Debian's packages (with a Java runtime; a minute or two)"
+    apt_install "$LOG_DIR/apt.log" zookeeper
   fi
   if ! command -v clickhouse-server >/dev/null 2>&1; then
     "$ROOT/scripts/stack.sh" install-clickhouse

@@ -40,6 +40,8 @@ VIEWERS="${QOE_DEMO_VIEWERS:-2000}"
 SEED="${QOE_DEMO_SEED:-1}"
 INCIDENT="${QOE_DEMO_INCIDENT:-region=eu-west,cdn=cdn-b,start=8m,duration=4m,stalls=6,stall_length=3,startup=3,start_failures=0.3}"
 RANGE_FILE="$STACK/run/demo-range"
+# The project's Python environment (scripts/python.sh): the report's SQL generator needs PyYAML.
+PYTHON="$STACK/venv/bin/python"
 log() { printf '[demo] %s\n' "$*" >&2; }
 
 running() { [ -f "$STACK/run/$1.pid" ] && kill -0 "$(cat "$STACK/run/$1.pid")" 2>/dev/null; }
@@ -73,7 +75,7 @@ secs() {
 # One table of the report: the SQL comes from the dashboards' generator, so the report's KPIs
 # are the dashboards' formulas over the metric catalogue's columns.
 report_table() { # name from to
-  ch "$(python3 "$ROOT/dashboards/generate.py" --report-sql "$1" "$2" "$3") FORMAT PrettyCompactMonoBlock"
+  ch "$("$PYTHON" "$ROOT/dashboards/generate.py" --report-sql "$1" "$2" "$3") FORMAT PrettyCompactMonoBlock"
 }
 
 report() {

@@ -30,3 +30,40 @@ stop_one() { # name [signal]: the process of $RUN_DIR/name.pid, TERM (or signal)
   fi
   rm -f "$pidfile"
 }
+
+# run_step NAME LOGFILE COMMAND...: runs a long step with its output in LOGFILE, printing a
+# progress line every 20 s (elapsed time and the log's last line) so a slow build or download
+# is visibly alive; on failure names the step, the log and its last lines, and the usual fix
+# when the caller set STEP_HINT.
+run_step() {
+  local name="$1" logfile="$2"; shift 2
+  mkdir -p "$(dirname "$logfile")"
+  local start=$SECONDS
+  "$@" >>"$logfile" 2>&1 &
+  local pid=$! next=$((SECONDS + 20))
+  while kill -0 "$pid" 2>/dev/null; do
+    if [ $SECONDS -ge $next ]; then
+      local last; last="$(tail -n 1 "$logfile" 2>/dev/null | tr -d '\r' | cut -c1-100)"
+      log "  ... $name: $((SECONDS - start)) s${last:+ ($last)}"
+      next=$((SECONDS + 20))
+    fi
+    sleep 1
+  done
+  if ! wait "$pid"; then
+    printf '[%s] FAILED: %s (after %d s); its log: %s\n' "$LOG_PREFIX" "$name" "$((SECONDS - start))" "$logfile" >&2
+    tail -n 15 "$logfile" | sed 's/^/    /' >&2
+    [ -z "${STEP_HINT:-}" ] || printf '[%s] usual fix: %s\n' "$LOG_PREFIX" "$STEP_HINT" >&2
+    exit 1
+  fi
+  log "$name: done in $((SECONDS - start)) s"
+}
+
+# apt_install LOGFILE PACKAGE...: Debian packages, with progress and a named failure.
+apt_install() {
+  local logfile="$1"; shift
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  STEP_HINT="check the network and that apt-get works (sudo apt-get update), then run the command again" \
+    run_step "apt-get install $*" "$logfile" \
+    bash -c "$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $*"
+}

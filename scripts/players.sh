@@ -7,8 +7,11 @@
 #   scripts/players.sh setup
 set -euo pipefail
 cd "$(dirname "$0")/.."
-sudo=""
-[[ $(id -u) -eq 0 ]] || sudo="sudo"
+ROOT="$PWD"
+STACK="${QOE_STACK_DIR:-$ROOT/.stack}"
+LOG_PREFIX=players RUN_DIR="$STACK/run" LOG_DIR="$STACK/logs"
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
 
 setup() {
   local missing=()
@@ -17,21 +20,24 @@ setup() {
   command -v node >/dev/null || missing+=(nodejs)
   command -v npm >/dev/null || missing+=(npm)
   if ((${#missing[@]})); then
-    echo "[players] installing ${missing[*]} (Debian packages)"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+    log "installing ${missing[*]} from Debian's packages (a few minutes the first time)"
+    apt_install "$LOG_DIR/apt.log" "${missing[@]}"
   fi
   local modules=tests/players/node_modules/.package-lock.json
   if [[ ! -f $modules || tests/players/package-lock.json -nt $modules ]]; then
-    echo "[players] npm ci (tests/players)"
-    (cd tests/players && npm ci --no-audit --no-fund --loglevel=error)
+    log "installing the pinned web players and puppeteer-core from npm (tests/players/package-lock.json)"
+    STEP_HINT="check that registry.npmjs.org is reachable; rm -rf tests/players/node_modules and retry" \
+      run_step "npm ci (tests/players)" "$LOG_DIR/npm.log" \
+      bash -c "cd tests/players && npm ci --no-audit --no-fund --loglevel=error"
   fi
   modules=sdk/web/node_modules/.package-lock.json
   if [[ ! -f $modules || sdk/web/package-lock.json -nt $modules ]]; then
-    echo "[players] npm ci (sdk/web: the SDK's pinned build tool)"
-    (cd sdk/web && npm ci --no-audit --no-fund --loglevel=error)
+    log "installing the web SDK's pinned build tool from npm (sdk/web/package-lock.json)"
+    STEP_HINT="check that registry.npmjs.org is reachable; rm -rf sdk/web/node_modules and retry" \
+      run_step "npm ci (sdk/web)" "$LOG_DIR/npm.log" \
+      bash -c "cd sdk/web && npm ci --no-audit --no-fund --loglevel=error"
   fi
-  echo "[players] chromium $(/usr/bin/chromium --version 2>/dev/null | awk '{print $2}'), ffmpeg $(ffmpeg -version | awk 'NR==1{print $3}'), node $(node --version)"
+  log "chromium $(/usr/bin/chromium --version 2>/dev/null | awk '{print $2}'), ffmpeg $(ffmpeg -version | awk 'NR==1{print $3}'), node $(node --version)"
 }
 
 case "${1:-setup}" in

@@ -38,17 +38,16 @@ install_tansu() {
   if bin="$(tansu_bin)" && "$bin" --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
     return
   fi
-  log "building the tansu broker $TANSU_VERSION (about 15 minutes on 2 cores, once)"
-  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql
+  log "building the tansu broker $TANSU_VERSION from crates.io into ~/.cargo/bin (15-30 minutes on 2 cores, once)"
+  STEP_HINT="check that crates.io is reachable and the disk has 3 GB free, then run: $0 install" \
+    run_step "cargo install tansu" "$STACK/logs/tansu-build.log" \
+    cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql
 }
 
 install_clickhouse() {
   if command -v clickhouse-server >/dev/null 2>&1; then return; fi
-  log "installing clickhouse-server from Debian's packages"
-  local sudo=""
-  [ "$(id -u)" = 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq clickhouse-server clickhouse-client >/dev/null
+  log "installing clickhouse-server and clickhouse-client from Debian's packages (a minute or two)"
+  apt_install "$STACK/logs/apt.log" clickhouse-server clickhouse-client
 }
 
 start_kafka() {

@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# `make test`: sets up everything the tests need and runs every suite, sized for a 2-core
+# machine. What it does, in order:
+#
+#   1. says what it will install (only what is missing);
+#   2. in the background: lint (rustfmt, clippy), then the debug build of every binary and test;
+#      meanwhile in the foreground: the broker and ClickHouse (scripts/stack.sh), the ClickHouse
+#      cluster (scripts/cluster.sh), chromium and the web players (scripts/players.sh), the
+#      Python environment (scripts/python.sh);
+#   3. the suites, concurrently (they share the servers, isolated by topic and database names):
+#      Rust (`cargo test`), Python (pytest: schema, dashboards, alert quality) and the web SDK
+#      (node's test runner and the build check);
+#   4. one line that says what passed, or which suite failed and where its log is.
+#
+# Every suite's output goes to target/test-logs/<suite>.log; a failed suite's log is printed.
+# Settings (environment): QOE_TEST_SUITES (rust,python,sdk: a subset runs only those).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+STACK="${QOE_STACK_DIR:-$ROOT/.stack}"
+LOGS="${CARGO_TARGET_DIR:-$ROOT/target}/test-logs"
+SUITES="${QOE_TEST_SUITES:-rust,python,sdk}"
+CARGO="${CARGO:-cargo}"
+LOG_PREFIX=test RUN_DIR="$STACK/run" LOG_DIR="$LOGS"
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
+mkdir -p "$LOGS"
+rm -f "$LOGS"/*.log
+started=$SECONDS
+
+wants() { [[ ",$SUITES," == *",$1,"* ]]; }
+
+plan() {
+  local missing=()
+  command -v tansu >/dev/null 2>&1 || [ -x "$HOME/.cargo/bin/tansu" ] ||
+    missing+=("the tansu Kafka-protocol broker (cargo install, 15-30 min)")
+  command -v clickhouse-server >/dev/null 2>&1 || missing+=("clickhouse-server (Debian)")
+  [ -f /usr/share/java/zookeeper.jar ] || missing+=("zookeeper (Debian)")
+  [ -x /usr/bin/chromium ] || missing+=("chromium (Debian)")
+  command -v ffmpeg >/dev/null 2>&1 || missing+=("ffmpeg (Debian)")
+  [ -f tests/players/node_modules/.package-lock.json ] ||
+    missing+=("web players + puppeteer-core (npm, tests/players)")
+  [ -f sdk/web/node_modules/.package-lock.json ] || missing+=("the SDK's build tool (npm, sdk/web)")
+  [ -x "$STACK/venv/bin/python" ] ||
+    missing+=("a Python environment in .stack/venv (pytest, PyYAML, chdb-core, matplotlib from PyPI)")
+  if ((${#missing[@]})); then
+    log "will install:"
+    local m
+    for m in "${missing[@]}"; do log "  - $m"; done
+  else
+    log "everything the tests need is installed"
+  fi
+}
+
+# Lint first: clippy's check build and the debug build share no artifacts, and clippy is the
+# quicker way to learn about a mistake.
+build() {
+  $CARGO fmt --all -- --check
+  $CARGO clippy --workspace --all-targets -- -D warnings
+  $CARGO build --workspace --bins
+  $CARGO test --workspace --no-run
+}
+
+suite_rust() { $CARGO test --workspace --no-fail-fast; }
+suite_python() { "$STACK/venv/bin/python" -m pytest -q -p no:cacheprovider --durations=10 tests/chdb tests/dashboards; }
+suite_sdk() { (cd sdk/web && node --test test/ && node build.mjs --check); }
+
+plan
+log "lint and build in the background (log: $LOGS/build.log)"
+build >"$LOGS/build.log" 2>&1 &
+build_pid=$!
+trap 'kill $build_pid 2>/dev/null || true' EXIT
+
+scripts/stack.sh start
+scripts/cluster.sh start
+scripts/players.sh setup
+scripts/python.sh setup
+
+log "waiting for lint and build"
+next=$((SECONDS + 20))
+while kill -0 "$build_pid" 2>/dev/null; do
+  if [ $SECONDS -ge $next ]; then
+    log "  ... lint and build: $(tail -n 1 "$LOGS/build.log" | cut -c1-100)"
+    next=$((SECONDS + 20))
+  fi
+  sleep 1
+done
+trap - EXIT
+if ! wait "$build_pid"; then
+  tail -n 40 "$LOGS/build.log" | sed 's/^/    /' >&2
+  log "FAILED: lint and build (log: $LOGS/build.log). Usual fixes: 'cargo fmt --all' for a format"
+  log "difference; the clippy or compiler message above names the file and line"
+  exit 1
+fi
+log "lint and build: done ($((SECONDS - started)) s since start)"
+
+pids=() names=()
+for suite in rust python sdk; do
+  wants "$suite" || continue
+  log "suite $suite started (log: $LOGS/$suite.log)"
+  "suite_$suite" >"$LOGS/$suite.log" 2>&1 &
+  pids+=($!) names+=("$suite")
+done
+
+failed=()
+declare -A done_at
+pending=${#pids[@]}
+next=$((SECONDS + 60))
+while ((pending)); do
+  for i in "${!pids[@]}"; do
+    [ -z "${done_at[$i]:-}" ] || continue
+    if ! kill -0 "${pids[$i]}" 2>/dev/null; then
+      if wait "${pids[$i]}"; then
+        log "suite ${names[$i]} passed ($((SECONDS - started)) s since start)"
+      else
+        log "suite ${names[$i]} FAILED ($((SECONDS - started)) s since start)"
+        failed+=("${names[$i]}")
+      fi
+      done_at[$i]=$SECONDS
+      pending=$((pending - 1))
+    fi
+  done
+  if ((pending)) && [ $SECONDS -ge $next ]; then
+    running=()
+    for i in "${!pids[@]}"; do [ -n "${done_at[$i]:-}" ] || running+=("${names[$i]}"); done
+    log "  ... running: ${running[*]} ($((SECONDS - started)) s since start)"
+    next=$((SECONDS + 60))
+  fi
+  sleep 1
+done
+
+for s in "${names[@]}"; do
+  echo "===== $s ($LOGS/$s.log): summary"
+  case "$s" in
+    rust) grep -E "^test result:|^     Running|FAILED|panicked" "$LOGS/$s.log" | grep -v "^     Running" || true ;;
+    *) tail -n 15 "$LOGS/$s.log" ;;
+  esac
+done
+for s in "${failed[@]}"; do
+  echo "===== $s FAILED: its whole log ($LOGS/$s.log)"
+  cat "$LOGS/$s.log"
+done
+
+total=$((SECONDS - started))
+if ((${#failed[@]})); then
+  log "FAILED: ${failed[*]} after $((total / 60)) min $((total % 60)) s; logs in $LOGS/ (a server's own logs: .stack/logs, .stack/cluster/logs)"
+  exit 1
+fi
+log "all suites passed (${names[*]}; lint included) in $((total / 60)) min $((total % 60)) s; logs in $LOGS/"
