@@ -20,9 +20,23 @@
 //!   `stall_end`; time in `p` is playing time, time in a stall is stall time, both carried by
 //!   the event of the report that ends the interval (`t` reports are heartbeats);
 //! - `ps a` pause, `p` after `a` resume, `ps k` seek; `bc` or a changed `br`: `bitrate_change`;
-//! - `e` error (`ec` the code); `ps f`: a fatal error and `view_end(error)`; `ps e`:
-//!   `view_end(completed)`; `ps q`: `view_end(exit)`. An `e` report within 5 s after the view
-//!   failed is the failure's own error report (hls.js sends `f` first) and adds nothing;
+//! - `e` error (`ec` the code); `ps f` (or `e` with `sta=f`): a fatal error and
+//!   `view_end(error)`; `ps e`: `view_end(completed)`; `ps q`: `view_end(exit)`;
+//! - one failure is one error with the player's code (SPEC §3b): players report a fatal
+//!   failure as `ps f` and as `e` with `ec`, in either order, in one body or two. So an error
+//!   event is held back (in the session, so in its checkpointed state) for up to
+//!   [`HOLD_MS`] of the partition's event time: a fatal one without a code waits for the
+//!   `e` report that carries it, a non-fatal one waits to learn whether a `sta=f` follows (then
+//!   it is that failure's one fatal error, with its code). Released by the partner report, by
+//!   a later report of the session, or when the partition's clock passes it
+//!   ([`Sessions::release_due`], before the watermark moves, so never late); a fatal error whose player never sent a code gets `cmcd_fatal`,
+//!   a non-fatal one `unknown`. The code is the player's `ec` as sent (bounded by the
+//!   collector, 128 characters, no control characters): hls.js names (`manifestLoadError`),
+//!   Shaka and dash.js numbers (`1001`, `25`);
+//! - a view that never started and whose last report was an error fails to start when it
+//!   goes silent or the player leaves (`ps q`/`ps e`): dash.js reports a missing manifest
+//!   only as `e=e,ec=25` with `sta=s`. Its `view_end(error)` carries `fatal` and the error's
+//!   code, and counts the start failure without counting the error again;
 //! - a report more than the session timeout after the previous one, or after the view ended,
 //!   opens a new view (players reuse `sid` across sources), named `sid~2`, `sid~3`, ... (a sid
 //!   reused after its state was dropped, silent past the timeout, starts over at `sid`);
@@ -64,8 +78,13 @@ const MSD_TOLERANCE_MS: i64 = 50;
 /// How long a view's start waits for a report that tells its CDN (a segment request) or
 /// more than "starting".
 const START_WAIT_MS: i64 = 2_000;
-/// An error report this soon after a fatal failure belongs to it.
-const FAILURE_ERROR_WINDOW_MS: i64 = 5_000;
+/// How long an error event waits for the other report of the same failure (see the module
+/// doc): players send both within milliseconds, on separate requests.
+pub const HOLD_MS: i64 = 5_000;
+/// The code of a fatal failure whose player sent none.
+const GENERIC_FATAL_CODE: &str = "cmcd_fatal";
+/// The code of a non-fatal error whose player sent none.
+const GENERIC_ERROR_CODE: &str = "unknown";
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Session {
@@ -84,7 +103,13 @@ struct Session {
     stream_type: Option<String>,
     protocol: Option<String>,
     cdn: Option<String>,
+    /// The rank of the source that set `cdn` (`CmcdMessage::cdn_rank`).
+    #[serde(default)]
+    cdn_rank: u8,
     client: Client,
+    /// An error event held back until its failure's other report (see the module doc).
+    #[serde(default)]
+    held: Option<QoeEvent>,
 }
 
 /// What the collector resolved for the session's client (from its latest report).
@@ -111,12 +136,29 @@ struct View {
     in_stall: bool,
     bitrate: Option<u32>,
     dfa: Option<u32>,
+    /// The CDN of the view's attempt: its first frame, startup and anything before them count
+    /// there, whatever CDN later reports name (one moment, one slice).
+    #[serde(default)]
+    start_cdn: Option<String>,
+    /// The code of the view's last report when that was an error before the first frame
+    /// (a start failure if the view goes silent or ends now).
+    #[serde(default)]
+    last_error: Option<String>,
 }
 
 /// The CMCD sessions of one partition.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Sessions {
     by_sid: BTreeMap<String, Session>,
+    /// No held error is due before this clock (0 after a restore: the first check scans).
+    #[serde(skip)]
+    next_release: i64,
+}
+
+impl PartialEq for Sessions {
+    fn eq(&self, other: &Self) -> bool {
+        self.by_sid == other.by_sid
+    }
 }
 
 impl Sessions {
@@ -149,17 +191,33 @@ impl Sessions {
     /// new view anyway). The partition calls it each time its watermark enters a new window,
     /// while processing messages, so which sessions are held, and so how views are named, is a
     /// function of the messages, not of flush timing.
+    ///
+    /// A silent view that never started after an error ends as a start failure, at the
+    /// watermark (the earliest time still counted), into `out`.
     pub fn expire(
         &mut self,
         watermark: i64,
         window_ms: i64,
         config: &SessionConfig,
         silent_views: &mut Vec<SilentView>,
+        out: &mut Vec<QoeEvent>,
     ) {
         self.by_sid.retain(|_, s| {
             let keep = s.last_ts + config.timeout_ms + window_ms > watermark;
             if !keep {
+                s.release(out);
                 if let Some(mut view) = s.view.take() {
+                    if let Some(code) = view.last_error.take().filter(|_| !view.started) {
+                        let at = watermark.max(s.last_ts);
+                        let mut end =
+                            s.event_with(&mut view, &s.client.clone(), EventType::ViewEnd, at, at);
+                        end.started = Some(false);
+                        end.reason = Some(EndReason::Error);
+                        end.fatal = Some(true);
+                        end.code = Some(code);
+                        out.push(end);
+                        return false;
+                    }
                     // Carries the view's context and its last report's time; the view's
                     // summary ends with reason `timeout`.
                     let last = s.last_ts;
@@ -173,6 +231,32 @@ impl Sessions {
             }
             keep
         });
+    }
+
+    /// Whether a held error event is due at `clock` (cheap; see [`Self::release_due`]).
+    pub fn has_due(&self, clock: i64) -> bool {
+        self.next_release <= clock
+    }
+
+    /// Releases, into `out`, the held error events that the partition's clock (its largest
+    /// event time) has passed by [`HOLD_MS`]. The partition calls it before its watermark
+    /// moves to `clock`, so a released event is never late: it was held for less than the
+    /// allowed lateness.
+    pub fn release_due(&mut self, clock: i64, out: &mut Vec<QoeEvent>) {
+        if !self.has_due(clock) {
+            return;
+        }
+        let mut next = i64::MAX;
+        for s in self.by_sid.values_mut() {
+            if let Some(due) = s.held.as_ref().map(|h| h.ts + HOLD_MS) {
+                if due <= clock {
+                    s.release(out);
+                } else {
+                    next = next.min(due);
+                }
+            }
+        }
+        self.next_release = next;
     }
 
     /// An event carrying the context the session gives this report, for counting it in its
@@ -210,13 +294,18 @@ impl Sessions {
                 .min_by_key(|(_, s)| s.last_ts)
                 .map(|(k, _)| k.clone())
             {
-                self.by_sid.remove(&oldest);
+                if let Some(mut s) = self.by_sid.remove(&oldest) {
+                    s.release(out);
+                }
             }
         }
         let session = self.by_sid.entry(r.sid.clone()).or_default();
         session.learn(m);
         session.take(m, config, out);
         session.last_ts = session.last_ts.max(r.ts);
+        if let Some(held) = &session.held {
+            self.next_release = self.next_release.min(held.ts + HOLD_MS);
+        }
     }
 }
 
@@ -243,8 +332,14 @@ impl Session {
         if let Some(sf) = &r.sf {
             self.protocol = Some(protocol_of(sf).to_owned());
         }
-        if !m.cdn.is_empty() {
-            self.cdn = Some(m.cdn.clone());
+        // One rule for every report of the view: a CDN from a weaker source (the page's
+        // `?cdn=`) does not override one from a stronger (the host that served a request,
+        // the report's `cdn` key).
+        if !m.cdn.is_empty() && m.cdn_rank >= self.cdn_rank {
+            if self.cdn.as_deref() != Some(m.cdn.as_str()) {
+                self.cdn = Some(m.cdn.clone());
+            }
+            self.cdn_rank = m.cdn_rank;
         }
         if self.client.region != m.region
             || self.client.platform != m.platform
@@ -256,6 +351,65 @@ impl Session {
                 player: m.player.clone(),
             };
         }
+    }
+
+    /// Emits the held error event, if any, with a generic code when the player sent none.
+    fn release(&mut self, out: &mut Vec<QoeEvent>) {
+        if let Some(mut e) = self.held.take() {
+            if e.code.is_none() {
+                let generic = if e.fatal == Some(true) {
+                    GENERIC_FATAL_CODE
+                } else {
+                    GENERIC_ERROR_CODE
+                };
+                e.code = Some(generic.to_owned());
+            }
+            out.push(e);
+        }
+    }
+
+    /// Emits the held error, or holds `e` when it still lacks the player's code.
+    fn emit_or_hold(&mut self, e: QoeEvent, out: &mut Vec<QoeEvent>) {
+        if e.code.is_some() {
+            out.push(e);
+        } else {
+            self.held = Some(e);
+        }
+    }
+
+    /// A fatal failure of `view` reported at `r.ts` (`ps f`, or `e` with `sta=f`): one fatal
+    /// error. A held non-fatal error of the same view is this failure's error report, sent
+    /// first: it becomes the fatal error (keeping its code unless this report has one).
+    /// An unrelated held error goes to `released`.
+    fn fail(
+        &mut self,
+        view: &mut View,
+        m: &CmcdMessage,
+        out: &mut Vec<QoeEvent>,
+        released: &mut Vec<QoeEvent>,
+    ) {
+        let r = &m.cmcd;
+        view.last_error = None;
+        let e = match self.held.take() {
+            Some(mut h) if h.fatal == Some(false) && h.view_id == view.view_id => {
+                h.fatal = Some(true);
+                h.started = Some(view.started);
+                if r.ec.is_some() {
+                    h.code = r.ec.clone();
+                }
+                h
+            }
+            other => {
+                self.held = other;
+                self.release(released);
+                let mut e = self.event(view, m, EventType::Error, r.ts);
+                e.fatal = Some(true);
+                e.started = Some(view.started);
+                e.code = r.ec.clone();
+                e
+            }
+        };
+        self.emit_or_hold(e, out);
     }
 
     /// A heartbeat of the view at `ts` with the session's last known context, for marking the
@@ -285,6 +439,10 @@ impl Session {
     ) -> QoeEvent {
         let seq = view.seq;
         view.seq += 1;
+        let cdn = match &view.start_cdn {
+            Some(start) if !view.started || kind == EventType::FirstFrame => start.clone(),
+            _ => self.cdn.clone().unwrap_or_else(|| "unknown".into()),
+        };
         QoeEvent {
             v: SCHEMA_VERSION,
             view_id: view.view_id.clone(),
@@ -293,7 +451,7 @@ impl Session {
                 Some("v") => StreamType::Vod,
                 _ => StreamType::Live,
             },
-            cdn: self.cdn.clone().unwrap_or_else(|| "unknown".into()),
+            cdn,
             platform: client.platform.clone(),
             player: client.player.clone(),
             protocol: self.protocol.clone().unwrap_or_else(|| "unknown".into()),
@@ -322,14 +480,28 @@ impl Session {
     fn take(&mut self, m: &CmcdMessage, config: &SessionConfig, out: &mut Vec<QoeEvent>) {
         let r: &CmcdReport = &m.cmcd;
         let sta = if r.e == "ps" { r.sta.as_deref() } else { None };
-        // An error report right after a fatal failure is that failure's own report.
+        if self.held.as_ref().is_some_and(|h| r.ts - h.ts > HOLD_MS) {
+            self.release(out);
+        }
+        // An error report right after a fatal failure is that failure's own report: it adds
+        // only the player's code, when the failure is still held for want of one (a second
+        // `sta=f` may carry it too).
         if let Some(ended) = self.ended_at {
             if self.view.is_none()
                 && matches!(r.e.as_str(), "e" | "ps")
                 && self.failed
-                && r.ts - ended <= FAILURE_ERROR_WINDOW_MS
+                && r.ts - ended <= HOLD_MS
                 && (r.e == "e" || r.sta.as_deref() == Some("f"))
             {
+                if let Some(held) = self.held.as_mut().filter(|h| h.fatal == Some(true)) {
+                    if held.code.is_none() {
+                        held.code.clone_from(&r.ec);
+                    }
+                    if r.e == "e" {
+                        // The failure's error report came: no code will follow.
+                        self.release(out);
+                    }
+                }
                 return;
             }
         }
@@ -353,6 +525,7 @@ impl Session {
             if !opens {
                 return;
             }
+            self.release(out);
             self.ended_at = None;
             self.failed = false;
             self.views += 1;
@@ -394,12 +567,16 @@ impl Session {
         };
         let waits = !tells && r.ts - view.start_ts < START_WAIT_MS;
         if view.start_pending && !waits {
+            view.start_cdn = Some(self.cdn.clone().unwrap_or_else(|| "unknown".into()));
             let start_ts = view.start_ts;
             let start = self.event(&mut view, m, EventType::ViewStart, start_ts);
             out.push(start);
             view.start_pending = false;
         }
         let primary_from = out.len();
+        // Held errors released by this report: appended after its own events, so that the
+        // first of those carries the report's time (playing time, latency).
+        let mut released = Vec::new();
 
         // Time accounting since the previous state report (not for `rr`: its ts is the
         // request's start, not monotonic).
@@ -414,8 +591,16 @@ impl Session {
             view.state_ts = r.ts;
         }
         let old_bitrate = view.bitrate;
+        // The view's last report was an error before the first frame (see the module doc).
+        let error_before_start = if r.e == "e" {
+            None
+        } else {
+            view.last_error.take().filter(|_| !view.started)
+        };
 
         let mut ended = None;
+        // Set when the view ends by failing to start after an error already counted.
+        let mut end_fatal_code = None;
         match (r.e.as_str(), sta) {
             ("ps", Some("p")) => {
                 if !view.started {
@@ -450,31 +635,40 @@ impl Session {
                 out.push(self.event(&mut view, m, EventType::Seek, r.ts));
                 view.in_stall = false;
             }
-            ("ps", Some("e")) => ended = Some(EndReason::Completed),
-            ("ps", Some("q")) => ended = Some(EndReason::Exit),
-            ("ps", Some("f")) => {
-                let mut e = self.event(&mut view, m, EventType::Error, r.ts);
-                e.fatal = Some(true);
-                e.started = Some(view.started);
-                e.code = Some(r.ec.clone().unwrap_or_else(|| "cmcd_fatal".into()));
-                out.push(e);
+            // Leaving, or the stream ending, right after an error before the first frame: the
+            // view failed to start.
+            ("ps", Some("e" | "q")) if error_before_start.is_some() => {
+                let held_is_it = self
+                    .held
+                    .as_ref()
+                    .is_some_and(|h| h.fatal == Some(false) && h.view_id == view.view_id);
+                if held_is_it {
+                    self.fail(&mut view, m, out, &mut released);
+                } else {
+                    end_fatal_code = error_before_start;
+                }
                 ended = Some(EndReason::Error);
             }
+            ("ps", Some("e")) => ended = Some(EndReason::Completed),
+            ("ps", Some("q")) => ended = Some(EndReason::Exit),
             // hls.js's error report of a fatal failure says `sta=f` itself, and may arrive
             // before its `ps f`: it is the failure (the `ps f` then adds nothing).
-            ("e", _) if r.sta.as_deref() == Some("f") => {
-                let mut e = self.event(&mut view, m, EventType::Error, r.ts);
-                e.fatal = Some(true);
-                e.code = Some(r.ec.clone().unwrap_or_else(|| "cmcd_fatal".into()));
-                out.push(e);
+            ("ps", Some("f")) | ("e", _) if r.sta.as_deref() == Some("f") => {
+                self.fail(&mut view, m, out, &mut released);
                 ended = Some(EndReason::Error);
             }
             ("e", _) => {
+                // Held: a `sta=f` may follow and make it the failure's one error.
+                self.release(&mut released);
                 let mut e = self.event(&mut view, m, EventType::Error, r.ts);
                 e.fatal = Some(false);
                 e.started = Some(view.started);
-                e.code = Some(r.ec.clone().unwrap_or_else(|| "unknown".into()));
-                out.push(e);
+                e.code = r.ec.clone();
+                if !view.started {
+                    view.last_error =
+                        Some(r.ec.clone().unwrap_or_else(|| GENERIC_ERROR_CODE.into()));
+                }
+                self.held = Some(e);
             }
             _ => {}
         }
@@ -540,11 +734,16 @@ impl Session {
                 };
                 end.started = Some(view.started);
                 end.reason = Some(reason);
+                if let Some(code) = end_fatal_code {
+                    end.fatal = Some(true);
+                    end.code = Some(code);
+                }
                 self.ended_at = Some(r.ts);
                 self.failed = reason == EndReason::Error;
             }
             None => self.view = Some(view),
         }
+        out.append(&mut released);
     }
 }
 
@@ -559,6 +758,7 @@ mod tests {
         sn: i64,
         sid: &'static str,
         cdn: &'static str,
+        cdn_rank: u8,
     }
 
     impl Player {
@@ -568,6 +768,7 @@ mod tests {
                 sn: 0,
                 sid,
                 cdn: "",
+                cdn_rank: 0,
             }
         }
 
@@ -592,6 +793,7 @@ mod tests {
                 cdn: self.cdn.into(),
                 platform: "web".into(),
                 player: "hls.js".into(),
+                cdn_rank: self.cdn_rank,
             };
             let mut out = Vec::new();
             self.sessions
@@ -684,9 +886,231 @@ mod tests {
         for at in [10_000, 20_000, 30_000] {
             all.extend(p.send(at, "t", |r| r.sta = Some("f".into())));
         }
-        assert_eq!(kinds(&all), ["view_start", "error", "view_end"]);
-        assert_eq!((all[1].fatal, all[1].started), (Some(true), Some(false)));
-        assert_eq!(all[2].reason, Some(EndReason::Error));
+        // The failure waits for its error report, which gives it the player's code.
+        assert_eq!(kinds(&all), ["view_start", "view_end", "error"]);
+        assert_eq!((all[2].fatal, all[2].started), (Some(true), Some(false)));
+        assert_eq!(all[2].code.as_deref(), Some("manifestLoadError"));
+        assert_eq!(all[1].reason, Some(EndReason::Error));
+    }
+
+    /// Events of a report stream, the held ones released by a later clock.
+    fn drained(p: &mut Player, clock: i64) -> Vec<QoeEvent> {
+        let mut out = Vec::new();
+        p.sessions.release_due(T0 + clock, &mut out);
+        out
+    }
+
+    fn errors(events: &[QoeEvent]) -> Vec<(Option<bool>, Option<bool>, &str)> {
+        events
+            .iter()
+            .filter(|e| e.kind == EventType::Error)
+            .map(|e| (e.fatal, e.started, e.code.as_deref().unwrap_or("")))
+            .collect()
+    }
+
+    #[test]
+    fn one_cdn_rule_for_every_report_of_a_view() {
+        use qoe_schemas::cmcd::CdnSource;
+        let cdns = |events: &[QoeEvent]| {
+            events
+                .iter()
+                .map(|e| (e.kind.as_str(), e.cdn.clone()))
+                .collect::<Vec<_>>()
+        };
+        let page = |p: &mut Player| {
+            (p.cdn, p.cdn_rank) = ("cdn-x", CdnSource::TargetUrl as u8);
+        };
+        let served_by = |p: &mut Player, cdn: &'static str| {
+            (p.cdn, p.cdn_rank) = (cdn, CdnSource::ObjectHost as u8);
+        };
+        // hls.js posting to `?cdn=cdn-x` while its segments come from a host of cdn-y: every
+        // count of the view in cdn-y, the attempt and the play together.
+        let mut p = Player::new("s-30");
+        page(&mut p);
+        let mut all = p.ps(0, "s");
+        served_by(&mut p, "cdn-y");
+        all.extend(p.send(100, "rr", |r| r.rc = Some(200)));
+        page(&mut p);
+        all.extend(p.ps(400, "p"));
+        all.extend(p.send(10_400, "t", |_| {}));
+        assert_eq!(
+            cdns(&all),
+            [
+                ("view_start", "cdn-y".into()),
+                ("first_frame", "cdn-y".into()),
+                ("heartbeat", "cdn-y".into())
+            ]
+        );
+        // The first request comes after the start stopped waiting: the attempt was counted in
+        // the page's CDN, so are the first frame and startup (one moment, one slice); the time
+        // played after goes to the CDN that serves, and a later change of CDN moves it on.
+        let mut p = Player::new("s-31");
+        page(&mut p);
+        let mut all = p.ps(0, "s");
+        all.extend(p.send(2_500, "t", |_| {}));
+        served_by(&mut p, "cdn-y");
+        all.extend(p.send(3_000, "rr", |r| r.rc = Some(200)));
+        page(&mut p);
+        all.extend(p.ps(3_500, "p"));
+        all.extend(p.send(13_500, "t", |_| {}));
+        served_by(&mut p, "cdn-z");
+        all.extend(p.send(14_000, "rr", |r| r.rc = Some(200)));
+        page(&mut p);
+        all.extend(p.send(23_500, "t", |_| {}));
+        assert_eq!(
+            cdns(&all),
+            [
+                ("view_start", "cdn-x".into()),
+                ("first_frame", "cdn-x".into()),
+                ("heartbeat", "cdn-y".into()),
+                ("heartbeat", "cdn-z".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn one_failure_is_one_error_with_the_players_code_in_either_order() {
+        let fatal_first = |ec_on_error: bool| {
+            let mut p = Player::new("s-20");
+            let mut all = p.ps(0, "s");
+            all.extend(p.ps(15, "f"));
+            all.extend(p.send(18, "e", |r| {
+                if ec_on_error {
+                    r.ec = Some("manifestLoadError".into());
+                }
+            }));
+            all.extend(drained(&mut p, 60_000));
+            all
+        };
+        assert_eq!(
+            errors(&fatal_first(true)),
+            [(Some(true), Some(false), "manifestLoadError")]
+        );
+        assert_eq!(
+            errors(&fatal_first(false)),
+            [(Some(true), Some(false), "cmcd_fatal")],
+            "no code sent: the generic one"
+        );
+        // Shaka and dash.js: the error report (still `sta=p`) first, then `ps f`.
+        let mut p = Player::new("s-21");
+        let mut all = p.ps(0, "s");
+        all.extend(p.ps(300, "p"));
+        all.extend(p.send(9_000, "e", |r| {
+            r.ec = Some("4032".into());
+            r.sta = Some("p".into());
+        }));
+        all.extend(p.ps(9_004, "f"));
+        all.extend(drained(&mut p, 60_000));
+        assert_eq!(errors(&all), [(Some(true), Some(true), "4032")]);
+        assert_eq!(all.last().map(|e| e.reason), Some(Some(EndReason::Error)));
+        // The error report says `sta=f` itself, before its `ps f`.
+        let mut p = Player::new("s-22");
+        let mut all = p.ps(0, "s");
+        all.extend(p.send(20, "e", |r| {
+            r.ec = Some("22".into());
+            r.sta = Some("f".into());
+        }));
+        all.extend(p.ps(21, "f"));
+        assert_eq!(errors(&all), [(Some(true), Some(false), "22")]);
+    }
+
+    #[test]
+    fn a_held_failure_survives_a_restart_between_its_two_reports() {
+        let mut p = Player::new("s-23");
+        let mut all = p.ps(0, "s");
+        all.extend(p.ps(300, "p"));
+        all.extend(p.send(5_000, "e", |r| r.ec = Some("bufferAppendError".into())));
+        assert!(errors(&all).is_empty(), "held until its fate is known");
+        p.sessions = Sessions::restore(&p.sessions.snapshot()).unwrap();
+        all.extend(p.ps(5_010, "f"));
+        assert_eq!(
+            errors(&all),
+            [(Some(true), Some(true), "bufferAppendError")]
+        );
+    }
+
+    #[test]
+    fn a_non_fatal_error_counts_once_when_its_hold_ends() {
+        let mut p = Player::new("s-24");
+        p.ps(0, "s");
+        p.ps(300, "p");
+        let e = p.send(5_000, "e", |r| r.ec = Some("fragLoadError".into()));
+        assert!(e.is_empty());
+        let later = p.send(10_001, "t", |_| {});
+        assert_eq!(errors(&later), [(Some(false), Some(true), "fragLoadError")]);
+        // Released by the clock when the session says nothing more.
+        let e = p.send(20_000, "e", |_| {});
+        assert!(e.is_empty());
+        assert!(drained(&mut p, 24_999).is_empty());
+        assert_eq!(
+            errors(&drained(&mut p, 25_000)),
+            [(Some(false), Some(true), "unknown")]
+        );
+    }
+
+    #[test]
+    fn an_error_before_the_first_frame_then_silence_or_exit_is_a_start_failure() {
+        // dash.js with a missing manifest: `ps s`, the 404, `e=e,ec=25` (still `sta=s`), then
+        // nothing.
+        let mut p = Player::new("s-25");
+        let mut all = p.ps(0, "s");
+        all.extend(p.send(40, "rr", |r| r.rc = Some(404)));
+        all.extend(p.send(60, "e", |r| {
+            r.ec = Some("25".into());
+            r.sta = Some("s".into());
+        }));
+        all.extend(drained(&mut p, 10_000));
+        assert_eq!(errors(&all), [(Some(false), Some(false), "25")]);
+        let mut silent = Vec::new();
+        let mut out = Vec::new();
+        let watermark = T0 + 60 + 120_000 + 10_000;
+        p.sessions.expire(
+            watermark,
+            10_000,
+            &SessionConfig::default(),
+            &mut silent,
+            &mut out,
+        );
+        assert!(silent.is_empty(), "ended by its failure, not as silent");
+        assert_eq!(kinds(&out), ["view_end"]);
+        let end = &out[0];
+        assert_eq!(
+            (end.fatal, end.started, end.reason, end.code.as_deref()),
+            (Some(true), Some(false), Some(EndReason::Error), Some("25"))
+        );
+        assert_eq!(
+            end.event_time, watermark,
+            "counted where it is still on time"
+        );
+        // The player leaves right after the error (within the hold): one fatal error.
+        let mut p = Player::new("s-26");
+        let mut all = p.ps(0, "s");
+        all.extend(p.send(60, "e", |r| r.ec = Some("1001".into())));
+        all.extend(p.ps(900, "q"));
+        assert_eq!(errors(&all), [(Some(true), Some(false), "1001")]);
+        let end = all.iter().find(|e| e.kind == EventType::ViewEnd).unwrap();
+        assert_eq!(
+            (end.reason, end.fatal),
+            (Some(EndReason::Error), None),
+            "the error counts the failure; the end does not again"
+        );
+        // ... or after it: the error counted, then the end counts the start failure.
+        let mut p = Player::new("s-27");
+        let mut all = p.ps(0, "s");
+        all.extend(p.send(60, "e", |r| r.ec = Some("1001".into())));
+        all.extend(p.ps(9_000, "q"));
+        assert_eq!(errors(&all), [(Some(false), Some(false), "1001")]);
+        let end = all.iter().find(|e| e.kind == EventType::ViewEnd).unwrap();
+        assert_eq!((end.fatal, end.code.as_deref()), (Some(true), Some("1001")));
+        // An error the view recovers from is only an error.
+        let mut p = Player::new("s-28");
+        let mut all = p.ps(0, "s");
+        all.extend(p.send(60, "e", |r| r.ec = Some("fragLoadError".into())));
+        all.extend(p.ps(9_000, "p"));
+        all.extend(p.ps(19_000, "q"));
+        assert_eq!(errors(&all), [(Some(false), Some(false), "fragLoadError")]);
+        let end = all.last().unwrap();
+        assert_eq!((end.fatal, end.reason), (None, Some(EndReason::Exit)));
     }
 
     #[test]
@@ -700,7 +1124,7 @@ mod tests {
             r.ec = Some("manifestLoadError".into());
             r.sta = Some("f".into());
         }));
-        all.extend(p.send(42, "ps", |r| r.sta = Some("f".into())));
+        all.extend(p.ps(42, "f"));
         p.sn = 2;
         all.extend(p.send(22, "ps", |r| r.sta = Some("s".into())));
         all.extend(p.send(10_000, "t", |r| r.sta = Some("f".into())));
@@ -803,16 +1227,15 @@ mod tests {
         assert_eq!(Sessions::restore("").unwrap().len(), 0);
         let config = SessionConfig::default();
         let mut silent = Vec::new();
-        p.sessions.expire(
-            T0 + 100 + 120_000 + 10_000 - 1,
-            10_000,
-            &config,
-            &mut silent,
-        );
+        let mut out = Vec::new();
+        let watermark = T0 + 100 + 120_000 + 10_000;
+        p.sessions
+            .expire(watermark - 1, 10_000, &config, &mut silent, &mut out);
         assert_eq!(p.sessions.len(), 1);
         assert!(silent.is_empty());
         p.sessions
-            .expire(T0 + 100 + 120_000 + 10_000, 10_000, &config, &mut silent);
+            .expire(watermark, 10_000, &config, &mut silent, &mut out);
+        assert!(out.is_empty());
         assert!(p.sessions.is_empty());
         assert_eq!(silent.len(), 1, "the open view went silent");
         assert_eq!(

@@ -40,6 +40,14 @@ impl AddEvent for WindowMetrics {
                     }
                 }
             }
+            // The end of a view whose last error turned out to be its failure (CMCD: a view
+            // that never started and went silent or left after an error): the failure counts,
+            // the error was counted when it came.
+            EventType::ViewEnd if e.fatal == Some(true) => match e.started {
+                Some(true) => self.vpf += 1,
+                Some(false) => self.vsf += 1,
+                None => {}
+            },
             EventType::ViewEnd
                 if e.started == Some(false) && e.reason != Some(EndReason::Error) =>
             {
@@ -120,6 +128,13 @@ mod tests {
         end.reason = Some(EndReason::Exit);
         m.add(&end.borrowed());
         assert_eq!((m.vsf, m.vpf, m.errors, m.ebvs, m.events), (1, 1, 3, 1, 6));
+        // A CMCD view that failed to start after an error already counted: its end counts the
+        // start failure, not another error, and is no exit before start.
+        end.started = Some(false);
+        end.reason = Some(EndReason::Error);
+        end.fatal = Some(true);
+        m.add(&end.borrowed());
+        assert_eq!((m.vsf, m.vpf, m.errors, m.ebvs), (2, 1, 3, 1));
     }
 
     #[test]

@@ -245,8 +245,15 @@ pub async fn run_cluster(
         .await?;
         ddl(format!("SYSTEM SYNC REPLICA {db}.schema_migrations")).await?;
         let report = apply(store, |sql| Ok(target.rewrite(&catalog, sql)?)).await?;
-        if !report.applied.is_empty() || !read_layer_complete(store, target, &catalog).await? {
+        let recreate = !report.applied.is_empty();
+        if recreate || !read_layer_complete(store, target, &catalog).await? {
             for sql in target.distributed_layer(&catalog)? {
+                // With no schema change under it, only what is missing is created: dropping
+                // would take the layer away from its readers, and from an aggregator started
+                // beside this one whose `ON CLUSTER` statements this server has not run yet.
+                if !recreate && sql.starts_with("DROP ") {
+                    continue;
+                }
                 ddl(sql).await?;
             }
             tracing::info!(database = %read, objects = catalog.read_objects(), "reading layer (Distributed tables) re-created");

@@ -244,6 +244,14 @@ impl ViewPartial {
                     self.end_reason = r.as_str();
                     self.end_time = e.event_time;
                 }
+                // A view that failed to start after an error already counted (CMCD): the
+                // end names that error's code.
+                if let Some(code) = e.code.as_deref().filter(|_| e.fatal == Some(true)) {
+                    if e.event_time >= self.error_time {
+                        self.error_code = code.to_owned();
+                        self.error_time = e.event_time;
+                    }
+                }
             }
             _ => {}
         }
@@ -627,7 +635,17 @@ impl<S: BuildHasher + Default> PartitionState<S> {
     /// sessions silent for their timeout end (so which are held is a function of the
     /// messages, never of flush timing).
     fn advance(&mut self, event_time: i64, received_at: i64) {
-        self.max_event_time = self.max_event_time.max(event_time.min(received_at));
+        let clock = self.max_event_time.max(event_time.min(received_at));
+        if self.sessions.has_due(clock) {
+            // Before the watermark moves: held for less than the allowed lateness, a released
+            // error is on time whatever gap in the partition's traffic preceded this message.
+            let mut derived = std::mem::take(&mut self.derived);
+            derived.clear();
+            self.sessions.release_due(clock, &mut derived);
+            self.accept_derived(&derived, self.watermark());
+            self.derived = derived;
+        }
+        self.max_event_time = clock;
         let mark = self.watermark().div_euclid(self.config.window_ms);
         if mark <= self.expired_at {
             return;
@@ -641,12 +659,17 @@ impl<S: BuildHasher + Default> PartitionState<S> {
                 .expire(watermark, &self.config.views, &mut silent);
         }
         if !self.sessions.is_empty() {
+            let mut derived = std::mem::take(&mut self.derived);
+            derived.clear();
             self.sessions.expire(
                 watermark,
                 self.config.window_ms,
                 &self.config.sessions,
                 &mut silent,
+                &mut derived,
             );
+            self.accept_derived(&derived, watermark);
+            self.derived = derived;
         }
         for v in &silent {
             let (context, _) = self
@@ -772,16 +795,7 @@ impl<S: BuildHasher + Default> PartitionState<S> {
             derived.clear();
             self.sessions
                 .on_report(m, &self.config.sessions, &mut derived);
-            for e in &derived {
-                let e = e.borrowed();
-                let w = self.window_of(e.event_time);
-                let (context, slice) = self.batch.intern(&e, self.config.dimensions);
-                if w + self.config.window_ms <= watermark {
-                    self.batch.window_row(w, slice).late_events += 1;
-                } else {
-                    self.batch.accept(w, context, slice, &e);
-                }
-            }
+            self.accept_derived(&derived, watermark);
             self.derived = derived;
             if m.cmcd.e == "rr" {
                 let probe = self.sessions.probe_event(m);
@@ -803,6 +817,21 @@ impl<S: BuildHasher + Default> PartitionState<S> {
         self.advance(m.cmcd.ts, m.received_at);
         self.settle();
         outcome
+    }
+
+    /// Counts the events CMCD sessions made, each in its own window (late when that window
+    /// is final at `watermark`).
+    fn accept_derived(&mut self, derived: &[QoeEvent], watermark: i64) {
+        for e in derived {
+            let e = e.borrowed();
+            let w = self.window_of(e.event_time);
+            let (context, slice) = self.batch.intern(&e, self.config.dimensions);
+            if w + self.config.window_ms <= watermark {
+                self.batch.window_row(w, slice).late_events += 1;
+            } else {
+                self.batch.accept(w, context, slice, &e);
+            }
+        }
     }
 
     /// CMCD sessions held.
@@ -1088,6 +1117,7 @@ mod tests {
             cdn: "c".into(),
             platform: "web".into(),
             player: "p".into(),
+            cdn_rank: 0,
         };
         let reports = [
             report(0, 0, "ps", Some("s")),

@@ -6,7 +6,7 @@
 //! cannot be told (they drop data silently on any 4xx, so the request still gets 204).
 
 use crate::ingest::IngestError;
-use qoe_schemas::cmcd::{parse_line, CmcdMessageRef};
+use qoe_schemas::cmcd::{parse_line, CdnSource, CmcdMessageRef};
 use qoe_schemas::validate::{has_unsafe_chars, longer_than, normalize_dimension};
 use qoe_schemas::Limits;
 
@@ -139,12 +139,16 @@ pub fn process(
         }
         match parse_line(line, received_at, limits) {
             Ok(parsed) => {
-                let cdn = parsed
-                    .cdn
-                    .as_deref()
-                    .or_else(|| parsed.host.as_deref().and_then(|h| hosts.resolve(h)))
-                    .or(defaults.cdn.as_deref())
-                    .unwrap_or_default();
+                let (cdn, source) = if let Some(cdn) = parsed.cdn.as_deref() {
+                    (cdn, CdnSource::ReportKey)
+                } else if let Some(cdn) = parsed.host.as_deref().and_then(|h| hosts.resolve(h)) {
+                    (cdn, CdnSource::ObjectHost)
+                } else {
+                    (
+                        defaults.cdn.as_deref().unwrap_or_default(),
+                        CdnSource::TargetUrl,
+                    )
+                };
                 let message = CmcdMessageRef {
                     cmcd: &parsed.report,
                     received_at,
@@ -152,6 +156,7 @@ pub fn process(
                     cdn,
                     platform: &defaults.platform,
                     player: &defaults.player,
+                    cdn_rank: source as u8,
                 };
                 batch
                     .messages

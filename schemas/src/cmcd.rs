@@ -102,6 +102,26 @@ pub struct CmcdMessage {
     pub cdn: String,
     pub platform: String,
     pub player: String,
+    /// Where `cdn` came from ([`CdnSource`]): a session's CDN is changed only by a report
+    /// whose source ranks at least as high as the one that set it. Absent (0) in messages of
+    /// collectors that did not send it: every CDN then counts as before.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cdn_rank: u8,
+}
+
+fn is_zero(v: &u8) -> bool {
+    *v == 0
+}
+
+/// Where a report's CDN came from, weakest first (`CmcdMessage::cdn_rank`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CdnSource {
+    /// The target URL's `cdn` parameter: what the page declared.
+    TargetUrl = 0,
+    /// The requested object's host through the collector's host map: what served it.
+    ObjectHost = 1,
+    /// The report's own `cdn` key.
+    ReportKey = 2,
 }
 
 /// Writes a [`CmcdMessage`] from borrowed parts (the collector's per-request context is not
@@ -114,6 +134,8 @@ pub struct CmcdMessageRef<'a> {
     pub cdn: &'a str,
     pub platform: &'a str,
     pub player: &'a str,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cdn_rank: u8,
 }
 
 impl CmcdMessageRef<'_> {
@@ -132,6 +154,7 @@ impl CmcdMessage {
             cdn: &self.cdn,
             platform: &self.platform,
             player: &self.player,
+            cdn_rank: self.cdn_rank,
         }
         .encode()
     }
@@ -638,6 +661,7 @@ mod tests {
             cdn: String::new(),
             platform: "web".into(),
             player: "hls.js".into(),
+            cdn_rank: 0,
         };
         let bytes = m.encode();
         assert!(bytes.starts_with(CMCD_MESSAGE_PREFIX));

@@ -435,7 +435,8 @@ pub fn validate_event(
         latency_ms: ev.latency_ms,
         dropped_frames: ev.dropped_frames,
         code: ev.code.map(Cow::into_owned),
-        fatal: ev.fatal,
+        // Only an error is fatal or not (a `view_end` that says fatal would count a failure).
+        fatal: ev.fatal.filter(|_| kind == EventType::Error),
         reason,
     })
 }
@@ -496,12 +497,14 @@ mod tests {
         let out = run(&format!(
             r#"{{"seq":0,"type":"view\u005fstart","ts":{NOW}}},
                {{"seq":1,"type":"error","ts":{NOW},"started":true,"fatal":false,"code":"E\"42\"\n"}},
-               {{"seq":2,"type":"view_end","ts":{NOW},"started":true,"reason":"\u0065xit"}}"#
+               {{"seq":2,"type":"view_end","ts":{NOW},"started":true,"reason":"\u0065xit","fatal":true}}"#
         ));
         let events: Vec<&QoeEvent> = out.iter().map(|r| r.as_ref().unwrap()).collect();
         assert_eq!(events[0].kind, EventType::ViewStart);
         assert_eq!(events[1].code.as_deref(), Some("E\"42\"\n"));
+        assert_eq!(events[1].fatal, Some(false));
         assert_eq!(events[2].reason, Some(EndReason::Exit));
+        assert_eq!(events[2].fatal, None, "only an error is fatal or not");
     }
 
     #[test]

@@ -28,8 +28,23 @@ pub struct Cluster {
 
 /// Makes this test binary's ClickHouse queries go to the local cluster: to its first server,
 /// in the database given (the tests read `<database>_all`, the Distributed tables).
+///
+/// The first call also takes the cluster for this process, until it exits: these tests kill
+/// its servers, and the Python suite, running beside this one, reads through the cluster too
+/// (`tests/dashboards`, which takes the same lock, `.stack/cluster/lock`).
 pub fn use_cluster() -> &'static Cluster {
     CLUSTER.get_or_init(|| {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.stack/cluster");
+        let _ = std::fs::create_dir_all(&dir);
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("lock"))
+            .expect("opening .stack/cluster/lock");
+        lock.lock().expect("locking .stack/cluster/lock");
+        // Held until the process exits.
+        std::mem::forget(lock);
         let out = std::process::Command::new(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/cluster.sh"),
         )
@@ -305,6 +320,56 @@ pub fn stack(command: &str) {
         .status()
         .expect("running scripts/stack.sh");
     assert!(status.success(), "scripts/stack.sh {command} failed");
+}
+
+/// A broker or ClickHouse server of this test process's own, started by `scripts/stack.sh`
+/// under `.stack/private/<name>` on free ports, for a test that stops and restarts its server:
+/// the shared servers, and the suites that run beside this one, never see that outage.
+/// It sets this process's environment (inherited by every service and script the test starts)
+/// so that `kafka_brokers()`/`clickhouse_url()` and [`Outage`] name it; one per test binary.
+/// Stopped when dropped.
+pub struct PrivateServer {
+    service: &'static str,
+}
+
+impl PrivateServer {
+    /// `service` is `kafka` or `clickhouse`.
+    pub fn start(service: &'static str) -> PrivateServer {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../.stack/private")
+            .join(service);
+        let vars: Vec<(&str, String)> = match service {
+            "kafka" => {
+                let port = free_port();
+                vec![
+                    ("QOE_KAFKA_PORT", port.to_string()),
+                    ("QOE_KAFKA_BROKERS", format!("127.0.0.1:{port}")),
+                ]
+            }
+            "clickhouse" => {
+                let (http, tcp) = (free_port(), free_port());
+                vec![
+                    ("QOE_CH_HTTP_PORT", http.to_string()),
+                    ("QOE_CH_TCP_PORT", tcp.to_string()),
+                    ("QOE_CLICKHOUSE_URL", format!("http://127.0.0.1:{http}")),
+                ]
+            }
+            other => panic!("unknown service {other}"),
+        };
+        // Set before any thread of the test reads the environment (the test's first act).
+        std::env::set_var("QOE_STACK_DIR", &dir);
+        for (k, v) in vars {
+            std::env::set_var(k, v);
+        }
+        stack(&format!("start-{service}"));
+        PrivateServer { service }
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        let _ = script("stack.sh", &[&format!("stop-{}", self.service)]);
+    }
 }
 
 /// Stops a stack service for the duration of a test and starts it again when dropped, even

@@ -1,18 +1,20 @@
 //! ClickHouse stopped mid-run and started again: the aggregator stays up, pauses with bounded
 //! memory, retries, catches up, and the totals are exactly those of an uninterrupted run.
 //!
-//! Stops the shared ClickHouse server, so it lives alone in its test binary.
+//! Stops a ClickHouse server of its own (`PrivateServer`), so the suites that run beside it
+//! keep theirs; it lives alone in its test binary, whose environment names that server.
 
 use qoe_tests::truth::{expected, generate, rollup};
 use qoe_tests::{
     assert_rows_eq, create_topic, publish, rss_kib, spawn_aggregator, unique, wait_caught_up,
-    window_rows, Outage,
+    window_rows, Outage, PrivateServer,
 };
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 #[tokio::test]
 async fn clickhouse_outage_loses_nothing() {
+    let _clickhouse = PrivateServer::start("clickhouse");
     let topic = unique("test.agg.chdown");
     let db = unique("qoe_test_chdown");
     create_topic(&topic, 4).await.unwrap();

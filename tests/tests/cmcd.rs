@@ -370,11 +370,158 @@ async fn reports_of_real_player_shapes_become_views() {
                 "0",
                 "0",
                 "0",
-                "cmcd_fatal",
+                "manifestLoadError",
                 "error"
             ]),
         ]
     );
+}
+
+/// One fatal failure, reported as `sta=f` and as `e` with the player's code, is one error
+/// with that code whatever the order (hls.js sends `f` first, Shaka and dash.js the error
+/// first), in one body or two, and with the aggregator killed (kill -9) between the two; a
+/// view that never starts and whose last report is an error (dash.js with a missing
+/// manifest) is a start failure with that error's code when it goes silent.
+#[tokio::test]
+async fn one_failure_is_one_error_with_the_players_code() {
+    let topic = unique("test.cmcd.failure");
+    let db = unique("qoe_test_cmcd_failure");
+    create_topic(&topic, 2).await.unwrap();
+    let (_collector, base_url, _admin) = spawn_collector(&topic, &[]).await;
+    let http = reqwest::Client::new();
+    let url = format!("{base_url}/v1/cmcd?cdn=cdn-a");
+    let base = (now_ms() - 10 * 60_000) / 10_000 * 10_000;
+    let common = ",cid=\"ch-1\",sf=h,st=l";
+    // (sid, lines, where the second body starts: None = one body)
+    type Case<'a> = (&'a str, Vec<(i64, &'a str)>, Option<usize>);
+    let cases: [Case; 5] = [
+        (
+            "f-then-e-one-body",
+            vec![
+                (0, "e=ps,sta=s"),
+                (15, "e=ps,sta=f"),
+                (18, "e=e,ec=(\"manifestLoadError\")"),
+            ],
+            None,
+        ),
+        (
+            "f-then-e-two-bodies",
+            vec![
+                (0, "e=ps,sta=s"),
+                (300, "e=ps,sta=p"),
+                (9_000, "e=ps,sta=f"),
+                (9_002, "e=e,ec=(\"bufferAppendError\";details=\"x\"),sta=f"),
+            ],
+            Some(3),
+        ),
+        (
+            "e-then-f-one-body",
+            vec![
+                (0, "e=ps,sta=s"),
+                (20, "e=e,ec=1001,sta=s"),
+                (21, "e=ps,sta=f"),
+            ],
+            None,
+        ),
+        (
+            "e-then-f-across-a-kill",
+            vec![
+                (0, "e=ps,sta=s"),
+                (400, "e=ps,sta=p"),
+                (8_000, "e=e,ec=4032,sta=p"),
+                (8_003, "e=ps,sta=f"),
+            ],
+            Some(3),
+        ),
+        (
+            "dash-missing-manifest",
+            vec![
+                (0, "e=ps,sta=s"),
+                (
+                    30,
+                    "e=rr,url=\"https://origin.example.net/live/manifest.mpd\",rc=404,ot=m",
+                ),
+                (40, "e=e,ec=25,sta=s"),
+            ],
+            None,
+        ),
+    ];
+    let mut second_bodies = Vec::new();
+    for (i, (sid, lines, split)) in cases.iter().enumerate() {
+        let text = body(sid, base + i as i64 * 1_000, common, lines);
+        let all: Vec<&str> = text.lines().collect();
+        let at = split.unwrap_or(all.len());
+        let first: String = all[..at].iter().map(|l| format!("{l}\n")).collect();
+        assert_eq!(post(&http, &url, first.into_bytes(), false).await, 204);
+        if at < all.len() {
+            second_bodies.push(
+                all[at..]
+                    .iter()
+                    .map(|l| format!("{l}\n"))
+                    .collect::<String>(),
+            );
+        }
+    }
+    let group = unique("g");
+    let mut aggregator = spawn_aggregator(&topic, &db, &group, &["--flush-interval-ms", "100"]);
+    wait_caught_up(&db, &topic, &ends(&topic), Duration::from_secs(60)).await;
+    aggregator.kill9();
+    for b in second_bodies {
+        assert_eq!(post(&http, &url, b.into_bytes(), false).await, 204);
+    }
+    // Time moves on for the partitions (the missing-manifest view goes silent past the
+    // session timeout): a healthy session three minutes later on each partition's keys.
+    for k in 0..8 {
+        let later = body(
+            &format!("later-{k}"),
+            base + 200_000,
+            common,
+            // Short: no later session may make another's reports late.
+            &[
+                (0, "e=ps,sta=s"),
+                (300, "e=ps,sta=p"),
+                (20_000, "e=ps,sta=e"),
+            ],
+        );
+        assert_eq!(post(&http, &url, later.into_bytes(), false).await, 204);
+    }
+    let _successor = spawn_aggregator(&topic, &db, &unique("g"), &["--flush-interval-ms", "100"]);
+    wait_caught_up(&db, &topic, &ends(&topic), Duration::from_secs(60)).await;
+
+    let views = clickhouse_query(
+        &db,
+        "SELECT view_id, started, errors, error_code, end_reason FROM qoe_views \
+         WHERE view_id NOT LIKE 'later-%' ORDER BY view_id",
+    )
+    .await
+    .unwrap();
+    let line = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        views,
+        vec![
+            line(&["dash-missing-manifest", "0", "1", "25", "error"]),
+            line(&["e-then-f-across-a-kill", "1", "1", "4032", "error"]),
+            line(&["e-then-f-one-body", "0", "1", "1001", "error"]),
+            line(&["f-then-e-one-body", "0", "1", "manifestLoadError", "error"]),
+            line(&[
+                "f-then-e-two-bodies",
+                "1",
+                "1",
+                "bufferAppendError",
+                "error"
+            ]),
+        ]
+    );
+    let totals = clickhouse_query(
+        &db,
+        "SELECT sum(attempts), sum(plays), sum(errors), sum(vsf), sum(vpf), sum(ebvs) \
+         FROM qoe_window_10s",
+    )
+    .await
+    .unwrap();
+    // 5 failing views and 8 healthy ones; 3 failures before start (one of them by silence),
+    // 2 after.
+    assert_eq!(totals, vec![line(&["13", "10", "5", "3", "2", "0"])]);
 }
 
 /// A synthetic audience of CMCD sessions: play, stalls, pauses, seeks, bitrate changes,
@@ -462,6 +609,7 @@ fn audience(seed: u64, sessions: usize, t0: i64) -> Vec<(String, Vec<u8>)> {
             cdn: if m_cdn_b(&r_sid) { "cdn-b" } else { "cdn-a" }.into(),
             platform: "web".into(),
             player: "hls.js".into(),
+            cdn_rank: 0,
         };
         let copies = if rng.random_bool(0.03) { 2 } else { 1 };
         for _ in 0..copies {

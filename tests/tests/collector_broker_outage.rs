@@ -1,12 +1,14 @@
 //! Kafka down: the collector answers 503 with Retry-After within its delivery timeout, stays
 //! up, and recovers by itself when the broker is back. Nothing acknowledged is missing.
 //!
-//! This test stops and restarts the shared broker, so it lives alone in its test binary
-//! (cargo runs test binaries one after another). The local broker keeps data in memory, so
-//! only what was acknowledged after the restart can be checked against the topic.
+//! This test stops and restarts a broker of its own (`PrivateServer`), so the suites that run
+//! beside it keep theirs; it lives alone in its test binary, whose environment names that
+//! broker. The local broker keeps data in memory, so only what was acknowledged after the
+//! restart can be checked against the topic.
 
 use qoe_tests::{
-    create_topic, free_port, kafka_brokers, read_topic, unique, wait_http_ok, Outage, Service,
+    create_topic, free_port, kafka_brokers, read_topic, unique, wait_http_ok, Outage,
+    PrivateServer, Service,
 };
 use serde_json::json;
 use std::collections::BTreeSet;
@@ -16,6 +18,7 @@ use qoe_telemetry::process::now_ms;
 
 #[tokio::test]
 async fn broker_outage_gives_503_then_recovers() {
+    let _broker = PrivateServer::start("kafka");
     let topic = unique("test.outage");
     create_topic(&topic, 2).await.unwrap();
     let port = free_port();
