@@ -11,6 +11,7 @@
 #   scripts/cluster.sh kill-replica N     kill -9 server N (1..4; shard = (N+1)/2)
 #   scripts/cluster.sh start-replica N    start server N again
 #   scripts/cluster.sh stop-zookeeper | start-zookeeper
+#   scripts/cluster.sh heal               restart the servers if distributed DDL stalls on one
 #
 # Settings (environment): QOE_CLUSTER_NAME (qoe), QOE_CLUSTER_BASE_PORT (8200: server N serves
 # HTTP on base+N, native on base+100+N, interserver on base+200+N), QOE_ZK_PORT (2181),
@@ -207,6 +208,31 @@ status() {
   echo "shards: $(urls)"
 }
 
+# Whether every server runs distributed DDL: ClickHouse 18.16's DDL worker can stop for good
+# after a ZooKeeper outage (an "unexpected ZooKeeper error"), and `ON CLUSTER` statements then
+# wait for that server until they time out.
+ddl_ok() {
+  local out
+  out="$(curl -sS "http://127.0.0.1:$(http_port 1)/?distributed_ddl_task_timeout=30" \
+    --data-binary "CREATE DATABASE IF NOT EXISTS qoe_ddl_probe ON CLUSTER $CLUSTER" 2>&1)" || return 1
+  ! echo "$out" | grep -q "Exception"
+}
+
+# Restarts every server when distributed DDL does not run on all of them (see ddl_ok).
+heal() {
+  if ddl_ok; then
+    log "distributed DDL runs on every server"
+    return
+  fi
+  log "distributed DDL stalls on some server (ClickHouse 18.16 after a ZooKeeper outage): restarting the servers"
+  local n
+  for n in "${SERVERS[@]}"; do stop_one "ch$n"; done
+  for n in "${SERVERS[@]}"; do start_replica "$n"; done
+  for n in "${SERVERS[@]}"; do wait_for "clickhouse server $n" 60 ch_ready "$n"; done
+  ddl_ok || die "distributed DDL still stalls after a restart of every server (logs: $LOG_DIR)"
+  log "distributed DDL runs on every server again"
+}
+
 check_n() { [[ "${1:-}" =~ ^[1-4]$ ]] || die "server number must be 1..4"; }
 
 case "${1:-}" in
@@ -217,7 +243,8 @@ case "${1:-}" in
   urls) urls ;;
   kill-replica) check_n "${2:-}"; stop_one "ch$2" KILL ;;
   start-replica) check_n "${2:-}"; start_replica "$2"; wait_for "clickhouse server $2" 60 ch_ready "$2" ;;
+  heal) heal ;;
   stop-zookeeper) stop_one zookeeper ;;
   start-zookeeper) start_zookeeper ;;
-  *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -3,13 +3,16 @@
 # machine. What it does, in order:
 #
 #   1. says what it will install (only what is missing);
-#   2. in the background: lint (rustfmt, clippy), then the debug build of every binary and test;
+#   2. in the background: rustfmt, the debug build of the binaries, of the tests, then clippy;
 #      meanwhile in the foreground: the broker and ClickHouse (scripts/stack.sh), the ClickHouse
 #      cluster (scripts/cluster.sh), chromium and the web players (scripts/players.sh), the
 #      Python environment (scripts/python.sh);
-#   3. the suites, concurrently (they share the servers, isolated by topic and database names):
-#      Rust (`cargo test`), Python (pytest: schema, dashboards, alert quality) and the web SDK
-#      (node's test runner and the build check);
+#   3. the suites, concurrently, each as soon as what it needs is built: the web SDK (node's
+#      test runner and the build check) and Python (pytest, its files side by side: schema,
+#      dashboards, alert quality) once the binaries are, Rust (`cargo test`) once the tests and
+#      clippy are. They share the servers, isolated by topic and database names; the tests that
+#      stop a server run their own (tests/src/lib.rs `PrivateServer`), and the local cluster,
+#      whose servers the cluster tests kill, is taken by a lock file (.stack/cluster/lock);
 #   4. one line that says what passed, or which suite failed and where its log is.
 #
 # Every suite's output goes to target/test-logs/<suite>.log; a failed suite's log is printed.
@@ -26,7 +29,7 @@ LOG_PREFIX=test RUN_DIR="$STACK/run" LOG_DIR="$LOGS"
 # shellcheck source=scripts/lib.sh
 . "$ROOT/scripts/lib.sh"
 mkdir -p "$LOGS"
-rm -f "$LOGS"/*.log
+rm -f "$LOGS"/*.log "$LOGS/bins.ready"
 started=$SECONDS
 
 wants() { [[ ",$SUITES," == *",$1,"* ]]; }
@@ -53,17 +56,20 @@ plan() {
   fi
 }
 
-# Lint first: clippy's check build and the debug build share no artifacts, and clippy is the
-# quicker way to learn about a mistake.
+# The binaries first: the Python suite, the longest, needs only them.
 build() {
   $CARGO fmt --all -- --check
-  $CARGO clippy --workspace --all-targets -- -D warnings
   $CARGO build --workspace --bins
+  touch "$LOGS/bins.ready"
   $CARGO test --workspace --no-run
+  $CARGO clippy --workspace --all-targets -- -D warnings
 }
 
 suite_rust() { $CARGO test --workspace --no-fail-fast; }
-suite_python() { "$STACK/venv/bin/python" -m pytest -q -p no:cacheprovider --durations=10 tests/chdb tests/dashboards; }
+suite_python() {
+  "$STACK/venv/bin/python" -m pytest -q -p no:cacheprovider --durations=15 \
+    -n 3 --dist loadfile tests/chdb tests/dashboards
+}
 suite_sdk() { (cd sdk/web && node --test test/ && node build.mjs --check); }
 
 plan
@@ -77,11 +83,26 @@ scripts/cluster.sh start
 scripts/players.sh setup
 scripts/python.sh setup
 
-log "waiting for lint and build"
+pids=() names=()
+start_suite() {
+  wants "$1" || return 0
+  log "suite $1 started (log: $LOGS/$1.log)"
+  "suite_$1" >"$LOGS/$1.log" 2>&1 &
+  pids+=($!) names+=("$1")
+}
+
+log "waiting for the build (rustfmt, binaries, tests, clippy)"
 next=$((SECONDS + 20))
+bins_started=0
 while kill -0 "$build_pid" 2>/dev/null; do
+  if [ $bins_started = 0 ] && [ -f "$LOGS/bins.ready" ]; then
+    log "binaries built ($((SECONDS - started)) s since start)"
+    start_suite sdk
+    start_suite python
+    bins_started=1
+  fi
   if [ $SECONDS -ge $next ]; then
-    log "  ... lint and build: $(tail -n 1 "$LOGS/build.log" | cut -c1-100)"
+    log "  ... build: $(tail -n 1 "$LOGS/build.log" | cut -c1-100)"
     next=$((SECONDS + 20))
   fi
   sleep 1
@@ -91,17 +112,15 @@ if ! wait "$build_pid"; then
   tail -n 40 "$LOGS/build.log" | sed 's/^/    /' >&2
   log "FAILED: lint and build (log: $LOGS/build.log). Usual fixes: 'cargo fmt --all' for a format"
   log "difference; the clippy or compiler message above names the file and line"
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   exit 1
 fi
-log "lint and build: done ($((SECONDS - started)) s since start)"
-
-pids=() names=()
-for suite in rust python sdk; do
-  wants "$suite" || continue
-  log "suite $suite started (log: $LOGS/$suite.log)"
-  "suite_$suite" >"$LOGS/$suite.log" 2>&1 &
-  pids+=($!) names+=("$suite")
-done
+log "build and lint: done ($((SECONDS - started)) s since start)"
+if [ $bins_started = 0 ]; then
+  start_suite sdk
+  start_suite python
+fi
+start_suite rust
 
 failed=()
 declare -A done_at

@@ -58,6 +58,15 @@ pub fn use_cluster() -> &'static Cluster {
     })
 }
 
+/// Restarts the cluster's servers when distributed DDL stalls on one of them
+/// (`scripts/cluster.sh heal`): a ZooKeeper outage of an earlier test can leave a server's DDL
+/// worker stopped (ClickHouse 18.16). Tests that kill servers call it first.
+pub fn heal_cluster() {
+    use_cluster();
+    let healed = script("cluster.sh", &["heal"]).expect("running scripts/cluster.sh heal");
+    assert!(healed.success(), "scripts/cluster.sh heal failed");
+}
+
 /// Waits until every replica of the cluster holds every part of every replicated table of
 /// `database`, so that a read through the Distributed tables sees all of it whichever replica
 /// answers. Every server must be up.

@@ -10,8 +10,8 @@ use qoe_schemas::QoeEvent;
 use qoe_tests::truth::{expected, generate, rollup};
 use qoe_tests::{
     active_views, assert_clickhouse_equals, assert_rows_eq, clickhouse_query_at, create_topic,
-    publish, rss_kib, simulate, spawn_aggregator, spawn_collector, sync_replicas, unique,
-    use_cluster, wait_caught_up, window_rows, Outage, Service,
+    heal_cluster, publish, rss_kib, simulate, spawn_aggregator, spawn_collector, sync_replicas,
+    unique, use_cluster, wait_caught_up, window_rows, Outage, Service,
 };
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -140,6 +140,7 @@ impl Run {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_aggregators_on_the_cluster_equal_the_ground_truth() {
     let _serial = SERIAL.lock().await;
+    heal_cluster();
     use_cluster();
     let topic = unique("test.cluster.e2e");
     let database = unique("qoe_test_cluster");
@@ -213,6 +214,7 @@ async fn two_aggregators_on_the_cluster_equal_the_ground_truth() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_killed_and_zookeeper_stopped_lose_nothing() {
     let _serial = SERIAL.lock().await;
+    heal_cluster();
     use_cluster();
     let mut run = Run::new("down").await;
     let mut agg = run.aggregator();
@@ -258,6 +260,7 @@ async fn replica_killed_and_zookeeper_stopped_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aggregator_killed_while_a_replica_is_down_is_exact_after_restart() {
     let _serial = SERIAL.lock().await;
+    heal_cluster();
     use_cluster();
     let mut run = Run::new("agg").await;
     let mut agg = run.aggregator();
