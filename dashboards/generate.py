@@ -431,16 +431,18 @@ def views():
             "failed starts score 0, exits before start 50; its parts say why.",
             f"SELECT view_id, start_time, region, cdn, stream_id, score, score_success, score_startup,\n"
             f"  score_smoothness, score_quality, end_reason, error_code\n{base}\n"
-            f"ORDER BY score ASC, start_time DESC\nLIMIT 500",
+            # view_id breaks ties (many failed starts score 0 in the same second), so that the
+            # page of 500 is the same rows whichever server, or cluster, answers.
+            f"ORDER BY score ASC, start_time DESC, view_id\nLIMIT 500",
             "table", w=24, h=10,
             columns=["view_id", "start_time", "region", "cdn", "stream_id", "score", "score_success",
                      "score_startup", "score_smoothness", "score_quality", "end_reason", "error_code"])
     d.panel("table", "Views with the most stalling",
             "Views of the selected slices, most stalled time first.",
-            f"SELECT {cols}\n{base}\nORDER BY stall_ms DESC, errors DESC\nLIMIT 500",
+            f"SELECT {cols}\n{base}\nORDER BY stall_ms DESC, errors DESC, view_id\nLIMIT 500",
             "table", w=24, h=12, columns=names)
     d.panel("table", "Views that failed", "Views with an error code, newest first.",
-            f"SELECT {cols}\n{base} AND error_code != ''\nORDER BY start_time DESC\nLIMIT 500",
+            f"SELECT {cols}\n{base} AND error_code != ''\nORDER BY start_time DESC, view_id\nLIMIT 500",
             "table", w=24, h=10, columns=names)
     return d
 

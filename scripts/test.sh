@@ -11,19 +11,20 @@
 #      test runner and the build check) and Python (pytest, its files side by side: schema,
 #      dashboards, alert quality) once the binaries are, Rust (`cargo test`) once the tests and
 #      clippy are. They share the servers, isolated by topic and database names; the tests that
-#      stop a server run their own (tests/src/lib.rs `PrivateServer`), and the local cluster,
-#      whose servers the cluster tests kill, is taken by a lock file (.stack/cluster/lock);
+#      stop a server run their own (tests/src/lib.rs `PrivateServer`). Then the cluster tests,
+#      alone: they kill the cluster's servers (which the Python suite reads too; a lock file,
+#      .stack/cluster/lock, keeps the two apart whatever the order);
 #   4. one line that says what passed, or which suite failed and where its log is.
 #
 # Every suite's output goes to target/test-logs/<suite>.log; a failed suite's log is printed.
-# Settings (environment): QOE_TEST_SUITES (rust,python,sdk: a subset runs only those).
+# Settings (environment): QOE_TEST_SUITES (rust,python,sdk,cluster: a subset runs only those).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 STACK="${QOE_STACK_DIR:-$ROOT/.stack}"
 LOGS="${CARGO_TARGET_DIR:-$ROOT/target}/test-logs"
-SUITES="${QOE_TEST_SUITES:-rust,python,sdk}"
+SUITES="${QOE_TEST_SUITES:-rust,python,sdk,cluster}"
 CARGO="${CARGO:-cargo}"
 LOG_PREFIX=test RUN_DIR="$STACK/run" LOG_DIR="$LOGS"
 # shellcheck source=scripts/lib.sh
@@ -65,7 +66,19 @@ build() {
   $CARGO clippy --workspace --all-targets -- -D warnings
 }
 
-suite_rust() { $CARGO test --workspace --no-fail-fast; }
+# Every Rust test but the cluster's: unit tests of every crate, and each end-to-end test binary.
+suite_rust() {
+  local args=() t
+  for t in tests/tests/*.rs; do
+    t="$(basename "$t" .rs)"
+    [ "$t" = cluster ] || args+=(--test "$t")
+  done
+  $CARGO test --workspace --exclude qoe-tests --no-fail-fast &&
+    $CARGO test -p qoe-tests --lib "${args[@]}" --no-fail-fast
+}
+# The cluster tests kill servers and stop ZooKeeper, and their `ON CLUSTER` statements wait for
+# all four servers: on 2 cores they run alone, after the other suites.
+suite_cluster() { $CARGO test -p qoe-tests --test cluster --no-fail-fast; }
 suite_python() {
   "$STACK/venv/bin/python" -m pytest -q -p no:cacheprovider --durations=15 \
     -n 3 --dist loadfile tests/chdb tests/dashboards
@@ -73,7 +86,7 @@ suite_python() {
 suite_sdk() { (cd sdk/web && node --test test/ && node build.mjs --check); }
 
 plan
-log "lint and build in the background (log: $LOGS/build.log)"
+log "rustfmt, build and clippy in the background (log: $LOGS/build.log)"
 build >"$LOGS/build.log" 2>&1 &
 build_pid=$!
 trap 'kill $build_pid 2>/dev/null || true' EXIT
@@ -121,6 +134,7 @@ if [ $bins_started = 0 ]; then
   start_suite python
 fi
 start_suite rust
+cluster_pending=1
 
 failed=()
 declare -A done_at
@@ -140,6 +154,11 @@ while ((pending)); do
       pending=$((pending - 1))
     fi
   done
+  if ((pending == 0 && cluster_pending)) && wants cluster; then
+    cluster_pending=0
+    start_suite cluster
+    pending=1
+  fi
   if ((pending)) && [ $SECONDS -ge $next ]; then
     running=()
     for i in "${!pids[@]}"; do [ -n "${done_at[$i]:-}" ] || running+=("${names[$i]}"); done
@@ -152,7 +171,7 @@ done
 for s in "${names[@]}"; do
   echo "===== $s ($LOGS/$s.log): summary"
   case "$s" in
-    rust) grep -E "^test result:|^     Running|FAILED|panicked" "$LOGS/$s.log" | grep -v "^     Running" || true ;;
+    rust | cluster) grep -E "^test result:|FAILED|panicked" "$LOGS/$s.log" || true ;;
     *) tail -n 15 "$LOGS/$s.log" ;;
   esac
 done
