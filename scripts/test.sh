@@ -3,34 +3,37 @@
 # machine. What it does, in order:
 #
 #   1. says what it will install (only what is missing);
-#   2. in the background: rustfmt, the debug build of the binaries, of the tests, then clippy;
-#      meanwhile in the foreground: the broker and ClickHouse (scripts/stack.sh), the ClickHouse
-#      cluster (scripts/cluster.sh), chromium and the web players (scripts/players.sh), the
-#      Python environment (scripts/python.sh);
-#   3. the suites, concurrently, each as soon as what it needs is built: the web SDK (node's
-#      test runner and the build check) and Python (pytest, its files side by side: schema,
-#      dashboards, alert quality) once the binaries are, Rust (`cargo test`) once the tests and
-#      clippy are. They share the servers, isolated by topic and database names; the tests that
-#      stop a server run their own (tests/src/lib.rs `PrivateServer`). Then the cluster tests,
-#      alone: they kill the cluster's servers (which the Python suite reads too; a lock file,
-#      .stack/cluster/lock, keeps the two apart whatever the order);
+#   2. in the background: rustfmt, then one debug build of the binaries and the tests (one
+#      build, so that crates are compiled once with the features of both); meanwhile in the
+#      foreground: the broker and ClickHouse (scripts/stack.sh), the ClickHouse cluster
+#      (scripts/cluster.sh), chromium and the web players (scripts/players.sh), the Python
+#      environment (scripts/python.sh);
+#   3. the suites, concurrently: Rust (`cargo test`, but the cluster tests), Python (pytest, its
+#      files side by side: schema, dashboards, alert quality), the web SDK (node's test runner
+#      and the build check) and lint (clippy, in its own target directory, target/clippy, so
+#      that it does not wait for the build lock the Rust suite holds). They share the servers,
+#      isolated by topic and database names; the tests that stop a server run their own
+#      (tests/src/lib.rs `PrivateServer`). The cluster tests start when the Python suite is
+#      done: they kill the cluster's servers and stop ZooKeeper, and their `ON CLUSTER`
+#      statements starve beside the Python suite's simulated runs on 2 cores (a lock file,
+#      .stack/cluster/lock, keeps them apart from its cluster check whatever the order);
 #   4. one line that says what passed, or which suite failed and where its log is.
 #
 # Every suite's output goes to target/test-logs/<suite>.log; a failed suite's log is printed.
-# Settings (environment): QOE_TEST_SUITES (rust,python,sdk,cluster: a subset runs only those).
+# Settings (environment): QOE_TEST_SUITES (rust,python,sdk,lint,cluster: a subset runs only those).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 STACK="${QOE_STACK_DIR:-$ROOT/.stack}"
 LOGS="${CARGO_TARGET_DIR:-$ROOT/target}/test-logs"
-SUITES="${QOE_TEST_SUITES:-rust,python,sdk,cluster}"
+SUITES="${QOE_TEST_SUITES:-rust,python,sdk,lint,cluster}"
 CARGO="${CARGO:-cargo}"
 LOG_PREFIX=test RUN_DIR="$STACK/run" LOG_DIR="$LOGS"
 # shellcheck source=scripts/lib.sh
 . "$ROOT/scripts/lib.sh"
 mkdir -p "$LOGS"
-rm -f "$LOGS"/*.log "$LOGS/bins.ready"
+rm -f "$LOGS"/*.log
 started=$SECONDS
 
 wants() { [[ ",$SUITES," == *",$1,"* ]]; }
@@ -57,28 +60,26 @@ plan() {
   fi
 }
 
-# The binaries first: the Python suite, the longest, needs only them.
 build() {
   $CARGO fmt --all -- --check
-  $CARGO build --workspace --bins
-  touch "$LOGS/bins.ready"
-  $CARGO test --workspace --no-run
-  $CARGO clippy --workspace --all-targets -- -D warnings
+  $CARGO build --workspace --bins --tests
 }
 
-# Every Rust test but the cluster's: unit tests of every crate, and each end-to-end test binary.
+# Every Rust test but the cluster's (skipped by name, so that every cargo command selects the
+# same packages and targets as the build, and nothing is compiled again).
+CLUSTER_TESTS=(two_aggregators_on_the_cluster_equal_the_ground_truth
+  replica_killed_and_zookeeper_stopped_lose_nothing
+  aggregator_killed_while_a_replica_is_down_is_exact_after_restart)
 suite_rust() {
-  local args=() t
-  for t in tests/tests/*.rs; do
-    t="$(basename "$t" .rs)"
-    [ "$t" = cluster ] || args+=(--test "$t")
-  done
-  $CARGO test --workspace --exclude qoe-tests --no-fail-fast &&
-    $CARGO test -p qoe-tests --lib "${args[@]}" --no-fail-fast
+  local skip=() t
+  for t in "${CLUSTER_TESTS[@]}"; do skip+=(--skip "$t"); done
+  $CARGO test --workspace --no-fail-fast -- "${skip[@]}"
 }
 # The cluster tests kill servers and stop ZooKeeper, and their `ON CLUSTER` statements wait for
-# all four servers: on 2 cores they run alone, after the other suites.
-suite_cluster() { $CARGO test -p qoe-tests --test cluster --no-fail-fast; }
+# all four servers: on 2 cores they must not run beside the Python suite's simulated runs.
+# The same cargo command with the names as filters: every other test binary runs nothing.
+suite_cluster() { $CARGO test --workspace --no-fail-fast -- "${CLUSTER_TESTS[@]}"; }
+suite_lint() { CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/clippy" $CARGO clippy --workspace --all-targets -- -D warnings; }
 suite_python() {
   "$STACK/venv/bin/python" -m pytest -q -p no:cacheprovider --durations=15 \
     -n 3 --dist loadfile tests/chdb tests/dashboards
@@ -86,7 +87,7 @@ suite_python() {
 suite_sdk() { (cd sdk/web && node --test test/ && node build.mjs --check); }
 
 plan
-log "rustfmt, build and clippy in the background (log: $LOGS/build.log)"
+log "rustfmt and the build in the background (log: $LOGS/build.log)"
 build >"$LOGS/build.log" 2>&1 &
 build_pid=$!
 trap 'kill $build_pid 2>/dev/null || true' EXIT
@@ -104,16 +105,9 @@ start_suite() {
   pids+=($!) names+=("$1")
 }
 
-log "waiting for the build (rustfmt, binaries, tests, clippy)"
+log "waiting for the build (rustfmt, binaries and tests)"
 next=$((SECONDS + 20))
-bins_started=0
 while kill -0 "$build_pid" 2>/dev/null; do
-  if [ $bins_started = 0 ] && [ -f "$LOGS/bins.ready" ]; then
-    log "binaries built ($((SECONDS - started)) s since start)"
-    start_suite sdk
-    start_suite python
-    bins_started=1
-  fi
   if [ $SECONDS -ge $next ]; then
     log "  ... build: $(tail -n 1 "$LOGS/build.log" | cut -c1-100)"
     next=$((SECONDS + 20))
@@ -123,17 +117,15 @@ done
 trap - EXIT
 if ! wait "$build_pid"; then
   tail -n 40 "$LOGS/build.log" | sed 's/^/    /' >&2
-  log "FAILED: lint and build (log: $LOGS/build.log). Usual fixes: 'cargo fmt --all' for a format"
-  log "difference; the clippy or compiler message above names the file and line"
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  log "FAILED: rustfmt or the build (log: $LOGS/build.log). Usual fixes: 'cargo fmt --all' for a"
+  log "format difference; the compiler message above names the file and line"
   exit 1
 fi
-log "build and lint: done ($((SECONDS - started)) s since start)"
-if [ $bins_started = 0 ]; then
-  start_suite sdk
-  start_suite python
-fi
+log "build: done ($((SECONDS - started)) s since start)"
 start_suite rust
+start_suite python
+start_suite sdk
+start_suite lint
 cluster_pending=1
 
 failed=()
@@ -154,10 +146,14 @@ while ((pending)); do
       pending=$((pending - 1))
     fi
   done
-  if ((pending == 0 && cluster_pending)) && wants cluster; then
+  python_running=0
+  for i in "${!pids[@]}"; do
+    [ "${names[$i]}" = python ] && [ -z "${done_at[$i]:-}" ] && python_running=1
+  done
+  if ((cluster_pending && !python_running)) && wants cluster; then
     cluster_pending=0
     start_suite cluster
-    pending=1
+    pending=$((pending + 1))
   fi
   if ((pending)) && [ $SECONDS -ge $next ]; then
     running=()
@@ -185,4 +181,4 @@ if ((${#failed[@]})); then
   log "FAILED: ${failed[*]} after $((total / 60)) min $((total % 60)) s; logs in $LOGS/ (a server's own logs: .stack/logs, .stack/cluster/logs)"
   exit 1
 fi
-log "all suites passed (${names[*]}; lint included) in $((total / 60)) min $((total % 60)) s; logs in $LOGS/"
+log "all suites passed (${names[*]}; rustfmt before the build) in $((total / 60)) min $((total % 60)) s; logs in $LOGS/"
