@@ -4,36 +4,38 @@
 #
 #   1. says what it will install (only what is missing);
 #   2. in the background: rustfmt, then one debug build of the binaries and the tests (one
-#      build, so that crates are compiled once with the features of both); meanwhile in the
+#      build, so that crates are compiled once with the features of both), then clippy (same
+#      target directory: it reuses the build scripts, librdkafka's among them); meanwhile in the
 #      foreground: the broker and ClickHouse (scripts/stack.sh), the ClickHouse cluster
 #      (scripts/cluster.sh), chromium and the web players (scripts/players.sh), the Python
 #      environment (scripts/python.sh);
-#   3. the suites, concurrently: Rust (`cargo test`, but the cluster tests), Python (pytest, its
-#      files side by side: schema, dashboards, alert quality), the web SDK (node's test runner
-#      and the build check) and lint (clippy, in its own target directory, target/clippy, so
-#      that it does not wait for the build lock the Rust suite holds). They share the servers,
-#      isolated by topic and database names; the tests that stop a server run their own
-#      (tests/src/lib.rs `PrivateServer`). The cluster tests start when the Python suite is
-#      done: they kill the cluster's servers and stop ZooKeeper, and their `ON CLUSTER`
-#      statements starve beside the Python suite's simulated runs on 2 cores (a lock file,
-#      .stack/cluster/lock, keeps them apart from its cluster check whatever the order);
+#   3. the suites, concurrently: Python (pytest, its files side by side: schema, dashboards,
+#      alert quality) and the web SDK (node's test runner and the build check) as soon as the
+#      build is done, Rust (`cargo test`) once clippy is too. They share the servers, isolated
+#      by topic and database names; the tests that stop a server run their own
+#      (tests/src/lib.rs `PrivateServer`). The Rust suite ends with the cluster tests, once the
+#      Python suite is done too: they kill the cluster's servers and stop ZooKeeper, and their
+#      `ON CLUSTER` statements starve beside the Python suite's simulated runs on 2 cores (a
+#      lock file, .stack/cluster/lock, keeps them apart from its cluster check whatever the
+#      order);
 #   4. one line that says what passed, or which suite failed and where its log is.
 #
 # Every suite's output goes to target/test-logs/<suite>.log; a failed suite's log is printed.
-# Settings (environment): QOE_TEST_SUITES (rust,python,sdk,lint,cluster: a subset runs only those).
+# Settings (environment): QOE_TEST_SUITES (rust,python,sdk,cluster: a subset runs only those;
+# cluster is the end of the rust suite).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 STACK="${QOE_STACK_DIR:-$ROOT/.stack}"
 LOGS="${CARGO_TARGET_DIR:-$ROOT/target}/test-logs"
-SUITES="${QOE_TEST_SUITES:-rust,python,sdk,lint,cluster}"
+SUITES="${QOE_TEST_SUITES:-rust,python,sdk,cluster}"
 CARGO="${CARGO:-cargo}"
 LOG_PREFIX=test RUN_DIR="$STACK/run" LOG_DIR="$LOGS"
 # shellcheck source=scripts/lib.sh
 . "$ROOT/scripts/lib.sh"
 mkdir -p "$LOGS"
-rm -f "$LOGS"/*.log
+rm -f "$LOGS"/*.log "$LOGS/build.ready" "$LOGS/python.done"
 started=$SECONDS
 
 wants() { [[ ",$SUITES," == *",$1,"* ]]; }
@@ -63,6 +65,8 @@ plan() {
 build() {
   $CARGO fmt --all -- --check
   $CARGO build --workspace --bins --tests
+  touch "$LOGS/build.ready"
+  $CARGO clippy --workspace --all-targets -- -D warnings
 }
 
 # Every Rust test but the cluster's (skipped by name, so that every cargo command selects the
@@ -70,19 +74,26 @@ build() {
 CLUSTER_TESTS=(two_aggregators_on_the_cluster_equal_the_ground_truth
   replica_killed_and_zookeeper_stopped_lose_nothing
   aggregator_killed_while_a_replica_is_down_is_exact_after_restart)
+# Then the cluster tests, once the Python suite is done (see above), by the same cargo command
+# with their names as filters (every other test binary runs nothing). In one suite, so that
+# the two cargo commands never wait for each other's build lock.
 suite_rust() {
-  local skip=() t
+  local skip=() t rc=0
   for t in "${CLUSTER_TESTS[@]}"; do skip+=(--skip "$t"); done
-  $CARGO test --workspace --no-fail-fast -- "${skip[@]}"
+  $CARGO test --workspace --no-fail-fast -- "${skip[@]}" || rc=1
+  if wants cluster; then
+    while wants python && [ ! -f "$LOGS/python.done" ]; do sleep 2; done
+    echo "===== the cluster tests"
+    $CARGO test --workspace --no-fail-fast -- "${CLUSTER_TESTS[@]}" || rc=1
+  fi
+  return $rc
 }
-# The cluster tests kill servers and stop ZooKeeper, and their `ON CLUSTER` statements wait for
-# all four servers: on 2 cores they must not run beside the Python suite's simulated runs.
-# The same cargo command with the names as filters: every other test binary runs nothing.
-suite_cluster() { $CARGO test --workspace --no-fail-fast -- "${CLUSTER_TESTS[@]}"; }
-suite_lint() { CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/clippy" $CARGO clippy --workspace --all-targets -- -D warnings; }
 suite_python() {
+  local rc=0
   "$STACK/venv/bin/python" -m pytest -q -p no:cacheprovider --durations=15 \
-    -n 3 --dist loadfile tests/chdb tests/dashboards
+    -n 2 --dist loadfile tests/chdb tests/dashboards || rc=1
+  touch "$LOGS/python.done"
+  return $rc
 }
 suite_sdk() { (cd sdk/web && node --test test/ && node build.mjs --check); }
 
@@ -105,9 +116,16 @@ start_suite() {
   pids+=($!) names+=("$1")
 }
 
-log "waiting for the build (rustfmt, binaries and tests)"
+log "waiting for the build (rustfmt, binaries and tests, clippy)"
 next=$((SECONDS + 20))
+early=0
 while kill -0 "$build_pid" 2>/dev/null; do
+  if [ $early = 0 ] && [ -f "$LOGS/build.ready" ]; then
+    log "binaries and tests built ($((SECONDS - started)) s since start); clippy follows"
+    start_suite python
+    start_suite sdk
+    early=1
+  fi
   if [ $SECONDS -ge $next ]; then
     log "  ... build: $(tail -n 1 "$LOGS/build.log" | cut -c1-100)"
     next=$((SECONDS + 20))
@@ -117,16 +135,17 @@ done
 trap - EXIT
 if ! wait "$build_pid"; then
   tail -n 40 "$LOGS/build.log" | sed 's/^/    /' >&2
-  log "FAILED: rustfmt or the build (log: $LOGS/build.log). Usual fixes: 'cargo fmt --all' for a"
-  log "format difference; the compiler message above names the file and line"
+  log "FAILED: rustfmt, the build or clippy (log: $LOGS/build.log). Usual fixes: 'cargo fmt --all'"
+  log "for a format difference; the compiler or clippy message above names the file and line"
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   exit 1
 fi
-log "build: done ($((SECONDS - started)) s since start)"
+log "build and clippy: done ($((SECONDS - started)) s since start)"
+if [ $early = 0 ]; then
+  start_suite python
+  start_suite sdk
+fi
 start_suite rust
-start_suite python
-start_suite sdk
-start_suite lint
-cluster_pending=1
 
 failed=()
 declare -A done_at
@@ -146,15 +165,6 @@ while ((pending)); do
       pending=$((pending - 1))
     fi
   done
-  python_running=0
-  for i in "${!pids[@]}"; do
-    [ "${names[$i]}" = python ] && [ -z "${done_at[$i]:-}" ] && python_running=1
-  done
-  if ((cluster_pending && !python_running)) && wants cluster; then
-    cluster_pending=0
-    start_suite cluster
-    pending=$((pending + 1))
-  fi
   if ((pending)) && [ $SECONDS -ge $next ]; then
     running=()
     for i in "${!pids[@]}"; do [ -n "${done_at[$i]:-}" ] || running+=("${names[$i]}"); done
@@ -167,7 +177,7 @@ done
 for s in "${names[@]}"; do
   echo "===== $s ($LOGS/$s.log): summary"
   case "$s" in
-    rust | cluster) grep -E "^test result:|FAILED|panicked" "$LOGS/$s.log" || true ;;
+    rust) grep -E "^test result:|FAILED|panicked" "$LOGS/$s.log" || true ;;
     *) tail -n 15 "$LOGS/$s.log" ;;
   esac
 done
@@ -181,4 +191,4 @@ if ((${#failed[@]})); then
   log "FAILED: ${failed[*]} after $((total / 60)) min $((total % 60)) s; logs in $LOGS/ (a server's own logs: .stack/logs, .stack/cluster/logs)"
   exit 1
 fi
-log "all suites passed (${names[*]}; rustfmt before the build) in $((total / 60)) min $((total % 60)) s; logs in $LOGS/"
+log "all suites passed (${names[*]}; rustfmt and clippy with the build) in $((total / 60)) min $((total % 60)) s; logs in $LOGS/"
