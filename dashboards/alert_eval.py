@@ -15,9 +15,9 @@ Output: per rule and incident, detected or not and the delay from incident start
 alert-minutes (alerting outside any incident's slice and time) per simulated day; alerts on
 slices below the rule's traffic guard; optionally a PNG of one incident.
 
-    python3 dashboards/alert_eval.py                 # the day with incidents (about 10 minutes)
-    python3 dashboards/alert_eval.py --plan healthy  # the same day without them
-    python3 dashboards/alert_eval.py --plan reduced  # the form `make test` runs
+    .stack/venv/bin/python dashboards/alert_eval.py                 # the day with incidents (about 10 minutes)
+    .stack/venv/bin/python dashboards/alert_eval.py --plan healthy  # the same day without them
+    .stack/venv/bin/python dashboards/alert_eval.py --plan reduced  # the form `make test` runs
 
 Needs a ClickHouse at QOE_CLICKHOUSE_URL (`make stack`) and the built `simulator` and
 `aggregator` binaries (`cargo build --release` or `cargo build`).
