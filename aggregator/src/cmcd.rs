@@ -29,8 +29,8 @@
 //!   `e` report that carries it, a non-fatal one waits to learn whether a `sta=f` follows (then
 //!   it is that failure's one fatal error, with its code). Released by the partner report, by
 //!   a later report of the session, or when the partition's clock passes it
-//!   ([`Sessions::release_due`], before the watermark moves, so never late); a fatal error whose player never sent a code gets `cmcd_fatal`,
-//!   a non-fatal one `unknown`. The code is the player's `ec` as sent (bounded by the
+//!   ([`Sessions::release_due`], before the watermark moves, so never late); a fatal error
+//!   whose player never sent a code gets `cmcd_fatal`, a non-fatal one `unknown`. The code is the player's `ec` as sent (bounded by the
 //!   collector, 128 characters, no control characters): hls.js names (`manifestLoadError`),
 //!   Shaka and dash.js numbers (`1001`, `25`);
 //! - a view that never started and whose last report was an error fails to start when it
@@ -368,13 +368,21 @@ impl Session {
         }
     }
 
-    /// Emits the held error, or holds `e` when it still lacks the player's code.
+    /// Emits `e`, or holds it when it still lacks the player's code.
     fn emit_or_hold(&mut self, e: QoeEvent, out: &mut Vec<QoeEvent>) {
         if e.code.is_some() {
             out.push(e);
         } else {
             self.held = Some(e);
         }
+    }
+
+    /// Whether the held error is a non-fatal one of `view` (a failure's error report, sent
+    /// before its `sta=f`).
+    fn holds_error_of(&self, view: &View) -> bool {
+        self.held
+            .as_ref()
+            .is_some_and(|h| h.fatal == Some(false) && h.view_id == view.view_id)
     }
 
     /// A fatal failure of `view` reported at `r.ts` (`ps f`, or `e` with `sta=f`): one fatal
@@ -390,8 +398,13 @@ impl Session {
     ) {
         let r = &m.cmcd;
         view.last_error = None;
-        let e = match self.held.take() {
-            Some(mut h) if h.fatal == Some(false) && h.view_id == view.view_id => {
+        let merged = if self.holds_error_of(view) {
+            self.held.take()
+        } else {
+            None
+        };
+        let e = match merged {
+            Some(mut h) => {
                 h.fatal = Some(true);
                 h.started = Some(view.started);
                 if r.ec.is_some() {
@@ -399,8 +412,7 @@ impl Session {
                 }
                 h
             }
-            other => {
-                self.held = other;
+            None => {
                 self.release(released);
                 let mut e = self.event(view, m, EventType::Error, r.ts);
                 e.fatal = Some(true);
@@ -638,11 +650,7 @@ impl Session {
             // Leaving, or the stream ending, right after an error before the first frame: the
             // view failed to start.
             ("ps", Some("e" | "q")) if error_before_start.is_some() => {
-                let held_is_it = self
-                    .held
-                    .as_ref()
-                    .is_some_and(|h| h.fatal == Some(false) && h.view_id == view.view_id);
-                if held_is_it {
+                if self.holds_error_of(&view) {
                     self.fail(&mut view, m, out, &mut released);
                 } else {
                     end_fatal_code = error_before_start;
