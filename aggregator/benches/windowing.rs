@@ -136,7 +136,7 @@ fn main() {
         best_beacon_decode =
             best_beacon_decode.max(beacon_events as f64 / t.elapsed().as_secs_f64());
 
-        let mut p = PartitionState::new(config, None);
+        let mut p = PartitionState::new(config.clone(), None);
         let t = Instant::now();
         for (o, b) in beacons.iter().enumerate() {
             MessageRef::decode(b).expect("decodes").for_each_event(|e| {
@@ -154,7 +154,7 @@ fn main() {
         }
         best_decode_only = best_decode_only.max(n / t.elapsed().as_secs_f64());
 
-        let mut p = PartitionState::new(config, None);
+        let mut p = PartitionState::new(config.clone(), None);
         let t = Instant::now();
         for (o, e) in refs.iter().enumerate() {
             p.apply(o as i64, e);
@@ -164,7 +164,7 @@ fn main() {
         }
         best_decoded = best_decoded.max(n / t.elapsed().as_secs_f64());
 
-        let mut p = PartitionState::new(config, None);
+        let mut p = PartitionState::new(config.clone(), None);
         let t = Instant::now();
         for (o, b) in bytes.iter().enumerate() {
             let e = EventRef::decode(b).expect("decodes");
@@ -193,7 +193,7 @@ fn main() {
     let views = 100_000;
     let evs = events(views, 40);
     let before = LIVE.load(Ordering::Relaxed);
-    let mut p = PartitionState::new(config, None);
+    let mut p = PartitionState::new(config.clone(), None);
     for (o, e) in evs.iter().enumerate() {
         p.apply(o as i64, &e.borrowed());
         if o % 50_000 == 49_999 {
@@ -234,7 +234,7 @@ fn measure(config: WindowConfig, evs: &[QoeEvent], views: usize) -> (f64, f64, f
     let mut rows = 0;
     for _ in 0..2 {
         let before = LIVE.load(Ordering::Relaxed);
-        let mut p = PartitionState::new(config, None);
+        let mut p = PartitionState::new(config.clone(), None);
         rows = 0;
         let t = Instant::now();
         for (o, b) in bytes.iter().enumerate() {
@@ -256,7 +256,7 @@ fn scaling(config: WindowConfig) {
     println!("  active views | events/s | ns/event | bytes held/view");
     for views in [1_000, 10_000, 100_000, 1_000_000] {
         let evs = events(views, 30);
-        let (rate, per_view, _) = measure(config, &evs, views);
+        let (rate, per_view, _) = measure(config.clone(), &evs, views);
         println!(
             "  {views:>12} | {rate:>8.0} | {:>8.0} | {per_view:>15.0}",
             1e9 / rate
@@ -265,7 +265,7 @@ fn scaling(config: WindowConfig) {
     println!("  distinct slices (100,000 views) | events/s | ns/event | bytes held/view | window rows per 1,000 events");
     for slices in [10, 100, 1_000, 10_000, 100_000] {
         let evs = events_in_slices(100_000, 30, Some(slices));
-        let (rate, per_view, rows) = measure(config, &evs, 100_000);
+        let (rate, per_view, rows) = measure(config.clone(), &evs, 100_000);
         println!(
             "  {slices:>31} | {rate:>8.0} | {:>8.0} | {per_view:>15.0} | {rows:>8.1}",
             1e9 / rate

@@ -181,11 +181,12 @@ impl Shared {
                     "resuming partition from checkpoint"
                 );
                 let discard_until = latest.next_offset;
-                PartitionState::new(self.config.window, Some(base)).discarding_until(discard_until)
+                PartitionState::new(self.config.window.clone(), Some(base))
+                    .discarding_until(discard_until)
             }
             None => {
                 tracing::info!(partition, from = ?plan.fetch, "no checkpoint: starting partition");
-                PartitionState::new(self.config.window, None)
+                PartitionState::new(self.config.window.clone(), None)
             }
         };
         let slot = Slot {

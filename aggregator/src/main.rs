@@ -8,6 +8,7 @@ use qoe_aggregator::store::{parse_shards, Store, StoreConfig};
 use qoe_aggregator::window::{Dimensions, WindowConfig};
 use qoe_aggregator::writer::Writer;
 use qoe_schemas::cluster::ClusterTarget;
+use qoe_schemas::errors::BusinessCodes;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -90,6 +91,20 @@ struct RunArgs {
     /// dropped (counted in qoe_aggregator_views_evicted_total). About 100-150 bytes per view.
     #[arg(long, env = "QOE_MAX_VIEWS_PER_PARTITION", default_value_t = 500_000)]
     max_views_per_partition: usize,
+    /// Error codes that are business errors (entitlement, geo-block, concurrent-stream limit,
+    /// ...), comma-separated, matched without regard to case: counted apart in the errors by
+    /// code, and neither start nor playback failures (so out of the experience score).
+    #[arg(
+        long,
+        env = "QOE_BUSINESS_ERROR_CODES",
+        value_name = "CODES",
+        default_value = ""
+    )]
+    business_error_codes: String,
+    /// A file of business error codes, one per line or comma-separated (`#` comments),
+    /// added to --business-error-codes.
+    #[arg(long, env = "QOE_BUSINESS_ERROR_CODES_FILE", value_name = "PATH")]
+    business_error_codes_file: Option<std::path::PathBuf>,
     /// How often a partition's checkpoint carries its state (views, CMCD sessions). A restart
     /// re-reads at most this much of the partition; larger values store less.
     #[arg(long, env = "QOE_SNAPSHOT_INTERVAL_SECS", default_value_t = 30)]
@@ -279,6 +294,26 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The business error codes of `--business-error-codes` and `--business-error-codes-file`.
+fn business_codes(args: &RunArgs) -> anyhow::Result<BusinessCodes> {
+    let mut codes =
+        BusinessCodes::parse(&args.business_error_codes).context("--business-error-codes")?;
+    if let Some(path) = &args.business_error_codes_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading --business-error-codes-file {}", path.display()))?;
+        let file = BusinessCodes::parse(&text)
+            .with_context(|| format!("--business-error-codes-file {}", path.display()))?;
+        codes.extend(file);
+    }
+    if codes.len() > BusinessCodes::MAX {
+        anyhow::bail!(
+            "more than {} business error codes configured",
+            BusinessCodes::MAX
+        );
+    }
+    Ok(codes)
+}
+
 fn dimensions(names: &[String]) -> anyhow::Result<Dimensions> {
     let mut d = Dimensions {
         stream_type: false,
@@ -316,7 +351,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             vod_timeout_ms: i64::from(args.vod_view_timeout_secs.max(1)) * 1000,
             max_views: args.max_views_per_partition.max(1),
         },
+        business: std::sync::Arc::new(business_codes(&args)?),
     };
+    if !window.business.is_empty() {
+        tracing::info!(
+            codes = window.business.len(),
+            "business error codes configured"
+        );
+    }
 
     let shards = args.clickhouse.shards()?;
     let store = connect_any(&args.clickhouse.seeds()?, !args.no_migrate, true).await?;

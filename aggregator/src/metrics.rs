@@ -11,12 +11,19 @@ pub use qoe_schemas::metrics::WindowMetrics;
 /// [`WindowMetrics`]. `late_events` and `duplicate_events` are not set here: the window logic
 /// counts them for events it does not accept.
 pub trait AddEvent {
-    fn add(&mut self, e: &EventRef<'_>);
+    /// Adds an event whose code is not a business error.
+    fn add(&mut self, e: &EventRef<'_>) {
+        self.add_classified(e, false);
+    }
+
+    /// Adds an event; `business` says its error code is a business error
+    /// ([`qoe_schemas::errors`]): an error, but no failure.
+    fn add_classified(&mut self, e: &EventRef<'_>, business: bool);
 }
 
 impl AddEvent for WindowMetrics {
     /// Adds one accepted event, exactly as the spec defines each metric.
-    fn add(&mut self, e: &EventRef<'_>) {
+    fn add_classified(&mut self, e: &EventRef<'_>, business: bool) {
         self.events += 1;
         match e.kind {
             EventType::ViewStart => self.attempts += 1,
@@ -32,7 +39,7 @@ impl AddEvent for WindowMetrics {
             }
             EventType::Error => {
                 self.errors += 1;
-                if e.fatal == Some(true) {
+                if e.fatal == Some(true) && !business {
                     match e.started {
                         Some(true) => self.vpf += 1,
                         Some(false) => self.vsf += 1,
@@ -43,6 +50,7 @@ impl AddEvent for WindowMetrics {
             // The end of a view whose last error turned out to be its failure (CMCD: a view
             // that never started and went silent or left after an error): the failure counts,
             // the error was counted when it came.
+            EventType::ViewEnd if e.fatal == Some(true) && business => {}
             EventType::ViewEnd if e.fatal == Some(true) => match e.started {
                 Some(true) => self.vpf += 1,
                 Some(false) => self.vsf += 1,
@@ -135,6 +143,24 @@ mod tests {
         end.fatal = Some(true);
         m.add(&end.borrowed());
         assert_eq!((m.vsf, m.vpf, m.errors, m.ebvs), (2, 1, 3, 1));
+    }
+
+    #[test]
+    fn business_errors_are_errors_but_no_failures() {
+        let mut m = WindowMetrics::default();
+        let mut e = event(EventType::Error);
+        e.fatal = Some(true);
+        e.started = Some(false);
+        e.code = Some("GEO_BLOCKED".into());
+        m.add_classified(&e.borrowed(), true);
+        let mut end = event(EventType::ViewEnd);
+        end.started = Some(false);
+        end.reason = Some(EndReason::Error);
+        end.fatal = Some(true);
+        m.add_classified(&end.borrowed(), true);
+        assert_eq!((m.errors, m.vsf, m.vpf, m.ebvs, m.events), (1, 0, 0, 0, 2));
+        m.add_classified(&e.borrowed(), false);
+        assert_eq!((m.errors, m.vsf), (2, 1));
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub enum Kind {
     Presence = 2,
     View = 3,
     Checkpoint = 4,
+    /// Errors by code (migration 0008).
+    ErrorCode = 5,
 }
 
 /// Columns before the metric columns.
@@ -34,7 +36,7 @@ const HEAD: [&str; 10] = [
 ];
 
 /// Columns after the metric columns.
-const TAIL: [&str; 19] = [
+const TAIL: [&str; 21] = [
     "player",
     "protocol",
     "first_event_time",
@@ -54,6 +56,8 @@ const TAIL: [&str; 19] = [
     "sessions",
     "snapshot_offset",
     "state",
+    "fatal",
+    "business",
 ];
 
 /// Every column of `qoe_staging` (and of `qoe_ingest`) that the pipeline writes, in the
@@ -109,6 +113,9 @@ pub struct StagingRow<'a> {
     pub snapshot_offset: u64,
     /// The partition's state snapshot, or empty (checkpoint rows only).
     pub state: &'a str,
+    /// Error-code rows: whether the errors were fatal, and business errors.
+    pub fatal: u8,
+    pub business: u8,
 }
 
 impl<'a> StagingRow<'a> {
@@ -144,6 +151,8 @@ impl<'a> StagingRow<'a> {
             sessions: "",
             snapshot_offset: 0,
             state: "",
+            fatal: 0,
+            business: 0,
         }
     }
 
@@ -203,6 +212,8 @@ impl<'a> StagingRow<'a> {
         string(out, self.sessions);
         out.extend_from_slice(&self.snapshot_offset.to_le_bytes());
         string(out, self.state);
+        out.push(self.fatal);
+        out.push(self.business);
     }
 }
 
@@ -264,11 +275,13 @@ mod tests {
             u64::from_le_bytes(out[seeks_at..seeks_at + 8].try_into().unwrap()),
             2
         );
-        // max_event_time, the empty legacy sessions, snapshot_offset and the empty state.
-        let tail = out.len() - 1 - 8 - 1;
+        // max_event_time, the empty legacy sessions, snapshot_offset, the empty state, then
+        // fatal and business.
+        assert_eq!(&out[out.len() - 2..], &[0, 0]);
+        let tail = out.len() - 2 - 1 - 8 - 1;
         assert_eq!(&out[tail - 8..tail], &(-1i64).to_le_bytes());
         assert_eq!(out[tail], 0);
-        assert_eq!(out[out.len() - 1], 0);
+        assert_eq!(out[out.len() - 3], 0);
         // Fixed sizes: 8+4+1+4 + 6 strings + metrics + 2 strings + 4+4+1+4 + string + 8
         // + string + 8 + string + 4 + 8*3 + 8 + string + 8 + string.
         let expected = 17
@@ -286,7 +299,8 @@ mod tests {
             + 8
             + 1
             + 8
-            + 1;
+            + 1
+            + 2;
         assert_eq!(out.len(), expected);
     }
 

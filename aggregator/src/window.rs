@@ -32,11 +32,13 @@ use crate::views::{SilentView, ViewConfig, Views};
 use hashbrown::{DefaultHashBuilder, HashMap, HashSet};
 use indexmap::{Equivalent, IndexMap, IndexSet};
 use qoe_schemas::cmcd::CmcdMessage;
+use qoe_schemas::errors::{stored_code, BusinessCodes, CODES_PER_HOUR, OTHER_CODE};
 use qoe_schemas::QoeEvent;
 use qoe_schemas::{EventRef, EventType, StreamType};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
+use std::sync::Arc;
 
 /// Which optional dimensions are grouping keys (region and CDN always are).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +72,7 @@ pub fn check_window_secs(secs: u32) -> Result<(), String> {
     Ok(())
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct WindowConfig {
     pub window_ms: i64,
     pub allowed_lateness_ms: i64,
@@ -79,6 +81,8 @@ pub struct WindowConfig {
     pub sessions: SessionConfig,
     /// Beacon view timeouts and bound.
     pub views: ViewConfig,
+    /// Error codes that are business errors: counted apart, no failure.
+    pub business: Arc<BusinessCodes>,
 }
 
 impl Default for WindowConfig {
@@ -89,6 +93,7 @@ impl Default for WindowConfig {
             dimensions: Dimensions::default(),
             sessions: SessionConfig::default(),
             views: ViewConfig::default(),
+            business: Arc::default(),
         }
     }
 }
@@ -281,7 +286,26 @@ pub struct Batch {
     /// `(window_start, slice, view)` for every view with an accepted event there.
     presence: HashSet<(i64, u32, u32)>,
     views: IndexMap<String, ViewPartial, DefaultHashBuilder>,
+    /// Error events per window, context and code ([`ErrorKey`]).
+    errors: HashMap<ErrorKey, u64>,
     pub messages: u64,
+}
+
+/// `(window_start, context, code as named, fatal, started, business)`.
+type ErrorKey = (i64, u32, Box<str>, bool, bool, bool);
+
+/// One row of errors by code: how many error events of a window, slice and player carried
+/// the code (as named: see [`ErrorCodeNames`]) with these flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorRow<'a> {
+    pub window_start: i64,
+    pub slice: &'a Slice,
+    pub player: &'a str,
+    pub code: &'a str,
+    pub fatal: bool,
+    pub started: bool,
+    pub business: bool,
+    pub errors: u64,
 }
 
 impl Batch {
@@ -290,7 +314,30 @@ impl Batch {
     }
 
     pub fn rows(&self) -> usize {
-        self.windows.len() + self.presence.len() + self.views.len()
+        self.windows.len() + self.presence.len() + self.views.len() + self.errors.len()
+    }
+
+    /// Errors by code. Contexts that share a slice and player give rows with the same key,
+    /// which the table sums.
+    pub fn error_rows(&self) -> impl Iterator<Item = ErrorRow<'_>> {
+        self.errors
+            .iter()
+            .map(|((w, c, code, fatal, started, business), &n)| {
+                let (context, &slice) = self
+                    .contexts
+                    .get_index(*c as usize)
+                    .expect("context of an error row");
+                ErrorRow {
+                    window_start: *w,
+                    slice: &self.slices[slice as usize],
+                    player: &context.player,
+                    code,
+                    fatal: *fatal,
+                    started: *started,
+                    business: *business,
+                    errors: n,
+                }
+            })
     }
 
     /// Metrics per `(window_start, slice)`.
@@ -363,9 +410,10 @@ impl Batch {
         }
     }
 
-    /// Adds an accepted event to its window row, its view and the window's presence.
-    fn accept(&mut self, window: i64, context: u32, slice: u32, e: &EventRef<'_>) {
-        self.window_row(window, slice).add(e);
+    /// Adds an accepted event to its window row, its view and the window's presence;
+    /// `business` says its code is a business error.
+    fn accept(&mut self, window: i64, context: u32, slice: u32, e: &EventRef<'_>, business: bool) {
+        self.window_row(window, slice).add_classified(e, business);
         let view = match self.views.get_full_mut(&*e.view_id) {
             Some((i, _, v)) => {
                 v.add(e);
@@ -411,6 +459,9 @@ impl Checkpoint {
 struct Snapshot {
     views: crate::views::Stored,
     sessions: Sessions,
+    /// Absent in snapshots written before errors were counted by code.
+    #[serde(default)]
+    codes: ErrorCodeNames,
 }
 
 /// How one message was classified.
@@ -524,6 +575,48 @@ pub struct PartitionState<S = DefaultHashBuilder> {
     /// Events made from one CMCD report (reused buffer).
     derived: Vec<QoeEvent>,
     silent: Vec<SilentView>,
+    /// The error codes named so far per hour (the bound on stored codes).
+    codes: ErrorCodeNames,
+}
+
+/// The distinct error codes a partition has named per hour of event time: the first
+/// [`CODES_PER_HOUR`] keep their name, later ones are [`OTHER_CODE`]. Part of the state
+/// snapshot, so a restart names codes as an uninterrupted run does; an hour is forgotten once
+/// the watermark has passed it (its windows are final).
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct ErrorCodeNames {
+    hours: BTreeMap<i64, std::collections::BTreeSet<String>>,
+}
+
+const HOUR_MS: i64 = 3_600_000;
+
+impl ErrorCodeNames {
+    /// The name `code` is counted under in the hour of `event_time`.
+    fn name(&mut self, event_time: i64, code: &str) -> Box<str> {
+        let code = stored_code(code);
+        let named = self
+            .hours
+            .entry(event_time.div_euclid(HOUR_MS))
+            .or_default();
+        if named.contains(code) {
+            return code.into();
+        }
+        if named.len() < CODES_PER_HOUR {
+            named.insert(code.to_owned());
+            return code.into();
+        }
+        OTHER_CODE.into()
+    }
+
+    /// Forgets the hours whose windows are all final at `watermark`.
+    fn expire(&mut self, watermark: i64) {
+        while let Some((&hour, _)) = self.hours.first_key_value() {
+            if (hour + 1) * HOUR_MS > watermark {
+                break;
+            }
+            self.hours.remove(&hour);
+        }
+    }
 }
 
 /// A view table token for a batch's context index: never 0 (0 means "unknown").
@@ -565,6 +658,7 @@ impl<S: BuildHasher + Default> PartitionState<S> {
             snapshot_offset: 0,
             derived: Vec::new(),
             silent: Vec::new(),
+            codes: ErrorCodeNames::default(),
         };
         if let Some(c) = checkpoint {
             p.max_event_time = c.max_event_time;
@@ -586,6 +680,7 @@ impl<S: BuildHasher + Default> PartitionState<S> {
             Ok(s) => {
                 self.views = Views::from_stored(s.views).map_err(SnapshotError)?;
                 self.sessions = s.sessions;
+                self.codes = s.codes;
                 Ok(())
             }
             // Checkpoints written before views were tracked hold the CMCD sessions alone.
@@ -604,6 +699,7 @@ impl<S: BuildHasher + Default> PartitionState<S> {
         let s = Snapshot {
             views: self.views.to_stored(),
             sessions: self.sessions.clone(),
+            codes: self.codes.clone(),
         };
         // Plain data (strings, numbers, maps with string keys) always serializes.
         serde_json::to_string(&s).unwrap_or_default()
@@ -652,6 +748,7 @@ impl<S: BuildHasher + Default> PartitionState<S> {
         }
         self.expired_at = mark;
         let watermark = self.watermark();
+        self.codes.expire(watermark);
         let mut silent = std::mem::take(&mut self.silent);
         silent.clear();
         if !self.views.is_empty() {
@@ -768,7 +865,7 @@ impl<S: BuildHasher + Default> PartitionState<S> {
             Outcome::Duplicate
         };
         match outcome {
-            Outcome::Accepted => self.batch.accept(window, context, slice, e),
+            Outcome::Accepted => self.accept(window, context, slice, e),
             Outcome::Late => self.batch.window_row(window, slice).late_events += 1,
             Outcome::Duplicate => self.batch.window_row(window, slice).duplicate_events += 1,
         }
@@ -829,8 +926,29 @@ impl<S: BuildHasher + Default> PartitionState<S> {
             if w + self.config.window_ms <= watermark {
                 self.batch.window_row(w, slice).late_events += 1;
             } else {
-                self.batch.accept(w, context, slice, &e);
+                self.accept(w, context, slice, &e);
             }
+        }
+    }
+
+    /// Counts an accepted event in the batch; an error also by its code.
+    fn accept(&mut self, window: i64, context: u32, slice: u32, e: &EventRef<'_>) {
+        let business = matches!(e.kind, EventType::Error | EventType::ViewEnd)
+            && self.config.business.contains(e.code.as_deref());
+        self.batch.accept(window, context, slice, e, business);
+        if e.kind == EventType::Error {
+            let code = self
+                .codes
+                .name(e.event_time, e.code.as_deref().unwrap_or(""));
+            let key = (
+                window,
+                context,
+                code,
+                e.fatal == Some(true),
+                e.started == Some(true),
+                business,
+            );
+            *self.batch.errors.entry(key).or_default() += 1;
         }
     }
 
@@ -1051,14 +1169,14 @@ mod tests {
         for (i, c) in copies.into_iter().enumerate() {
             events.insert((i * 7 + 40).min(events.len()), c);
         }
-        let mut a = PartitionState::new(config, None);
+        let mut a = PartitionState::new(config.clone(), None);
         let whole: Vec<Outcome> = events
             .iter()
             .enumerate()
             .map(|(o, e)| a.apply(o as i64, e))
             .collect();
         // Snapshot at 60, a checkpoint without one at 120, then a crash.
-        let mut b = PartitionState::new(config, None);
+        let mut b = PartitionState::new(config.clone(), None);
         for (o, e) in events.iter().enumerate().take(120) {
             b.apply(o as i64, e);
             if o == 59 {
@@ -1067,14 +1185,14 @@ mod tests {
         }
         let (_, snapshot) = b.take_batch(true);
         let (_, snap60) = {
-            let mut b2 = PartitionState::new(config, None);
+            let mut b2 = PartitionState::new(config.clone(), None);
             for (o, e) in events.iter().enumerate().take(60) {
                 b2.apply(o as i64, e);
             }
             b2.take_batch(true)
         };
         assert!(snap60.has_snapshot() && snap60.snapshot_offset == 60);
-        let mut c = PartitionState::new(config, Some(snap60)).discarding_until(120);
+        let mut c = PartitionState::new(config.clone(), Some(snap60)).discarding_until(120);
         for (o, e) in events.iter().enumerate().skip(60).take(60) {
             assert!(c.replaying());
             c.apply(o as i64, e);
@@ -1098,6 +1216,112 @@ mod tests {
             ..QoeEvent::blank(view, seq, kind, t)
         };
         Box::leak(Box::new(e)).borrowed()
+    }
+
+    fn error(view: &str, seq: u32, t: i64, code: &str, fatal: bool) -> EventRef<'static> {
+        let e = QoeEvent {
+            received_at: t + 100,
+            fatal: Some(fatal),
+            started: Some(false),
+            code: Some(code.into()),
+            ..QoeEvent::blank(view, seq, EventType::Error, t)
+        };
+        Box::leak(Box::new(e)).borrowed()
+    }
+
+    /// `(window, code, fatal, business)` -> errors, over a batch's error rows.
+    fn codes_of(batch: &Batch) -> BTreeMap<(i64, String, bool, bool), u64> {
+        let mut out = BTreeMap::new();
+        for r in batch.error_rows() {
+            *out.entry((r.window_start, r.code.to_owned(), r.fatal, r.business))
+                .or_default() += r.errors;
+        }
+        out
+    }
+
+    #[test]
+    fn errors_count_by_code_and_business_codes_are_no_failures() {
+        let config = WindowConfig {
+            business: Arc::new(BusinessCodes::parse("geo_blocked").unwrap()),
+            ..WindowConfig::default()
+        };
+        let mut p = PartitionState::new(config, None);
+        let t = 1_700_000_000_000;
+        p.apply(0, &error("a", 1, t, "GEO_BLOCKED", true));
+        p.apply(1, &error("b", 1, t + 1, " 1001 ", true));
+        p.apply(2, &error("c", 1, t + 2, "1001", false));
+        // A duplicate counts nowhere.
+        p.apply(3, &error("c", 1, t + 2, "1001", false));
+        let (batch, _) = p.take_batch(false);
+        let w = t / 10_000 * 10_000;
+        assert_eq!(
+            codes_of(&batch),
+            BTreeMap::from([
+                ((w, "1001".into(), false, false), 1),
+                ((w, "1001".into(), true, false), 1),
+                ((w, "GEO_BLOCKED".into(), true, true), 1),
+            ])
+        );
+        let m: Vec<_> = batch.window_rows().map(|(_, _, m)| m.clone()).collect();
+        assert_eq!(m.len(), 1);
+        assert_eq!((m[0].errors, m[0].vsf, m[0].duplicate_events), (3, 1, 1));
+    }
+
+    #[test]
+    fn distinct_codes_are_bounded_per_hour_and_named_alike_after_a_restart() {
+        let t = 1_700_000_000_000 / HOUR_MS * HOUR_MS;
+        let events: Vec<EventRef<'static>> = (0..CODES_PER_HOUR as u32 + 5)
+            .map(|i| {
+                error(
+                    &format!("v{i}"),
+                    1,
+                    t + i64::from(i),
+                    &format!("E{i}"),
+                    false,
+                )
+            })
+            .chain([error("late-code", 1, t + 500, "E0", false)])
+            .chain([error("next-hour", 1, t + HOUR_MS + 1, "E104", false)])
+            .collect();
+        let mut whole = PartitionState::new(WindowConfig::default(), None);
+        for (o, e) in events.iter().enumerate() {
+            whole.apply(o as i64, e);
+        }
+        let (batch, _) = whole.take_batch(false);
+        let named = codes_of(&batch);
+        let other: u64 = named
+            .iter()
+            .filter(|((_, c, ..), _)| c == OTHER_CODE)
+            .map(|(_, n)| n)
+            .sum();
+        assert_eq!(
+            other, 5,
+            "codes beyond the first {CODES_PER_HOUR} of the hour"
+        );
+        assert_eq!(named[&(t, "E0".to_owned(), false, false)], 2);
+        let next = (t + HOUR_MS + 1) / 10_000 * 10_000;
+        assert_eq!(
+            named[&(next, "E104".to_owned(), false, false)],
+            1,
+            "a new hour names again"
+        );
+
+        // Stopped after 60 messages with a snapshot, resumed: the same names.
+        let mut first = PartitionState::new(WindowConfig::default(), None);
+        for (o, e) in events.iter().enumerate().take(60) {
+            first.apply(o as i64, e);
+        }
+        let (b1, cp) = first.take_batch(true);
+        let mut second = PartitionState::new(WindowConfig::default(), Some(cp));
+        for (o, e) in events.iter().enumerate().skip(60) {
+            second.apply(o as i64, e);
+        }
+        let (b2, _) = second.take_batch(false);
+        let mut resumed = codes_of(&b1);
+        for (k, n) in codes_of(&b2) {
+            *resumed.entry(k).or_default() += n;
+        }
+        assert_eq!(resumed, named);
     }
 
     #[test]

@@ -535,6 +535,23 @@ impl Writer {
             r.end_time = v.end_time.max(0) as u64;
             push(&mut insert, &r, &mut row).await?;
         }
+        for e in batch.error_rows() {
+            // The count travels in the `errors` metric column.
+            let count = WindowMetrics {
+                errors: e.errors,
+                ..WindowMetrics::default()
+            };
+            let mut r =
+                StagingRow::empty(batch_id, staged_at, Kind::ErrorCode).at(e.window_start, e.slice);
+            r.stream_id = "";
+            r.player = e.player;
+            r.error_code = e.code;
+            r.started = u8::from(e.started);
+            r.fatal = u8::from(e.fatal);
+            r.business = u8::from(e.business);
+            r.metrics = Some(&count);
+            push(&mut insert, &r, &mut row).await?;
+        }
         let mut r = StagingRow::empty(batch_id, staged_at, Kind::Checkpoint);
         r.topic = &self.topic;
         r.partition = partition as u32;

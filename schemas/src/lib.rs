@@ -11,6 +11,7 @@
 //!   aggregator consumes, and [`event::MessageEncoder`], which writes it.
 //! - [`metrics`]: the metric catalogue, the one definition of every windowed metric (its
 //!   columns, roll-up, unit and doc) from which the window row and `metrics.json` are made.
+//! - [`errors`]: which error codes are business errors, and the bound on stored codes.
 //! - [`migrations`]: the ClickHouse schema, as versioned SQL files embedded at build time;
 //!   [`cluster`] rewrites them for a replicated, sharded cluster.
 //!
@@ -19,6 +20,7 @@
 pub mod beacon;
 pub mod cluster;
 pub mod cmcd;
+pub mod errors;
 pub mod event;
 pub mod message;
 pub mod metrics;

@@ -57,6 +57,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0007_view_score.sql",
         sql: include_str!("../clickhouse/0007_view_score.sql"),
     },
+    Migration {
+        version: 8,
+        name: "0008_error_codes.sql",
+        sql: include_str!("../clickhouse/0008_error_codes.sql"),
+    },
 ];
 
 /// A ClickHouse server version, as `SELECT version()` reports it (`18.16.1`, `25.3.2.39`).

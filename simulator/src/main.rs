@@ -47,6 +47,17 @@ struct Args {
     /// Random seed: the same seed and settings give the same beacons.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Error codes the aggregator counts as business errors (its --business-error-codes, same
+    /// variable): the ground truth leaves them out of start and playback failures. The
+    /// players refuse some starts with ENTITLEMENT_DENIED, GEO_BLOCKED and
+    /// CONCURRENT_STREAM_LIMIT.
+    #[arg(
+        long,
+        env = "QOE_BUSINESS_ERROR_CODES",
+        value_name = "CODES",
+        default_value = ""
+    )]
+    business_error_codes: String,
     /// Prefix of every view_id (default: sim<seed>-<start time>), so runs never share views.
     #[arg(long)]
     run_id: Option<String>,
@@ -463,7 +474,9 @@ async fn main() -> anyhow::Result<()> {
         max_attempts: args.max_attempts.max(1),
     });
     let limit = Arc::new(Semaphore::new(args.connections.max(1)));
-    let mut truth = Truth::new(i64::from(args.window_secs) * 1000);
+    let business = qoe_schemas::errors::BusinessCodes::parse(&args.business_error_codes)
+        .context("--business-error-codes")?;
+    let mut truth = Truth::new(i64::from(args.window_secs) * 1000).with_business(business);
     let mut totals = Totals::default();
     let mut sim = Simulation::new(settings.clone());
     eprintln!(
@@ -529,6 +542,7 @@ async fn main() -> anyhow::Result<()> {
             unended_views: truth.unended_views(),
             unacknowledged_events: totals.unacked,
             uncertain_events: totals.uncertain,
+            error_codes: truth.error_code_rows(),
         };
         let json = serde_json::to_vec(&file).context("encoding the ground truth")?;
         if path == "-" {

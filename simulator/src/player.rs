@@ -24,6 +24,15 @@ const BASE_STARTUP_MEDIAN_MS: f64 = 1_100.0;
 const BASE_START_FAILURE: f64 = 0.012;
 /// Probability that a viewer leaves before the first frame for reasons of their own.
 const BASE_EARLY_EXIT: f64 = 0.015;
+/// Probability that the service refuses a start on purpose (entitlement, geo-block, too many
+/// concurrent streams): a business error, the same in every slice.
+const BUSINESS_REFUSAL: f64 = 0.006;
+/// The business error codes the players send.
+pub const BUSINESS_CODES: [&str; 3] = [
+    "ENTITLEMENT_DENIED",
+    "GEO_BLOCKED",
+    "CONCURRENT_STREAM_LIMIT",
+];
 /// Fatal and non-fatal playback errors per hour of playback.
 const FATAL_ERRORS_PER_HOUR: f64 = 0.3;
 const SOFT_ERRORS_PER_HOUR: f64 = 1.0;
@@ -61,14 +70,64 @@ enum Action {
     StallEnd,
     Switch { rung: usize },
     PlaybackError { fatal: bool },
+    BusinessRefusal,
     Seek,
     Leave,
+}
+
+/// The error codes a player family really sends: hls.js its `details` names, dash.js and
+/// Shaka their numeric codes, AVPlayer `NSError` codes, ExoPlayer `PlaybackException` codes.
+pub struct PlayerCodes {
+    /// Failures before the first frame (the first is the network's: manifest or licence).
+    pub start: [&'static str; 3],
+    /// Fatal failures while playing.
+    pub fatal: [&'static str; 3],
+    /// A recovered error.
+    pub soft: &'static str,
+}
+
+impl PlayerCodes {
+    pub fn of(player: &str) -> &'static PlayerCodes {
+        const HLS_JS: PlayerCodes = PlayerCodes {
+            start: [
+                "manifestLoadError",
+                "manifestLoadTimeOut",
+                "keySystemLicenseRequestFailed",
+            ],
+            fatal: ["fragLoadError", "bufferAppendError", "levelLoadTimeOut"],
+            soft: "fragLoadTimeOut",
+        };
+        const AVPLAYER: PlayerCodes = PlayerCodes {
+            start: ["-12938", "-11800", "-42800"],
+            fatal: ["-12642", "-11819", "-12889"],
+            soft: "-12318",
+        };
+        const EXOPLAYER: PlayerCodes = PlayerCodes {
+            start: ["2004", "2001", "6004"],
+            fatal: ["2002", "4003", "1002"],
+            soft: "2001",
+        };
+        const SHAKA: PlayerCodes = PlayerCodes {
+            start: ["1001", "1003", "6007"],
+            fatal: ["1001", "3016", "3015"],
+            soft: "1003",
+        };
+        match player.split('/').next().unwrap_or_default() {
+            "avplayer" => &AVPLAYER,
+            "exoplayer" => &EXOPLAYER,
+            "shaka" => &SHAKA,
+            _ => &HLS_JS,
+        }
+    }
 }
 
 /// One simulated view.
 pub struct Player {
     pub ctx: ViewContext,
     rng: StdRng,
+    /// Draws business refusals apart from `rng`, so that adding them left every other
+    /// view's course as it was.
+    refusals: StdRng,
     seq: u32,
     state: State,
     /// Playing and stalled time is accounted up to here.
@@ -93,6 +152,7 @@ impl Player {
         let mut p = Player {
             ctx,
             rng: StdRng::seed_from_u64(seed),
+            refusals: StdRng::seed_from_u64(seed ^ 0x5eed_b05e),
             seq: 0,
             state: State::Starting,
             cursor: t,
@@ -169,7 +229,17 @@ impl Player {
         self.scheduled.push((at, action));
     }
 
+    /// The error codes this view's player sends.
+    fn codes(&self) -> &'static PlayerCodes {
+        PlayerCodes::of(self.ctx.player)
+    }
+
     fn plan_start(&mut self, t: i64, cond: &Conditions) {
+        if self.refusals.random_bool(BUSINESS_REFUSAL) {
+            let at = t + self.refusals.random_range(150..800);
+            self.schedule(at, Action::BusinessRefusal);
+            return;
+        }
         let q = cond.quality;
         let startup = log_normal(&mut self.rng, BASE_STARTUP_MEDIAN_MS * q.startup, 0.6)
             .clamp(100.0, 60_000.0) as i64;
@@ -264,8 +334,7 @@ impl Player {
                 self.schedule(at + watch, Action::Leave);
             }
             Action::StartFailure => {
-                let code =
-                    ["MANIFEST_404", "NETWORK_TIMEOUT", "DRM_LICENSE"][self.rng.random_range(0..3)];
+                let code = self.codes().start[self.rng.random_range(0..3)];
                 self.emit(EventType::Error, at, |e| {
                     e.fatal = Some(true);
                     e.started = Some(false);
@@ -274,6 +343,15 @@ impl Player {
                 self.end(at + 50, EndReason::Error);
             }
             Action::ExitBeforeStart => self.end(at, EndReason::Exit),
+            Action::BusinessRefusal => {
+                let code = BUSINESS_CODES[self.refusals.random_range(0..BUSINESS_CODES.len())];
+                self.emit(EventType::Error, at, |e| {
+                    e.fatal = Some(true);
+                    e.started = Some(false);
+                    e.code = Some(code.into());
+                });
+                self.end(at + 50, EndReason::Error);
+            }
             Action::Heartbeat => {
                 let latency = (self.ctx.stream_type == StreamType::Live).then(|| {
                     log_normal(&mut self.rng, 4_000.0 * cond.quality.startup.sqrt(), 0.3) as u32
@@ -329,9 +407,9 @@ impl Player {
             }
             Action::PlaybackError { fatal } => {
                 let code = if fatal {
-                    ["DECODE", "SEGMENT_TIMEOUT", "NETWORK_LOST"][self.rng.random_range(0..3)]
+                    self.codes().fatal[self.rng.random_range(0..3)]
                 } else {
-                    "SEGMENT_RETRY"
+                    self.codes().soft
                 };
                 self.emit_with_time(EventType::Error, at, |e| {
                     e.fatal = Some(fatal);

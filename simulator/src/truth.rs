@@ -8,6 +8,7 @@
 //! further acknowledged copy is a duplicate, in the window and slice of the copy's own time (a
 //! late re-send's time is moved by its delay), for the whole life of the view.
 
+use qoe_schemas::errors::BusinessCodes;
 use qoe_schemas::metrics::{column_index, STARTUP_BUCKETS, WINDOW_COLUMNS, WINDOW_COLUMN_COUNT};
 use qoe_schemas::{EndReason, EventType, QoeEvent};
 use serde::{Deserialize, Serialize};
@@ -87,6 +88,12 @@ pub type RowKey = (u32, String, String, String, String, String);
 /// Adds one counted event (neither late nor a duplicate) to a row: the spec's definition of
 /// each metric, written here independently of the aggregator's rules.
 pub fn add_event(row: &mut Metrics, e: &QoeEvent) {
+    add_classified(row, e, false)
+}
+
+/// [`add_event`] for an event whose code may be a business error: such an error is an error
+/// but neither a start nor a playback failure (SPEC section 4, errors by code).
+pub fn add_classified(row: &mut Metrics, e: &QoeEvent, business: bool) {
     row.bump("events", 1);
     match e.kind {
         EventType::ViewStart => row.bump("attempts", 1),
@@ -107,8 +114,8 @@ pub fn add_event(row: &mut Metrics, e: &QoeEvent) {
         EventType::Error => {
             row.bump("errors", 1);
             match (e.fatal, e.started) {
-                (Some(true), Some(false)) => row.bump("vsf", 1),
-                (Some(true), Some(true)) => row.bump("vpf", 1),
+                (Some(true), Some(false)) if !business => row.bump("vsf", 1),
+                (Some(true), Some(true)) if !business => row.bump("vpf", 1),
                 _ => {}
             }
         }
@@ -149,9 +156,59 @@ pub fn row_key(e: &QoeEvent, window_ms: i64) -> RowKey {
     )
 }
 
+/// Key of an errors-by-code row: (minute in seconds, region, cdn, stream_type, platform,
+/// player, code, fatal, started, business).
+pub type ErrorCodeKey = (
+    u32,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    bool,
+    bool,
+    bool,
+);
+
+/// One expected row of `qoe_error_codes_1m`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorCodeRow {
+    pub minute: u32,
+    pub region: String,
+    pub cdn: String,
+    pub stream_type: String,
+    pub platform: String,
+    pub player: String,
+    pub code: String,
+    pub fatal: bool,
+    pub started: bool,
+    pub business: bool,
+    pub errors: u64,
+}
+
+impl ErrorCodeRow {
+    pub fn key(&self) -> ErrorCodeKey {
+        (
+            self.minute,
+            self.region.clone(),
+            self.cdn.clone(),
+            self.stream_type.clone(),
+            self.platform.clone(),
+            self.player.clone(),
+            self.code.clone(),
+            self.fatal,
+            self.started,
+            self.business,
+        )
+    }
+}
+
 /// Accumulates acknowledged events.
 pub struct Truth {
     window_ms: i64,
+    business: BusinessCodes,
+    error_codes: BTreeMap<ErrorCodeKey, u64>,
     rows: BTreeMap<RowKey, (Metrics, HashSet<String>)>,
     seen: HashSet<(String, u32)>,
     views: HashSet<String>,
@@ -163,11 +220,19 @@ impl Truth {
     pub fn new(window_ms: i64) -> Self {
         Truth {
             window_ms,
+            business: BusinessCodes::default(),
+            error_codes: BTreeMap::new(),
             rows: BTreeMap::new(),
             seen: HashSet::new(),
             views: HashSet::new(),
             lives: BTreeMap::new(),
         }
+    }
+
+    /// Counts these codes as business errors (the aggregator's --business-error-codes).
+    pub fn with_business(mut self, codes: BusinessCodes) -> Self {
+        self.business = codes;
+        self
     }
 
     /// Records one acknowledged copy of an event.
@@ -177,7 +242,24 @@ impl Truth {
             row.bump("duplicate_events", 1);
             return;
         }
-        add_event(row, e);
+        let business = matches!(e.kind, EventType::Error | EventType::ViewEnd)
+            && self.business.contains(e.code.as_deref());
+        add_classified(row, e, business);
+        if e.kind == EventType::Error {
+            let key = (
+                (e.event_time.div_euclid(60_000) * 60) as u32,
+                e.region.clone(),
+                e.cdn.clone(),
+                e.stream_type.as_str().to_owned(),
+                e.platform.clone(),
+                e.player.clone(),
+                e.code.clone().unwrap_or_default(),
+                e.fatal == Some(true),
+                e.started == Some(true),
+                business,
+            );
+            *self.error_codes.entry(key).or_default() += 1;
+        }
         views.insert(e.view_id.clone());
         self.views.insert(e.view_id.clone());
         let life = self
@@ -217,6 +299,26 @@ impl Truth {
                 stream_id: k.5.clone(),
                 metrics: m.values().to_vec(),
                 active_views: views.len() as u64,
+            })
+            .collect()
+    }
+
+    /// The expected rows of errors by code, per minute.
+    pub fn error_code_rows(&self) -> Vec<ErrorCodeRow> {
+        self.error_codes
+            .iter()
+            .map(|(k, &errors)| ErrorCodeRow {
+                minute: k.0,
+                region: k.1.clone(),
+                cdn: k.2.clone(),
+                stream_type: k.3.clone(),
+                platform: k.4.clone(),
+                player: k.5.clone(),
+                code: k.6.clone(),
+                fatal: k.7,
+                started: k.8,
+                business: k.9,
+                errors,
             })
             .collect()
     }
@@ -276,6 +378,9 @@ pub struct TruthFile {
     pub unended_views: Vec<(String, i64)>,
     /// Events the collector never acknowledged (given up after retries, or refused).
     pub unacknowledged_events: u64,
+    /// Errors by code per minute (`qoe_error_codes_1m`).
+    #[serde(default)]
+    pub error_codes: Vec<ErrorCodeRow>,
     /// Events sent in attempts whose outcome is unknown (a 503 or a broken connection): they
     /// may be in Kafka without an acknowledgement. The truth is exact only when this is 0.
     pub uncertain_events: u64,

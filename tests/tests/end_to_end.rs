@@ -53,6 +53,8 @@ async fn end_to_end(format: &str) {
             &VIEW_TIMEOUT_SECS.to_string(),
             "--vod-view-timeout-secs",
             &VIEW_TIMEOUT_SECS.to_string(),
+            "--business-error-codes",
+            BUSINESS_CODES,
         ],
     );
     let (truth, _) = simulate(
@@ -78,6 +80,8 @@ async fn end_to_end(format: &str) {
             "0.2",
             "--incident",
             INCIDENT,
+            "--business-error-codes",
+            BUSINESS_CODES,
         ],
     )
     .await;
@@ -88,6 +92,7 @@ async fn end_to_end(format: &str) {
         truth.late_copies
     );
     assert_silent_views_timed_out(&database, &truth).await;
+    assert_error_codes_equal(&database, &truth).await;
     let total = |name: &str| rows.values().map(|r| r.get(name)).sum::<u64>();
     assert!(
         total("events") > 10_000,
@@ -130,6 +135,67 @@ async fn end_to_end(format: &str) {
     };
     assert_eq!(worst_by(2), "eu-west x cdn-b", "worst rebuffering");
     assert_eq!(worst_by(3), "eu-west x cdn-b", "worst start failures");
+}
+
+/// The simulator's business codes, spelt as an operator might (matching ignores case).
+const BUSINESS_CODES: &str = "entitlement_denied, GEO_BLOCKED,Concurrent_Stream_Limit";
+
+/// Errors by code per minute equal the truth's, key by key (code, player, fatal, started,
+/// business); business refusals are there and counted in no failure; the table adds up to
+/// the window tables' `errors`.
+async fn assert_error_codes_equal(database: &str, truth: &TruthFile) {
+    type Key = qoe_simulator::truth::ErrorCodeKey;
+    let expected: std::collections::BTreeMap<Key, u64> = truth
+        .error_codes
+        .iter()
+        .map(|r| (r.key(), r.errors))
+        .collect();
+    let got: std::collections::BTreeMap<Key, u64> = clickhouse_query(
+        database,
+        "SELECT toUnixTimestamp(window_start), region, cdn, stream_type, platform, player,          error_code, fatal, started, business, sum(errors) FROM qoe_error_codes_1m          GROUP BY window_start, region, cdn, stream_type, platform, player, error_code, fatal,          started, business",
+    )
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|r| {
+        let flag = |s: &str| s == "1";
+        (
+            (
+                r[0].parse().unwrap(),
+                r[1].clone(),
+                r[2].clone(),
+                r[3].clone(),
+                r[4].clone(),
+                r[5].clone(),
+                r[6].clone(),
+                flag(&r[7]),
+                flag(&r[8]),
+                flag(&r[9]),
+            ),
+            r[10].parse().unwrap(),
+        )
+    })
+    .collect();
+    let business: u64 = expected.iter().filter(|(k, _)| k.9).map(|(_, n)| n).sum();
+    assert!(business > 5, "business refusals exercised: {business}");
+    let players: std::collections::BTreeSet<&str> = expected.keys().map(|k| k.5.as_str()).collect();
+    assert!(players.len() >= 4, "codes of every player: {players:?}");
+    for (k, n) in &expected {
+        assert_eq!(got.get(k), Some(n), "errors by code {k:?}");
+    }
+    assert_eq!(got.len(), expected.len(), "no row beyond the truth's");
+    let in_windows = clickhouse_query(database, "SELECT sum(errors) FROM qoe_window_1m")
+        .await
+        .unwrap();
+    assert_eq!(
+        in_windows[0][0],
+        expected.values().sum::<u64>().to_string(),
+        "errors by code add up to errors"
+    );
+    let hourly = clickhouse_query(database, "SELECT sum(errors) FROM qoe_error_codes_1h")
+        .await
+        .unwrap();
+    assert_eq!(hourly, in_windows, "the hourly table holds the same errors");
 }
 
 /// The aggregator's view timeout in these runs (live and VOD), seconds.
