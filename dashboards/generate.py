@@ -8,7 +8,7 @@ with the metric formulas of the spec shared between them.
     dashboards/generate.py --check  exit 1 if the committed files differ from the output
     dashboards/generate.py --report-sql NAME FROM TO
                                     print the SQL of one table of the demo report (`slices`,
-                                    `minutes`) over [FROM, TO) (Unix seconds), so the report
+                                    `minutes`, `codes`) over [FROM, TO) (Unix seconds), so the report
                                     uses the same KPI formulas as the dashboards
 
 The metric columns (and the startup histogram's buckets) come from the metric catalogue,
@@ -42,6 +42,49 @@ DIMENSIONS = [
     ("stream", "stream_id", "Stream"),
 ]
 FILTER = " AND ".join(f"{col} IN (${{{var}:singlequote}})" for var, col, _ in DIMENSIONS)
+# Errors by code are kept per region, CDN, stream type, platform and player, not per stream.
+ERROR_FILTER = " AND ".join(f"{col} IN (${{{var}:singlequote}})"
+                            for var, col, _ in DIMENSIONS if col != "stream_id")
+OTHER_CODES = "(other codes)"
+
+
+def top_codes(key, business, top=5, where=None):
+    """The `top` error codes per value of `key` (columns, comma-separated) over the range
+    (`where`, else the dashboard's time range and selectors), plus one row for all the other
+    codes of that value, each with its share of the value's attempts. `business`: business
+    errors (counted apart) or the rest. Arrays instead of window functions: the query runs on
+    ClickHouse 18.16."""
+    where = where or f"$__timeFilter(window_start) AND {ERROR_FILTER}"
+    return (
+        f"SELECT {key}, if(code.1 = '', '(no code)', code.1) AS error_code,\n"
+        f"  code.2 AS errors, code.3 AS fatal,\n"
+        f"  round(100 * code.2 / greatest(attempts_, 1), 3) AS pct_of_attempts\n"
+        f"FROM (\n"
+        f"  SELECT {key}, arrayConcat(arraySlice(codes, 1, {top}), [('{OTHER_CODES}',\n"
+        f"      arraySum(c -> c.2, arraySlice(codes, {top + 1})),\n"
+        f"      arraySum(c -> c.3, arraySlice(codes, {top + 1})))]) AS top\n"
+        f"  FROM (\n"
+        f"    SELECT {key},\n"
+        f"      arraySort(c -> (-toInt64(c.2), c.1), groupArray((error_code, errors_, fatal_))) AS codes\n"
+        f"    FROM (\n"
+        f"      SELECT {key}, error_code, sum(errors) AS errors_, sum(errors * fatal) AS fatal_\n"
+        f"      FROM qoe_error_codes_1m\n"
+        f"      WHERE {where} AND business = {int(business)}\n"
+        f"      GROUP BY {key}, error_code\n"
+        f"    )\n"
+        f"    GROUP BY {key}\n"
+        f"  )\n"
+        f") ARRAY JOIN top AS code\n"
+        f"ANY LEFT JOIN (\n"
+        f"  SELECT {key}, sum(attempts) AS attempts_\n"
+        f"  FROM qoe_error_codes_1m\n"
+        f"  WHERE {where}\n"
+        f"  GROUP BY {key}\n"
+        f") USING ({key})\n"
+        f"WHERE code.2 > 0\n"
+        f"ORDER BY {key}, code.1 = '{OTHER_CODES}', errors DESC, error_code"
+    )
+
 
 def _histogram_of(name):
     """A catalogue histogram's columns and, for interpolating percentiles, each bucket's lower
@@ -140,7 +183,7 @@ UNITS = {
     "rebuffering_pct": "percent", "startup_p50_ms": "ms", "startup_p95_ms": "ms",
     "startup_p95_ms_": "ms", "avg_bitrate_kbps": "Kbits", "live_latency_ms": "ms",
     "viewer_hours": "h", "freshness_s": "s", "seconds_since_write": "s",
-    "request_error_pct": "percent", "ttfb_p95_ms": "ms",
+    "request_error_pct": "percent", "ttfb_p95_ms": "ms", "pct_of_attempts": "percent",
     "score": "none", "score_success": "none", "score_startup": "none", "score_smoothness": "none",
     "score_quality": "none",
 }
@@ -183,7 +226,12 @@ def report_sql(name, frm, to):
                          ["attempts", "start_failure_pct", "rebuffering_pct", "startup_p50_ms"],
                          "rebuffering_pct DESC", where_outer="playing_ + stall_ >= 50 * 60000",
                          limit=8, where=where)
-    raise SystemExit(f"unknown report table {name!r} (slices, minutes)")
+    if name == "codes":
+        # The top error codes of the slice with the worst experience score.
+        worst = report_sql("slices", frm, to)
+        return (f"SELECT * FROM (\n{top_codes('region, cdn', False, where=where)}\n)\n"
+                f"WHERE (region, cdn) IN (SELECT region, cdn FROM (\n{worst}\n) LIMIT 1)")
+    raise SystemExit(f"unknown report table {name!r} (slices, minutes, codes)")
 
 
 class Dashboard:
@@ -363,6 +411,21 @@ def region_cdn():
             kpi_table(["region", "cdn"], ["plays", "startup_p50_ms", "startup_p95_ms"],
                       "startup_p95_ms DESC", where_outer="plays_ >= 20", limit=20),
             "table", columns=["region", "cdn", "plays", "startup_p50_ms", "startup_p95_ms"])
+    for key, label in [("cdn", "CDN"), ("player", "player")]:
+        d.panel("table", f"Top error codes by {label}",
+                f"The 5 most frequent error codes of each {label} over the range, then all its "
+                "other codes in one row, with how many were fatal and the errors' share of the "
+                f"{label}'s play attempts. Business errors are not here (next panel). The stream "
+                "selector does not apply: errors are kept per region, CDN, stream type, "
+                "platform and player.",
+                top_codes(key, business=False), "table",
+                columns=[key, "error_code", "errors", "fatal", "pct_of_attempts"])
+    d.panel("table", "Business errors by code",
+            "Errors whose code is configured as a business error (--business-error-codes: "
+            "entitlement, geo-block, concurrent-stream limit, ...): counted apart, neither start "
+            "nor playback failures, so not in the failure rates or the score.",
+            top_codes("cdn", business=True), "table",
+            columns=["cdn", "error_code", "errors", "fatal", "pct_of_attempts"])
     d.panel("table", "All KPIs by slice", "Every KPI per region x CDN, worst rebuffering first.",
             kpi_table(["region", "cdn"], all_kpis, "rebuffering_pct DESC", limit=1000),
             "table", w=24, h=10, columns=["region", "cdn"] + all_kpis)
@@ -678,7 +741,7 @@ def outputs():
 def main():
     if sys.argv[1:2] == ["--report-sql"]:
         if len(sys.argv) != 5:
-            raise SystemExit("usage: generate.py --report-sql slices|minutes FROM TO")
+            raise SystemExit("usage: generate.py --report-sql slices|minutes|codes FROM TO")
         print(report_sql(sys.argv[2], sys.argv[3], sys.argv[4]))
         return
     check = "--check" in sys.argv[1:]

@@ -38,6 +38,9 @@ DURATION="${QOE_DEMO_DURATION:-20m}"
 SPEED="${QOE_DEMO_SPEED:-10}"
 VIEWERS="${QOE_DEMO_VIEWERS:-2000}"
 SEED="${QOE_DEMO_SEED:-1}"
+# The simulated service refuses some starts on purpose (entitlement, geo-block, concurrent
+# streams): the aggregator and the simulator's ground truth count these codes apart.
+export QOE_BUSINESS_ERROR_CODES="${QOE_BUSINESS_ERROR_CODES:-ENTITLEMENT_DENIED,GEO_BLOCKED,CONCURRENT_STREAM_LIMIT}"
 INCIDENT="${QOE_DEMO_INCIDENT:-region=eu-west,cdn=cdn-b,start=8m,duration=4m,stalls=6,stall_length=3,startup=3,start_failures=0.3}"
 RANGE_FILE="$STACK/run/demo-range"
 # The project's Python environment (scripts/python.sh): the report's SQL generator needs PyYAML.
@@ -89,6 +92,9 @@ report() {
   echo "Worst slice-minutes (at least 50 minutes of viewing, so a ratio means something): when it happened"
   report_table minutes "$from" "$to"
   echo
+  echo "Top error codes of the worst slice (share of its attempts; business errors apart: README \"Errors by code\")"
+  report_table codes "$from" "$to"
+  echo
   echo "Real player: hls.js in headless Chromium, reporting CMCD v2 to POST /v1/cmcd (its own view)"
   ch "SELECT view_id, player, protocol, cdn, score, started, startup_ms, round(playing_ms / 1000, 1) AS playing_s,
         stalls, round(stall_ms / 1000, 1) AS stall_s, round(avg_bitrate_kbps) AS kbps, end_reason
@@ -134,7 +140,8 @@ case "${1:-}" in
     log "simulating $DURATION of viewing by $VIEWERS concurrent viewers in about ${wall}s, with an incident:"
     log "  $INCIDENT"
     "$BIN/simulator" --url http://127.0.0.1:8080 --seed "$SEED" --viewers "$VIEWERS" \
-      --duration "$DURATION" --speed "$SPEED" --start-ms "$start_ms" --incident "$INCIDENT"
+      --duration "$DURATION" --speed "$SPEED" --start-ms "$start_ms" --incident "$INCIDENT" \
+      --business-refusal-rate 0.006
     # Then one real viewer: hls.js in headless Chromium plays a local live stream and reports
     # CMCD v2. It plays after the simulation, not during it: simulated time runs 10x and
     # starts in the past, and a real player's wall-clock reports would move its partition's

@@ -286,13 +286,23 @@ pub struct Batch {
     /// `(window_start, slice, view)` for every view with an accepted event there.
     presence: HashSet<(i64, u32, u32)>,
     views: IndexMap<String, ViewPartial, DefaultHashBuilder>,
-    /// Error events per window, context and code ([`ErrorKey`]).
-    errors: HashMap<ErrorKey, u64>,
+    /// Error events per window, context and code, and attempts per window and context
+    /// (under the empty code) ([`ErrorKey`]).
+    errors: HashMap<ErrorKey, ErrorCounts>,
     pub messages: u64,
 }
 
 /// `(window_start, context, code as named, fatal, started, business)`.
 type ErrorKey = (i64, u32, Box<str>, bool, bool, bool);
+
+/// Counts of one errors-by-code row.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ErrorCounts {
+    pub errors: u64,
+    /// Play attempts of the slice and player (rows of the empty code, all flags false): the
+    /// denominator of an error's share, which the window tables cannot give per player.
+    pub attempts: u64,
+}
 
 /// One row of errors by code: how many error events of a window, slice and player carried
 /// the code (as named: see [`ErrorCodeNames`]) with these flags.
@@ -306,6 +316,7 @@ pub struct ErrorRow<'a> {
     pub started: bool,
     pub business: bool,
     pub errors: u64,
+    pub attempts: u64,
 }
 
 impl Batch {
@@ -322,7 +333,7 @@ impl Batch {
     pub fn error_rows(&self) -> impl Iterator<Item = ErrorRow<'_>> {
         self.errors
             .iter()
-            .map(|((w, c, code, fatal, started, business), &n)| {
+            .map(|((w, c, code, fatal, started, business), n)| {
                 let (context, &slice) = self
                     .contexts
                     .get_index(*c as usize)
@@ -335,7 +346,8 @@ impl Batch {
                     fatal: *fatal,
                     started: *started,
                     business: *business,
-                    errors: n,
+                    errors: n.errors,
+                    attempts: n.attempts,
                 }
             })
     }
@@ -936,6 +948,10 @@ impl<S: BuildHasher + Default> PartitionState<S> {
         let business = matches!(e.kind, EventType::Error | EventType::ViewEnd)
             && self.config.business.contains(e.code.as_deref());
         self.batch.accept(window, context, slice, e, business);
+        if e.kind == EventType::ViewStart {
+            let key = (window, context, "".into(), false, false, false);
+            self.batch.errors.entry(key).or_default().attempts += 1;
+        }
         if e.kind == EventType::Error {
             let code = self
                 .codes
@@ -948,7 +964,7 @@ impl<S: BuildHasher + Default> PartitionState<S> {
                 e.started == Some(true),
                 business,
             );
-            *self.batch.errors.entry(key).or_default() += 1;
+            self.batch.errors.entry(key).or_default().errors += 1;
         }
     }
 
@@ -1232,7 +1248,7 @@ mod tests {
     /// `(window, code, fatal, business)` -> errors, over a batch's error rows.
     fn codes_of(batch: &Batch) -> BTreeMap<(i64, String, bool, bool), u64> {
         let mut out = BTreeMap::new();
-        for r in batch.error_rows() {
+        for r in batch.error_rows().filter(|r| r.errors > 0) {
             *out.entry((r.window_start, r.code.to_owned(), r.fatal, r.business))
                 .or_default() += r.errors;
         }

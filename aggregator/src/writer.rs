@@ -536,9 +536,10 @@ impl Writer {
             push(&mut insert, &r, &mut row).await?;
         }
         for e in batch.error_rows() {
-            // The count travels in the `errors` metric column.
+            // The counts travel in the metric columns of the same names.
             let count = WindowMetrics {
                 errors: e.errors,
+                attempts: e.attempts,
                 ..WindowMetrics::default()
             };
             let mut r =

@@ -2,8 +2,11 @@
 -- type, platform, player), how many `error` events carried each code, fatal or not, before or
 -- after the first frame, and whether the code is configured as a business error. Codes are
 -- bounded per partition and hour (schemas/src/errors.rs): later distinct codes count as
--- `other`. The aggregator stages one row of kind 'error_code' per window, slice and code, its
--- count in `errors`; materialized views sum them per minute and per hour.
+-- `other`. Rows of the empty code with all flags 0 also carry the play attempts of their
+-- slice and player in `attempts` (the share of attempts per player, which the window tables
+-- do not have). The aggregator stages one row of kind 'error_code' per window, slice and
+-- code, its counts in `errors` and `attempts`; materialized views sum them per minute and
+-- per hour.
 -- Apply with the aggregators stopped; every statement can be re-run.
 
 ALTER TABLE qoe_staging MODIFY COLUMN kind Enum8('window' = 1, 'presence' = 2, 'view' = 3, 'checkpoint' = 4, 'error_code' = 5);
@@ -25,7 +28,8 @@ CREATE TABLE IF NOT EXISTS qoe_error_codes_1m
     fatal UInt8,
     started UInt8,
     business UInt8,
-    errors UInt64
+    errors UInt64,
+    attempts UInt64
 )
 ENGINE = SummingMergeTree
 PARTITION BY toYYYYMMDD(window_start)
@@ -37,7 +41,8 @@ CREATE MATERIALIZED VIEW IF NOT EXISTS qoe_error_codes_1m_mv TO qoe_error_codes_
 SELECT
     toDateTime(intDiv(toUInt32(window_start), 60) * 60, 'UTC') AS window_start,
     region, cdn, stream_type, platform, player, error_code, fatal, started, business,
-    sum(errors) AS errors
+    sum(errors) AS errors,
+    sum(attempts) AS attempts
 FROM qoe_ingest
 WHERE kind = 'error_code'
 GROUP BY window_start, region, cdn, stream_type, platform, player, error_code, fatal, started, business;
@@ -46,7 +51,8 @@ CREATE MATERIALIZED VIEW IF NOT EXISTS qoe_error_codes_1h_mv TO qoe_error_codes_
 SELECT
     toDateTime(intDiv(toUInt32(window_start), 3600) * 3600, 'UTC') AS window_start,
     region, cdn, stream_type, platform, player, error_code, fatal, started, business,
-    sum(errors) AS errors
+    sum(errors) AS errors,
+    sum(attempts) AS attempts
 FROM qoe_ingest
 WHERE kind = 'error_code'
 GROUP BY window_start, region, cdn, stream_type, platform, player, error_code, fatal, started, business;

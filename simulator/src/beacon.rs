@@ -84,6 +84,7 @@ mod tests {
             quality: baseline_quality("ap-south", "cdn-c"),
             start_failure_floor: 0.1,
             start_failure_extra: 0.0,
+            business_refusals: 0.0,
         };
         let limits = Limits::default();
         let mut checked = 0;

@@ -48,9 +48,8 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Error codes the aggregator counts as business errors (its --business-error-codes, same
-    /// variable): the ground truth leaves them out of start and playback failures. The
-    /// players refuse some starts with ENTITLEMENT_DENIED, GEO_BLOCKED and
-    /// CONCURRENT_STREAM_LIMIT.
+    /// variable): the ground truth leaves them out of start and playback failures (see
+    /// --business-refusal-rate).
     #[arg(
         long,
         env = "QOE_BUSINESS_ERROR_CODES",
@@ -101,6 +100,12 @@ struct Args {
     /// no view_end; the aggregator ends such views by timeout.
     #[arg(long, default_value_t = 0.05)]
     silent_exit_rate: f64,
+    /// Share of starts the service refuses on purpose with a business error
+    /// (ENTITLEMENT_DENIED, GEO_BLOCKED, CONCURRENT_STREAM_LIMIT), in every slice alike; about
+    /// 0.006 on a real service. Count them apart with --business-error-codes here and on the
+    /// aggregator.
+    #[arg(long, default_value_t = 0.0)]
+    business_refusal_rate: f64,
     /// Most requests in flight at once.
     #[arg(long, default_value_t = 32)]
     connections: usize,
@@ -370,6 +375,7 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
         args.reorder_rate,
         args.resend_rate,
         args.silent_exit_rate,
+        args.business_refusal_rate,
     ]
     .iter()
     .any(|r| !(0.0..=1.0).contains(r))
@@ -450,6 +456,7 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
         reorder_rate: args.reorder_rate,
         resend_rate: if offline { 0.0 } else { args.resend_rate },
         silent_exit_rate: args.silent_exit_rate,
+        business_refusal_rate: args.business_refusal_rate,
         window_ms: i64::from(args.window_secs) * 1000,
         audience,
         long_tail: args.long_tail,

@@ -24,9 +24,6 @@ const BASE_STARTUP_MEDIAN_MS: f64 = 1_100.0;
 const BASE_START_FAILURE: f64 = 0.012;
 /// Probability that a viewer leaves before the first frame for reasons of their own.
 const BASE_EARLY_EXIT: f64 = 0.015;
-/// Probability that the service refuses a start on purpose (entitlement, geo-block, too many
-/// concurrent streams): a business error, the same in every slice.
-const BUSINESS_REFUSAL: f64 = 0.006;
 /// The business error codes the players send.
 pub const BUSINESS_CODES: [&str; 3] = [
     "ENTITLEMENT_DENIED",
@@ -50,6 +47,8 @@ pub struct Conditions {
     pub start_failure_floor: f64,
     /// Added to the start-failure probability (an incident of so many points); 0 when healthy.
     pub start_failure_extra: f64,
+    /// Probability that the service refuses the start on purpose (a business error).
+    pub business_refusals: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,7 +234,9 @@ impl Player {
     }
 
     fn plan_start(&mut self, t: i64, cond: &Conditions) {
-        if self.refusals.random_bool(BUSINESS_REFUSAL) {
+        if cond.business_refusals > 0.0
+            && self.refusals.random_bool(cond.business_refusals.min(1.0))
+        {
             let at = t + self.refusals.random_range(150..800);
             self.schedule(at, Action::BusinessRefusal);
             return;
@@ -510,6 +511,7 @@ mod tests {
             quality: baseline_quality("eu-west", "cdn-b"),
             start_failure_floor: 0.0,
             start_failure_extra: 0.0,
+            business_refusals: 0.0,
         }
     }
 
@@ -604,6 +606,7 @@ mod tests {
             },
             start_failure_floor: 0.25,
             start_failure_extra: 0.0,
+            business_refusals: 0.0,
         };
         let summary = |cond: Conditions| {
             let (mut stalls, mut playing, mut startup, mut plays, mut failures, mut views) =

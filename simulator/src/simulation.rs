@@ -44,6 +44,8 @@ pub struct Settings {
     pub resend_rate: f64,
     /// Share of departures after playback that are silent.
     pub silent_exit_rate: f64,
+    /// Share of starts the service refuses with a business error.
+    pub business_refusal_rate: f64,
     /// The aggregator's window length (late re-sends keep clear of its boundaries).
     pub window_ms: i64,
     /// How the audience size moves over the day.
@@ -194,6 +196,7 @@ impl Simulation {
             quality,
             start_failure_floor: 0.0,
             start_failure_extra: 0.0,
+            business_refusals: self.settings.business_refusal_rate,
         };
         for inc in self
             .settings
@@ -362,6 +365,7 @@ mod tests {
             reorder_rate: 0.05,
             resend_rate: 0.02,
             silent_exit_rate: 0.05,
+            business_refusal_rate: 0.0,
             window_ms: 10_000,
             audience: Audience::Flat,
             long_tail: false,

@@ -185,6 +185,8 @@ pub struct ErrorCodeRow {
     pub started: bool,
     pub business: bool,
     pub errors: u64,
+    /// Attempts of the slice and player (on the row of the empty code, flags false).
+    pub attempts: u64,
 }
 
 impl ErrorCodeRow {
@@ -208,7 +210,8 @@ impl ErrorCodeRow {
 pub struct Truth {
     window_ms: i64,
     business: BusinessCodes,
-    error_codes: BTreeMap<ErrorCodeKey, u64>,
+    /// Per key: errors, attempts.
+    error_codes: BTreeMap<ErrorCodeKey, (u64, u64)>,
     rows: BTreeMap<RowKey, (Metrics, HashSet<String>)>,
     seen: HashSet<(String, u32)>,
     views: HashSet<String>,
@@ -245,7 +248,8 @@ impl Truth {
         let business = matches!(e.kind, EventType::Error | EventType::ViewEnd)
             && self.business.contains(e.code.as_deref());
         add_classified(row, e, business);
-        if e.kind == EventType::Error {
+        if matches!(e.kind, EventType::Error | EventType::ViewStart) {
+            let error = e.kind == EventType::Error;
             let key = (
                 (e.event_time.div_euclid(60_000) * 60) as u32,
                 e.region.clone(),
@@ -253,12 +257,17 @@ impl Truth {
                 e.stream_type.as_str().to_owned(),
                 e.platform.clone(),
                 e.player.clone(),
-                e.code.clone().unwrap_or_default(),
-                e.fatal == Some(true),
-                e.started == Some(true),
+                e.code.clone().filter(|_| error).unwrap_or_default(),
+                error && e.fatal == Some(true),
+                error && e.started == Some(true),
                 business,
             );
-            *self.error_codes.entry(key).or_default() += 1;
+            let counts = self.error_codes.entry(key).or_default();
+            if error {
+                counts.0 += 1;
+            } else {
+                counts.1 += 1;
+            }
         }
         views.insert(e.view_id.clone());
         self.views.insert(e.view_id.clone());
@@ -307,7 +316,7 @@ impl Truth {
     pub fn error_code_rows(&self) -> Vec<ErrorCodeRow> {
         self.error_codes
             .iter()
-            .map(|(k, &errors)| ErrorCodeRow {
+            .map(|(k, &(errors, attempts))| ErrorCodeRow {
                 minute: k.0,
                 region: k.1.clone(),
                 cdn: k.2.clone(),
@@ -319,6 +328,7 @@ impl Truth {
                 started: k.8,
                 business: k.9,
                 errors,
+                attempts,
             })
             .collect()
     }

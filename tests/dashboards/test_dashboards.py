@@ -50,6 +50,8 @@ INCIDENT_START_S, INCIDENT_LEN_S = 14 * 60, 10 * 60
 INCIDENT = (f"region=eu-west,cdn=cdn-b,start={INCIDENT_START_S}s,duration={INCIDENT_LEN_S}s,"
             "stalls=6,stall_length=3,startup=4,start_failures=0.3")
 INCIDENT_SLICE = ("eu-west", "cdn-b")
+# Business refusals of the simulated service (--business-refusal-rate), counted apart.
+BUSINESS_CODES = "ENTITLEMENT_DENIED,GEO_BLOCKED,CONCURRENT_STREAM_LIMIT"
 # Rules this incident must trip (it does not change playback failures after start).
 RELEVANT = {"qoe-rebuffering", "qoe-start-failures", "qoe-ebvs", "qoe-startup-p95"}
 
@@ -193,7 +195,8 @@ def run_scenario(name, incident, start_ms):
     subprocess.run([str(ROOT / "scripts" / "stack.sh"), "create-topic", topic, "6"], check=True,
                    capture_output=True)
     cport, aport, admin_port = free_port(), free_port(), free_port()
-    env = dict(os.environ, RUST_LOG="warn")
+    # The aggregator and the simulator read the business codes from the same variable.
+    env = dict(os.environ, RUST_LOG="warn", QOE_BUSINESS_ERROR_CODES=BUSINESS_CODES)
     procs = [
         subprocess.Popen([str(TARGET / "aggregator"), "run", "--kafka-brokers", BROKERS,
                           "--topic", topic, "--group", f"dash-{run}", "--clickhouse-url", CH,
@@ -211,7 +214,7 @@ def run_scenario(name, incident, start_ms):
         args = [str(TARGET / "simulator"), "--url", f"http://127.0.0.1:{cport}", "--seed", "11",
                 "--viewers", "3000", "--duration", f"{SPAN_S}s", "--speed", "0",
                 "--start-ms", str(start_ms), "--progress-secs", "30", "--connections", "64",
-                "--truth-out", str(truth_file)]
+                "--truth-out", str(truth_file), "--business-refusal-rate", "0.006"]
         if incident:
             args += ["--incident", incident]
         sim = subprocess.run(args, capture_output=True, text=True, timeout=1800)

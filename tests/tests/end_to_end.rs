@@ -9,6 +9,7 @@ use qoe_tests::{
     assert_clickhouse_equals, clickhouse_query, create_topic, simulate, spawn_aggregator,
     spawn_collector, unique,
 };
+use std::collections::{BTreeMap, BTreeSet};
 
 const INCIDENT: &str =
     "region=eu-west,cdn=cdn-b,start=0s,duration=4m,stalls=8,stall_length=2,startup=3,start_failures=0.4";
@@ -80,6 +81,8 @@ async fn end_to_end(format: &str) {
             "0.2",
             "--incident",
             INCIDENT,
+            "--business-refusal-rate",
+            "0.01",
             "--business-error-codes",
             BUSINESS_CODES,
         ],
@@ -141,18 +144,21 @@ async fn end_to_end(format: &str) {
 const BUSINESS_CODES: &str = "entitlement_denied, GEO_BLOCKED,Concurrent_Stream_Limit";
 
 /// Errors by code per minute equal the truth's, key by key (code, player, fatal, started,
-/// business); business refusals are there and counted in no failure; the table adds up to
-/// the window tables' `errors`.
+/// business), with the attempts of each slice and player; business refusals are there; the
+/// table adds up to the window tables' `errors` and `attempts`, every hour as every minute.
 async fn assert_error_codes_equal(database: &str, truth: &TruthFile) {
     type Key = qoe_simulator::truth::ErrorCodeKey;
-    let expected: std::collections::BTreeMap<Key, u64> = truth
+    let expected: BTreeMap<Key, (u64, u64)> = truth
         .error_codes
         .iter()
-        .map(|r| (r.key(), r.errors))
+        .map(|r| (r.key(), (r.errors, r.attempts)))
         .collect();
-    let got: std::collections::BTreeMap<Key, u64> = clickhouse_query(
+    let got: BTreeMap<Key, (u64, u64)> = clickhouse_query(
         database,
-        "SELECT toUnixTimestamp(window_start), region, cdn, stream_type, platform, player,          error_code, fatal, started, business, sum(errors) FROM qoe_error_codes_1m          GROUP BY window_start, region, cdn, stream_type, platform, player, error_code, fatal,          started, business",
+        "SELECT toUnixTimestamp(window_start), region, cdn, stream_type, platform, player, \
+         error_code, fatal, started, business, sum(errors), sum(attempts) \
+         FROM qoe_error_codes_1m GROUP BY window_start, region, cdn, stream_type, platform, \
+         player, error_code, fatal, started, business",
     )
     .await
     .unwrap()
@@ -172,30 +178,36 @@ async fn assert_error_codes_equal(database: &str, truth: &TruthFile) {
                 flag(&r[8]),
                 flag(&r[9]),
             ),
-            r[10].parse().unwrap(),
+            (r[10].parse().unwrap(), r[11].parse().unwrap()),
         )
     })
     .collect();
-    let business: u64 = expected.iter().filter(|(k, _)| k.9).map(|(_, n)| n).sum();
+    let business: u64 = expected.iter().filter(|(k, _)| k.9).map(|(_, n)| n.0).sum();
     assert!(business > 5, "business refusals exercised: {business}");
-    let players: std::collections::BTreeSet<&str> = expected.keys().map(|k| k.5.as_str()).collect();
+    let players: BTreeSet<&str> = expected.keys().map(|k| k.5.as_str()).collect();
     assert!(players.len() >= 4, "codes of every player: {players:?}");
     for (k, n) in &expected {
         assert_eq!(got.get(k), Some(n), "errors by code {k:?}");
     }
     assert_eq!(got.len(), expected.len(), "no row beyond the truth's");
-    let in_windows = clickhouse_query(database, "SELECT sum(errors) FROM qoe_window_1m")
-        .await
-        .unwrap();
+    let totals = |table: &str| {
+        let sql = format!("SELECT sum(errors), sum(attempts) FROM {table}");
+        async move { clickhouse_query(database, &sql).await.unwrap() }
+    };
+    let windows = totals("qoe_window_1m").await;
     assert_eq!(
-        in_windows[0][0],
-        expected.values().sum::<u64>().to_string(),
-        "errors by code add up to errors"
+        windows[0],
+        [
+            expected.values().map(|n| n.0).sum::<u64>().to_string(),
+            expected.values().map(|n| n.1).sum::<u64>().to_string()
+        ],
+        "errors by code add up to errors, and their attempts to attempts"
     );
-    let hourly = clickhouse_query(database, "SELECT sum(errors) FROM qoe_error_codes_1h")
-        .await
-        .unwrap();
-    assert_eq!(hourly, in_windows, "the hourly table holds the same errors");
+    assert_eq!(
+        totals("qoe_error_codes_1h").await,
+        windows,
+        "hourly as per minute"
+    );
 }
 
 /// The aggregator's view timeout in these runs (live and VOD), seconds.
