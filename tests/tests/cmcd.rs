@@ -522,6 +522,29 @@ async fn one_failure_is_one_error_with_the_players_code() {
     // 5 failing views and 8 healthy ones; 3 failures before start (one of them by silence),
     // 2 after.
     assert_eq!(totals, vec![line(&["13", "10", "5", "3", "2", "0"])]);
+    // Errors by code: each failure once, under the player's code. dash.js's error was not
+    // fatal when it came (the view failed by going silent after it).
+    let codes = clickhouse_query(
+        &db,
+        "SELECT error_code, fatal, started, sum(errors) FROM qoe_error_codes_1m \
+         GROUP BY error_code, fatal, started HAVING sum(errors) > 0 ORDER BY error_code",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        codes,
+        vec![
+            line(&["1001", "1", "0", "1"]),
+            line(&["25", "0", "0", "1"]),
+            line(&["4032", "1", "1", "1"]),
+            line(&["bufferAppendError", "1", "1", "1"]),
+            line(&["manifestLoadError", "1", "0", "1"]),
+        ]
+    );
+    let attempts = clickhouse_query(&db, "SELECT sum(attempts) FROM qoe_error_codes_1m")
+        .await
+        .unwrap();
+    assert_eq!(attempts, vec![line(&["13"])]);
 }
 
 /// A synthetic audience of CMCD sessions: play, stalls, pauses, seeks, bitrate changes,
