@@ -80,7 +80,7 @@ def top_codes(key, business, top=5, where=None):
         f"  FROM qoe_error_codes_1m\n"
         f"  WHERE {where}\n"
         f"  GROUP BY {key}\n"
-        f") USING ({key})\n"
+        f") AS slice_attempts USING ({key})\n"
         f"WHERE code.2 > 0\n"
         f"ORDER BY {key}, code.1 = '{OTHER_CODES}', errors DESC, error_code"
     )
