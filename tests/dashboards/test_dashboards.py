@@ -214,7 +214,7 @@ def run_scenario(name, incident, start_ms):
         args = [str(TARGET / "simulator"), "--url", f"http://127.0.0.1:{cport}", "--seed", "11",
                 "--viewers", "3000", "--duration", f"{SPAN_S}s", "--speed", "0",
                 "--start-ms", str(start_ms), "--progress-secs", "30", "--connections", "64",
-                "--truth-out", str(truth_file), "--business-refusal-rate", "0.006"]
+                "--truth-out", str(truth_file), "--business-refusal-rate", "0.001"]
         if incident:
             args += ["--incident", incident]
         sim = subprocess.run(args, capture_output=True, text=True, timeout=1800)
