@@ -139,7 +139,7 @@ SUM_ALIASES = {
     "kbps_ms_": "bitrate_kbps_ms", "latency_sum_": "latency_ms_sum",
     "latency_n_": "latency_samples", "seeks_": "seeks", "startup_unknown_": "startup_unknown",
     "requests_": "cdn_requests", "request_errors_": "cdn_request_errors", "ttfb_sum_": "ttfb_ms_sum",
-    "startup_sum_": "startup_ms_sum",
+    "startup_sum_": "startup_ms_sum", "cdn_switches_": "cdn_switches",
 }
 _sums = [f"sum({column(c)}) AS {a}" for a, c in SUM_ALIASES.items()]
 SUMS = ("\n    ".join(", ".join(_sums[i:i + 4]) + "," for i in range(0, len(_sums), 4))
@@ -165,6 +165,8 @@ KPIS = {
     "cdn_requests": "requests_",
     "request_error_pct": "if(requests_ = 0, NULL, round(100 * request_errors_ / requests_, 2))",
     "ttfb_p95_ms": percentile(0.95, "th", "tc", "ttfbs_", TTFB_LO, TTFB_HI),
+    # Mid-view CDN switches of CMCD players, counted in the CDN switched to.
+    "cdn_switches": "cdn_switches_",
 }
 
 # The experience score and its parts (schemas/src/score.rs, README "Experience score"), from the
@@ -370,7 +372,7 @@ def region_cdn():
     all_kpis = ["score", "attempts", "plays", "viewer_hours", "start_failure_pct", "ebvs_pct",
                 "playback_failure_pct", "rebuffering_pct", "stalls_per_hour", "seeks_per_hour",
                 "startup_p50_ms", "startup_p95_ms", "avg_bitrate_kbps", "live_latency_ms",
-                "cdn_requests", "request_error_pct", "ttfb_p95_ms"]
+                "cdn_requests", "request_error_pct", "ttfb_p95_ms", "cdn_switches"]
     for name, title in [("score", "Experience score (0-100)"),
                         ("rebuffering_pct", "Rebuffering ratio (%)"),
                         ("start_failure_pct", "Start failures (%)"),

@@ -284,8 +284,14 @@ impl Sessions {
     }
 
     /// Takes one report (already known not to be a duplicate or late); the events it makes
-    /// are appended to `out`.
-    pub fn on_report(&mut self, m: &CmcdMessage, config: &SessionConfig, out: &mut Vec<QoeEvent>) {
+    /// are appended to `out`. True when the report moved its view to another CDN mid-view
+    /// (see [`Session::learn`]), to be counted in the new CDN's `cdn_switches`.
+    pub fn on_report(
+        &mut self,
+        m: &CmcdMessage,
+        config: &SessionConfig,
+        out: &mut Vec<QoeEvent>,
+    ) -> bool {
         let r = &m.cmcd;
         if !self.by_sid.contains_key(&r.sid) && self.by_sid.len() >= config.max_sessions {
             if let Some(oldest) = self
@@ -300,12 +306,17 @@ impl Sessions {
             }
         }
         let session = self.by_sid.entry(r.sid.clone()).or_default();
-        session.learn(m);
+        let before = session.cdn.clone();
+        let switched = session.learn(m);
+        if switched {
+            session.split_at_switch(m, before, out);
+        }
         session.take(m, config, out);
         session.last_ts = session.last_ts.max(r.ts);
         if let Some(held) = &session.held {
             self.next_release = self.next_release.min(held.ts + HOLD_MS);
         }
+        switched
     }
 }
 
@@ -320,8 +331,50 @@ fn protocol_of(sf: &str) -> &'static str {
 }
 
 impl Session {
-    /// Updates the dimensions the report tells.
-    fn learn(&mut self, m: &CmcdMessage) {
+    /// A mid-view CDN switch at the report's time (for a request report, when the request to
+    /// the new CDN started): the time played or stalled since the last state report was
+    /// served by the CDN before, so a heartbeat carrying it is counted there; the view's later
+    /// time goes to the new CDN.
+    fn split_at_switch(
+        &mut self,
+        m: &CmcdMessage,
+        before: Option<String>,
+        out: &mut Vec<QoeEvent>,
+    ) {
+        let Some(mut view) = self.view.take() else {
+            return;
+        };
+        let ts = m.cmcd.ts;
+        if ts > view.state_ts {
+            let elapsed = u32::try_from(ts - view.state_ts).unwrap_or(u32::MAX);
+            let (playing, stall) = match view.state.as_deref() {
+                Some("p") => (elapsed, 0),
+                Some("r") if view.in_stall => (0, elapsed),
+                _ => (0, 0),
+            };
+            if playing > 0 || stall > 0 {
+                let new = std::mem::replace(&mut self.cdn, before);
+                let mut e = self.event(&mut view, m, EventType::Heartbeat, ts);
+                self.cdn = new;
+                if playing > 0 {
+                    e.playing_ms = Some(playing);
+                    e.bitrate_kbps = view.bitrate;
+                }
+                if stall > 0 {
+                    e.stall_ms = Some(stall);
+                }
+                view.state_ts = ts;
+                out.push(e);
+            }
+        }
+        self.view = Some(view);
+    }
+
+    /// Updates the dimensions the report tells. True for a real mid-view CDN switch: the
+    /// view's attempt is counted and a source as strong as the one that named its CDN now
+    /// names another (a stronger source correcting a weaker one is knowledge, not a switch).
+    fn learn(&mut self, m: &CmcdMessage) -> bool {
+        let mut switched = false;
         let r = &m.cmcd;
         if let Some(cid) = &r.cid {
             self.stream_id = Some(cid.clone());
@@ -337,6 +390,9 @@ impl Session {
         // the report's `cdn` key).
         if !m.cdn.is_empty() && m.cdn_rank >= self.cdn_rank {
             if self.cdn.as_deref() != Some(m.cdn.as_str()) {
+                switched = self.cdn.is_some()
+                    && m.cdn_rank == self.cdn_rank
+                    && self.view.as_ref().is_some_and(|v| v.start_cdn.is_some());
                 self.cdn = Some(m.cdn.clone());
             }
             self.cdn_rank = m.cdn_rank;
@@ -351,6 +407,7 @@ impl Session {
                 player: m.player.clone(),
             };
         }
+        switched
     }
 
     /// Emits the held error event, if any, with a generic code when the player sent none.
@@ -767,6 +824,8 @@ mod tests {
         sid: &'static str,
         cdn: &'static str,
         cdn_rank: u8,
+        /// Reports that switched the view's CDN mid-view.
+        switches: u32,
     }
 
     impl Player {
@@ -777,6 +836,7 @@ mod tests {
                 sid,
                 cdn: "",
                 cdn_rank: 0,
+                switches: 0,
             }
         }
 
@@ -804,8 +864,12 @@ mod tests {
                 cdn_rank: self.cdn_rank,
             };
             let mut out = Vec::new();
-            self.sessions
-                .on_report(&m, &SessionConfig::default(), &mut out);
+            if self
+                .sessions
+                .on_report(&m, &SessionConfig::default(), &mut out)
+            {
+                self.switches += 1;
+            }
             out
         }
 
@@ -949,6 +1013,10 @@ mod tests {
                 ("heartbeat", "cdn-y".into())
             ]
         );
+        assert_eq!(
+            p.switches, 0,
+            "the host correcting the page's CDN is no switch"
+        );
         // The first request comes after the start stopped waiting: the attempt was counted in
         // the page's CDN, so are the first frame and startup (one moment, one slice); the time
         // played after goes to the CDN that serves, and a later change of CDN moves it on.
@@ -971,8 +1039,14 @@ mod tests {
                 ("view_start", "cdn-x".into()),
                 ("first_frame", "cdn-x".into()),
                 ("heartbeat", "cdn-y".into()),
+                // At the switch: the time since the last report, served by cdn-y.
+                ("heartbeat", "cdn-y".into()),
                 ("heartbeat", "cdn-z".into())
             ]
+        );
+        assert_eq!(
+            p.switches, 1,
+            "cdn-y to cdn-z, both named by the serving host"
         );
     }
 

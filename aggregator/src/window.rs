@@ -902,14 +902,19 @@ impl<S: BuildHasher + Default> PartitionState<S> {
         } else {
             let mut derived = std::mem::take(&mut self.derived);
             derived.clear();
-            self.sessions
+            let switched = self
+                .sessions
                 .on_report(m, &self.config.sessions, &mut derived);
             self.accept_derived(&derived, watermark);
             self.derived = derived;
-            if m.cmcd.e == "rr" {
+            if m.cmcd.e == "rr" || switched {
                 let probe = self.sessions.probe_event(m);
                 let (_, slice) = self.batch.intern(&probe.borrowed(), self.config.dimensions);
-                add_request(self.batch.window_row(window, slice), m.cmcd.rc, m.cmcd.ttfb);
+                let row = self.batch.window_row(window, slice);
+                if m.cmcd.e == "rr" {
+                    add_request(row, m.cmcd.rc, m.cmcd.ttfb);
+                }
+                row.cdn_switches += u64::from(switched);
             }
             Outcome::Accepted
         };

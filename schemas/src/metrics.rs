@@ -267,6 +267,10 @@ window_metrics! {
         ttfb_le_50 = 50, ttfb_le_100 = 100, ttfb_le_200 = 200, ttfb_le_400 = 400,
         ttfb_le_800 = 800, ttfb_le_1600 = 1600, ttfb_le_3200 = 3200, ttfb_le_inf = inf,
     ], unit = "requests", per_view = false, input = requests;
+    /// Mid-view CDN switches reported by CMCD players: a view's requests served by another
+    /// CDN than before, named by a source as strong as before (README, CMCD's CDN rule);
+    /// counted in the new CDN's slice, where the view's later time goes.
+    cdn_switches: sum, unit = "switches", per_view = false, input = requests;
 }
 
 /// Number of columns of [`WINDOW_COLUMNS`].

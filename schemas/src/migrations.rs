@@ -62,6 +62,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0008_error_codes.sql",
         sql: include_str!("../clickhouse/0008_error_codes.sql"),
     },
+    Migration {
+        version: 9,
+        name: "0009_cdn_switches.sql",
+        sql: include_str!("../clickhouse/0009_cdn_switches.sql"),
+    },
 ];
 
 /// A ClickHouse server version, as `SELECT version()` reports it (`18.16.1`, `25.3.2.39`).

@@ -6,6 +6,7 @@
 //   stall     media segments asked for between 15 s and 25 s are held until 25 s
 //   missing   every manifest answers 404
 //   throttle  from 15 s on, media segments are sent at 45 kB/s (between the two renditions)
+//   gone      from 12 s on, every media segment answers 404 (a failure after the start)
 //
 // Live schedule: at start, INITIAL segments are already "published"; one more every 2 s.
 
@@ -117,6 +118,11 @@ export function startOrigin({ contentDir, pageDir, modulesDir, sdkFile, port = 0
     if (ext !== '.m4s') return sendFile(res, file, types[ext] || 'application/octet-stream');
     if (!firstRequest.has(scenario)) firstRequest.set(scenario, Date.now());
     const since = Date.now() - firstRequest.get(scenario);
+    if (fault === 'gone' && since >= 12000) {
+      res.writeHead(404, { 'access-control-allow-origin': '*', 'cache-control': 'no-store' });
+      res.end();
+      return;
+    }
     if (fault === 'stall' && since >= 15000 && since < 25000) {
       setTimeout(() => sendFile(res, file, types[ext]), 25000 - since);
       return;

@@ -547,6 +547,74 @@ async fn one_failure_is_one_error_with_the_players_code() {
     assert_eq!(attempts, vec![line(&["13"])]);
 }
 
+/// A real mid-view CDN switch (the segments of one view served by cdn-a, then by cdn-b, both
+/// named by the host that served them) counts one switch, in cdn-b, and splits the view's
+/// time at the switch; the attempt, first frame and startup stay in cdn-a. The page's
+/// `?cdn=` (weaker) never moves the view, and a correction by a stronger source is no switch.
+#[tokio::test]
+async fn a_cdn_switch_mid_view_counts_once_and_moves_the_time() {
+    let topic = unique("test.cmcd.switch");
+    let db = unique("qoe_test_cmcd_switch");
+    create_topic(&topic, 1).await.unwrap();
+    let (_collector, base_url, _admin) = spawn_collector(
+        &topic,
+        &[
+            "--cdn-host",
+            "cdn-a.example.net=cdn-a",
+            "--cdn-host",
+            "cdn-b.example.net=cdn-b",
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let base = (now_ms() - 10 * 60_000) / 10_000 * 10_000;
+    let seg = |cdn: &str, n: u32| {
+        format!("e=rr,url=\"https://edge.{cdn}.example.net/live/seg_{n}.m4s\",rc=200,ttfb=30,ot=v")
+    };
+    let (a1, a2, b1, b2) = (
+        seg("cdn-a", 1),
+        seg("cdn-a", 2),
+        seg("cdn-b", 3),
+        seg("cdn-b", 4),
+    );
+    let lines: Vec<(i64, &str)> = vec![
+        (0, "e=ps,sta=s"),
+        (100, &a1),
+        (400, "e=ps,sta=p"),
+        (10_400, "e=t"),
+        (12_000, &a2),
+        // The switch: from here the segments come from cdn-b.
+        (20_400, &b1),
+        (20_400, "e=t"),
+        (30_400, "e=t"),
+        (32_000, &b2),
+        (40_400, "e=ps,sta=e"),
+    ];
+    let text = body("switcher", base, ",cid=\"ch-9\",sf=h,st=l", &lines);
+    // The page says cdn-x: weaker than the hosts, it changes nothing.
+    let url = format!("{base_url}/v1/cmcd?cdn=cdn-x");
+    assert_eq!(post(&http, &url, text.into_bytes(), false).await, 204);
+    let _aggregator = spawn_aggregator(&topic, &db, &unique("g"), &[]);
+    wait_caught_up(&db, &topic, &ends(&topic), Duration::from_secs(60)).await;
+    let got = clickhouse_query(
+        &db,
+        "SELECT cdn, sum(attempts), sum(plays), sum(startup_ms_sum), sum(playing_ms), \
+         sum(cdn_switches), sum(cdn_requests) FROM qoe_window_10s GROUP BY cdn ORDER BY cdn",
+    )
+    .await
+    .unwrap();
+    let line = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    // Played 400-40400: the heartbeat at 20400 (reported with the switch) still counts the
+    // time before it in cdn-a; the time after it goes to cdn-b.
+    assert_eq!(
+        got,
+        vec![
+            line(&["cdn-a", "1", "1", "400", "20000", "0", "2"]),
+            line(&["cdn-b", "0", "0", "0", "20000", "1", "2"]),
+        ]
+    );
+}
+
 /// A synthetic audience of CMCD sessions: play, stalls, pauses, seeks, bitrate changes,
 /// failures, exits, reused session ids; some reports sent twice.
 fn audience(seed: u64, sessions: usize, t0: i64) -> Vec<(String, Vec<u8>)> {

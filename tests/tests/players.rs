@@ -101,6 +101,10 @@ struct Observed {
     vsf: u64,
     up: u64,
     down: u64,
+    vpf: u64,
+    /// The view row's error count and code.
+    errors: u64,
+    error_code: String,
 }
 
 /// The rows of one reporting path: a view id and the stream id its windows are under.
@@ -109,7 +113,8 @@ async fn observed(db: &str, view_id: &str, stream_id: &str) -> Observed {
         db,
         &format!(
             "SELECT count(), max(started), max(startup_ms), sum(playing_ms), sum(stall_ms), \
-             sum(stalls), any(end_reason) FROM qoe_views WHERE view_id = '{view_id}'"
+             sum(stalls), any(end_reason), sum(errors), any(error_code) FROM qoe_views \
+             WHERE view_id = '{view_id}'"
         ),
     )
     .await
@@ -117,8 +122,8 @@ async fn observed(db: &str, view_id: &str, stream_id: &str) -> Observed {
     let w = clickhouse_query(
         db,
         &format!(
-            "SELECT sum(attempts), sum(plays), sum(vsf), sum(upswitches), sum(downswitches) \
-             FROM qoe_window_10s WHERE stream_id = '{stream_id}'"
+            "SELECT sum(attempts), sum(plays), sum(vsf), sum(upswitches), sum(downswitches), \
+             sum(vpf) FROM qoe_window_10s WHERE stream_id = '{stream_id}'"
         ),
     )
     .await
@@ -138,11 +143,39 @@ async fn observed(db: &str, view_id: &str, stream_id: &str) -> Observed {
         vsf: n(&w[2]) as u64,
         up: n(&w[3]) as u64,
         down: n(&w[4]) as u64,
+        vpf: n(&w[5]) as u64,
+        errors: n(&v[7]) as u64,
+        error_code: v[8].clone(),
     }
 }
 
 fn players_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("players")
+}
+
+/// A page whose player fails before the first frame (a missing manifest). The view ends in
+/// error with one error under the code the page saw in the player's own error event, counted
+/// as a start failure.
+fn check_failure(page: &Page, got: &Observed) -> Vec<String> {
+    let want = page.truth.error.as_deref().unwrap_or("(none)");
+    let (vsf, vpf) = (1, 0);
+    let mut wrong = Vec::new();
+    if page.truth.error.is_none() {
+        wrong.push("the page saw no error event from its player".into());
+    }
+    if (got.vsf, got.vpf) != (vsf, vpf) || got.end_reason != "error" {
+        wrong.push(format!(
+            "vsf {} vpf {} end {:?}, want vsf {vsf} vpf {vpf} end \"error\"",
+            got.vsf, got.vpf, got.end_reason
+        ));
+    }
+    if got.errors != 1 || got.error_code != want {
+        wrong.push(format!(
+            "{} errors with code {:?}, want 1 with the player's {want:?}",
+            got.errors, got.error_code
+        ));
+    }
+    wrong
 }
 
 /// Checks one path's rows against the page; returns what is wrong.
@@ -325,12 +358,14 @@ async fn real_players_report_their_viewers_experience() {
                 "dash-sdk-stall" if t.stalls == 0 => {
                     Some("the delayed segment made no stall on the page".into())
                 }
-                "hls-missing" | "dash-sdk-missing" if got.vsf != 1 || got.end_reason != "error" => {
-                    Some(format!(
-                        "vsf {} end {:?}, want a start failure",
-                        got.vsf, got.end_reason
-                    ))
+                "hls-missing" | "dash-sdk-missing" | "shaka-sdk-missing" => {
+                    w.extend(check_failure(page, got));
+                    None
                 }
+                _ => None,
+            };
+            w.extend(problem);
+            let problem = match page.name.as_str() {
                 "hls-missing" if t.error.as_deref() != Some("manifestLoadError") => {
                     Some(format!("the page's player error was {:?}", t.error))
                 }
@@ -361,7 +396,8 @@ async fn real_players_report_their_viewers_experience() {
                 && within(c.playing_ms, s.playing_ms, 1_000)
                 && within(c.stall_ms, s.stall_ms, 1_000)
                 && c.stalls == s.stalls
-                && (c.plays, c.vsf) == (s.plays, s.vsf))
+                && (c.plays, c.vsf, c.vpf) == (s.plays, s.vsf, s.vpf)
+                && c.error_code == s.error_code)
             {
                 wrong.push(format!(
                     "CMCD and SDK rows of one playback disagree: {c:?} vs {s:?}"

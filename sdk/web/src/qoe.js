@@ -1,12 +1,13 @@
 /**
  * QoE web SDK: reports beacon protocol v1 (SPEC §3) for an HTML5 `<video>` element, with
  * optional adapters that add what only the player knows (rendition bitrate, errors, live
- * latency, CDN host) for hls.js and dash.js. No dependencies; never throws into the page.
+ * latency, CDN host) for hls.js, dash.js and Shaka Player. No dependencies; never throws into
+ * the page.
  *
  *   import * as qoe from './qoe.js';
  *   const view = qoe.monitor(video, { endpoint: 'https://qoe.example.com', streamId: 'ch-42',
  *     streamType: 'live', cdn: 'cdn-a', player: 'my-player', protocol: 'hls' });
- *   view.hls(hlsInstance);          // or view.dash(dashPlayer)
+ *   view.hls(hlsInstance);          // or view.dash(dashPlayer), view.shaka(shakaPlayer)
  *   view.end('completed');          // when the app knows better than the element
  *
  * What it measures, from the element's own events:
@@ -30,7 +31,7 @@
  * `navigator.sendBeacon`.
  */
 
-const SDK_VERSION = '1.0.0';
+const SDK_VERSION = '1.1.0';
 const HEARTBEAT_MS = 10000;
 const FLUSH_MS = 15000;
 const MAX_QUEUE = 500;
@@ -97,7 +98,7 @@ export class Monitor {
     this.url = beaconUrl(o.endpoint, o.ingestKey);
     this.context = {
       stream_id: String(o.streamId || 'unknown'), stream_type: o.streamType === 'vod' ? 'vod' : 'live',
-      cdn: o.cdn || '', platform: 'web', player: o.player || '', protocol: o.protocol || 'unknown',
+      cdn: o.cdn || '', platform: 'web', player: o.player || '', protocol: o.protocol || '',
     };
     if (o.region) this.context.region = o.region;
     if (o.custom) this.context.custom = o.custom;
@@ -372,6 +373,9 @@ export class Monitor {
 
   dash(player) { this.guard(() => attachDash(this, player), 'attach')(); return this; }
 
+  /** Shaka Player: attach before `player.load()` (the adapter watches its promise). */
+  shaka(player) { this.guard(() => attachShaka(this, player), 'attach')(); return this; }
+
   // --- delivery ----------------------------------------------------------------------------
 
   /** The next body: consecutive queued events of one view, with its context. */
@@ -382,6 +386,8 @@ export class Monitor {
     while (n < this.queue.length && n < MAX_EVENTS_PER_BODY && this.queue[n].viewId === first.viewId) n += 1;
     const view = { view_id: first.viewId, ...first.context };
     if (!view.cdn) view.cdn = 'unknown';
+    // Until an adapter has said (an explicit option wins over it).
+    if (!view.protocol) view.protocol = 'unknown';
     if (!view.player) view.player = `html5 qoe-web/${SDK_VERSION}`;
     const events = this.queue.slice(0, n).map((q) => q.event);
     return { n, text: () => JSON.stringify({ sent_at: this.env.now(), view, events }) };
@@ -474,7 +480,18 @@ function attachDash(m, player) {
   const events = (globalThis.dashjs && globalThis.dashjs.MediaPlayer && globalThis.dashjs.MediaPlayer.events) || {};
   const version = player.getVersion ? player.getVersion() : '';
   m.setContext({ player: `dash.js${version ? `/${version}` : ''}`, protocol: 'dash' });
+  // dash.js may report one failure in several error events: the first ends the view, the
+  // rest are ignored until the next manifest load.
+  // A dynamic MPD is loaded again every minimumUpdatePeriod: only the first load of a source
+  // is a play request (a refresh after a view ended must not start another).
+  let failed = false;
+  let source = null;
   player.on(events.MANIFEST_LOADING_STARTED || 'manifestLoadingStarted', m.guard(() => {
+    const now = player.getSource ? player.getSource() : null;
+    const url = typeof now === 'string' ? now : (now && now.url) || null;
+    if (source !== null && url === source) return;
+    source = url;
+    failed = false;
     if (m.video.autoplay) m.playRequested();
   }, 'dash'));
   player.on(events.QUALITY_CHANGE_RENDERED || 'qualityChangeRendered', m.guard((e) => {
@@ -483,12 +500,81 @@ function attachDash(m, player) {
     }
   }, 'dash'));
   player.on(events.ERROR || 'error', m.guard((e) => {
-    const code = e && e.error ? (e.error.code !== undefined ? `DASH_${e.error.code}` : e.error.message) : 'dash';
+    // The player's own code, as its CMCD `ec` carries it.
+    const code = e && e.error ? (e.error.code !== undefined ? String(e.error.code) : e.error.message) : 'dash';
+    if (failed) return;
+    failed = true;
     m.fail(code, true);
   }, 'dash'));
   m.setLatencySource(() => {
     const s = player.getCurrentLiveLatency ? player.getCurrentLiveLatency() : NaN;
     return s * 1000;
+  });
+}
+
+/**
+ * Shaka Player: rendition bitrate, errors with Shaka's numeric codes (`1001` bad HTTP status,
+ * `6007` licence request failed, ...; fatal when Shaka calls them CRITICAL), live latency, CDN
+ * host of the first segment, player and protocol. Shaka's release build sends no play states
+ * over CMCD, and a failed `load()` is reported only through its promise (no `error` event):
+ * the adapter wraps `load` to see that failure, and passes the promise on unchanged.
+ */
+function attachShaka(m, player) {
+  const S = globalThis.shaka || {};
+  const version = (S.Player && S.Player.version) || '';
+  m.setContext({ player: `shaka${version ? `/${version.replace(/^v/, '')}` : ''}` });
+  const CRITICAL = (S.util && S.util.Error && S.util.Error.Severity && S.util.Error.Severity.CRITICAL) || 2;
+  const SEGMENT = (S.net && S.net.NetworkingEngine && S.net.NetworkingEngine.RequestType
+    && S.net.NetworkingEngine.RequestType.SEGMENT) ?? 1;
+  // After a CRITICAL error nothing more is reported until the next load: the same failure can
+  // reach the adapter twice (the error event and the load promise), and Shaka retries a live
+  // stream that failed, failing again.
+  let failed = false;
+  const report = (err) => {
+    if (!err || failed) return;
+    const fatal = err.severity === undefined ? true : err.severity === CRITICAL;
+    if (fatal) failed = true;
+    const code = err.code !== undefined ? String(err.code) : (err.message || 'shaka');
+    m.fail(code, fatal);
+  };
+  player.addEventListener('loading', m.guard(() => {
+    // A new load on a played element is a new view.
+    if (m.view && m.view.started) m.end('exit');
+    failed = false;
+    if (m.video.autoplay) m.playRequested();
+  }, 'shaka'));
+  const bitrate = m.guard(() => {
+    const v = player.getVariantTracks && player.getVariantTracks().find((t) => t.active);
+    if (v && v.bandwidth) m.setBitrate(v.bandwidth / 1000);
+  }, 'shaka');
+  player.addEventListener('adaptation', bitrate);
+  player.addEventListener('variantchanged', bitrate);
+  player.addEventListener('trackschanged', bitrate);
+  player.addEventListener('error', m.guard((e) => report(e && e.detail), 'shaka'));
+  player.addEventListener('loaded', m.guard(() => {
+    const type = player.getManifestType ? String(player.getManifestType() || '').toLowerCase() : '';
+    if (type) m.setContext({ protocol: type });
+    bitrate();
+  }, 'shaka'));
+  const net = player.getNetworkingEngine && player.getNetworkingEngine();
+  if (net && net.registerResponseFilter) {
+    net.registerResponseFilter(m.guard((type, response) => {
+      if (type === SEGMENT && !m.context.cdn && response && response.uri) {
+        m.setContext({ cdn: new URL(response.uri).host });
+      }
+    }, 'shaka'));
+  }
+  const load = player.load;
+  if (typeof load === 'function') {
+    player.load = function loadWatched(...args) {
+      const p = load.apply(this, args);
+      Promise.resolve(p).catch(m.guard((err) => report(err), 'shaka'));
+      return p;
+    };
+  }
+  m.setLatencySource(() => {
+    const s = player.getStats ? player.getStats().liveLatency : NaN;
+    return Number.isFinite(s) && s > 0 ? s * 1000 : NaN;
   });
 }
 

@@ -301,6 +301,94 @@ test('hls.js loading another source on the same element starts a new view', asyn
   assert.deepEqual(s.of('first_frame').map((e) => e.startup_ms), [0, 300]);
 });
 
+/** A Shaka Player as the adapter sees it: events, variant tracks, a load that can fail. */
+function fakeShaka({ loadFails = null } = {}) {
+  const handlers = {};
+  let filter = null;
+  const player = {
+    tracks: [{ bandwidth: 800000, active: false }, { bandwidth: 2500000, active: true }],
+    addEventListener: (type, f) => { (handlers[type] ||= []).push(f); },
+    fire: (type, detail) => (handlers[type] || []).forEach((f) => f({ type, detail })),
+    getVariantTracks() { return this.tracks; },
+    getManifestType: () => 'DASH',
+    getStats: () => ({ liveLatency: 4.2 }),
+    getNetworkingEngine: () => ({ registerResponseFilter: (f) => { filter = f; } }),
+    segment: (uri) => filter(1, { uri }),
+    load() {
+      this.fire('loading');
+      if (loadFails) return Promise.reject(loadFails);
+      this.fire('loaded');
+      return Promise.resolve();
+    },
+  };
+  return player;
+}
+
+test('Shaka: player, protocol, bitrate, CDN host and a CRITICAL error with its numeric code', async () => {
+  globalThis.shaka = { Player: { version: 'v5.2.12' } };
+  try {
+    const s = setup({ options: { player: undefined, protocol: undefined, cdn: undefined } });
+    s.video.autoplay = true;
+    const player = fakeShaka();
+    s.view.shaka(player);
+    await player.load('https://o/manifest.mpd');
+    await s.env.advance(700);
+    s.video.fire('playing');
+    player.segment('https://edge-3.cdn-c.example/v/seg1.m4s');
+    player.tracks = [{ bandwidth: 800000, active: true }, { bandwidth: 2500000, active: false }];
+    player.fire('adaptation');
+    // Recoverable errors are not failures; a CRITICAL one ends the view.
+    player.fire('error', { code: 1003, severity: 1 });
+    player.fire('error', { code: 3016, severity: 2 });
+    await settle();
+    assert.equal(s.of('first_frame')[0].startup_ms, 700, 'from the load call');
+    assert.deepEqual(s.of('bitrate_change').map((e) => [e.prev_bitrate_kbps, e.bitrate_kbps]), [[2500, 800]]);
+    assert.deepEqual(s.of('error').map((e) => [e.code, e.fatal, e.started]), [['1003', false, true], ['3016', true, true]]);
+    assert.equal(s.of('view_end')[0].reason, 'error');
+    const view = s.env.bodies[s.env.bodies.length - 1].body.view;
+    assert.deepEqual([view.player, view.protocol, view.cdn], ['shaka/5.2.12', 'dash', 'edge-3.cdn-c.example']);
+  } finally {
+    delete globalThis.shaka;
+  }
+});
+
+test('Shaka: a failed load() is a start failure with its code, once, and the promise still rejects', async () => {
+  const s = setup();
+  s.video.autoplay = true;
+  const error = { code: 1001, severity: 2, category: 1 };
+  const player = fakeShaka({ loadFails: error });
+  s.view.shaka(player);
+  const loading = player.load('https://o/missing.m3u8');
+  // Some builds also dispatch the same error as an event.
+  player.fire('error', error);
+  await assert.rejects(loading, (e) => e === error);
+  // Shaka retrying the failed stream fails again: still one failure.
+  player.fire('error', { code: 1001, severity: 2 });
+  await settle();
+  assert.deepEqual(s.of('error').map((e) => [e.code, e.fatal, e.started]), [['1001', true, false]]);
+  assert.deepEqual(s.of('view_end').map((e) => [e.reason, e.started]), [['error', false]]);
+});
+
+test('dash.js: a refreshed dynamic MPD after a failure starts no new view; one failure, one error', async () => {
+  const s = setup();
+  s.video.autoplay = true;
+  const handlers = {};
+  const player = { on: (e, f) => { handlers[e] = f; }, getSource: () => 'https://o/live.mpd', getVersion: () => '5.2.1' };
+  s.view.dash(player);
+  handlers.manifestLoadingStarted({});
+  await s.env.advance(500);
+  s.video.fire('playing');
+  await s.env.advance(12_000);
+  handlers.error({ error: { code: 27, message: 'segment not available' } });
+  handlers.error({ error: { code: 27, message: 'segment not available' } });
+  handlers.manifestLoadingStarted({});
+  await s.env.advance(12_000);
+  handlers.error({ error: { code: 27, message: 'segment not available' } });
+  await settle();
+  assert.equal(s.of('view_start').length, 1);
+  assert.deepEqual(s.of('error').map((e) => [e.code, e.fatal, e.started]), [['27', true, true]]);
+});
+
 test('never throws into the page, and its own time is counted', async () => {
   const s = setup({ status: () => 'throw' });
   s.video.getVideoPlaybackQuality = () => { throw new Error('broken'); };
