@@ -422,6 +422,24 @@ def region_cdn():
                 "platform and player.",
                 top_codes(key, business=False), "table",
                 columns=[key, "error_code", "errors", "fatal", "pct_of_attempts"])
+    d.panel("table", "Lost reports by player and CDN",
+            "Beacon events (gaps in a view's seq) and CMCD reports (gaps in a session's sn) that "
+            "never arrived: blocked, dropped by a proxy, or refused with a 4xx the player "
+            "silently discards. Counted when the view or session is forgotten (its timeout "
+            "after its last report), per 100 play attempts of the player on the CDN.",
+            f"SELECT player, cdn, attempts_ AS attempts, events_lost_ AS events_lost,\n"
+            f"  reports_lost_ AS reports_lost,\n"
+            f"  round(100 * (events_lost_ + reports_lost_) / greatest(attempts_, 1), 2) AS lost_per_100_views\n"
+            f"FROM (\n"
+            f"  SELECT player, cdn, sum(attempts) AS attempts_, sum(events_lost) AS events_lost_,\n"
+            f"    sum(reports_lost) AS reports_lost_\n"
+            f"  FROM qoe_error_codes_1m\n"
+            f"  WHERE $__timeFilter(window_start) AND {ERROR_FILTER}\n"
+            f"  GROUP BY player, cdn\n"
+            f")\n"
+            f"ORDER BY lost_per_100_views DESC, player, cdn\nLIMIT 50",
+            "table", columns=["player", "cdn", "attempts", "events_lost", "reports_lost",
+                              "lost_per_100_views"])
     d.panel("table", "Business errors by code",
             "Errors whose code is configured as a business error (--business-error-codes: "
             "entitlement, geo-block, concurrent-stream limit, ...): counted apart, neither start "

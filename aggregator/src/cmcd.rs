@@ -110,6 +110,53 @@ struct Session {
     /// An error event held back until its failure's other report (see the module doc).
     #[serde(default)]
     held: Option<QoeEvent>,
+    /// The report sequence numbers delivered, for the reports that never were.
+    #[serde(default)]
+    sn: SnRuns,
+}
+
+/// The `sn` of a session's delivered reports (duplicates are dropped before): runs of
+/// numbers, a new one each time `sn` restarts at 0 (a player's new source), as the lowest,
+/// highest and how many; what is missing inside a run was lost.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct SnRuns {
+    lo: u64,
+    hi: u64,
+    count: u64,
+    /// Lost in the runs closed before this one.
+    lost: u64,
+}
+
+impl SnRuns {
+    fn add(&mut self, sn: Option<i64>) {
+        let Some(sn) = sn.and_then(|s| u64::try_from(s).ok()) else {
+            return;
+        };
+        if self.count > 0 && sn == 0 && self.lo == 0 {
+            self.lost += self.open_lost();
+            *self = SnRuns {
+                lost: self.lost,
+                ..SnRuns::default()
+            };
+        }
+        if self.count == 0 {
+            (self.lo, self.hi) = (sn, sn);
+        }
+        self.lo = self.lo.min(sn);
+        self.hi = self.hi.max(sn);
+        self.count += 1;
+    }
+
+    fn open_lost(&self) -> u64 {
+        if self.count == 0 {
+            return 0;
+        }
+        (self.hi - self.lo + 1).saturating_sub(self.count)
+    }
+
+    fn lost(&self) -> u64 {
+        self.lost + self.open_lost()
+    }
 }
 
 /// What the collector resolved for the session's client (from its latest report).
@@ -153,6 +200,10 @@ pub struct Sessions {
     /// No held error is due before this clock (0 after a restore: the first check scans).
     #[serde(skip)]
     next_release: i64,
+    /// Sessions forgotten with reports that never came: a probe event with the session's
+    /// context at its last report, and how many ([`Self::take_lost`]).
+    #[serde(skip)]
+    lost: Vec<(QoeEvent, u64)>,
 }
 
 impl PartialEq for Sessions {
@@ -202,9 +253,11 @@ impl Sessions {
         silent_views: &mut Vec<SilentView>,
         out: &mut Vec<QoeEvent>,
     ) {
-        self.by_sid.retain(|_, s| {
+        let lost = &mut self.lost;
+        self.by_sid.retain(|sid, s| {
             let keep = s.last_ts + config.timeout_ms + window_ms > watermark;
             if !keep {
+                s.forget(sid, lost);
                 s.release(out);
                 if let Some(mut view) = s.view.take() {
                     if let Some(code) = view.last_error.take().filter(|_| !view.started) {
@@ -231,6 +284,11 @@ impl Sessions {
             }
             keep
         });
+    }
+
+    /// The reports lost by the sessions forgotten since the last call.
+    pub fn take_lost(&mut self) -> Vec<(QoeEvent, u64)> {
+        std::mem::take(&mut self.lost)
     }
 
     /// Whether a held error event is due at `clock` (cheap; see [`Self::release_due`]).
@@ -301,11 +359,13 @@ impl Sessions {
                 .map(|(k, _)| k.clone())
             {
                 if let Some(mut s) = self.by_sid.remove(&oldest) {
+                    s.forget(&oldest, &mut self.lost);
                     s.release(out);
                 }
             }
         }
         let session = self.by_sid.entry(r.sid.clone()).or_default();
+        session.sn.add(r.sn);
         let before = session.cdn.clone();
         let switched = session.learn(m);
         if switched {
@@ -331,6 +391,30 @@ fn protocol_of(sf: &str) -> &'static str {
 }
 
 impl Session {
+    /// The session is forgotten: the reports it never delivered go to `lost`, with a probe
+    /// carrying its context at its last report.
+    fn forget(&self, sid: &str, lost: &mut Vec<(QoeEvent, u64)>) {
+        let n = self.sn.lost();
+        if n == 0 {
+            return;
+        }
+        let mut view = View {
+            view_id: self
+                .view
+                .as_ref()
+                .map_or_else(|| sid.to_owned(), |v| v.view_id.clone()),
+            ..View::default()
+        };
+        let probe = self.event_with(
+            &mut view,
+            &self.client,
+            EventType::Heartbeat,
+            self.last_ts,
+            self.last_ts,
+        );
+        lost.push((probe, n));
+    }
+
     /// A mid-view CDN switch at the report's time (for a request report, when the request to
     /// the new CDN started): the time played or stalled since the last state report was
     /// served by the CDN before, so a heartbeat carrying it is counted there; the view's later

@@ -109,8 +109,27 @@ struct Tracked {
     /// out).
     ended: bool,
     seqs: Seqs,
+    /// Sequence numbers counted, and the highest: what is missing below it was lost.
+    counted: u32,
+    max_seq: u32,
     /// The caller's token for `context` (see [`Views::track`]): equal tokens, equal contexts.
     token: u64,
+}
+
+impl Tracked {
+    /// Sequence numbers below the highest counted that never counted.
+    fn lost(&self) -> u64 {
+        (u64::from(self.max_seq) + 1).saturating_sub(u64::from(self.counted))
+    }
+}
+
+/// A view forgotten with gaps in its sequence numbers: `lost` events never counted, in the
+/// window of its last event and the slice of its context.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LostEvents {
+    pub context: Arc<Context>,
+    pub last_time: i64,
+    pub lost: u64,
 }
 
 /// A view that went silent: its summary ends with reason `timeout` at its last event.
@@ -184,6 +203,8 @@ impl<S: BuildHasher> Views<S> {
             }
             v.last_time = v.last_time.max(e.event_time);
             v.ended |= e.kind == EventType::ViewEnd;
+            v.counted = v.counted.saturating_add(1);
+            v.max_seq = v.max_seq.max(e.seq);
             if (token == 0 || token != v.token)
                 && !Equivalent::<Context>::equivalent(&ContextRef::of(e), &*v.context)
             {
@@ -202,6 +223,8 @@ impl<S: BuildHasher> Views<S> {
             last_time: e.event_time,
             ended: e.kind == EventType::ViewEnd,
             seqs,
+            counted: 1,
+            max_seq: e.seq,
             token,
         };
         self.by_id.insert(e.view_id.as_ref().into(), tracked);
@@ -227,8 +250,15 @@ impl<S: BuildHasher> Views<S> {
     }
 
     /// Ends and forgets the views whose last event is the timeout behind `watermark`; the
-    /// silent ones (no `view_end`) are appended to `silent`.
-    pub fn expire(&mut self, watermark: i64, config: &ViewConfig, silent: &mut Vec<SilentView>) {
+    /// silent ones (no `view_end`) are appended to `silent`, those with gaps in their sequence
+    /// numbers to `lost`.
+    pub fn expire(
+        &mut self,
+        watermark: i64,
+        config: &ViewConfig,
+        silent: &mut Vec<SilentView>,
+        lost: &mut Vec<LostEvents>,
+    ) {
         let before = self.by_id.len();
         self.by_id.retain(|id, v| {
             let vod = v.context.stream_type == StreamType::Vod;
@@ -238,6 +268,13 @@ impl<S: BuildHasher> Views<S> {
                     view_id: id.to_string(),
                     context: v.context.clone(),
                     last_time: v.last_time,
+                });
+            }
+            if !keep && v.lost() > 0 {
+                lost.push(LostEvents {
+                    context: v.context.clone(),
+                    last_time: v.last_time,
+                    lost: v.lost(),
                 });
             }
             keep
@@ -254,6 +291,10 @@ pub struct Stored {
     contexts: Vec<Context>,
     /// `(view_id, context index, last event time, ended, counted below, counted above)`.
     views: Vec<(String, u32, i64, bool, u64, Vec<u32>)>,
+    /// Per view, in the same order: `(sequence numbers counted, highest)`. Absent in
+    /// snapshots written before lost events were counted (then: nothing lost so far).
+    #[serde(default)]
+    counts: Vec<(u32, u32)>,
 }
 
 impl<S: BuildHasher + Default> Views<S> {
@@ -263,6 +304,7 @@ impl<S: BuildHasher + Default> Views<S> {
         held.sort_unstable_by_key(|(id, _)| *id);
         let mut index: HashMap<*const Context, u32> = HashMap::new();
         let mut contexts = Vec::new();
+        let counts = held.iter().map(|(_, v)| (v.counted, v.max_seq)).collect();
         let views = held
             .into_iter()
             .map(|(id, v)| {
@@ -280,13 +322,33 @@ impl<S: BuildHasher + Default> Views<S> {
                 )
             })
             .collect();
-        Stored { contexts, views }
+        Stored {
+            contexts,
+            views,
+            counts,
+        }
     }
 
     pub fn from_stored(stored: Stored) -> Result<Self, String> {
         let mut table = Views::<S>::default();
         let contexts: Vec<Arc<Context>> = stored.contexts.into_iter().map(Arc::new).collect();
-        for (id, ctx, last_time, ended, below, above) in stored.views {
+        if !stored.counts.is_empty() && stored.counts.len() != stored.views.len() {
+            return Err("the views' counts do not match the views".into());
+        }
+        for (i, (id, ctx, last_time, ended, below, above)) in stored.views.into_iter().enumerate() {
+            // Without counts (an older snapshot): the counted prefix is taken as complete
+            // (closed gaps included); the gaps above it still count.
+            let (counted, max_seq) = stored.counts.get(i).copied().unwrap_or_else(|| {
+                let max = above
+                    .last()
+                    .copied()
+                    .map_or(below.saturating_sub(1), u64::from);
+                let n = below + above.len() as u64;
+                (
+                    n.min(u64::from(u32::MAX)) as u32,
+                    max.min(u64::from(u32::MAX)) as u32,
+                )
+            });
             let context = contexts
                 .get(ctx as usize)
                 .ok_or_else(|| format!("view {id:?} refers to context {ctx}, which is not stored"))?
@@ -301,6 +363,8 @@ impl<S: BuildHasher + Default> Views<S> {
                     last_time,
                     ended,
                     seqs: Seqs { below, above },
+                    counted,
+                    max_seq,
                     token: 0,
                 },
             );
@@ -376,9 +440,11 @@ mod tests {
         assert!(v.track(&ev("b", 0, EventType::ViewStart, 0), &config, 0));
         assert!(v.track(&ev("b", 1, EventType::ViewEnd, 5_000), &config, 0));
         assert!(v.track(&ev("a", 1, EventType::Heartbeat, 10_000), &config, 0));
-        let mut silent = Vec::new();
-        v.expire(65_000, &config, &mut silent);
-        assert!(silent.is_empty());
+        // Seq 2 and 3 of a never arrive.
+        assert!(v.track(&ev("a", 4, EventType::Heartbeat, 9_000), &config, 0));
+        let (mut silent, mut lost) = (Vec::new(), Vec::new());
+        v.expire(65_000, &config, &mut silent, &mut lost);
+        assert!(silent.is_empty() && lost.is_empty());
         assert_eq!(
             v.len(),
             1,
@@ -386,8 +452,15 @@ mod tests {
         );
         // A copy arriving minutes later, shifted into an open window, is still a duplicate.
         assert!(!v.track(&ev("a", 0, EventType::ViewStart, 60_000), &config, 0));
-        v.expire(70_000, &config, &mut silent);
+        v.expire(70_000, &config, &mut silent, &mut lost);
         assert_eq!(silent.len(), 1);
+        assert_eq!(
+            lost.iter()
+                .map(|l| (l.last_time, l.lost))
+                .collect::<Vec<_>>(),
+            [(10_000, 2)],
+            "a's seq 2 and 3; b lost nothing"
+        );
         assert_eq!(
             (silent[0].view_id.as_str(), silent[0].last_time),
             ("a", 10_000)

@@ -302,6 +302,9 @@ pub struct ErrorCounts {
     /// Play attempts of the slice and player (rows of the empty code, all flags false): the
     /// denominator of an error's share, which the window tables cannot give per player.
     pub attempts: u64,
+    /// Beacon events and CMCD reports lost, per player (rows of the empty code).
+    pub events_lost: u64,
+    pub reports_lost: u64,
 }
 
 /// One row of errors by code: how many error events of a window, slice and player carried
@@ -317,6 +320,8 @@ pub struct ErrorRow<'a> {
     pub business: bool,
     pub errors: u64,
     pub attempts: u64,
+    pub events_lost: u64,
+    pub reports_lost: u64,
 }
 
 impl Batch {
@@ -348,6 +353,8 @@ impl Batch {
                     business: *business,
                     errors: n.errors,
                     attempts: n.attempts,
+                    events_lost: n.events_lost,
+                    reports_lost: n.reports_lost,
                 }
             })
     }
@@ -398,6 +405,14 @@ impl Batch {
 
     fn window_row(&mut self, window: i64, slice: u32) -> &mut WindowMetrics {
         self.windows.entry((window, slice)).or_default()
+    }
+
+    /// The errors-by-code row of the empty code for a window and context: the counts kept
+    /// per player (attempts, lost events and reports).
+    fn per_player(&mut self, window: i64, context: u32) -> &mut ErrorCounts {
+        self.errors
+            .entry((window, context, "".into(), false, false, false))
+            .or_default()
     }
 
     /// Marks a view that went silent as ended by `timeout` at `last_time` in its summary (no
@@ -764,8 +779,17 @@ impl<S: BuildHasher + Default> PartitionState<S> {
         let mut silent = std::mem::take(&mut self.silent);
         silent.clear();
         if !self.views.is_empty() {
+            let mut lost = Vec::new();
             self.views
-                .expire(watermark, &self.config.views, &mut silent);
+                .expire(watermark, &self.config.views, &mut silent, &mut lost);
+            for l in lost {
+                let (context, slice) = self
+                    .batch
+                    .intern_context(ContextRef::from_context(&l.context), self.config.dimensions);
+                let window = self.window_of(l.last_time);
+                self.batch.window_row(window, slice).events_lost += l.lost;
+                self.batch.per_player(window, context).events_lost += l.lost;
+            }
         }
         if !self.sessions.is_empty() {
             let mut derived = std::mem::take(&mut self.derived);
@@ -779,6 +803,7 @@ impl<S: BuildHasher + Default> PartitionState<S> {
             );
             self.accept_derived(&derived, watermark);
             self.derived = derived;
+            self.count_lost_reports();
         }
         for v in &silent {
             let (context, _) = self
@@ -907,6 +932,8 @@ impl<S: BuildHasher + Default> PartitionState<S> {
                 .on_report(m, &self.config.sessions, &mut derived);
             self.accept_derived(&derived, watermark);
             self.derived = derived;
+            // A session evicted by the bound on sessions.
+            self.count_lost_reports();
             if m.cmcd.e == "rr" || switched {
                 let probe = self.sessions.probe_event(m);
                 let (_, slice) = self.batch.intern(&probe.borrowed(), self.config.dimensions);
@@ -948,14 +975,24 @@ impl<S: BuildHasher + Default> PartitionState<S> {
         }
     }
 
+    /// Counts the reports that sessions forgotten since the last call never delivered, in the
+    /// window and slice of each session's last report.
+    fn count_lost_reports(&mut self) {
+        for (probe, lost) in self.sessions.take_lost() {
+            let (context, slice) = self.batch.intern(&probe.borrowed(), self.config.dimensions);
+            let window = self.window_of(probe.event_time);
+            self.batch.window_row(window, slice).reports_lost += lost;
+            self.batch.per_player(window, context).reports_lost += lost;
+        }
+    }
+
     /// Counts an accepted event in the batch; an error also by its code.
     fn accept(&mut self, window: i64, context: u32, slice: u32, e: &EventRef<'_>) {
         let business = matches!(e.kind, EventType::Error | EventType::ViewEnd)
             && self.config.business.contains(e.code.as_deref());
         self.batch.accept(window, context, slice, e, business);
         if e.kind == EventType::ViewStart {
-            let key = (window, context, "".into(), false, false, false);
-            self.batch.errors.entry(key).or_default().attempts += 1;
+            self.batch.per_player(window, context).attempts += 1;
         }
         if e.kind == EventType::Error {
             let code = self

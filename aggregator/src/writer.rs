@@ -540,6 +540,8 @@ impl Writer {
             let count = WindowMetrics {
                 errors: e.errors,
                 attempts: e.attempts,
+                events_lost: e.events_lost,
+                reports_lost: e.reports_lost,
                 ..WindowMetrics::default()
             };
             let mut r =

@@ -271,6 +271,15 @@ window_metrics! {
     /// CDN than before, named by a source as strong as before (README, CMCD's CDN rule);
     /// counted in the new CDN's slice, where the view's later time goes.
     cdn_switches: sum, unit = "switches", per_view = false, input = requests;
+    /// Beacon events a view never had counted: the gaps in its `seq` (0 up to the highest
+    /// counted), once the view is forgotten (its timeout after its last event, so that
+    /// retries and reordered bodies are in). Lost on the way, or too late to count (those
+    /// are in `late_events` too). In the window and slice of the view's last event.
+    events_lost: sum, unit = "events", per_view = false;
+    /// CMCD reports a session never delivered: the gaps in its `sn` (a run restarting at 0,
+    /// a new source, is no gap), once the session is forgotten. In the window and slice of its
+    /// last report.
+    reports_lost: sum, unit = "reports", per_view = false, input = requests;
 }
 
 /// Number of columns of [`WINDOW_COLUMNS`].

@@ -59,13 +59,13 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 8,
-        name: "0008_error_codes.sql",
-        sql: include_str!("../clickhouse/0008_error_codes.sql"),
+        name: "0008_switches_and_losses.sql",
+        sql: include_str!("../clickhouse/0008_switches_and_losses.sql"),
     },
     Migration {
         version: 9,
-        name: "0009_cdn_switches.sql",
-        sql: include_str!("../clickhouse/0009_cdn_switches.sql"),
+        name: "0009_error_codes.sql",
+        sql: include_str!("../clickhouse/0009_error_codes.sql"),
     },
 ];
 

@@ -217,6 +217,9 @@ pub struct Truth {
     views: HashSet<String>,
     /// Per view: the time of its latest counted event and whether a `view_end` counted.
     lives: BTreeMap<String, (i64, bool)>,
+    /// Per view: the row key of its latest counted event (at no particular window), how
+    /// many sequence numbers counted and the highest (`events_lost`).
+    sequences: BTreeMap<String, (RowKey, u64, u32)>,
 }
 
 impl Truth {
@@ -229,6 +232,7 @@ impl Truth {
             seen: HashSet::new(),
             views: HashSet::new(),
             lives: BTreeMap::new(),
+            sequences: BTreeMap::new(),
         }
     }
 
@@ -277,6 +281,13 @@ impl Truth {
             .or_insert((e.event_time, false));
         life.0 = life.0.max(e.event_time);
         life.1 |= e.kind == EventType::ViewEnd;
+        let seqs = self
+            .sequences
+            .entry(e.view_id.clone())
+            .or_insert_with(|| (row_key(e, self.window_ms), 0, 0));
+        seqs.0 = row_key(e, self.window_ms);
+        seqs.1 += 1;
+        seqs.2 = seqs.2.max(e.seq);
     }
 
     /// Views without a counted `view_end`, with the time of their latest counted event: the
@@ -295,10 +306,31 @@ impl Truth {
         self.views.len()
     }
 
-    /// The expected rows, for output.
+    /// The expected rows, for output. `events_lost`: each view's sequence numbers below its
+    /// highest that never counted, in the window of its last event and the slice of its
+    /// latest. The aggregator counts them when it forgets the view (its timeout after its last
+    /// event); the simulator's exact runs lose nothing, so views still held when a run ends
+    /// make no difference there.
     pub fn rows(&self) -> Vec<TruthRow> {
-        self.rows
-            .iter()
+        let mut rows = self.rows.clone();
+        for (view, (latest, counted, max_seq)) in &self.sequences {
+            let lost = (u64::from(*max_seq) + 1).saturating_sub(*counted);
+            if lost == 0 {
+                continue;
+            }
+            let last = self.lives.get(view).map_or(0, |l| l.0);
+            let window = last.div_euclid(self.window_ms) * self.window_ms;
+            let key = (
+                (window / 1000) as u32,
+                latest.1.clone(),
+                latest.2.clone(),
+                latest.3.clone(),
+                latest.4.clone(),
+                latest.5.clone(),
+            );
+            rows.entry(key).or_default().0.bump("events_lost", lost);
+        }
+        rows.iter()
             .map(|(k, (m, views))| TruthRow {
                 window_start: k.0,
                 region: k.1.clone(),

@@ -11,6 +11,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 pub const WINDOW_MS: i64 = 10_000;
 pub const LATENESS_MS: i64 = 30_000;
+/// The aggregator's default view timeouts (live, VOD): a view is forgotten, and its lost
+/// events counted, once the watermark is this far past its last event.
+pub const LIVE_TIMEOUT_MS: i64 = 120_000;
+pub const VOD_TIMEOUT_MS: i64 = 600_000;
 
 pub use qoe_simulator::truth::{RowKey, METRIC_COLUMNS};
 
@@ -156,6 +160,11 @@ pub fn generate(seed: u64, views: usize, t0: i64) -> Vec<QoeEvent> {
             });
             evs.push(end);
         }
+        // Lost on the way: a body that never arrived (a gap in the view's `seq`).
+        if evs.len() >= 3 && rng.random_bool(0.15) {
+            let i = rng.random_range(1..evs.len() - 1);
+            evs.remove(i);
+        }
         // Out of order: swap a neighbouring pair now and then.
         if evs.len() > 3 && rng.random_bool(0.3) {
             let i = rng.random_range(1..evs.len() - 1);
@@ -210,6 +219,10 @@ pub fn expected(
     for events in ordered.values() {
         let mut max_time = i64::MIN;
         let mut seen: BTreeSet<(String, u32)> = BTreeSet::new();
+        // Per held view: its latest counted event (for its slice), last event time, how many
+        // sequence numbers counted and the highest.
+        let mut held: BTreeMap<String, (QoeEvent, i64, u64, u32)> = BTreeMap::new();
+        let mut expired_mark = i64::MIN;
         for e in events {
             let key = row_key(e, WINDOW_MS);
             let window = i64::from(key.0) * 1000;
@@ -218,14 +231,24 @@ pub fn expected(
             max_time = max_time.max(e.event_time.min(e.received_at));
             if window + WINDOW_MS <= watermark {
                 row.bump("late_events", 1);
+                forget_views(&mut held, &mut rows, max_time, &mut expired_mark);
                 continue;
             }
             if !seen.insert((e.view_id.clone(), e.seq)) {
                 row.bump("duplicate_events", 1);
+                forget_views(&mut held, &mut rows, max_time, &mut expired_mark);
                 continue;
             }
             views.entry(key).or_default().insert(e.view_id.clone());
             add_event(row, e);
+            let view = held
+                .entry(e.view_id.clone())
+                .or_insert_with(|| (e.clone(), e.event_time, 0, 0));
+            view.0 = e.clone();
+            view.1 = view.1.max(e.event_time);
+            view.2 += 1;
+            view.3 = view.3.max(e.seq);
+            forget_views(&mut held, &mut rows, max_time, &mut expired_mark);
         }
     }
     let views = views
@@ -233,6 +256,43 @@ pub fn expected(
         .map(|(k, v)| (k, v.len() as u64))
         .collect();
     (rows, views)
+}
+
+/// After each message: when the watermark enters a new window, the views whose last event is
+/// a timeout behind it are forgotten, and the sequence numbers they never counted (below their
+/// highest) are `events_lost` in the window of their last event and their latest slice.
+fn forget_views(
+    held: &mut BTreeMap<String, (QoeEvent, i64, u64, u32)>,
+    rows: &mut BTreeMap<RowKey, Row>,
+    max_time: i64,
+    expired_mark: &mut i64,
+) {
+    let watermark = max_time.saturating_sub(LATENESS_MS);
+    let mark = watermark.div_euclid(WINDOW_MS);
+    if mark <= *expired_mark {
+        return;
+    }
+    *expired_mark = mark;
+    held.retain(|_, (latest, last_time, counted, max_seq)| {
+        let timeout = match latest.stream_type {
+            StreamType::Vod => VOD_TIMEOUT_MS,
+            _ => LIVE_TIMEOUT_MS,
+        };
+        if *last_time + timeout > watermark {
+            return true;
+        }
+        let lost = (u64::from(*max_seq) + 1).saturating_sub(*counted);
+        if lost > 0 {
+            let at = QoeEvent {
+                event_time: *last_time,
+                ..latest.clone()
+            };
+            rows.entry(row_key(&at, WINDOW_MS))
+                .or_default()
+                .bump("events_lost", lost);
+        }
+        false
+    });
 }
 
 /// Rolls base-grain rows up to a coarser grain (seconds).

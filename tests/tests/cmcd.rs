@@ -615,6 +615,149 @@ async fn a_cdn_switch_mid_view_counts_once_and_moves_the_time() {
     );
 }
 
+/// Reports and beacons that never arrive are counted when their session or view is
+/// forgotten: a CMCD session missing `sn` 3 and 6 has 2 `reports_lost`; a session whose player
+/// restarts `sn` at 0 with a new source loses nothing; a beacon view whose body with `seq` 4
+/// and 5 was dropped has 2 `events_lost`; each in its own stream's slice.
+#[tokio::test]
+async fn dropped_reports_and_beacons_are_counted_lost() {
+    let topic = unique("test.cmcd.lost");
+    let db = unique("qoe_test_cmcd_lost");
+    create_topic(&topic, 1).await.unwrap();
+    let (_collector, base_url, _admin) = spawn_collector(&topic, &[]).await;
+    let http = reqwest::Client::new();
+    let base = (now_ms() - 6 * 60_000) / 10_000 * 10_000;
+    let cmcd_url = format!("{base_url}/v1/cmcd?player=hls.js&cdn=cdn-a");
+    let session = |sid: &str, cid: &str, from: i64, lines: &[(i64, &str)], drop: &[usize]| {
+        body(sid, from, &format!(",cid=\"{cid}\",sf=h,st=l"), lines)
+            .lines()
+            .enumerate()
+            .filter(|(sn, _)| !drop.contains(sn))
+            .map(|(_, l)| format!("{l}\n"))
+            .collect::<String>()
+    };
+    let playing: Vec<(i64, &str)> = vec![
+        (0, "e=ps,sta=s"),
+        (300, "e=ps,sta=p"),
+        (10_300, "e=t"),
+        (20_300, "e=t"),
+        (30_300, "e=t"),
+        (40_300, "e=t"),
+        (50_300, "e=t"),
+        (60_300, "e=t"),
+        (70_300, "e=t"),
+        (75_000, "e=ps,sta=e"),
+    ];
+    // sn 3 and 6 never arrive.
+    let lossy = session("lossy", "ch-lossy", base, &playing, &[3, 6]);
+    // A second source: sn starts again at 0 (body() numbers each call's lines from 0).
+    let first = session("restarter", "ch-restart", base, &playing[..4], &[]);
+    let second = session("restarter", "ch-restart", base + 40_000, &playing[..4], &[]);
+    for text in [lossy, first, second] {
+        assert_eq!(post(&http, &cmcd_url, text.into_bytes(), false).await, 204);
+    }
+    // A beacon view of ten events in bodies of two; the body with seq 4 and 5 is dropped.
+    // After the sessions' reports in time, so that none of its events is late.
+    let beacons_from = base + 120_000;
+    let kinds = [
+        "view_start",
+        "first_frame",
+        "heartbeat",
+        "heartbeat",
+        "heartbeat",
+        "heartbeat",
+        "heartbeat",
+        "heartbeat",
+        "heartbeat",
+        "view_end",
+    ];
+    for pair in [0u32, 2, 6, 8] {
+        let events: Vec<serde_json::Value> = (pair..pair + 2)
+            .map(|seq| {
+                let kind = kinds[seq as usize];
+                let mut e = serde_json::json!({"seq": seq, "type": kind, "ts": beacons_from + i64::from(seq) * 8_000});
+                match kind {
+                    "first_frame" => e["startup_ms"] = 800.into(),
+                    "heartbeat" => {
+                        e["playing_ms"] = 8_000.into();
+                        e["started"] = true.into();
+                    }
+                    "view_end" => {
+                        e["reason"] = "completed".into();
+                        e["started"] = true.into();
+                    }
+                    _ => {}
+                }
+                e
+            })
+            .collect();
+        let envelope = serde_json::json!({
+            // Sent now: the collector moves event times by the client's clock error only.
+            "sent_at": now_ms(),
+            "view": {"view_id": "beacon-lossy", "stream_id": "ch-beacon", "stream_type": "live",
+                "cdn": "cdn-a", "platform": "web", "player": "qoe-web/1.1.0", "protocol": "hls"},
+            "events": events,
+        });
+        let r = http
+            .post(format!("{base_url}/v1/beacons"))
+            .json(&envelope)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "beacon body: {}", r.status());
+    }
+    // Minutes later on the same partition: the watermark passes every view's timeout.
+    let clock = format!(
+        "e=rr,sid=\"clock\",sn=0,ts={},rc=200,v=2\n",
+        base + 5 * 60_000
+    );
+    assert_eq!(post(&http, &cmcd_url, clock.into_bytes(), false).await, 204);
+    let _aggregator = spawn_aggregator(
+        &topic,
+        &db,
+        &unique("g"),
+        &[
+            "--cmcd-session-timeout-secs",
+            "30",
+            "--view-timeout-secs",
+            "30",
+        ],
+    );
+    wait_caught_up(&db, &topic, &ends(&topic), Duration::from_secs(60)).await;
+    let got = clickhouse_query(
+        &db,
+        "SELECT stream_id, sum(reports_lost), sum(events_lost) FROM qoe_window_10s \
+         WHERE stream_id IN ('ch-lossy', 'ch-restart', 'ch-beacon') GROUP BY stream_id \
+         ORDER BY stream_id",
+    )
+    .await
+    .unwrap();
+    let line = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        got,
+        vec![
+            line(&["ch-beacon", "0", "2"]),
+            line(&["ch-lossy", "2", "0"]),
+            line(&["ch-restart", "0", "0"]),
+        ]
+    );
+    // Per player and CDN too (the errors-by-code table keeps the player).
+    let by_player = clickhouse_query(
+        &db,
+        "SELECT player, cdn, sum(reports_lost), sum(events_lost) FROM qoe_error_codes_1m \
+         GROUP BY player, cdn HAVING sum(reports_lost) + sum(events_lost) > 0 ORDER BY player",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        by_player,
+        vec![
+            line(&["hls.js", "cdn-a", "2", "0"]),
+            line(&["qoe-web/1.1.0", "cdn-a", "0", "2"]),
+        ]
+    );
+}
+
 /// A synthetic audience of CMCD sessions: play, stalls, pauses, seeks, bitrate changes,
 /// failures, exits, reused session ids; some reports sent twice.
 fn audience(seed: u64, sessions: usize, t0: i64) -> Vec<(String, Vec<u8>)> {

@@ -3,8 +3,9 @@
 -- after the first frame, and whether the code is configured as a business error. Codes are
 -- bounded per partition and hour (schemas/src/errors.rs): later distinct codes count as
 -- `other`. Rows of the empty code with all flags 0 also carry the play attempts of their
--- slice and player in `attempts` (the share of attempts per player, which the window tables
--- do not have). The aggregator stages one row of kind 'error_code' per window, slice and
+-- slice and player in `attempts`, and the beacon events and CMCD reports lost there
+-- (`events_lost`, `reports_lost`, see migration 0008): per player, which the window tables
+-- do not have. The aggregator stages one row of kind 'error_code' per window, slice and
 -- code, its counts in `errors` and `attempts`; materialized views sum them per minute and
 -- per hour.
 -- Apply with the aggregators stopped; every statement can be re-run.
@@ -29,7 +30,9 @@ CREATE TABLE IF NOT EXISTS qoe_error_codes_1m
     started UInt8,
     business UInt8,
     errors UInt64,
-    attempts UInt64
+    attempts UInt64,
+    events_lost UInt64,
+    reports_lost UInt64
 )
 ENGINE = SummingMergeTree
 PARTITION BY toYYYYMMDD(window_start)
@@ -42,7 +45,9 @@ SELECT
     toDateTime(intDiv(toUInt32(window_start), 60) * 60, 'UTC') AS window_start,
     region, cdn, stream_type, platform, player, error_code, fatal, started, business,
     sum(errors) AS errors,
-    sum(attempts) AS attempts
+    sum(attempts) AS attempts,
+    sum(events_lost) AS events_lost,
+    sum(reports_lost) AS reports_lost
 FROM qoe_ingest
 WHERE kind = 'error_code'
 GROUP BY window_start, region, cdn, stream_type, platform, player, error_code, fatal, started, business;
@@ -52,7 +57,9 @@ SELECT
     toDateTime(intDiv(toUInt32(window_start), 3600) * 3600, 'UTC') AS window_start,
     region, cdn, stream_type, platform, player, error_code, fatal, started, business,
     sum(errors) AS errors,
-    sum(attempts) AS attempts
+    sum(attempts) AS attempts,
+    sum(events_lost) AS events_lost,
+    sum(reports_lost) AS reports_lost
 FROM qoe_ingest
 WHERE kind = 'error_code'
 GROUP BY window_start, region, cdn, stream_type, platform, player, error_code, fatal, started, business;

@@ -1,14 +1,26 @@
--- CDN switches (catalogue entry cdn_switches, schemas/src/metrics.rs): per window and slice,
--- the mid-view CDN switches CMCD players' reports show, counted in the new CDN's slice. Adds
--- the column wherever window metrics travel and re-creates the window materialized views with
--- it, like 0005_request_metrics.sql (apply with the aggregators stopped; every statement can
+-- CDN switches and lost reports (catalogue entries cdn_switches, events_lost, reports_lost,
+-- schemas/src/metrics.rs): per window and slice, the mid-view CDN switches CMCD players'
+-- reports show (in the new CDN's slice), and the beacon events and CMCD reports that never
+-- arrived (gaps in `seq` and `sn`, counted when the view or session is forgotten). Adds the
+-- columns wherever window metrics travel and re-creates the window materialized views with
+-- them, like 0005_request_metrics.sql (apply with the aggregators stopped; every statement can
 -- be re-run).
 
 ALTER TABLE qoe_staging ADD COLUMN cdn_switches UInt64 AFTER ttfb_le_inf;
+ALTER TABLE qoe_staging ADD COLUMN events_lost UInt64 AFTER cdn_switches;
+ALTER TABLE qoe_staging ADD COLUMN reports_lost UInt64 AFTER events_lost;
 ALTER TABLE qoe_ingest ADD COLUMN cdn_switches UInt64 AFTER ttfb_le_inf;
+ALTER TABLE qoe_ingest ADD COLUMN events_lost UInt64 AFTER cdn_switches;
+ALTER TABLE qoe_ingest ADD COLUMN reports_lost UInt64 AFTER events_lost;
 ALTER TABLE qoe_window_10s ADD COLUMN cdn_switches UInt64;
+ALTER TABLE qoe_window_10s ADD COLUMN events_lost UInt64;
+ALTER TABLE qoe_window_10s ADD COLUMN reports_lost UInt64;
 ALTER TABLE qoe_window_1m ADD COLUMN cdn_switches UInt64;
+ALTER TABLE qoe_window_1m ADD COLUMN events_lost UInt64;
+ALTER TABLE qoe_window_1m ADD COLUMN reports_lost UInt64;
 ALTER TABLE qoe_window_1h ADD COLUMN cdn_switches UInt64;
+ALTER TABLE qoe_window_1h ADD COLUMN events_lost UInt64;
+ALTER TABLE qoe_window_1h ADD COLUMN reports_lost UInt64;
 
 DROP TABLE IF EXISTS qoe_window_10s_mv;
 CREATE MATERIALIZED VIEW IF NOT EXISTS qoe_window_10s_mv TO qoe_window_10s AS
@@ -20,7 +32,7 @@ SELECT
     stall_ms, stalls, bitrate_kbps_ms, upswitches, downswitches, latency_ms_sum,
     latency_samples, dropped_frames, late_events, duplicate_events, seeks, startup_unknown,
     cdn_requests, cdn_request_errors, ttfb_ms_sum, ttfb_le_50, ttfb_le_100, ttfb_le_200,
-    ttfb_le_400, ttfb_le_800, ttfb_le_1600, ttfb_le_3200, ttfb_le_inf, cdn_switches
+    ttfb_le_400, ttfb_le_800, ttfb_le_1600, ttfb_le_3200, ttfb_le_inf, cdn_switches, events_lost, reports_lost
 FROM qoe_ingest
 WHERE kind = 'window';
 
@@ -70,7 +82,9 @@ SELECT
     sum(ttfb_le_1600) AS ttfb_le_1600,
     sum(ttfb_le_3200) AS ttfb_le_3200,
     sum(ttfb_le_inf) AS ttfb_le_inf,
-    sum(cdn_switches) AS cdn_switches
+    sum(cdn_switches) AS cdn_switches,
+    sum(events_lost) AS events_lost,
+    sum(reports_lost) AS reports_lost
 FROM qoe_ingest
 WHERE kind = 'window'
 GROUP BY window_start, region, cdn, stream_type, platform, stream_id;
@@ -121,7 +135,9 @@ SELECT
     sum(ttfb_le_1600) AS ttfb_le_1600,
     sum(ttfb_le_3200) AS ttfb_le_3200,
     sum(ttfb_le_inf) AS ttfb_le_inf,
-    sum(cdn_switches) AS cdn_switches
+    sum(cdn_switches) AS cdn_switches,
+    sum(events_lost) AS events_lost,
+    sum(reports_lost) AS reports_lost
 FROM qoe_ingest
 WHERE kind = 'window'
 GROUP BY window_start, region, cdn, stream_type, platform, stream_id;
