@@ -667,11 +667,14 @@ impl Session {
         if self.view.is_none() || silent {
             // What may open a view: after an earlier one of this session ended, only a play
             // state that is not terminal (hls.js keeps sending interval reports with `sta=f`
-            // after a failure); for a session's first view, any report but a request (`rr`:
-            // requests of a page that never reports a state are not an attempt).
+            // after a failure), and after a failure only a new start (`s`, `d`): Shaka goes on
+            // reporting seeking and paused states for the stream that failed; for a session's
+            // first view, any report but a request (`rr`: requests of a page that never
+            // reports a state are not an attempt).
             let terminal = matches!(r.sta.as_deref(), Some("f" | "e" | "q"));
+            let starts = matches!(r.sta.as_deref(), Some("s" | "d"));
             let opens = if self.ended_at.is_some() && !silent {
-                r.e == "ps" && !terminal
+                r.e == "ps" && !terminal && (!self.failed || starts)
             } else {
                 r.e != "rr" && !terminal || r.e == "ps" && r.sta.as_deref() == Some("f")
             };
@@ -1192,6 +1195,31 @@ mod tests {
         assert_eq!(
             errors(&all),
             [(Some(true), Some(true), "bufferAppendError")]
+        );
+    }
+
+    #[test]
+    fn after_a_failure_only_a_new_start_opens_a_view() {
+        // Shaka after a segment failure: `ps f`, its error without a code, then seeking and
+        // paused states for the stream that failed; the page loads again later.
+        let mut p = Player::new("s-26");
+        let mut all = p.ps(0, "s");
+        all.extend(p.ps(300, "p"));
+        all.extend(p.ps(20_000, "f"));
+        all.extend(p.send(20_001, "e", |_| {}));
+        all.extend(p.ps(24_000, "k"));
+        all.extend(p.ps(26_000, "a"));
+        assert_eq!(
+            kinds(&all).iter().filter(|k| **k == "view_start").count(),
+            1
+        );
+        assert_eq!(errors(&all), [(Some(true), Some(true), GENERIC_FATAL_CODE)]);
+        let mut again = p.ps(40_000, "s");
+        again.extend(p.ps(40_500, "p"));
+        assert_eq!(
+            kinds(&again),
+            ["view_start", "first_frame"],
+            "a new load is a new attempt"
         );
     }
 
