@@ -113,7 +113,8 @@ case "${1:-}" in
     if [ "${QOE_DEMO_KEEP:-0}" != 1 ]; then
       log "starting from a clean slate: topic recreated, database $DB emptied (QOE_DEMO_KEEP=1 keeps them)"
       "$0" stop
-      "$ROOT/scripts/stack.sh" restart-kafka
+      "$ROOT/scripts/stack.sh" delete-topic "${QOE_TOPIC:-qoe.events}"
+      "$ROOT/scripts/stack.sh" create-topic "${QOE_TOPIC:-qoe.events}"
       # Not through ch(): a query naming a database that does not exist yet is refused.
       if [ "${QOE_DEMO_CLUSTER:-0}" = 1 ]; then
         for d in "$DB" "${DB}_all"; do
@@ -123,8 +124,9 @@ case "${1:-}" in
         curl -fsS "$CH/" --data-binary "DROP DATABASE IF EXISTS $DB" >/dev/null
       fi
     fi
-    # The local broker keeps topics in memory: after a stack restart the topic is new and the
-    # checkpoints of the previous one are stale, so the demo lets the aggregator start over.
+    # With QOE_DEMO_KEEP=1 after a broker that lost its topic (QOE_KAFKA_STORAGE=memory and a
+    # restart), the checkpoints of the previous topic are stale: the demo lets the aggregator
+    # start over.
     start_service aggregator run --clickhouse-database "$DB" --listen 127.0.0.1:9100 --reset-stale-checkpoints \
       ${CLUSTER_ARGS[@]+"${CLUSTER_ARGS[@]}"}
     # The demo's traffic all comes from 127.0.0.1, so the per-address limits are lifted here.

@@ -6,12 +6,20 @@
 #   scripts/stack.sh start     install if needed, start both, wait until ready, create the topic
 #   scripts/stack.sh stop      stop what this script started (by pid file)
 #   scripts/stack.sh status    say what runs
-#   scripts/stack.sh restart-kafka | stop-kafka | start-kafka | stop-clickhouse | start-clickhouse
-#   scripts/stack.sh create-topic NAME [PARTITIONS]
+#   scripts/stack.sh restart-kafka | stop-kafka | kill-kafka | start-kafka
+#   scripts/stack.sh stop-clickhouse | start-clickhouse
+#   scripts/stack.sh create-topic NAME [PARTITIONS] | delete-topic NAME
+#
+# The broker keeps its data in memory by default: a stop or crash loses every message, and
+# topics are created again at start. QOE_KAFKA_STORAGE=sqlite keeps it on disk
+# (.stack/kafka/tansu.db), with topics keeping a message for QOE_KAFKA_RETENTION_HOURS (24) to
+# bound the disk use; but tansu 0.6.0's SQLite engine stops serving (a panic in its storage
+# task) when the collector's idempotent producer resumes after a broker restart, so it is not
+# the default (README, "Durability").
 #
 # Settings (environment): QOE_KAFKA_PORT (9092), QOE_CH_HTTP_PORT (8123), QOE_CH_TCP_PORT (9000),
-# QOE_TOPIC (qoe.events), QOE_TOPIC_PARTITIONS (6), QOE_STACK_DIR (<repo>/.stack),
-# TANSU_VERSION (0.6.0).
+# QOE_TOPIC (qoe.events), QOE_TOPIC_PARTITIONS (6), QOE_KAFKA_STORAGE (memory | sqlite),
+# QOE_KAFKA_RETENTION_HOURS (24), QOE_STACK_DIR (<repo>/.stack), TANSU_VERSION (0.6.0).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -22,6 +30,8 @@ CH_TCP_PORT="${QOE_CH_TCP_PORT:-9000}"
 TOPIC="${QOE_TOPIC:-qoe.events}"
 PARTITIONS="${QOE_TOPIC_PARTITIONS:-6}"
 TANSU_VERSION="${TANSU_VERSION:-0.6.0}"
+KAFKA_STORAGE="${QOE_KAFKA_STORAGE:-memory}"
+RETENTION_HOURS="${QOE_KAFKA_RETENTION_HOURS:-24}"
 BROKER="tcp://127.0.0.1:${KAFKA_PORT}"
 
 LOG_PREFIX=stack RUN_DIR="$STACK/run" LOG_DIR="$STACK/logs"
@@ -57,11 +67,23 @@ start_kafka() {
   else
     port_open "$KAFKA_PORT" && die "port $KAFKA_PORT is taken by a process this script did not start"
     local bin; bin="$(tansu_bin)" || die "tansu is not installed; run: $0 install"
-    log "starting kafka (tansu) on 127.0.0.1:$KAFKA_PORT"
-    nohup "$bin" broker \
-      --listener-url "$BROKER" --advertised-listener-url "$BROKER" \
-      --storage-engine memory://tansu/ >>"$STACK/logs/tansu.log" 2>&1 &
-    echo $! >"$STACK/run/tansu.pid"
+    local engine note=""
+    case "$KAFKA_STORAGE" in
+      # The SQLite path is taken relative to the broker's working directory.
+      sqlite) engine="sqlite://tansu.db" note=" in $STACK/kafka" ;;
+      memory) engine="memory://tansu/" note=": nothing survives a stop" ;;
+      *) die "QOE_KAFKA_STORAGE must be sqlite or memory, not $KAFKA_STORAGE" ;;
+    esac
+    mkdir -p "$STACK/kafka"
+    log "starting kafka (tansu, $KAFKA_STORAGE storage$note) on 127.0.0.1:$KAFKA_PORT"
+    # Background the broker itself (not a subshell around it), so the pid file names it.
+    (
+      cd "$STACK/kafka"
+      nohup "$bin" broker \
+        --listener-url "$BROKER" --advertised-listener-url "$BROKER" \
+        --storage-engine "$engine" >>"$STACK/logs/tansu.log" 2>&1 &
+      echo $! >"$STACK/run/tansu.pid"
+    )
     wait_for "kafka" 60 port_open "$KAFKA_PORT"
   fi
   create_topic
@@ -70,15 +92,27 @@ start_kafka() {
 create_topic() { # [name [partitions]]
   local bin; bin="$(tansu_bin)"
   local topic="${1:-$TOPIC}" partitions="${2:-$PARTITIONS}"
-  # The memory storage engine forgets topics when the broker stops, so create every time;
-  # an "already exists" answer is fine.
+  # Created at every start (the memory engine forgets topics); "already exists" is fine.
   local out
-  if out="$("$bin" topic create "$topic" --broker "$BROKER" --partitions "$partitions" 2>&1)"; then
+  if out="$("$bin" topic create "$topic" --broker "$BROKER" --partitions "$partitions" \
+    --config cleanup.policy=delete --config "retention.ms=$((RETENTION_HOURS * 3600000))" 2>&1)"; then
     log "topic $topic ready ($partitions partitions)"
   elif echo "$out" | grep -qi "exist"; then
     log "topic $topic already exists"
   else
     die "creating topic $topic failed: $out"
+  fi
+}
+
+delete_topic() { # name
+  local bin; bin="$(tansu_bin)"
+  local out
+  if out="$("$bin" topic delete "$1" --broker "$BROKER" 2>&1)"; then
+    log "topic $1 deleted"
+  elif echo "$out" | grep -qi "unknown\|does not host"; then
+    log "topic $1 did not exist"
+  else
+    die "deleting topic $1 failed: $out"
   fi
 }
 
@@ -183,8 +217,10 @@ case "${1:-}" in
   status) status ;;
   start-kafka) start_kafka ;;
   stop-kafka) stop_one tansu ;;
+  kill-kafka) stop_one tansu KILL ;;
   restart-kafka) stop_one tansu; start_kafka ;;
   create-topic) create_topic "${2:?topic name}" "${3:-$PARTITIONS}" ;;
+  delete-topic) delete_topic "${2:?topic name}" ;;
   start-clickhouse) start_clickhouse ;;
   install-clickhouse) install_clickhouse ;;
   write-clickhouse-config) write_clickhouse_config ;;

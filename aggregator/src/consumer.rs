@@ -27,7 +27,7 @@ use qoe_telemetry::process::Shutdown;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::message::{Headers, Message};
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -36,7 +36,7 @@ use tracing::Instrument;
 
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
-    pub brokers: String,
+    pub kafka: crate::kafka_check::KafkaAccess,
     pub group: String,
     pub topic: String,
     pub window: WindowConfig,
@@ -45,7 +45,6 @@ pub struct ConsumerConfig {
     pub snapshot_interval: Duration,
     pub max_batch_rows: usize,
     pub start_from_latest: bool,
-    pub kafka_options: Vec<(String, String)>,
 }
 
 struct Slot {
@@ -79,6 +78,8 @@ pub struct Shared {
     slots: Mutex<HashMap<i32, Slot>>,
     /// Whether the last write succeeded (readiness).
     pub healthy: AtomicBool,
+    /// The process's shutdown: ends the wait for ClickHouse when a partition is opened.
+    shutdown: Shutdown,
 }
 
 fn offset(f: FetchFrom) -> Offset {
@@ -98,6 +99,7 @@ impl Shared {
         config: ConsumerConfig,
         writer: Writer,
         runtime: tokio::runtime::Handle,
+        shutdown: Shutdown,
     ) -> Arc<Self> {
         Arc::new(Shared {
             config,
@@ -105,6 +107,7 @@ impl Shared {
             runtime,
             slots: Mutex::new(HashMap::new()),
             healthy: AtomicBool::new(false),
+            shutdown,
         })
     }
 
@@ -154,16 +157,35 @@ impl Shared {
     }
 
     /// Builds a partition's slot from its checkpoints; returns it with the offset to fetch
-    /// from.
-    fn open_partition(&self, partition: i32) -> (Slot, Offset) {
+    /// from. Retries while ClickHouse cannot answer; `None` when shutdown comes first.
+    fn open_partition(&self, partition: i32) -> Option<(Slot, Offset)> {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         let points = loop {
-            match self.runtime.block_on(self.resume_points(partition)) {
+            let read = self.runtime.block_on(async {
+                tokio::select! {
+                    read = self.resume_points(partition) => Some(read),
+                    _ = self.shutdown.cancelled() => None,
+                }
+            })?;
+            match read {
                 Ok(c) => break c,
                 Err(e) => {
                     let wait = backoff.failed(Instant::now());
+                    metrics::counter!(names::OPEN_RETRIES).increment(1);
                     tracing::warn!(partition, error = %e, retry_in = ?wait, "cannot read checkpoint; retrying");
-                    std::thread::sleep(wait);
+                    let stopped = self.runtime.block_on(async {
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => false,
+                            _ = self.shutdown.cancelled() => true,
+                        }
+                    });
+                    if stopped {
+                        tracing::info!(
+                            partition,
+                            "shutdown while opening the partition: not opened"
+                        );
+                        return None;
+                    }
                 }
             }
         };
@@ -197,7 +219,7 @@ impl Shared {
             last_snapshot: None,
             in_flight: None,
         };
-        (slot, offset(plan.fetch))
+        Some((slot, offset(plan.fetch)))
     }
 
     /// Starts writing the partition in the background: its unacknowledged batch if it has one
@@ -381,7 +403,12 @@ impl ConsumerContext for AggregatorContext {
                 let mut slots = lock(&self.shared.slots);
                 let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
                 for p in partitions {
-                    let (slot, offset) = self.shared.open_partition(p);
+                    let Some((slot, offset)) = self.shared.open_partition(p) else {
+                        // Shutting down: take nothing, the loop ends without having read.
+                        slots.clear();
+                        let _ = consumer.assign(&TopicPartitionList::new());
+                        return;
+                    };
                     slots.insert(p, slot);
                     if let Err(e) = tpl.set_partition_offset(&self.shared.config.topic, p, offset) {
                         tracing::error!(partition = p, error = %e, "cannot set start offset");
@@ -417,27 +444,23 @@ impl ConsumerContext for AggregatorContext {
 
 pub fn create_consumer(shared: &Arc<Shared>) -> anyhow::Result<BaseConsumer<AggregatorContext>> {
     let c = &shared.config;
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &c.brokers)
-        .set("group.id", &c.group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("partition.assignment.strategy", "range")
-        .set(
+    let config = c.kafka.client_config(&[
+        ("group.id", &c.group),
+        ("enable.auto.commit", "false"),
+        ("enable.auto.offset.store", "false"),
+        ("partition.assignment.strategy", "range"),
+        (
             "auto.offset.reset",
             if c.start_from_latest {
                 "latest"
             } else {
                 "earliest"
             },
-        )
-        .set("session.timeout.ms", "10000")
-        .set("queued.max.messages.kbytes", "32768")
-        .set("statistics.interval.ms", "5000");
-    for (k, v) in &c.kafka_options {
-        config.set(k, v);
-    }
+        ),
+        ("session.timeout.ms", "10000"),
+        ("queued.max.messages.kbytes", "32768"),
+        ("statistics.interval.ms", "5000"),
+    ]);
     let consumer: BaseConsumer<AggregatorContext> =
         config.create_with_context(AggregatorContext {
             shared: shared.clone(),
@@ -659,8 +682,9 @@ fn flush_all<C: ConsumerContext>(
             partition = p,
             "partition was written by another instance; reloading from its checkpoint"
         );
-        let (slot, _) = shared.open_partition(p);
-        slots.insert(p, slot);
+        if let Some((slot, _)) = shared.open_partition(p) {
+            slots.insert(p, slot);
+        }
     }
     if first_error.is_none() && !stopping {
         for (&p, slot) in slots.iter_mut() {

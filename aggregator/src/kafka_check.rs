@@ -1,16 +1,50 @@
-//! What the Kafka cluster says about the topic: reachability, partitions, and where each
-//! partition ends (to recognise checkpoints left by an earlier incarnation of the topic).
+//! How the aggregator reaches Kafka ([`KafkaAccess`]: brokers and `--kafka-option`s, for every
+//! client it creates) and what the Kafka cluster says about the topic: reachability,
+//! partitions, and where each partition ends (to recognise checkpoints left by an earlier
+//! incarnation of the topic).
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+/// The bootstrap servers and the extra librdkafka properties (`--kafka-option`: TLS, SASL,
+/// timeouts) of every Kafka client the aggregator creates. The options are applied last, so
+/// they can override the aggregator's own settings; their values are never printed.
+#[derive(Clone, Default)]
+pub struct KafkaAccess {
+    pub brokers: String,
+    pub options: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for KafkaAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys: Vec<&str> = self.options.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("KafkaAccess")
+            .field("brokers", &self.brokers)
+            .field("option_keys", &keys)
+            .finish()
+    }
+}
+
+impl KafkaAccess {
+    /// A client configuration: the brokers, then `settings`, then the options.
+    pub fn client_config(&self, settings: &[(&str, &str)]) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        for (k, v) in settings {
+            config.set(*k, *v);
+        }
+        for (k, v) in &self.options {
+            config.set(k, v);
+        }
+        config
+    }
+}
+
 /// Number of partitions of `topic`, or an error when the broker or topic is not there.
-pub fn topic_partitions(brokers: &str, topic: &str) -> anyhow::Result<usize> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
+pub fn topic_partitions(kafka: &KafkaAccess, topic: &str) -> anyhow::Result<usize> {
+    let consumer: BaseConsumer = kafka.client_config(&[]).create()?;
     partitions(&consumer, topic)
 }
 
@@ -19,11 +53,12 @@ pub fn topic_partitions(brokers: &str, topic: &str) -> anyhow::Result<usize> {
 /// Not just the high watermark: some Kafka-protocol brokers (tansu 0.6) report the first offset
 /// of the last record batch + 1 there. So the last batch is read as well, from the offset
 /// before the watermark, and the end is one past the highest offset found.
-pub fn partition_ends(brokers: &str, topic: &str) -> anyhow::Result<Vec<(i32, i64)>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "qoe-partition-ends")
-        .set("enable.auto.commit", "false")
+pub fn partition_ends(kafka: &KafkaAccess, topic: &str) -> anyhow::Result<Vec<(i32, i64)>> {
+    let consumer: BaseConsumer = kafka
+        .client_config(&[
+            ("group.id", "qoe-partition-ends"),
+            ("enable.auto.commit", "false"),
+        ])
         .create()?;
     let n = partitions(&consumer, topic)?;
     let mut ends: Vec<(i32, i64)> = (0..n as i32)
@@ -77,4 +112,29 @@ fn partitions(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<usize> {
         anyhow::bail!("topic {topic}: {err:?}");
     }
     Ok(t.partitions().len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KafkaAccess;
+
+    #[test]
+    fn options_come_last_and_their_values_are_not_printed() {
+        let kafka = KafkaAccess {
+            brokers: "b:9093".into(),
+            options: vec![
+                ("session.timeout.ms".into(), "30000".into()),
+                ("sasl.password".into(), "hunter2".into()),
+            ],
+        };
+        let config = kafka.client_config(&[("session.timeout.ms", "10000"), ("group.id", "g")]);
+        assert_eq!(config.get("bootstrap.servers"), Some("b:9093"));
+        assert_eq!(config.get("session.timeout.ms"), Some("30000"));
+        assert_eq!(config.get("group.id"), Some("g"));
+        let printed = format!("{kafka:?}");
+        assert!(
+            printed.contains("sasl.password") && !printed.contains("hunter2"),
+            "{printed}"
+        );
+    }
 }

@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use qoe_aggregator::consumer::{self, ConsumerConfig, Shared};
+use qoe_aggregator::kafka_check::KafkaAccess;
 use qoe_aggregator::migrate::{self, MigrationReport};
 use qoe_aggregator::store::{parse_shards, Store, StoreConfig};
 use qoe_aggregator::window::{Dimensions, WindowConfig};
@@ -49,6 +50,12 @@ enum Command {
         /// Topic the collector publishes to.
         #[arg(long, env = "QOE_TOPIC", default_value = "qoe.events")]
         topic: String,
+        /// Extra librdkafka properties, `key=value` (repeatable, or `;`-separated in the
+        /// environment), for brokers that need TLS or SASL (security.protocol=SASL_SSL,
+        /// sasl.mechanism=SCRAM-SHA-512, sasl.username=..., sasl.password=...). Applied last.
+        /// (Values are never printed: they can hold credentials.)
+        #[arg(long = "kafka-option", env = "QOE_KAFKA_OPTIONS", value_delimiter = ';', value_parser = qoe_telemetry::process::parse_key_value, hide_env_values = true)]
+        kafka_options: Vec<(String, String)>,
     },
 }
 
@@ -62,6 +69,12 @@ struct RunArgs {
     /// Topic to consume.
     #[arg(long, env = "QOE_TOPIC", default_value = "qoe.events")]
     topic: String,
+    /// Extra librdkafka properties, `key=value` (repeatable, or `;`-separated in the
+    /// environment), for brokers that need TLS or SASL (security.protocol=SASL_SSL,
+    /// sasl.mechanism=SCRAM-SHA-512, sasl.username=..., sasl.password=...). Applied last.
+    /// (Values are never printed: they can hold credentials.)
+    #[arg(long = "kafka-option", env = "QOE_KAFKA_OPTIONS", value_delimiter = ';', value_parser = qoe_telemetry::process::parse_key_value, hide_env_values = true)]
+    kafka_options: Vec<(String, String)>,
     /// Consumer group; instances in one group share the partitions.
     #[arg(long, env = "QOE_CONSUMER_GROUP", default_value = "qoe-aggregator")]
     group: String,
@@ -141,6 +154,15 @@ struct RunArgs {
     /// Log format.
     #[arg(long, env = "QOE_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: qoe_telemetry::LogFormat,
+}
+
+impl RunArgs {
+    fn kafka(&self) -> KafkaAccess {
+        KafkaAccess {
+            brokers: self.kafka_brokers.clone(),
+            options: self.kafka_options.clone(),
+        }
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -280,15 +302,23 @@ async fn main() -> anyhow::Result<()> {
             clickhouse,
             kafka_brokers,
             topic,
+            kafka_options,
         } => {
+            let kafka = KafkaAccess {
+                brokers: kafka_brokers,
+                options: kafka_options,
+            };
             let store = Store::connect(clickhouse.config(), false).await?;
             println!(
                 "ClickHouse {} at {}",
                 store.version, clickhouse.clickhouse_url
             );
-            let partitions = qoe_aggregator::kafka_check::topic_partitions(&kafka_brokers, &topic)
-                .with_context(|| format!("reading metadata of {topic} from {kafka_brokers}"))?;
-            println!("Kafka {kafka_brokers}: topic {topic} has {partitions} partitions");
+            let partitions = qoe_aggregator::kafka_check::topic_partitions(&kafka, &topic)
+                .with_context(|| format!("reading metadata of {topic} from {}", kafka.brokers))?;
+            println!(
+                "Kafka {}: topic {topic} has {partitions} partitions",
+                kafka.brokers
+            );
         }
     }
     Ok(())
@@ -382,9 +412,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     };
     check_checkpoints(&writer, &args).await?;
+    let shutdown = qoe_telemetry::process::shutdown_on_signal();
     let shared = Shared::new(
         ConsumerConfig {
-            brokers: args.kafka_brokers.clone(),
+            kafka: args.kafka(),
             group: args.group.clone(),
             topic: args.topic.clone(),
             window,
@@ -392,14 +423,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             snapshot_interval: Duration::from_secs(args.snapshot_interval_secs),
             max_batch_rows: args.max_batch_rows,
             start_from_latest: args.start_from == "latest",
-            kafka_options: Vec::new(),
         },
         writer,
         tokio::runtime::Handle::current(),
+        shutdown.clone(),
     );
     let consumer = consumer::create_consumer(&shared)?;
     let loop_shared = shared.clone();
-    let shutdown = qoe_telemetry::process::shutdown_on_signal();
     let loop_shutdown = shutdown.clone();
     let worker = std::thread::Builder::new()
         .name("consumer".into())
@@ -468,11 +498,11 @@ async fn check_checkpoints(writer: &Writer, args: &RunArgs) -> anyhow::Result<()
     if checkpoints.is_empty() {
         return Ok(());
     }
-    let (brokers, topic) = (args.kafka_brokers.clone(), args.topic.clone());
+    let topic = args.topic.clone();
     let ends = loop {
-        let (b, t) = (brokers.clone(), topic.clone());
+        let (kafka, t) = (args.kafka(), topic.clone());
         match tokio::task::spawn_blocking(move || {
-            qoe_aggregator::kafka_check::partition_ends(&b, &t)
+            qoe_aggregator::kafka_check::partition_ends(&kafka, &t)
         })
         .await?
         {

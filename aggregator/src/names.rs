@@ -17,6 +17,7 @@ pub const VIEWS_HELD: &str = "qoe_aggregator_views";
 pub const VIEWS_EVICTED: &str = "qoe_aggregator_views_evicted_total";
 pub const STATE_SNAPSHOT_BYTES: &str = "qoe_aggregator_state_snapshot_bytes";
 pub const ASSIGNED_PARTITIONS: &str = "qoe_aggregator_assigned_partitions";
+pub const OPEN_RETRIES: &str = "qoe_aggregator_partition_open_retries_total";
 
 /// Registers the help text of every metric (call once the recorder is installed).
 pub fn describe() {
@@ -39,6 +40,10 @@ pub fn describe() {
         "Time to write one partition's batch (stage + move + checkpoint read-back)"
     );
     describe_counter!(BATCHES_WRITTEN, "Batches committed to ClickHouse");
+    describe_counter!(
+        OPEN_RETRIES,
+        "Failed reads of an assigned partition's checkpoint (ClickHouse unreachable): the partition is not consumed until one succeeds"
+    );
     describe_counter!(ROWS_WRITTEN, "Rows committed to ClickHouse");
     describe_counter!(
         WRITE_FAILURES,

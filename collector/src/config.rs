@@ -65,7 +65,7 @@ pub struct Config {
     /// environment; e.g. security.protocol=SSL,
     /// or debug=broker,msg when diagnosing delivery problems).
     /// (The environment variable's value is never printed: it can hold credentials.)
-    #[arg(long = "kafka-option", env = "QOE_KAFKA_OPTIONS", value_delimiter = ';', value_parser = parse_key_value, hide_env_values = true)]
+    #[arg(long = "kafka-option", env = "QOE_KAFKA_OPTIONS", value_delimiter = ';', value_parser = qoe_telemetry::process::parse_key_value, hide_env_values = true)]
     pub kafka_options: Vec<(String, String)>,
 
     /// Largest accepted request body, as sent (compressed or not).
@@ -136,7 +136,7 @@ pub struct Config {
     /// Maps a GeoIP country (ISO code) to a region, `COUNTRY=REGION` (repeatable, or
     /// comma-separated in the environment; e.g. `jp=ap-northeast`). Unmapped countries are
     /// reported as their lower-case ISO code.
-    #[arg(long = "geoip-region", env = "QOE_GEOIP_REGIONS", value_delimiter = ',', value_parser = parse_key_value)]
+    #[arg(long = "geoip-region", env = "QOE_GEOIP_REGIONS", value_delimiter = ',', value_parser = qoe_telemetry::process::parse_key_value)]
     pub geoip_regions: Vec<(String, String)>,
 
     /// Maps the host of CMCD request URLs to a CDN, `HOST_SUFFIX=CDN` (repeatable, or
@@ -256,11 +256,4 @@ impl Config {
             ..qoe_schemas::Limits::default()
         }
     }
-}
-
-fn parse_key_value(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s
-        .split_once('=')
-        .ok_or_else(|| format!("expected key=value, got {s:?}"))?;
-    Ok((k.trim().to_owned(), v.trim().to_owned()))
 }

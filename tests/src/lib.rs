@@ -416,6 +416,17 @@ impl Outage {
         }
     }
 
+    /// The broker killed with SIGKILL (no chance to flush or close anything) until the outage
+    /// ends.
+    pub fn kafka_crash() -> Outage {
+        stack("kill-kafka");
+        Outage {
+            script: "stack.sh",
+            start: "start-kafka".to_owned(),
+            active: true,
+        }
+    }
+
     /// A server of the local cluster killed with SIGKILL (`n` in 1..=4), or its ZooKeeper
     /// stopped (`n` = 0), until the outage ends.
     pub fn cluster(n: u8) -> Outage {
@@ -554,6 +565,17 @@ pub async fn clickhouse_query_at(
 
 /// Starts an aggregator process for one test's topic and database.
 pub fn spawn_aggregator(topic: &str, database: &str, group: &str, extra: &[&str]) -> Service {
+    spawn_aggregator_at(topic, database, group, extra).0
+}
+
+/// [`spawn_aggregator`], also returning the base URL of its health and metrics listener.
+pub fn spawn_aggregator_at(
+    topic: &str,
+    database: &str,
+    group: &str,
+    extra: &[&str],
+) -> (Service, String) {
+    let listen = format!("127.0.0.1:{}", free_port());
     let mut args: Vec<String> = [
         "run",
         "--kafka-brokers",
@@ -567,7 +589,7 @@ pub fn spawn_aggregator(topic: &str, database: &str, group: &str, extra: &[&str]
         "--clickhouse-database",
         database,
         "--listen",
-        &format!("127.0.0.1:{}", free_port()),
+        &listen,
     ]
     .iter()
     .map(|s| s.to_string())
@@ -576,7 +598,28 @@ pub fn spawn_aggregator(topic: &str, database: &str, group: &str, extra: &[&str]
         args.extend(["--flush-interval-ms".to_owned(), "300".to_owned()]);
     }
     args.extend(extra.iter().map(|s| s.to_string()));
-    Service::spawn("aggregator", &args, &[])
+    (
+        Service::spawn("aggregator", &args, &[]),
+        format!("http://{listen}"),
+    )
+}
+
+/// The sum of a metric's samples (all label sets) in a service's Prometheus text; 0 when
+/// absent.
+pub async fn metric_sum(base: &str, name: &str) -> f64 {
+    let Ok(text) = reqwest::get(format!("{base}/metrics")).await else {
+        return 0.0;
+    };
+    let Ok(text) = text.text().await else {
+        return 0.0;
+    };
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// The Prometheus text a service serves on `{base}/metrics`.
@@ -611,6 +654,19 @@ pub async fn spawn_collector(topic: &str, extra: &[&str]) -> (Service, String, S
     let admin = format!("http://127.0.0.1:{admin_port}");
     wait_http_ok(&format!("{base}/healthz"), Duration::from_secs(20)).await;
     (service, base, admin)
+}
+
+/// Where every partition of `topic` ends (the next offset to be written), as the aggregator
+/// reads it ([`qoe_aggregator::kafka_check::partition_ends`]). Blocking.
+pub fn partition_ends(topic: &str) -> std::collections::BTreeMap<i32, i64> {
+    let kafka = qoe_aggregator::kafka_check::KafkaAccess {
+        brokers: kafka_brokers(),
+        options: Vec::new(),
+    };
+    qoe_aggregator::kafka_check::partition_ends(&kafka, topic)
+        .unwrap_or_else(|e| panic!("reading the ends of {topic}: {e:#}"))
+        .into_iter()
+        .collect()
 }
 
 /// Waits until ClickHouse holds checkpoints up to `next` for every partition.

@@ -1,11 +1,13 @@
 //! The aggregator against the real broker and ClickHouse: every metric of every window and
 //! slice equals an independent computation of the spec's definitions, at the 10 s, 1 min and
-//! 1 h grains; two instances add up to one; kill -9 at random moments changes nothing.
+//! 1 h grains; two instances in one group each own and write partitions and add up to one; a
+//! successor in the same group takes a killed instance's partitions over; kill -9 at random
+//! moments changes nothing.
 
 use qoe_tests::truth::{expected, generate};
 use qoe_tests::{
-    assert_windows_equal, clickhouse_query, create_topic, publish, spawn_aggregator, unique,
-    wait_caught_up,
+    assert_windows_equal, clickhouse_query, create_topic, metric_sum, publish, spawn_aggregator,
+    spawn_aggregator_at, unique, wait_caught_up,
 };
 use rand::Rng;
 use std::collections::BTreeMap;
@@ -60,23 +62,86 @@ async fn one_instance_matches_ground_truth() {
     check_against_truth(&db, &partitions).await;
 }
 
+/// Waits until the instances at `bases` together own all `partitions` partitions and each
+/// owns some; returns what each owns.
+async fn wait_assignment(bases: &[&str], partitions: f64, within: Duration) -> Vec<f64> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let mut owned = Vec::new();
+        for base in bases {
+            owned.push(metric_sum(base, "qoe_aggregator_assigned_partitions").await);
+        }
+        if owned.iter().sum::<f64>() == partitions && owned.iter().all(|n| *n > 0.0) {
+            return owned;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "partitions owned per instance {owned:?} after {within:?}: want all {partitions}, some each"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test]
-async fn two_instances_add_up_to_one() {
+async fn two_instances_in_one_group_each_write_and_add_up_to_one() {
     let topic = unique("test.agg.two");
     let db = unique("qoe_test_two");
     create_topic(&topic, 6).await.unwrap();
     let group = unique("g");
-    let _a = spawn_aggregator(&topic, &db, &group, &[]);
-    let _b = spawn_aggregator(&topic, &db, &group, &[]);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_a, a) = spawn_aggregator_at(&topic, &db, &group, &[]);
+    let (_b, b) = spawn_aggregator_at(&topic, &db, &group, &[]);
+    let owned = wait_assignment(&[&a, &b], 6.0, Duration::from_secs(60)).await;
     let events = generate(2, 400, T0);
     let partitions = publish(&topic, &events).await;
     wait_published(&db, &topic, &partitions, 120).await;
     check_against_truth(&db, &partitions).await;
-    let writers = clickhouse_query(&db, "SELECT count(DISTINCT partition) FROM qoe_checkpoints")
-        .await
-        .unwrap();
-    assert!(writers[0][0].parse::<u32>().unwrap() >= 4);
+    for (name, base) in [("a", &a), ("b", &b)] {
+        let batches = metric_sum(base, "qoe_aggregator_batches_written_total").await;
+        assert!(
+            batches > 0.0,
+            "instance {name} wrote no batch (partitions owned: {owned:?})"
+        );
+    }
+}
+
+/// An instance killed with SIGKILL and a successor started in the same consumer group: the
+/// successor (with the survivor) takes the dead one's partitions over once the broker notices
+/// the missed heartbeats, within the session timeout, and the totals stay exact.
+///
+/// Ignored by default: the local broker (tansu 0.6.0) never evicts a SIGKILLed member, so the
+/// partitions the range assignor gives it stay unconsumed (in most runs, one of four); run it
+/// against a broker that enforces session timeouts with `--ignored`.
+#[tokio::test]
+#[ignore = "the local broker never evicts a SIGKILLed group member (README, Durability)"]
+async fn successor_in_the_same_group_takes_over_a_killed_instance() {
+    let topic = unique("test.agg.takeover");
+    let db = unique("qoe_test_takeover");
+    create_topic(&topic, 4).await.unwrap();
+    let group = unique("g");
+    let events = generate(5, 500, T0);
+    let (first, second) = events.split_at(events.len() / 2);
+    let (mut a, a_base) = spawn_aggregator_at(&topic, &db, &group, &[]);
+    let (_b, b_base) = spawn_aggregator_at(&topic, &db, &group, &[]);
+    wait_assignment(&[&a_base, &b_base], 4.0, Duration::from_secs(60)).await;
+    let mut partitions = publish(&topic, first).await;
+    wait_published(&db, &topic, &partitions, 120).await;
+    a.kill9();
+    let killed = std::time::Instant::now();
+    let (_c, c_base) = spawn_aggregator_at(&topic, &db, &group, &[]);
+    // The aggregator's session timeout is 10 s; the group rebalances after it, then each
+    // survivor opens its new partitions from their checkpoints.
+    wait_assignment(&[&b_base, &c_base], 4.0, Duration::from_secs(40)).await;
+    eprintln!(
+        "partitions taken over {:?} after the kill",
+        killed.elapsed()
+    );
+    for (p, (evs, next)) in publish(&topic, second).await {
+        let entry = partitions.entry(p).or_default();
+        entry.0.extend(evs);
+        entry.1 = next;
+    }
+    wait_published(&db, &topic, &partitions, 120).await;
+    check_against_truth(&db, &partitions).await;
 }
 
 #[tokio::test]

@@ -1,13 +1,15 @@
 //! ClickHouse stopped mid-run and started again: the aggregator stays up, pauses with bounded
-//! memory, retries, catches up, and the totals are exactly those of an uninterrupted run.
+//! memory, retries, catches up, and the totals are exactly those of an uninterrupted run. And
+//! a SIGTERM while the aggregator waits for ClickHouse to open a partition ends it at once.
 //!
 //! Stops a ClickHouse server of its own (`PrivateServer`), so the suites that run beside it
 //! keep theirs; it lives alone in its test binary, whose environment names that server.
 
 use qoe_tests::truth::{expected, generate, rollup};
 use qoe_tests::{
-    assert_rows_eq, create_topic, publish, rss_kib, spawn_aggregator, unique, wait_caught_up,
-    window_rows, Outage, PrivateServer,
+    assert_rows_eq, clickhouse_url, create_topic, free_port, kafka_brokers, metric_sum, publish,
+    rss_kib, spawn_aggregator, unique, wait_caught_up, wait_http_ok, window_rows, Outage,
+    PrivateServer, Service,
 };
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -69,4 +71,58 @@ async fn clickhouse_outage_loses_nothing() {
         agg.terminate(Duration::from_secs(30)),
         "graceful shutdown failed"
     );
+
+    sigterm_while_a_partition_waits_for_clickhouse().await;
+}
+
+/// Partitions assigned while ClickHouse is down cannot be opened (their checkpoints are
+/// unreadable), and the aggregator retries; a SIGTERM then ends it within its grace period.
+/// The topic appears only once ClickHouse is down, so the assignment surely comes during the
+/// outage (`--kafka-option` makes the aggregator look for it every half second).
+async fn sigterm_while_a_partition_waits_for_clickhouse() {
+    let topic = unique("test.agg.sigterm");
+    let port = free_port();
+    let args: Vec<String> = [
+        "run",
+        "--kafka-brokers",
+        &kafka_brokers(),
+        "--topic",
+        &topic,
+        "--group",
+        &unique("g"),
+        "--clickhouse-url",
+        &clickhouse_url(),
+        "--clickhouse-database",
+        &unique("qoe_test_sigterm"),
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--kafka-option",
+        "topic.metadata.refresh.interval.ms=500",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut agg = Service::spawn("aggregator", &args, &[]);
+    let base = format!("http://127.0.0.1:{port}");
+    wait_http_ok(&format!("{base}/healthz"), Duration::from_secs(60)).await;
+    let outage = Outage::begin("clickhouse");
+    create_topic(&topic, 2).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if metric_sum(&base, "qoe_aggregator_partition_open_retries_total").await > 0.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the partitions of the new topic were never assigned"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let asked = std::time::Instant::now();
+    assert!(
+        agg.terminate(Duration::from_secs(20)),
+        "no clean exit within 20 s of SIGTERM while opening a partition"
+    );
+    eprintln!("exited {:?} after SIGTERM", asked.elapsed());
+    outage.end();
 }

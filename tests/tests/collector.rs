@@ -848,3 +848,96 @@ async fn edge_headers_from_untrusted_peers_are_ignored() {
         "the envelope's region, not the forged header's"
     );
 }
+
+/// SIGTERM while clients keep posting: the collector stops taking new requests, answers those
+/// it took, and every beacon it answered 2xx for is in Kafka (no acknowledgement without the
+/// broker's). It exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_requests_in_flight_acknowledges_only_what_kafka_has() {
+    let topic = unique("test.sigterm");
+    create_topic(&topic, 2).await.unwrap();
+    let mut c = collector(
+        &topic,
+        &[
+            "--rate-per-ip",
+            "0",
+            "--rate-events-per-ip",
+            "0",
+            "--rate-per-view",
+            "0",
+        ],
+    )
+    .await;
+    let acked: std::sync::Arc<std::sync::Mutex<Vec<(String, std::time::Instant)>>> =
+        Default::default();
+    let mut clients = Vec::new();
+    for client in 0..16 {
+        let (base, acked) = (c.base.clone(), acked.clone());
+        clients.push(tokio::spawn(async move {
+            // One connection per request: a request either reaches the server before it stops
+            // accepting, or is refused at connect.
+            let http = reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap();
+            for i in 0.. {
+                let view = format!("term-{client}-{i}");
+                let body = beacon(&view, now_ms(), 0, 5, None);
+                match http
+                    .post(format!("{base}/v1/beacons"))
+                    .json(&body)
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status().is_success() => acked
+                        .lock()
+                        .unwrap()
+                        .push((view, std::time::Instant::now())),
+                    Ok(r) => assert_eq!(r.status(), 503, "{view}: only 503 while stopping"),
+                    Err(_) => break,
+                }
+            }
+        }));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while acked.lock().unwrap().len() < 300 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "clients never got 300 answers"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let signalled = std::time::Instant::now();
+    assert!(
+        c.service.terminate(Duration::from_secs(30)),
+        "the collector did not exit cleanly after SIGTERM"
+    );
+    for client in clients {
+        client.await.expect("a client failed");
+    }
+    let acked = acked.lock().unwrap().clone();
+    let after_signal = acked.iter().filter(|(_, at)| *at > signalled).count();
+    assert!(
+        after_signal > 0,
+        "no request was in flight at SIGTERM (the scenario did not happen)"
+    );
+    let in_kafka: BTreeSet<String> = read_topic(&topic, Duration::from_secs(3))
+        .await
+        .into_iter()
+        .map(|m| m.key)
+        .collect();
+    let missing: Vec<&String> = acked
+        .iter()
+        .map(|(v, _)| v)
+        .filter(|v| !in_kafka.contains(*v))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "answered 2xx but not in Kafka: {missing:?}"
+    );
+    eprintln!(
+        "{} acknowledged, {after_signal} of them answered after SIGTERM",
+        acked.len()
+    );
+}

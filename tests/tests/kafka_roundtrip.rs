@@ -220,16 +220,16 @@ async fn produce_consume_commit_resume() {
 async fn partition_ends_are_exact() {
     let topic = unique("test.ends");
     create_topic(&topic, 3).await.unwrap();
-    let empty = qoe_aggregator::kafka_check::partition_ends(&kafka_brokers(), &topic).unwrap();
-    assert_eq!(empty, vec![(0, 0), (1, 0), (2, 0)]);
+    let empty = qoe_tests::partition_ends(&topic);
+    assert_eq!(empty, [(0, 0), (1, 0), (2, 0)].into());
     for round in 0..3 {
         let events = qoe_tests::truth::generate(round, 200, 1_763_721_600_000);
-        let delivered: Vec<(i32, i64)> = qoe_tests::publish(&topic, &events)
+        let delivered: std::collections::BTreeMap<i32, i64> = qoe_tests::publish(&topic, &events)
             .await
             .into_iter()
             .map(|(p, (_, next))| (p, next))
             .collect();
-        let ends = qoe_aggregator::kafka_check::partition_ends(&kafka_brokers(), &topic).unwrap();
+        let ends = qoe_tests::partition_ends(&topic);
         assert_eq!(ends, delivered, "round {round}");
     }
 }

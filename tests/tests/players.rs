@@ -11,8 +11,7 @@
 
 use qoe_telemetry::process::now_ms;
 use qoe_tests::{
-    clickhouse_query, create_topic, kafka_brokers, spawn_aggregator, spawn_collector, unique,
-    wait_caught_up,
+    clickhouse_query, create_topic, spawn_aggregator, spawn_collector, unique, wait_caught_up,
 };
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -316,11 +315,7 @@ async fn real_players_report_their_viewers_experience() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
-    let ends: BTreeMap<i32, i64> =
-        qoe_aggregator::kafka_check::partition_ends(&kafka_brokers(), &topic)
-            .unwrap()
-            .into_iter()
-            .collect();
+    let ends: BTreeMap<i32, i64> = qoe_tests::partition_ends(&topic);
     wait_caught_up(&db, &topic, &ends, Duration::from_secs(60)).await;
 
     let mut failures = Vec::new();

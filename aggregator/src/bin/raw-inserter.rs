@@ -71,11 +71,16 @@ fn main() -> anyhow::Result<()> {
         .set("queued.max.messages.kbytes", "32768")
         .create()
         .context("creating the consumer")?;
-    let ends: Vec<(i32, i64)> =
-        qoe_aggregator::kafka_check::partition_ends(&args.kafka_brokers, &args.topic)?
-            .into_iter()
-            .filter(|(_, end)| *end > 0)
-            .collect();
+    let ends: Vec<(i32, i64)> = qoe_aggregator::kafka_check::partition_ends(
+        &qoe_aggregator::kafka_check::KafkaAccess {
+            brokers: args.kafka_brokers.clone(),
+            options: Vec::new(),
+        },
+        &args.topic,
+    )?
+    .into_iter()
+    .filter(|(_, end)| *end > 0)
+    .collect();
     let total: i64 = ends.iter().map(|(_, end)| end).sum();
     let mut tpl = TopicPartitionList::new();
     for (p, _) in &ends {
