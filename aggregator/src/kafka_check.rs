@@ -28,6 +28,14 @@ impl std::fmt::Debug for KafkaAccess {
 }
 
 impl KafkaAccess {
+    /// Brokers without extra options.
+    pub fn brokers(brokers: &str) -> KafkaAccess {
+        KafkaAccess {
+            brokers: brokers.to_owned(),
+            options: Vec::new(),
+        }
+    }
+
     /// A client configuration: the brokers, then `settings`, then the options.
     pub fn client_config(&self, settings: &[(&str, &str)]) -> ClientConfig {
         let mut config = ClientConfig::new();

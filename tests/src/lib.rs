@@ -659,10 +659,7 @@ pub async fn spawn_collector(topic: &str, extra: &[&str]) -> (Service, String, S
 /// Where every partition of `topic` ends (the next offset to be written), as the aggregator
 /// reads it ([`qoe_aggregator::kafka_check::partition_ends`]). Blocking.
 pub fn partition_ends(topic: &str) -> std::collections::BTreeMap<i32, i64> {
-    let kafka = qoe_aggregator::kafka_check::KafkaAccess {
-        brokers: kafka_brokers(),
-        options: Vec::new(),
-    };
+    let kafka = qoe_aggregator::kafka_check::KafkaAccess::brokers(&kafka_brokers());
     qoe_aggregator::kafka_check::partition_ends(&kafka, topic)
         .unwrap_or_else(|e| panic!("reading the ends of {topic}: {e:#}"))
         .into_iter()

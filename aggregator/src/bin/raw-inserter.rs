@@ -72,10 +72,7 @@ fn main() -> anyhow::Result<()> {
         .create()
         .context("creating the consumer")?;
     let ends: Vec<(i32, i64)> = qoe_aggregator::kafka_check::partition_ends(
-        &qoe_aggregator::kafka_check::KafkaAccess {
-            brokers: args.kafka_brokers.clone(),
-            options: Vec::new(),
-        },
+        &qoe_aggregator::kafka_check::KafkaAccess::brokers(&args.kafka_brokers),
         &args.topic,
     )?
     .into_iter()
