@@ -29,7 +29,6 @@ import concurrent.futures
 import json
 import os
 import pathlib
-import re
 import subprocess
 import sys
 import tempfile
@@ -38,12 +37,12 @@ import urllib.parse
 import urllib.request
 import uuid
 
-import yaml
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 import generate  # noqa: E402  (the rules' thresholds and guards, as generated)
+from grafana import expand, grafana_states, load_rules, parse_duration  # noqa: E402,F401
 
 CH = os.environ.get("QOE_CLICKHOUSE_URL", "http://127.0.0.1:8123")
 DAY0 = calendar.timegm((2026, 1, 12, 0, 0, 0))  # a Monday, 00:00 UTC
@@ -149,25 +148,6 @@ def ch(sql, database=None, data=None, fmt=None):
         raise RuntimeError(f"ClickHouse: {e.read().decode()[:2000]}\nquery: {sql[:2000]}") from None
 
 
-def expand(sql, frm, to, interval_s=60, variables=None):
-    """Expands the ClickHouse data source plugin's macros (pkg/macros of
-    grafana-clickhouse-datasource) and Grafana's `${var:singlequote}` for a time range in
-    epoch seconds, as Grafana sends the query."""
-    sql = re.sub(r"\$__timeFilter\(([^)]*)\)",
-                 lambda m: f"{m.group(1).strip()} >= toDateTime({frm}) AND "
-                           f"{m.group(1).strip()} <= toDateTime({to})", sql)
-    sql = sql.replace("$__fromTime", f"toDateTime({frm})").replace("$__toTime", f"toDateTime({to})")
-    sql = sql.replace("$__interval_s", str(interval_s))
-
-    def var(m):
-        values = (variables or {})[m.group(1)]
-        return ",".join("'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'" for v in values)
-
-    sql = re.sub(r"\$\{(\w+):singlequote\}", var, sql)
-    assert "$" not in sql, f"unexpanded macro or variable in: {sql}"
-    return sql
-
-
 def binary(name):
     target = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
     built = [p for p in (target / "release" / name, target / "debug" / name) if p.exists()]
@@ -198,21 +178,8 @@ def load(first, last, incidents, viewers, seed, database, rows_path):
 
 # --- Grafana's evaluation ----------------------------------------------------------------------
 
-def parse_duration(s):
-    units = {"s": 1, "m": 60, "h": 3600}
-    return sum(int(n) * units[u] for n, u in re.findall(r"(\d+)([smh])", s))
-
-
 def rules():
-    doc = yaml.safe_load((HERE / "provisioning" / "alerting" / "qoe-alerts.yaml").read_text())
-    out = []
-    for group in doc["groups"]:
-        for r in group["rules"]:
-            [query] = [d for d in r["data"] if d["refId"] == "A"]
-            out.append(dict(uid=r["uid"], title=r["title"], sql=query["model"]["rawSql"],
-                            rng=query["relativeTimeRange"], pending=parse_duration(r["for"]),
-                            interval=parse_duration(group["interval"])))
-    return out
+    return load_rules()
 
 
 def evaluate(rule, database, first, last):
@@ -229,34 +196,6 @@ def evaluate(rule, database, first, last):
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         results = dict(pool.map(run, times))
     return grafana_states(results, rule["pending"], step)
-
-
-def grafana_states(results, pending, step):
-    """Grafana's transitions over a rule's results ({t: {(region, cdn): value}}, every
-    evaluation in order): {(region, cdn): {t: (state, value)}}, state 'pending' or 'alerting'
-    (normal is absent). A returned instance whose value passes the threshold (B > 0) is
-    pending, and alerting once it has been so for the pending period; a series missing from a
-    result keeps its state (value None) until it has been missing for two evaluations
-    (Grafana's default "missing series evaluations to resolve"), then is normal again."""
-    states, live = {}, {}  # live: instance -> [state, starts_at, last_seen]
-    for t in sorted(results):
-        firing = {inst: v for inst, v in results[t].items() if v is not None and v > 0}
-        for inst, value in firing.items():
-            s = live.get(inst)
-            if s is None:
-                s = live[inst] = ["pending", t, t]
-            s[2] = t
-            if s[0] == "pending" and t - s[1] >= pending:
-                s[0] = "alerting"
-            states.setdefault(inst, {})[t] = (s[0], value)
-        for inst in list(live):
-            if inst in firing:
-                continue
-            if t - live[inst][2] >= 2 * step:
-                del live[inst]
-            else:
-                states.setdefault(inst, {})[t] = (live[inst][0], None)
-    return states
 
 
 def alerting(states):

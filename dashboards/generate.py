@@ -237,12 +237,14 @@ def report_sql(name, frm, to):
 
 
 class Dashboard:
-    def __init__(self, uid, title, description, variables=True):
+    def __init__(self, uid, title, description, variables=True, textboxes=()):
         self.uid, self.title, self.description = uid, title, description
         self.panels, self.y, self.x, self.row_h = [], 0, 0, 0
         self.variables = variables
+        self.textboxes = textboxes  # (name, label): free text, e.g. a view id
 
-    def panel(self, kind, title, description, sql, fmt, w=12, h=8, columns=(), extra=None):
+    def panel(self, kind, title, description, sql, fmt, w=12, h=8, columns=(), extra=None,
+              defaults=None, links=None):
         if self.x + w > 24:
             self.x, self.y = 0, self.y + self.row_h
             self.row_h = 0
@@ -251,6 +253,9 @@ class Dashboard:
              "properties": [{"id": "unit", "value": UNITS[c]}]}
             for c in columns if c in UNITS
         ]
+        for c, link in (links or {}).items():
+            overrides.append({"matcher": {"id": "byName", "options": c},
+                              "properties": [{"id": "links", "value": [link]}]})
         p = {
             "id": len(self.panels) + 1,
             "type": kind,
@@ -266,8 +271,8 @@ class Dashboard:
                 "queryType": "timeseries" if fmt == "timeseries" else "table",
                 "rawSql": sql,
             }],
-            "fieldConfig": {"defaults": {}, "overrides": overrides},
-            "options": {},
+            "fieldConfig": {"defaults": defaults or {}, "overrides": overrides},
+            "options": LEGEND if kind == "timeseries" else {},
         }
         if extra:
             p.update(extra)
@@ -290,6 +295,9 @@ class Dashboard:
                     "includeAll": True, "current": {"text": "All", "value": "$__all"},
                     "sort": 1,
                 })
+        for var, label in self.textboxes:
+            templating.append({"name": var, "label": label, "type": "textbox", "query": "",
+                               "current": {"text": "", "value": ""}})
         return {
             "uid": self.uid,
             "title": self.title,
@@ -365,6 +373,45 @@ def matrix(value):
     return m
 
 
+def traffic_light(good, bad, higher_is_better=False):
+    """Thresholds that colour a KPI green, orange from `good`, red from `bad` (or the other way
+    round for a KPI where higher is better), for matrix cells and stats."""
+    colours = ["red", "orange", "green"] if higher_is_better else ["green", "orange", "red"]
+    return {"mode": "absolute", "steps": [{"color": colours[0], "value": None},
+                                          {"color": colours[1], "value": min(good, bad)},
+                                          {"color": colours[2], "value": max(good, bad)}]}
+
+
+# Matrix cells coloured by how bad the KPI is: an SRE finds the broken slice by colour.
+MATRIX_THRESHOLDS = {
+    "score": traffic_light(60, 80, higher_is_better=True),
+    "rebuffering_pct": traffic_light(0.5, 1),
+    "start_failure_pct": traffic_light(1, 3),
+    "ebvs_pct": traffic_light(3, 8),
+    "startup_p95_ms": traffic_light(2000, 4000),
+    "request_error_pct": traffic_light(1, 3),
+    "ttfb_p95_ms": traffic_light(400, 800),
+}
+
+
+def matrix_defaults(value):
+    """The matrix's value cells (its columns are named after the CDNs, so the unit and colours
+    are defaults, not overrides by name)."""
+    out = {"thresholds": MATRIX_THRESHOLDS[value], "color": {"mode": "thresholds"},
+           "custom": {"cellOptions": {"type": "color-background"}}}
+    if value in UNITS:
+        out["unit"] = UNITS[value]
+    return out
+
+
+# Time series legends as a table with the figures an SRE reads first.
+LEGEND = {"legend": {"displayMode": "table", "placement": "bottom", "showLegend": True,
+                     "calcs": ["mean", "max", "lastNotNull"]},
+          "tooltip": {"mode": "multi", "sort": "none"}}
+# A view id opens the one-view dashboard with the same time range.
+VIEW_LINK = {"title": "Open this view", "url": "/d/qoe-view?var-view_id=${__value.raw}&${__url_time_range}"}
+
+
 def region_cdn():
     d = Dashboard("qoe-region-cdn", "QoE by region x CDN",
                   "Which slice is broken: KPIs as region x CDN matrices, and slices ranked by "
@@ -383,7 +430,8 @@ def region_cdn():
         d.panel("table", f"{title}: region x CDN",
                 f"{title} per region (rows) and CDN (columns) over the time range.",
                 kpi_table(["region", "cdn"], [name], "region, cdn", limit=10000),
-                "table", columns=["region", "cdn", name], extra=matrix(name))
+                "table", columns=["region", "cdn", name], extra=matrix(name),
+                defaults=matrix_defaults(name))
     fleet = (f"(SELECT sum(stall_ms) / greatest(sum(playing_ms) + sum(stall_ms), 1) FROM qoe_window_1m "
              f"WHERE $__timeFilter(window_start) AND {FILTER})")
     d.panel("table", "Worst slices: rebuffering",
@@ -519,14 +567,52 @@ def views():
             f"ORDER BY score ASC, start_time DESC, view_id\nLIMIT 500",
             "table", w=24, h=10,
             columns=["view_id", "start_time", "region", "cdn", "stream_id", "score", "score_success",
-                     "score_startup", "score_smoothness", "score_quality", "end_reason", "error_code"])
+                     "score_startup", "score_smoothness", "score_quality", "end_reason", "error_code"],
+            links={"view_id": VIEW_LINK})
     d.panel("table", "Views with the most stalling",
             "Views of the selected slices, most stalled time first.",
             f"SELECT {cols}\n{base}\nORDER BY stall_ms DESC, errors DESC, view_id\nLIMIT 500",
-            "table", w=24, h=12, columns=names)
+            "table", w=24, h=12, columns=names, links={"view_id": VIEW_LINK})
     d.panel("table", "Views that failed", "Views with an error code, newest first.",
             f"SELECT {cols}\n{base} AND error_code != ''\nORDER BY start_time DESC, view_id\nLIMIT 500",
-            "table", w=24, h=10, columns=names)
+            "table", w=24, h=10, columns=names, links={"view_id": VIEW_LINK})
+    return d
+
+
+def one_view():
+    d = Dashboard("qoe-view", "QoE one view",
+                  "One view by its id (a link from the view drill-down's tables): its summary "
+                  "row, and how its slice (region, CDN, stream type, platform, stream) fared "
+                  "minute by minute while it played.", variables=False,
+                  textboxes=[("view_id", "View id")])
+    the_view = "FROM qoe_views WHERE view_id = ${view_id:singlequote}"
+    parts = ["score", "score_success", "score_startup", "score_smoothness", "score_quality"]
+    d.panel("stat", "Experience score and its parts", "The view's score (README, \"Experience "
+            "score\"): 0-100, from its own totals.",
+            f"SELECT {', '.join(parts)} {the_view}", "table", w=24, h=4, columns=parts,
+            defaults={"thresholds": traffic_light(60, 80, higher_is_better=True),
+                      "color": {"mode": "thresholds"}, "decimals": 1})
+    cols = ["view_id", "start_time", "last_event_time", "region", "cdn", "stream_type", "platform",
+            "stream_id", "player", "protocol", "started", "startup_ms", "playing_ms", "stall_ms",
+            "stalls", "avg_bitrate_kbps", "errors", "error_code", "end_reason"]
+    d.panel("table", "The view", "Its row of qoe_views: where it played, what it saw, how it ended.",
+            f"SELECT {', '.join(cols)} {the_view}", "table", w=24, h=4, columns=cols)
+    # The view's slice over its lifetime (not the dashboard's range): scalar subqueries, which
+    # a Distributed table answers the same on a cluster.
+    slice_cols = ["region", "cdn", "stream_type", "platform", "stream_id"]
+    where = " AND ".join(f"{c} = (SELECT any({c}) {the_view})" for c in slice_cols)
+    lifetime = (f"window_start >= (SELECT toStartOfMinute(min(start_time)) {the_view}) "
+                f"AND window_start <= (SELECT max(last_event_time) {the_view})")
+    kpis = ["concurrent_viewers", "attempts", "start_failure_pct", "rebuffering_pct",
+            "startup_p95_ms", "avg_bitrate_kbps"]
+    exprs = dict(KPIS, concurrent_viewers="round((playing_ + stall_) / 60000, 1)")
+    select = ", ".join(f"{exprs[k]} AS {k}" for k in kpis)
+    d.panel("table", "Its slice, minute by minute",
+            "The 1-minute windows of the view's region x CDN x stream type x platform x stream "
+            "from its start to its last report.",
+            f"SELECT time, {select}\nFROM (\n  SELECT window_start AS time, {SUMS}\n"
+            f"  FROM qoe_window_1m\n  WHERE {where}\n    AND {lifetime}\n  GROUP BY time\n)\n"
+            f"ORDER BY time\nLIMIT 1440", "table", w=24, h=10, columns=["time"] + kpis)
     return d
 
 
@@ -553,7 +639,9 @@ def pipeline():
             "Seconds since the start of the newest 10 s window with data; above ~60 s means "
             "events are not flowing (collector, broker or aggregator).",
             "SELECT toUInt32(now()) - toUInt32(max(window_start)) AS freshness_s FROM qoe_window_10s",
-            "table", w=6, columns=["freshness_s"])
+            "table", w=6, columns=["freshness_s"],
+            defaults={"thresholds": traffic_light(30, 60), "color": {"mode": "thresholds"},
+                      "decimals": 0})
     d.panel("table", "Checkpoints by partition",
             "Where each partition's data ends and when it was last written; a partition whose "
             "write age grows while others stay fresh is stuck.",
@@ -749,7 +837,7 @@ _Dumper.add_representer(str, lambda dumper, s: dumper.represent_scalar(
 
 def outputs():
     files = {}
-    for d in [overview(), region_cdn(), streams(), views(), pipeline()]:
+    for d in [overview(), region_cdn(), streams(), views(), one_view(), pipeline()]:
         files[HERE / "json" / f"{d.uid}.json"] = json.dumps(d.json(), indent=2) + "\n"
     header = ("# Generated by dashboards/generate.py from its rule definitions; edit there.\n"
               "# Grafana-managed alert rules for QoE regressions per region x CDN slice.\n")

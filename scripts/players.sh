@@ -2,7 +2,8 @@
 # What the real-player tests (tests/tests/players.rs), the web SDK's tests and the demo's player
 # need: Debian's chromium and ffmpeg, Node.js with npm, the players and puppeteer-core pinned in
 # tests/players/package-lock.json (puppeteer-core drives the system chromium; it never
-# downloads a browser), and the SDK's build tool pinned in sdk/web/package-lock.json.
+# downloads a browser), the SDK's build tool pinned in sdk/web/package-lock.json, and the
+# dashboard viewer's chart library pinned in dashboards/viewer/package-lock.json.
 # Idempotent: installs only what is missing.
 #   scripts/players.sh setup
 set -euo pipefail
@@ -36,6 +37,13 @@ setup() {
     STEP_HINT="check that registry.npmjs.org is reachable; rm -rf sdk/web/node_modules and retry" \
       run_step "npm ci (sdk/web)" "$LOG_DIR/npm.log" \
       bash -c "cd sdk/web && npm ci --no-audit --no-fund --loglevel=error"
+  fi
+  modules=dashboards/viewer/node_modules/.package-lock.json
+  if [[ ! -f $modules || dashboards/viewer/package-lock.json -nt $modules ]]; then
+    log "installing the dashboard viewer's pinned chart library from npm (dashboards/viewer/package-lock.json)"
+    STEP_HINT="check that registry.npmjs.org is reachable; rm -rf dashboards/viewer/node_modules and retry" \
+      run_step "npm ci (dashboards/viewer)" "$LOG_DIR/npm.log" \
+      bash -c "cd dashboards/viewer && npm ci --no-audit --no-fund --loglevel=error"
   fi
   log "chromium $(/usr/bin/chromium --version 2>/dev/null | awk '{print $2}'), ffmpeg $(ffmpeg -version | awk 'NR==1{print $3}'), node $(node --version)"
 }

@@ -51,6 +51,8 @@ plan() {
   [ -f tests/players/node_modules/.package-lock.json ] ||
     missing+=("web players + puppeteer-core (npm, tests/players)")
   [ -f sdk/web/node_modules/.package-lock.json ] || missing+=("the SDK's build tool (npm, sdk/web)")
+  [ -f dashboards/viewer/node_modules/.package-lock.json ] ||
+    missing+=("the dashboard viewer's chart library (npm, dashboards/viewer)")
   [ -x "$STACK/venv/bin/python" ] ||
     missing+=("a Python environment in .stack/venv (pytest, PyYAML, chdb-core, matplotlib from PyPI)")
   if ((${#missing[@]})); then
