@@ -18,7 +18,11 @@
 # (1: keep the data of earlier runs; by default each run starts from an empty topic and database,
 # because a new run's simulated time overlaps the last one's and would arrive late),
 # QOE_DEMO_CLUSTER (1: write to the local ClickHouse cluster of scripts/cluster.sh, which must
-# be running, and read the report through its Distributed tables in <database>_all).
+# be running, and read the report through its Distributed tables in <database>_all),
+# QOE_VIEWER_LISTEN (the dashboard viewer's address, 127.0.0.1:3000).
+#
+# At the end the dashboard viewer (dashboards/viewer) serves the dashboards on the run's data;
+# its URLs are printed.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -43,6 +47,7 @@ SEED="${QOE_DEMO_SEED:-1}"
 export QOE_BUSINESS_ERROR_CODES="${QOE_BUSINESS_ERROR_CODES:-ENTITLEMENT_DENIED,GEO_BLOCKED,CONCURRENT_STREAM_LIMIT}"
 INCIDENT="${QOE_DEMO_INCIDENT:-region=eu-west,cdn=cdn-b,start=8m,duration=4m,stalls=6,stall_length=3,startup=3,start_failures=0.3}"
 RANGE_FILE="$STACK/run/demo-range"
+VIEWER_LISTEN="${QOE_VIEWER_LISTEN:-127.0.0.1:3000}"
 # The project's Python environment (scripts/python.sh): the report's SQL generator needs PyYAML.
 PYTHON="$STACK/venv/bin/python"
 log() { printf '[demo] %s\n' "$*" >&2; }
@@ -161,16 +166,29 @@ case "${1:-}" in
       last="$now"; sleep 2
     done
     report
+    # The dashboards, drawn: the viewer reads the same files Grafana would load.
+    if ! running viewer; then
+      nohup "$PYTHON" "$ROOT/dashboards/viewer/server.py" --listen "$VIEWER_LISTEN" \
+        --clickhouse-url "$CH" --clickhouse-database "$READ_DB" >>"$STACK/logs/viewer.log" 2>&1 &
+      echo $! >"$STACK/run/viewer.pid"
+      log "started the dashboard viewer (pid $!, log .stack/logs/viewer.log)"
+    fi
+    wait_ok "http://$VIEWER_LISTEN/healthz" 30
+    read -r from to <"$RANGE_FILE"
+    echo
+    echo "Dashboards (open in a browser): http://$VIEWER_LISTEN/d/qoe-overview?from=$from&to=$to"
+    echo "  the incident slice:           http://$VIEWER_LISTEN/d/qoe-region-cdn?from=$from&to=$to"
+    echo "  alert rules during the run:   http://$VIEWER_LISTEN/alerts?at=$to"
     echo
     echo "The pipeline keeps running: collector http://127.0.0.1:8080 (POST /v1/beacons; admin: /readyz, /metrics on :9464),"
-    echo "aggregator http://127.0.0.1:9100/metrics, ClickHouse $CH database $READ_DB."
+    echo "aggregator http://127.0.0.1:9100/metrics, ClickHouse $CH database $READ_DB, viewer http://$VIEWER_LISTEN."
     echo "Grafana: provisioning in dashboards/ (see dashboards/README.md); point the ClickHouse data"
     echo "source at $CH, database $READ_DB, user default, no password."
     echo "Report again: scripts/demo.sh report. Stop everything: make stop"
     ;;
   report) report ;;
   stop)
-    for name in collector aggregator; do
+    for name in viewer collector aggregator; do
       if running "$name"; then
         pid="$(cat "$STACK/run/$name.pid")"
         log "stopping $name (pid $pid)"
@@ -181,9 +199,9 @@ case "${1:-}" in
     done
     ;;
   status)
-    for name in collector aggregator; do
+    for name in collector aggregator viewer; do
       if running "$name"; then echo "$name: running (pid $(cat "$STACK/run/$name.pid"))"; else echo "$name: stopped"; fi
     done
     ;;
-  *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -20,11 +20,13 @@ Distributed tables (`<database>_all`) as on the single server.
 """
 
 import concurrent.futures
+import contextlib
 import fcntl
 import json
 import os
 import pathlib
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -36,7 +38,8 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "dashboards"))
-import alert_eval  # noqa: E402  (Grafana's alert state transitions)
+import alert_eval  # noqa: E402  (the alert evaluation's ClickHouse loading)
+import grafana  # noqa: E402  (Grafana's macros and alert state transitions)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DASHBOARDS = ROOT / "dashboards"
@@ -262,12 +265,16 @@ def data():
 def variable_values(database, d, frm, to):
     out = {}
     for v in d["templating"]["list"]:
+        if v["type"] == "textbox":  # the one-view dashboard's view id: the most stalled view
+            out[v["name"]] = [ch(database, VIEW_ID_SQL)["data"][0]["view_id"]]
+            continue
         rows = ch(database, expand(v["query"], frm, to))
         out[v["name"]] = [list(r.values())[0] for r in rows["data"]]
         assert out[v["name"]], f"variable {v['name']} has no values"
     return out
 
 
+VIEW_ID_SQL = "SELECT view_id FROM qoe_views ORDER BY stall_ms DESC, view_id LIMIT 1"
 NUMERIC = re.compile(r"^(Nullable\()?(U?Int\d+|Float\d+|Decimal)")
 
 
@@ -493,3 +500,191 @@ def test_panels_and_alerts_read_the_same_through_a_cluster(data, cluster_copy):
         if rule["uid"] in RELEVANT:
             assert single, f"{rule['uid']}: no breaching evaluation to compare"
         assert rounded(evaluations(data, read, rule, url=server)) == single, rule["uid"]
+
+
+# --- the dashboard viewer, in Chromium --------------------------------------------------------
+
+VIEWER = DASHBOARDS / "viewer" / "server.py"
+SCREENSHOTS = pathlib.Path(os.environ.get("QOE_SCREENSHOTS_DIR", TARGET.parent / "viewer-screenshots"))
+UNKNOWN_PANEL = {"uid": "test-unknown-panel", "title": "Test: a panel type the viewer does not draw",
+                 "tags": [], "templating": {"list": []}, "time": {"from": "now-1h", "to": "now"},
+                 "panels": [{"id": 1, "type": "piechart", "title": "A pie", "gridPos": {"x": 0, "y": 0, "w": 12, "h": 6},
+                             "targets": [{"refId": "A", "rawSql": "SELECT 1 AS n"}]}]}
+
+
+def get(url):
+    """(status, JSON body) of a GET, errors included."""
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+@contextlib.contextmanager
+def viewer_on(database, url=CH, extra_dashboard=None, tmp=None):
+    """The viewer serving the dashboard files (and `extra_dashboard`) on `database`."""
+    directory = DASHBOARDS / "json"
+    if extra_dashboard:
+        directory = tmp / "dashboards"
+        shutil.copytree(DASHBOARDS / "json", directory)
+        (directory / f"{extra_dashboard['uid']}.json").write_text(json.dumps(extra_dashboard))
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(VIEWER), "--listen", f"127.0.0.1:{port}",
+                             "--clickhouse-url", url, "--clickhouse-database", database,
+                             "--dashboards", str(directory)], stderr=subprocess.PIPE, text=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", 30)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def alerts_at(data):
+    return data["start"] + INCIDENT_START_S + INCIDENT_LEN_S
+
+
+@pytest.fixture(scope="module")
+def viewer(data, tmp_path_factory):
+    with viewer_on(data["incident"], extra_dashboard=UNKNOWN_PANEL, tmp=tmp_path_factory.mktemp("viewer")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browsed(data, viewer, tmp_path_factory):
+    """What Chromium showed of every dashboard, a variable and a range change, the alerts page
+    (tests/players/viewer.mjs)."""
+    out = tmp_path_factory.mktemp("browsed") / "viewer.json"
+    run = subprocess.run(["node", str(ROOT / "tests" / "players" / "viewer.mjs"), "--viewer", viewer,
+                          "--from", str(data["start"]), "--to", str(data["start"] + SPAN_S),
+                          "--alerts-at", str(alerts_at(data)), "--out", str(out),
+                          "--screenshots", str(SCREENSHOTS)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr + run.stdout
+    return json.loads(out.read_text())
+
+
+def direct(data, uid, panel_id, frm, to, interval, fixed=None):
+    """A panel's rows, its query run straight on ClickHouse with every variable on All."""
+    d = dashboards()[f"{uid}.json"]
+    [panel] = [p for p in d["panels"] if p["id"] == panel_id]
+    values = variable_values(data["incident"], d, frm, to)
+    values.update(fixed or {})
+    return ch(data["incident"], expand(panel["targets"][0]["rawSql"], frm, to, interval, values))["data"]
+
+
+def test_viewer_draws_every_panel_of_every_dashboard_without_a_console_error(browsed):
+    assert browsed["errors"] == []
+    files = {d["uid"] for d in dashboards().values()}
+    assert files | {UNKNOWN_PANEL["uid"]} == set(browsed["dashboards"])
+    for uid, panels in browsed["dashboards"].items():
+        if uid == UNKNOWN_PANEL["uid"]:
+            assert [p["state"] for p in panels] == ["unsupported"]
+            continue
+        in_file = {p["id"] for p in dashboards()[f"{uid}.json"]["panels"]}
+        assert {p["id"] for p in panels} == in_file, uid
+        for p in panels:
+            assert p["state"] == "done" and p["rows"] > 0, f"{uid} / {p['title']}: {p}"
+    assert browsed["unknown"] and "piechart" in browsed["unknown"][0]
+    # The one-view dashboard opened from a view id link, with that view's row.
+    assert f"var-view_id={browsed['view']['id']}" in browsed["view"]["url"]
+    assert browsed["view"]["summary"][0] == browsed["view"]["id"]
+    for name in ("viewer-overview.png", "viewer-region-cdn.png", "viewer-alerts.png"):
+        assert (SCREENSHOTS / name).stat().st_size > 20000, name
+
+
+def test_viewer_numbers_equal_the_panel_queries(data, browsed):
+    frm, to = data["start"], data["start"] + SPAN_S
+    # A table: the region x CDN rebuffering matrix, cell by cell, as drawn.
+    rows = direct(data, "qoe-region-cdn", 2, frm, to, 60)
+    want = {(r["region"], r["cdn"]): r["rebuffering_pct"] for r in rows}
+    header = [h.strip() for h in browsed["numbers"]["table"]["header"]]
+    got = {}
+    for row in browsed["numbers"]["table"]["rows"]:
+        for cdn, cell in zip(header[1:], row[1:]):
+            if cell["value"] != "":
+                got[(row[0]["value"], cdn)] = float(cell["value"])
+                assert float(cell["text"].rstrip("%")) == float(cell["value"]), cell
+    assert got == {k: float(v) for k, v in want.items() if v is not None}
+    assert any(c["background"] for row in browsed["numbers"]["table"]["rows"] for c in row[1:]), "cells coloured"
+    # A stat: the median view rebuffering.
+    [stat] = browsed["numbers"]["stat"]
+    [row] = direct(data, "qoe-views", 4, frm, to, 60)
+    assert float(stat["value"]) == float(row["median_rebuffering_pct"])
+    assert float(stat["text"]) == float(row["median_rebuffering_pct"])
+    # A time series: the overview's rebuffering ratio, its legend's mean, max and last.
+    rows = direct(data, "qoe-overview", 5, frm, to, browsed["numbers"]["timeseries_interval"])
+    values = [float(r["rebuffering_pct"]) for r in rows if r["rebuffering_pct"] is not None]
+    [series] = browsed["numbers"]["timeseries"]
+    cells = {c["calc"]: c for c in series["cells"]}
+    assert float(cells["lastNotNull"]["value"]) == values[-1]
+    assert float(cells["max"]["value"]) == max(values)
+    assert abs(float(cells["mean"]["value"]) - sum(values) / len(values)) < 1e-9
+    assert float(cells["max"]["text"].rstrip("%")) == max(values)
+
+
+def test_viewer_requeries_on_a_variable_and_a_time_range(data, browsed):
+    var = browsed["changes"]["variable"]
+    assert var["queries"] and all(f"var-region={var['region']}" in q for q in var["queries"])
+    assert {row[0]["value"] for row in var["matrix"]} == {var["region"]}
+    rng = browsed["changes"]["range"]
+    assert rng["queries"] and all(f"from={rng['from']}" in q for q in rng["queries"])
+    rows = direct(data, "qoe-region-cdn", 2, rng["from"], data["start"] + SPAN_S, 60,
+                  fixed={"region": [var["region"]]})
+    assert [row[0]["value"] for row in rng["matrix"]] == [var["region"]]
+    got = sorted(float(c["value"]) for c in rng["matrix"][0][1:] if c["value"] != "")
+    assert got == sorted(float(r["rebuffering_pct"]) for r in rows if r["rebuffering_pct"] is not None)
+    before = sorted(float(c["value"]) for c in var["matrix"][0][1:] if c["value"] != "")
+    assert got != before, "the new range's figures differ from the whole run's"
+
+
+def test_viewer_alert_states_are_the_evaluations(data, browsed):
+    """The alerts page at the incident's end shows what Grafana's transitions give over the
+    rules' evaluations (grafana.state_at), and the incident's rules fire for its slice."""
+    at = alerts_at(data)
+    shown = {r["uid"]: r for r in browsed["alerts"]}
+    assert set(shown) == {r["uid"] for r in alert_rules()}
+    for rule in grafana.load_rules():
+        results = {}
+        for t in grafana.evaluation_times(rule, at):
+            sql = grafana.expand(rule["sql"], t - rule["rng"]["from"], t - rule["rng"]["to"], rule["interval"])
+            results[t] = {(r["region"], r["cdn"]): float(r["value"]) for r in ch(data["incident"], sql)["data"]}
+        state, instances = grafana.state_at(rule, results, at)
+        assert shown[rule["uid"]]["state"] == state, rule["uid"]
+        assert len(shown[rule["uid"]]["instances"]) == len(instances), rule["uid"]
+        for (region, cdn), st, _ in instances:
+            assert any(f"{region} x {cdn}" in i and i.startswith(st) for i in shown[rule["uid"]]["instances"])
+    firing = {u for u, r in shown.items() if r["state"] == "firing"}
+    assert firing & RELEVANT, f"no incident rule firing at the incident's end: {shown}"
+    for uid in firing:
+        assert all(" x ".join(INCIDENT_SLICE) in i for i in shown[uid]["instances"] if i.startswith("firing"))
+
+
+def test_viewer_refuses_anything_but_a_panel_of_the_files(data, viewer):
+    q = f"{viewer}/api/query?dashboard=qoe-overview&from={data['start']}&to={data['start'] + SPAN_S}"
+    ok, body = get(f"{q}&panel=5")
+    assert ok == 200 and body["results"][0]["rows"], body
+    for url, status, words in [
+        (f"{q}&panel=5&sql=SELECT%201", 400, "only the queries of the dashboard files"),
+        (f"{q}&panel=5&query=SELECT%201", 400, "only the queries of the dashboard files"),
+        (f"{q}&panel=5&database=system", 400, "unknown parameter database"),
+        (f"{q}&panel=999", 404, "no panel '999'"),
+        (f"{viewer}/api/query?dashboard=nope&panel=1", 404, "no dashboard 'nope'"),
+        (f"{q}&panel=5&var-nope=x", 400, "no variable nope"),
+        (f"{q}&panel=5&from=yesterday", 400, "expected epoch seconds"),
+        (f"{q.replace('from=', 'x=')}&panel=5&from=1&to=99999999", 400, "unknown parameter x"),
+        (f"{viewer}/api/query?dashboard=qoe-overview&panel=5&from=1&to=99999999", 400, "time range over"),
+        (f"{viewer}/static/..%2Fserver.py", 404, "no file"),
+        (f"{viewer}/api/variable?dashboard=qoe-overview&name=nope", 400, "no variable 'nope'"),
+    ]:
+        status_got, body = get(url)
+        assert status_got == status and words in body.get("error", ""), (url, status_got, body)
+    # A value is a value, never SQL: quoted, so a hostile one matches nothing.
+    status_got, body = get(f"{q}&panel=5&var-region=x')%20OR%201%3D1%20--")
+    assert status_got == 200 and body["results"][0]["rows"] == [], body
+    req = urllib.request.Request(f"{q}&panel=5", data=b"SELECT 1", method="POST")
+    try:
+        urllib.request.urlopen(req, timeout=10)
+        raise AssertionError("POST accepted")
+    except urllib.error.HTTPError as e:
+        assert e.code == 405

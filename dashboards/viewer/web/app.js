@@ -383,6 +383,8 @@ async function loadPanel(d, { p, el, body }, from, to, vars, ctx, gen) {
   }
   const range = seconds(to) - seconds(from);
   const interval = roundInterval(range / Math.max(100, body.clientWidth || 600));
+  el.dataset.interval = String(interval);
+  el.dataset.state = 'loading';
   try {
     const res = await limited(() => api('/api/query', { dashboard: d.uid, panel: p.id, from, to, interval, ...varParams(vars) }));
     if (gen !== generation) return;
@@ -539,7 +541,7 @@ async function showAlerts() {
         h('td', { class: 'muted' }, Object.entries(r.labels).map(([k, v]) => `${k}=${v}`).join(' ')),
         h('td', {}, r.instances.length ? h('ul', {}, r.instances.map((i) => h('li', {},
           h('span', { class: `badge ${i.state}` }, i.state), ' ',
-          h('a', { href: region(i) }, `${i.region} x ${i.cdn}`), i.value === null ? ' (no value this evaluation)' : `: ${fixed(i.value)}`))) : '')))))),
+          h('a', { href: region(i) }, `${i.region} x ${i.cdn}`), i.value === null ? ' (no value this evaluation)' : `: ${fixed(i.value)}`))) : ''))))),
   );
 }
 
