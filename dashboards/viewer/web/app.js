@@ -13,7 +13,7 @@ const COLOURS = { green: '#73bf69', orange: '#ff9830', red: '#f2495c', yellow: '
 const RANGES = [['now-15m', 'Last 15 minutes'], ['now-30m', 'Last 30 minutes'], ['now-1h', 'Last 1 hour'],
   ['now-3h', 'Last 3 hours'], ['now-6h', 'Last 6 hours'], ['now-12h', 'Last 12 hours'],
   ['now-24h', 'Last 24 hours'], ['now-2d', 'Last 2 days'], ['now-7d', 'Last 7 days']];
-const REFRESHES = ['', '10s', '30s', '1m', '5m', '15m'];
+const REFRESHES = ['off', '10s', '30s', '1m', '5m', '15m'];
 const MAX_PARALLEL = 4;
 
 const $ = (sel, el = document) => el.querySelector(sel);
@@ -346,7 +346,7 @@ async function showDashboard(uid) {
   const d = await api(`/api/dashboards/${encodeURIComponent(uid)}`);
   const from = st.from || (d.time || {}).from || 'now-3h';
   const to = st.to || (d.time || {}).to || 'now';
-  const refresh = st.refresh !== null ? st.refresh : (d.refresh || '');
+  const refresh = st.refresh || d.refresh || 'off';
   document.title = `${d.title} - QoE dashboards`;
   $('#title').textContent = d.title;
   const vars = await variableBar(d, st, from, to);
@@ -477,8 +477,8 @@ function controls(from, to, refresh, change, { withRefresh = true } = {}) {
   });
   const items = [select, fromIn, h('span', { class: 'muted' }, 'to'), toIn, applyBtn];
   if (withRefresh) {
-    const r = h('select', { id: 'refresh', title: 'Auto-refresh' }, REFRESHES.map((x) => h('option', { value: x, ...(x === refresh ? { selected: '' } : {}) }, x || 'Off')));
-    r.addEventListener('change', () => change({ refresh: r.value || '' }));
+    const r = h('select', { id: 'refresh', title: 'Auto-refresh' }, REFRESHES.map((x) => h('option', { value: x, ...(x === refresh ? { selected: '' } : {}) }, x === 'off' ? 'Off' : `Every ${x}`)));
+    r.addEventListener('change', () => change({ refresh: r.value }));
     items.push(r);
   }
   $('#controls').replaceChildren(...items);
@@ -517,7 +517,7 @@ async function showAlerts() {
   $('#title').textContent = `Alert rules at ${utc(seconds(at))} UTC`;
   $('#variables').replaceChildren();
   $('#nav').replaceChildren(h('a', { href: '/' }, 'Dashboards'));
-  controls('now-1h', at, '', (c) => go('/alerts', { at: c.to }), { withRefresh: false });
+  controls(String(seconds(at) - 3600), at, '', (c) => go('/alerts', { at: c.to }), { withRefresh: false });
   $('#main').replaceChildren(h('div', { class: 'message', 'data-state': 'loading' }, 'Evaluating the rules...'));
   let doc;
   try { doc = await limited(() => api('/api/alerts', { at })); } catch (e) {
