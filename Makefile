@@ -4,7 +4,7 @@ CARGO ?= cargo
 # The project's Python environment (scripts/python.sh): Debian's own Python refuses installs.
 PYTHON := .stack/venv/bin/python
 
-.PHONY: help demo test stack cluster stop status lint unit migrate dashboards metrics-json players python sdk alert-eval
+.PHONY: help demo test stack cluster stop status lint dashboards viewer metrics-json players python sdk alert-eval
 
 help:
 	@echo "make demo    set up everything and run the pipeline on local defaults"
@@ -18,6 +18,7 @@ help:
 	@echo "make stop    stop the services this project started"
 	@echo "make status  what runs"
 	@echo "make dashboards  regenerate dashboards/json and the alert rules from dashboards/generate.py"
+	@echo "make viewer  serve the dashboards and alert states on http://127.0.0.1:3000 (database qoe; the server's --help)"
 	@echo "make metrics-json  regenerate schemas/metrics.json from the metric catalogue"
 	@echo "make alert-eval  measure the alert rules over a simulated day (healthy, then with 33 incidents; ~20 min)"
 
@@ -60,6 +61,11 @@ test:
 
 dashboards: python
 	$(PYTHON) dashboards/generate.py
+
+# The dashboard viewer in the foreground, on what `make demo` left in ClickHouse
+# (QOE_CLICKHOUSE_DATABASE=qoe_all for the cluster's demo; `make demo` starts one itself).
+viewer: stack players python
+	$(PYTHON) dashboards/viewer/server.py
 
 # The simulated day of dashboards/alert_eval.py: the report (markdown) and the plot of one
 # incident land in target/alert-eval/.

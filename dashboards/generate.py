@@ -184,7 +184,8 @@ UNITS = {
     "start_failure_pct": "percent", "ebvs_pct": "percent", "playback_failure_pct": "percent",
     "rebuffering_pct": "percent", "startup_p50_ms": "ms", "startup_p95_ms": "ms",
     "startup_p95_ms_": "ms", "avg_bitrate_kbps": "Kbits", "live_latency_ms": "ms",
-    "viewer_hours": "h", "freshness_s": "s", "seconds_since_write": "s",
+    # Hours of viewing as a count: unit "h" would print 133.9 viewer-hours as "5.58 day".
+    "viewer_hours": "short", "freshness_s": "s", "seconds_since_write": "s",
     "request_error_pct": "percent", "ttfb_p95_ms": "ms", "pct_of_attempts": "percent",
     "score": "none", "score_success": "none", "score_startup": "none", "score_smoothness": "none",
     "score_quality": "none",
