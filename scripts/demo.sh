@@ -176,9 +176,18 @@ case "${1:-}" in
     wait_ok "http://$VIEWER_LISTEN/healthz" 30
     read -r from to <"$RANGE_FILE"
     echo
-    echo "Dashboards (open in a browser): http://$VIEWER_LISTEN/d/qoe-overview?from=$from&to=$to"
-    echo "  the incident slice:           http://$VIEWER_LISTEN/d/qoe-region-cdn?from=$from&to=$to"
-    echo "  alert rules during the run:   http://$VIEWER_LISTEN/alerts?at=$to"
+    echo "Dashboards (open in a browser):   http://$VIEWER_LISTEN/d/qoe-overview?from=$from&to=$to"
+    echo "  the incident slice:             http://$VIEWER_LISTEN/d/qoe-region-cdn?from=$from&to=$to"
+    # The alerts page at two minutes past the incident's end, when its rules have fired (they
+    # look at complete minutes and wait out a pending period); without an incident, the run's end.
+    at="$to"
+    inc_start=$(sed -n 's/^\(.*,\)\{0,1\}start=\([0-9]*[smh]\{0,1\}\)\(,.*\)\{0,1\}$/\2/p' <<<"$INCIDENT")
+    inc_len=$(sed -n 's/^\(.*,\)\{0,1\}duration=\([0-9]*[smh]\{0,1\}\)\(,.*\)\{0,1\}$/\2/p' <<<"$INCIDENT")
+    if [ -n "$inc_start" ] && [ -n "$inc_len" ]; then
+      at=$(( from + $(secs "$inc_start") + $(secs "$inc_len") + 120 ))
+      [ "$at" -le "$to" ] || at="$to"
+    fi
+    echo "  alert rules after the incident: http://$VIEWER_LISTEN/alerts?at=$at"
     echo
     echo "The pipeline keeps running: collector http://127.0.0.1:8080 (POST /v1/beacons; admin: /readyz, /metrics on :9464),"
     echo "aggregator http://127.0.0.1:9100/metrics, ClickHouse $CH database $READ_DB, viewer http://$VIEWER_LISTEN."
