@@ -559,7 +559,12 @@ async function showHome() {
     h('p', {}, h('a', { href: '/alerts' }, 'Alert rules and their state')));
 }
 
+// <body data-ready> is '1' once the latest navigation has drawn everything (tests wait on it:
+// between a click and the new dashboard's first request, the old panels are still on the page).
+let routes = 0;
 async function route() {
+  const mine = ++routes;
+  document.body.dataset.ready = '0';
   clearInterval(refreshTimer);
   const path = location.pathname;
   try {
@@ -569,7 +574,7 @@ async function route() {
   } catch (e) {
     $('#main').replaceChildren(h('div', { class: 'error' }, e.message));
   }
-  document.body.dataset.ready = '1';
+  if (mine === routes) document.body.dataset.ready = '1';
 }
 
 // Links inside the page (data links, the dashboards list) stay in the page.
