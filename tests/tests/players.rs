@@ -76,7 +76,11 @@ struct Truth {
     stalls: u64,
     up: u64,
     down: u64,
+    /// The code of the player's fatal error event, and how many error events it raised up to
+    /// and including that one (the page counts them as a viewer's SDK does).
     error: Option<String>,
+    #[serde(default)]
+    errors: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -152,15 +156,22 @@ fn players_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("players")
 }
 
-/// A page whose player fails before the first frame (a missing manifest). The view ends in
-/// error with one error under the code the page saw in the player's own error event, counted
-/// as a start failure.
-fn check_failure(page: &Page, got: &Observed) -> Vec<String> {
+/// A page whose player fails: before the first frame (a missing manifest) or after it (every
+/// segment gone). The view ends in error under the code the page saw in the player's own fatal
+/// error event, with as many errors as the player raised (one fatal), counted as a start
+/// failure or a playback failure.
+fn check_failure(page: &Page, got: &Observed, after_start: bool) -> Vec<String> {
     let want = page.truth.error.as_deref().unwrap_or("(none)");
-    let (vsf, vpf) = (1, 0);
+    let (vsf, vpf) = if after_start { (0, 1) } else { (1, 0) };
     let mut wrong = Vec::new();
     if page.truth.error.is_none() {
-        wrong.push("the page saw no error event from its player".into());
+        wrong.push("the page saw no fatal error event from its player".into());
+    }
+    if after_start != page.truth.startup_ms.is_some() {
+        wrong.push(format!(
+            "the page's player {} before failing",
+            if after_start { "never started" } else { "started" }
+        ));
     }
     if (got.vsf, got.vpf) != (vsf, vpf) || got.end_reason != "error" {
         wrong.push(format!(
@@ -168,13 +179,30 @@ fn check_failure(page: &Page, got: &Observed) -> Vec<String> {
             got.vsf, got.vpf, got.end_reason
         ));
     }
-    if got.errors != 1 || got.error_code != want {
+    if got.errors != page.truth.errors || got.error_code != want {
         wrong.push(format!(
-            "{} errors with code {:?}, want 1 with the player's {want:?}",
-            got.errors, got.error_code
+            "{} errors with code {:?}, want the player's {} with its code {want:?}",
+            got.errors, got.error_code, page.truth.errors
         ));
     }
     wrong
+}
+
+/// Fatal errors after the start by code, of the players whose name starts with `player`.
+async fn fatal_after_start(db: &str, player: &str) -> Vec<(String, u64)> {
+    clickhouse_query(
+        db,
+        &format!(
+            "SELECT error_code, sum(errors) FROM qoe_error_codes_1m \
+             WHERE fatal = 1 AND started = 1 AND startsWith(player, '{player}') \
+             GROUP BY error_code ORDER BY error_code"
+        ),
+    )
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|r| (r[0].clone(), r[1].parse().unwrap_or(0)))
+    .collect()
 }
 
 /// Checks one path's rows against the page; returns what is wrong.
@@ -354,7 +382,11 @@ async fn real_players_report_their_viewers_experience() {
                     Some("the delayed segment made no stall on the page".into())
                 }
                 "hls-missing" | "dash-sdk-missing" | "shaka-sdk-missing" => {
-                    w.extend(check_failure(page, got));
+                    w.extend(check_failure(page, got, false));
+                    None
+                }
+                "hls-gone" | "dash-gone" | "shaka-gone" => {
+                    w.extend(check_failure(page, got, true));
                     None
                 }
                 _ => None,
@@ -383,6 +415,22 @@ async fn real_players_report_their_viewers_experience() {
             };
             w.extend(problem);
             wrong.extend(w.into_iter().map(|w| format!("[{path}] {w}")));
+        }
+        // The failure after the start is the only fatal one after a start of its player (the
+        // other pages of these players play on), once, under the player's code.
+        let player = match page.name.as_str() {
+            "hls-gone" => Some("hls.js/"),
+            "dash-gone" => Some("dash.js/"),
+            "shaka-gone" => Some("shaka/"),
+            _ => None,
+        };
+        if let (Some(player), Some(code)) = (player, &t.error) {
+            let got = fatal_after_start(&db, player).await;
+            if got != [(code.clone(), 1)] {
+                wrong.push(format!(
+                    "fatal errors after start by code of {player}: {got:?}, want [({code:?}, 1)]"
+                ));
+            }
         }
         // The same playback reported both ways: the two rows agree.
         if let (Some(c), Some(s)) = (&cmcd, &sdk) {
