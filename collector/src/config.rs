@@ -5,8 +5,10 @@ use ipnet::IpNet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-/// HTTP beacon collector: validates QoE beacons from video players, rate-limits them, and
-/// publishes one Kafka message per accepted event (key: view_id).
+/// HTTP collector for video players' QoE reports: beacons (`POST /v1/beacons`) and CMCD v2
+/// reports (`POST /v1/cmcd`). Validates and rate-limits them and publishes them to Kafka: one
+/// message per accepted beacon (key: view_id; `--kafka-message-format event` writes one per
+/// event) and one per CMCD report (key: sid).
 #[derive(Parser, Debug, Clone)]
 #[command(name = "collector", version, about, long_about = None)]
 pub struct Config {
@@ -14,7 +16,8 @@ pub struct Config {
     #[arg(long, env = "QOE_COLLECTOR_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// Address of the admin listener: /healthz, /readyz, /metrics. Keep it private (loopback or
-    /// an internal network); the public listener serves only /v1/beacons and /healthz.
+    /// an internal network); the public listener serves only /v1/beacons, /v1/cmcd and
+    /// /healthz.
     #[arg(long, env = "QOE_ADMIN_LISTEN", default_value = "127.0.0.1:9464")]
     pub admin_listen: SocketAddr,
 

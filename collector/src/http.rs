@@ -1,4 +1,5 @@
-//! The HTTP surface: `POST /v1/beacons` and `GET /healthz` on the public listener, with the
+//! The HTTP surface: `POST /v1/beacons`, `POST /v1/cmcd` and `GET /healthz` on the public
+//! listener, with the
 //! tower layers around them (CORS, body limits, gzip decompression, request timeout); and the
 //! admin listener's `GET /healthz`, `GET /readyz` (cached for a second, so probes cannot turn
 //! into a flood of Kafka metadata requests) and `GET /metrics` ([`admin_router`]).

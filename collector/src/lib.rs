@@ -1,8 +1,10 @@
-//! The collector: HTTP beacons in, one Kafka message per accepted beacon out (or one per
-//! event, `--kafka-message-format event`).
+//! The collector: HTTP beacons and CMCD v2 reports in; one Kafka message per accepted beacon
+//! (or one per event, `--kafka-message-format event`) and one per CMCD report out.
 //!
 //! - [`config`]: flags and defaults.
 //! - [`ingest`]: pure parsing and validation of a beacon (rules live in `qoe-schemas`).
+//! - [`cmcd`]: pure handling of a `POST /v1/cmcd` body: its lines, and what the collector adds
+//!   to each report (region, CDN, platform, player).
 //! - [`client`]: client address and server-side region resolution.
 //! - [`rate_limit`]: bounded per-client, per-view and global limits.
 //! - [`sink`]: the Kafka producer (its own `SinkConfig`; `http` takes an `HttpConfig`, so only

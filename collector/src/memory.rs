@@ -4,8 +4,8 @@
 //! By default mimalloc (v3, the version libmimalloc-sys builds) purges freed pages a second
 //! after they empty. Under steady load memory is freed and taken again well within that
 //! delay, so the process keeps it:
-//! at 100k events/s the collector peaked at 51-53 MiB RSS, and at 41-43 MiB with immediate
-//! purging, at the same CPU (`BENCHMARKS.md`).
+//! at 100k events/s the collector peaked at 49-53 MiB RSS, and at 40-41 MiB with immediate
+//! purging, at the same CPU (`BENCHMARKS.md`, "Collector peak RSS at 100k events/s").
 
 use libmimalloc_sys::{mi_option_get, mi_option_set, mi_option_t};
 

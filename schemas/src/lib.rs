@@ -9,6 +9,11 @@
 //!   [`event::EventFields`] of each event), with a reason for every rejection.
 //! - [`event`]: the self-describing event the collector publishes to Kafka and the
 //!   aggregator consumes, and [`event::MessageEncoder`], which writes it.
+//! - [`message`]: the two formats of an event message on Kafka (one per event, one per
+//!   beacon) and [`message::MessageRef`], which reads either.
+//! - [`cmcd`]: CMCD v2 event-mode reports: parsing one line of a `POST /v1/cmcd` body, and
+//!   the Kafka message that carries a report.
+//! - [`score`]: the experience score (0-100) from a view's or a slice's additive totals.
 //! - [`metrics`]: the metric catalogue, the one definition of every windowed metric (its
 //!   columns, roll-up, unit and doc) from which the window row and `metrics.json` are made.
 //! - [`errors`]: which error codes are business errors, and the bound on stored codes.
