@@ -170,7 +170,11 @@ fn check_failure(page: &Page, got: &Observed, after_start: bool) -> Vec<String> 
     if after_start != page.truth.startup_ms.is_some() {
         wrong.push(format!(
             "the page's player {} before failing",
-            if after_start { "never started" } else { "started" }
+            if after_start {
+                "never started"
+            } else {
+                "started"
+            }
         ));
     }
     if (got.vsf, got.vpf) != (vsf, vpf) || got.end_reason != "error" {
