@@ -442,7 +442,9 @@ impl ConsumerContext for AggregatorContext {
     }
 }
 
-pub fn create_consumer(shared: &Arc<Shared>) -> anyhow::Result<BaseConsumer<AggregatorContext>> {
+pub fn create_consumer(
+    shared: &Arc<Shared>,
+) -> Result<BaseConsumer<AggregatorContext>, rdkafka::error::KafkaError> {
     let c = &shared.config;
     let config = c.kafka.client_config(&[
         ("group.id", &c.group),

@@ -4,6 +4,7 @@
 //! incarnation of the topic).
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -50,8 +51,21 @@ impl KafkaAccess {
     }
 }
 
+/// What the Kafka cluster could not tell about a topic.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaCheckError {
+    #[error("Kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("topic {topic} is not in the broker's metadata")]
+    NoSuchTopic { topic: String },
+    #[error("topic {topic}: {error}")]
+    Topic { topic: String, error: String },
+    #[error("could not read the last messages of partitions {partitions:?} of {topic}")]
+    Unread { topic: String, partitions: Vec<i32> },
+}
+
 /// Number of partitions of `topic`, or an error when the broker or topic is not there.
-pub fn topic_partitions(kafka: &KafkaAccess, topic: &str) -> anyhow::Result<usize> {
+pub fn topic_partitions(kafka: &KafkaAccess, topic: &str) -> Result<usize, KafkaCheckError> {
     let consumer: BaseConsumer = kafka.client_config(&[]).create()?;
     partitions(&consumer, topic)
 }
@@ -61,7 +75,10 @@ pub fn topic_partitions(kafka: &KafkaAccess, topic: &str) -> anyhow::Result<usiz
 /// Not just the high watermark: some Kafka-protocol brokers (tansu 0.6) report the first offset
 /// of the last record batch + 1 there. So the last batch is read as well, from the offset
 /// before the watermark, and the end is one past the highest offset found.
-pub fn partition_ends(kafka: &KafkaAccess, topic: &str) -> anyhow::Result<Vec<(i32, i64)>> {
+pub fn partition_ends(
+    kafka: &KafkaAccess,
+    topic: &str,
+) -> Result<Vec<(i32, i64)>, KafkaCheckError> {
     let consumer: BaseConsumer = kafka
         .client_config(&[
             ("group.id", "qoe-partition-ends"),
@@ -74,7 +91,7 @@ pub fn partition_ends(kafka: &KafkaAccess, topic: &str) -> anyhow::Result<Vec<(i
             let (_, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
             Ok((p, high))
         })
-        .collect::<anyhow::Result<_>>()?;
+        .collect::<Result<_, KafkaError>>()?;
     let mut tpl = TopicPartitionList::new();
     for (p, high) in ends.iter().filter(|(_, h)| *h > 0) {
         tpl.add_partition_offset(topic, *p, Offset::Offset(high - 1))?;
@@ -102,22 +119,31 @@ pub fn partition_ends(kafka: &KafkaAccess, topic: &str) -> anyhow::Result<Vec<(i
             quiet_until = Some(Instant::now() + Duration::from_millis(300));
         }
     }
-    anyhow::ensure!(
-        pending.is_empty(),
-        "could not read the last messages of partitions {pending:?} of {topic}"
-    );
+    if !pending.is_empty() {
+        let mut partitions: Vec<i32> = pending.into_iter().collect();
+        partitions.sort_unstable();
+        return Err(KafkaCheckError::Unread {
+            topic: topic.to_owned(),
+            partitions,
+        });
+    }
     Ok(ends)
 }
 
-fn partitions(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<usize> {
+fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<usize, KafkaCheckError> {
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let t = metadata
         .topics()
         .iter()
         .find(|t| t.name() == topic)
-        .ok_or_else(|| anyhow::anyhow!("topic {topic} not in metadata"))?;
+        .ok_or_else(|| KafkaCheckError::NoSuchTopic {
+            topic: topic.to_owned(),
+        })?;
     if let Some(err) = t.error() {
-        anyhow::bail!("topic {topic}: {err:?}");
+        return Err(KafkaCheckError::Topic {
+            topic: topic.to_owned(),
+            error: format!("{err:?}"),
+        });
     }
     Ok(t.partitions().len())
 }

@@ -217,7 +217,7 @@ impl ClickHouseArgs {
     fn shards(&self) -> anyhow::Result<Option<Vec<Vec<String>>>> {
         self.clickhouse_shards
             .as_deref()
-            .map(|s| parse_shards(s).map_err(|e| anyhow::anyhow!("--clickhouse-shards: {e}")))
+            .map(|s| parse_shards(s).context("--clickhouse-shards"))
             .transpose()
     }
 
@@ -367,7 +367,7 @@ fn dimensions(names: &[String]) -> anyhow::Result<Dimensions> {
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let telemetry = qoe_telemetry::Telemetry::init("qoe-aggregator", args.log_format)?;
     qoe_aggregator::names::describe();
-    qoe_aggregator::window::check_window_secs(args.window_secs).map_err(anyhow::Error::msg)?;
+    qoe_aggregator::window::check_window_secs(args.window_secs)?;
     let window = WindowConfig {
         window_ms: i64::from(args.window_secs) * 1000,
         allowed_lateness_ms: i64::from(args.allowed_lateness_secs) * 1000,

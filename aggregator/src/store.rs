@@ -31,19 +31,30 @@ pub enum StoreError {
     BadDatabase(String),
 }
 
+/// A `--clickhouse-shards` value that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardSpecError {
+    #[error(
+        "shard {shard}: {url:?} is not an http(s) URL (expected e.g. \
+         http://a:8123,http://b:8123;http://c:8123,http://d:8123)"
+    )]
+    NotUrl { shard: usize, url: String },
+    #[error("{0} is listed twice")]
+    Twice(String),
+}
+
 /// `--clickhouse-shards`: shards separated by `;`, the replicas of a shard by `,`, each an
 /// HTTP(S) URL: `http://a:8123,http://b:8123;http://c:8123,http://d:8123`.
-pub fn parse_shards(spec: &str) -> Result<Vec<Vec<String>>, String> {
+pub fn parse_shards(spec: &str) -> Result<Vec<Vec<String>>, ShardSpecError> {
     let mut shards = Vec::new();
     for (s, shard) in spec.split(';').enumerate() {
         let mut replicas = Vec::new();
         for url in shard.split(',').map(str::trim) {
             if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
-                return Err(format!(
-                    "shard {}: {url:?} is not an http(s) URL (expected e.g. \
-                     http://a:8123,http://b:8123;http://c:8123,http://d:8123)",
-                    s + 1
-                ));
+                return Err(ShardSpecError::NotUrl {
+                    shard: s + 1,
+                    url: url.to_owned(),
+                });
             }
             if shards
                 .iter()
@@ -51,7 +62,7 @@ pub fn parse_shards(spec: &str) -> Result<Vec<Vec<String>>, String> {
                 .chain(replicas.iter())
                 .any(|u: &String| u == url)
             {
-                return Err(format!("{url} is listed twice"));
+                return Err(ShardSpecError::Twice(url.to_owned()));
             }
             replicas.push(url.to_owned());
         }
@@ -142,7 +153,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::{is_valid_database, parse_shards};
+    use super::{is_valid_database, parse_shards, ShardSpecError};
 
     #[test]
     fn shard_lists() {
@@ -154,14 +165,18 @@ mod tests {
             ]
         );
         assert_eq!(parse_shards("http://a:1").unwrap().len(), 1);
-        assert!(parse_shards("").unwrap_err().contains("shard 1"));
-        assert!(parse_shards("http://a:1;;http://b:1")
-            .unwrap_err()
-            .contains("shard 2"));
+        assert!(matches!(
+            parse_shards(""),
+            Err(ShardSpecError::NotUrl { shard: 1, .. })
+        ));
+        assert!(matches!(
+            parse_shards("http://a:1;;http://b:1"),
+            Err(ShardSpecError::NotUrl { shard: 2, .. })
+        ));
         assert!(parse_shards("http://a:1,a:2").is_err());
-        assert!(parse_shards("http://a:1;http://a:1")
-            .unwrap_err()
-            .contains("twice"));
+        let twice = parse_shards("http://a:1;http://a:1").unwrap_err();
+        assert!(matches!(twice, ShardSpecError::Twice(_)));
+        assert!(twice.to_string().contains("twice"), "{twice}");
     }
 
     #[test]

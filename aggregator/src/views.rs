@@ -285,6 +285,17 @@ impl<S: BuildHasher> Views<S> {
     }
 }
 
+/// Why a stored view table cannot be restored.
+#[derive(Debug, thiserror::Error)]
+pub enum StoredViewsError {
+    #[error("the views' counts do not match the views")]
+    Counts,
+    #[error("view {view:?} refers to context {context}, which is not stored")]
+    Context { view: String, context: u32 },
+    #[error("view {0:?} has a malformed sequence set")]
+    Seqs(String),
+}
+
 /// The table as stored: contexts once, views referring to them by index.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Stored {
@@ -329,11 +340,11 @@ impl<S: BuildHasher + Default> Views<S> {
         }
     }
 
-    pub fn from_stored(stored: Stored) -> Result<Self, String> {
+    pub fn from_stored(stored: Stored) -> Result<Self, StoredViewsError> {
         let mut table = Views::<S>::default();
         let contexts: Vec<Arc<Context>> = stored.contexts.into_iter().map(Arc::new).collect();
         if !stored.counts.is_empty() && stored.counts.len() != stored.views.len() {
-            return Err("the views' counts do not match the views".into());
+            return Err(StoredViewsError::Counts);
         }
         for (i, (id, ctx, last_time, ended, below, above)) in stored.views.into_iter().enumerate() {
             // Without counts (an older snapshot): the counted prefix is taken as complete
@@ -351,10 +362,13 @@ impl<S: BuildHasher + Default> Views<S> {
             });
             let context = contexts
                 .get(ctx as usize)
-                .ok_or_else(|| format!("view {id:?} refers to context {ctx}, which is not stored"))?
+                .ok_or_else(|| StoredViewsError::Context {
+                    view: id.to_string(),
+                    context: ctx,
+                })?
                 .clone();
             if above.len() > MAX_GAPPED || !above.is_sorted() {
-                return Err(format!("view {id:?} has a malformed sequence set"));
+                return Err(StoredViewsError::Seqs(id.to_string()));
             }
             table.by_id.insert(
                 id.into(),

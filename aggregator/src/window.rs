@@ -61,16 +61,21 @@ impl Default for Dimensions {
 /// Why a window length cannot be used: the 1-minute and 1-hour tables are rolled up from the
 /// base rows by the minute and hour that contain each window's start, so a base window must
 /// fit whole into a minute (a length that divides 60 s), and the base table is the 10 s one.
-pub fn check_window_secs(secs: u32) -> Result<(), String> {
+pub fn check_window_secs(secs: u32) -> Result<(), WindowSecsError> {
     if secs == 0 || 60 % secs != 0 {
-        return Err(format!(
-            "--window-secs {secs} must divide 60 (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30 or 60): \
-             windows are rolled up into minutes and hours, and a window that straddles a minute \
-             would be counted in the wrong one"
-        ));
+        return Err(WindowSecsError(secs));
     }
     Ok(())
 }
+
+/// A `--window-secs` that does not divide a minute ([`check_window_secs`]).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "--window-secs {0} must divide 60 (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30 or 60): windows are \
+     rolled up into minutes and hours, and a window that straddles a minute would be counted in \
+     the wrong one"
+)]
+pub struct WindowSecsError(pub u32);
 
 #[derive(Debug, Clone)]
 pub struct WindowConfig {
@@ -656,6 +661,12 @@ fn context_token(batch: u32, context: u32) -> u64 {
 #[error("unreadable partition state snapshot: {0}")]
 pub struct SnapshotError(String);
 
+impl From<crate::views::StoredViewsError> for SnapshotError {
+    fn from(e: crate::views::StoredViewsError) -> Self {
+        SnapshotError(e.to_string())
+    }
+}
+
 impl PartitionState {
     /// A partition starting at `checkpoint` (or at `offset` 0 with nothing seen).
     pub fn new(config: WindowConfig, checkpoint: Option<Checkpoint>) -> Self {
@@ -705,7 +716,7 @@ impl<S: BuildHasher + Default> PartitionState<S> {
     fn restore_snapshot(&mut self, state: &str) -> Result<(), SnapshotError> {
         match serde_json::from_str::<Snapshot>(state) {
             Ok(s) => {
-                self.views = Views::from_stored(s.views).map_err(SnapshotError)?;
+                self.views = Views::from_stored(s.views)?;
                 self.sessions = s.sessions;
                 self.codes = s.codes;
                 Ok(())

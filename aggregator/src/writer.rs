@@ -115,18 +115,26 @@ pub struct Writer {
 /// How long a replica may take to catch up with its shard before it is given up on.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// A writer that cannot be made from its arguments.
+#[derive(Debug, thiserror::Error)]
+pub enum WriterConfigError {
+    #[error("a cluster needs at least one shard, each with at least one replica")]
+    EmptyCluster,
+    #[error("topic name {0:?} has characters Kafka does not allow")]
+    TopicName(String),
+}
+
 impl Writer {
     /// A writer to one server.
-    pub fn new(store: Store, topic: &str) -> anyhow::Result<Writer> {
+    pub fn new(store: Store, topic: &str) -> Result<Writer, WriterConfigError> {
         Writer::with_topology(vec![store], Topology::single(), topic)
     }
 
     /// A writer to a cluster: `shards[s]` are the replicas of shard `s` (see [`crate::route`]).
-    pub fn cluster(shards: Vec<Vec<Store>>, topic: &str) -> anyhow::Result<Writer> {
-        anyhow::ensure!(
-            !shards.is_empty() && shards.iter().all(|s| !s.is_empty()),
-            "a cluster needs at least one shard, each with at least one replica"
-        );
+    pub fn cluster(shards: Vec<Vec<Store>>, topic: &str) -> Result<Writer, WriterConfigError> {
+        if shards.is_empty() || shards.iter().any(|s| s.is_empty()) {
+            return Err(WriterConfigError::EmptyCluster);
+        }
         let mut servers = Vec::new();
         let mut topology = Topology { shards: Vec::new() };
         for shard in shards {
@@ -144,11 +152,10 @@ impl Writer {
         servers: Vec<Store>,
         topology: Topology,
         topic: &str,
-    ) -> anyhow::Result<Writer> {
-        anyhow::ensure!(
-            sql_safe_topic(topic),
-            "topic name {topic:?} has characters Kafka does not allow"
-        );
+    ) -> Result<Writer, WriterConfigError> {
+        if !sql_safe_topic(topic) {
+            return Err(WriterConfigError::TopicName(topic.to_owned()));
+        }
         Ok(Writer {
             servers,
             router: Router::new(topology),

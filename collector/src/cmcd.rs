@@ -30,18 +30,30 @@ pub struct CdnHostMap {
     rules: Vec<(String, String)>,
 }
 
+/// A `--cdn-host` rule that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("--cdn-host {rule:?}: {problem}")]
+pub struct CdnHostRuleError {
+    pub rule: String,
+    pub problem: &'static str,
+}
+
 impl CdnHostMap {
     /// Parses `SUFFIX=CDN` rules.
-    pub fn parse(rules: &[String]) -> Result<Self, String> {
+    pub fn parse(rules: &[String]) -> Result<Self, CdnHostRuleError> {
         let mut parsed = Vec::new();
         for rule in rules {
+            let refused = |problem| CdnHostRuleError {
+                rule: rule.clone(),
+                problem,
+            };
             let (suffix, cdn) = rule
                 .split_once('=')
-                .ok_or_else(|| format!("--cdn-host {rule:?}: expected SUFFIX=CDN"))?;
+                .ok_or_else(|| refused("expected SUFFIX=CDN"))?;
             let suffix = suffix.trim().trim_start_matches('.').to_ascii_lowercase();
             let cdn = normalize_dimension(cdn);
             if suffix.is_empty() || cdn.is_empty() {
-                return Err(format!("--cdn-host {rule:?}: empty host suffix or CDN"));
+                return Err(refused("empty host suffix or CDN"));
             }
             parsed.push((suffix, cdn));
         }

@@ -56,8 +56,7 @@ async fn main() -> anyhow::Result<()> {
         sink,
         rate: RateLimits::new(config.rate_config()),
         region,
-        cdn_hosts: qoe_collector::cmcd::CdnHostMap::parse(&config.cdn_hosts)
-            .map_err(anyhow::Error::msg)?,
+        cdn_hosts: qoe_collector::cmcd::CdnHostMap::parse(&config.cdn_hosts)?,
         trusted_proxies: config.trusted_proxies.clone(),
         ingest_keys: config.ingest_keys.iter().cloned().collect(),
         prometheus: Some(telemetry.prometheus()),

@@ -182,7 +182,7 @@ pub struct SinkConfig {
 }
 
 impl Sink {
-    pub fn from_config(c: &SinkConfig) -> anyhow::Result<Sink> {
+    pub fn from_config(c: &SinkConfig) -> Result<Sink, rdkafka::error::KafkaError> {
         if c.kind == SinkKind::Null {
             return Ok(Sink::Null(c.message_format));
         }

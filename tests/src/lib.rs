@@ -622,6 +622,24 @@ pub async fn metric_sum(base: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// Waits until the Prometheus metric `name` (summed over its labels) of the service at `base`
+/// reaches `value`; returns it. Fails the test after `within`, naming the metric: tests wait on
+/// what a service did, not on the clock.
+pub async fn wait_metric(base: &str, name: &str, value: f64, within: Duration) -> f64 {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let now = metric_sum(base, name).await;
+        if now >= value {
+            return now;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} of {base} is {now} after {within:?}, want at least {value}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The Prometheus text a service serves on `{base}/metrics`.
 pub async fn metrics_text(base: &str) -> String {
     reqwest::get(format!("{base}/metrics"))

@@ -7,7 +7,7 @@
 use qoe_tests::truth::{expected, generate};
 use qoe_tests::{
     assert_windows_equal, clickhouse_query, create_topic, metric_sum, publish, spawn_aggregator,
-    spawn_aggregator_at, unique, wait_caught_up,
+    spawn_aggregator_at, unique, wait_caught_up, wait_metric,
 };
 use rand::Rng;
 use std::collections::BTreeMap;
@@ -155,26 +155,32 @@ async fn kill_dash_nine_changes_nothing() {
     // in the group, so the recovery path under test is the same.
     let events = generate(3, 600, T0);
     let mut rng = rand::rng();
-    let mut agg = spawn_aggregator(&topic, &db, &unique("g"), &["--flush-interval-ms", "100"]);
-    // Publish in waves while killing the aggregator at random moments.
+    let flush = ["--flush-interval-ms", "100"];
+    let (mut agg, mut base) = spawn_aggregator_at(&topic, &db, &unique("g"), &flush);
+    // Publish in waves, killing each instance at a random moment after it has written a batch
+    // of its wave (so every kill lands on an instance with work done and state to resume).
     let chunks: Vec<Vec<qoe_schemas::QoeEvent>> = events
         .chunks(events.len() / 6 + 1)
         .map(|c| c.to_vec())
         .collect();
     let mut partitions: BTreeMap<i32, (Vec<qoe_schemas::QoeEvent>, i64)> = BTreeMap::new();
-    let mut kills = 0;
     for chunk in chunks {
         for (p, (evs, next)) in publish(&topic, &chunk).await {
             let entry = partitions.entry(p).or_default();
             entry.0.extend(evs);
             entry.1 = next;
         }
-        tokio::time::sleep(Duration::from_millis(rng.random_range(300..2500))).await;
+        wait_metric(
+            &base,
+            "qoe_aggregator_batches_written_total",
+            1.0,
+            Duration::from_secs(60),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..1500))).await;
         agg.kill9();
-        kills += 1;
-        agg = spawn_aggregator(&topic, &db, &unique("g"), &["--flush-interval-ms", "100"]);
+        (agg, base) = spawn_aggregator_at(&topic, &db, &unique("g"), &flush);
     }
-    assert!(kills >= 5);
     wait_published(&db, &topic, &partitions, 180).await;
     check_against_truth(&db, &partitions).await;
 }
@@ -263,8 +269,16 @@ async fn stale_checkpoints_are_refused_or_reset() {
     // Checkpoints at the very end of an idle topic are not stale: a plain restart resumes
     // (with the flag it would otherwise start over and count everything twice).
     assert!(agg.terminate(Duration::from_secs(30)));
-    let mut again = spawn_aggregator(&topic, &db, &unique("g"), &["--reset-stale-checkpoints"]);
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (mut again, base) =
+        spawn_aggregator_at(&topic, &db, &unique("g"), &["--reset-stale-checkpoints"]);
+    // Both partitions opened from their checkpoints: the stale check is behind it.
+    wait_metric(
+        &base,
+        "qoe_aggregator_assigned_partitions",
+        2.0,
+        Duration::from_secs(60),
+    )
+    .await;
     assert!(
         again.is_running(),
         "a restart on valid checkpoints keeps running"

@@ -271,8 +271,34 @@ async fn aggregator_killed_while_a_replica_is_down_is_exact_after_restart() {
 
     // Server 3 is the home replica of partition 1 (shard 2).
     let replica = Outage::cluster(3);
+    let first_end = run.next.get(&1).copied().unwrap_or(0);
     run.publish(second).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Killed once partition 1's checkpoint on server 4 (the other replica of shard 2) is past
+    // the first half: it wrote through the failover, and its successor resumes from there.
+    let server4 = &use_cluster().shards[1][1];
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let next = clickhouse_query_at(
+            server4,
+            &run.database,
+            &format!(
+                "SELECT max(next_offset) FROM qoe_checkpoints WHERE topic = '{}' AND partition = 1",
+                run.topic
+            ),
+        )
+        .await
+        .ok()
+        .and_then(|r| r.first()?.first()?.parse::<i64>().ok())
+        .unwrap_or(0);
+        if next > first_end {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "partition 1 wrote nothing past offset {first_end} through server 4 in 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     agg.kill9();
     // A new group, as the other kill -9 tests do: in the old one the dead member keeps its
     // partitions until the broker expires its session. The restart resumes from the
