@@ -619,7 +619,9 @@ pub async fn metric_sum(base: &str, name: &str) -> f64 {
                 .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .sum::<f64>()
+        // An empty sum is -0.0, which prints as "-0".
+        + 0.0
 }
 
 /// Waits until the Prometheus metric `name` (summed over its labels) of the service at `base`
