@@ -14,6 +14,17 @@ LOG_PREFIX=players RUN_DIR="$STACK/run" LOG_DIR="$STACK/logs"
 # shellcheck source=scripts/lib.sh
 . "$ROOT/scripts/lib.sh"
 
+# `npm ci` in DIR when its node_modules are missing or older than its lock file.
+npm_ci() { # dir what
+  local dir=$1 what=$2 modules=$1/node_modules/.package-lock.json
+  if [[ ! -f $modules || $dir/package-lock.json -nt $modules ]]; then
+    log "installing $what from npm ($dir/package-lock.json)"
+    STEP_HINT="check that registry.npmjs.org is reachable; rm -rf $dir/node_modules and retry" \
+      run_step "npm ci ($dir)" "$LOG_DIR/npm.log" \
+      bash -c "cd $dir && npm ci --no-audit --no-fund --loglevel=error"
+  fi
+}
+
 setup() {
   local missing=()
   [[ -x /usr/bin/chromium ]] || missing+=(chromium)
@@ -24,27 +35,9 @@ setup() {
     log "installing ${missing[*]} from Debian's packages (a few minutes the first time)"
     apt_install "$LOG_DIR/apt.log" "${missing[@]}"
   fi
-  local modules=tests/players/node_modules/.package-lock.json
-  if [[ ! -f $modules || tests/players/package-lock.json -nt $modules ]]; then
-    log "installing the pinned web players and puppeteer-core from npm (tests/players/package-lock.json)"
-    STEP_HINT="check that registry.npmjs.org is reachable; rm -rf tests/players/node_modules and retry" \
-      run_step "npm ci (tests/players)" "$LOG_DIR/npm.log" \
-      bash -c "cd tests/players && npm ci --no-audit --no-fund --loglevel=error"
-  fi
-  modules=sdk/web/node_modules/.package-lock.json
-  if [[ ! -f $modules || sdk/web/package-lock.json -nt $modules ]]; then
-    log "installing the web SDK's pinned build tool from npm (sdk/web/package-lock.json)"
-    STEP_HINT="check that registry.npmjs.org is reachable; rm -rf sdk/web/node_modules and retry" \
-      run_step "npm ci (sdk/web)" "$LOG_DIR/npm.log" \
-      bash -c "cd sdk/web && npm ci --no-audit --no-fund --loglevel=error"
-  fi
-  modules=dashboards/viewer/node_modules/.package-lock.json
-  if [[ ! -f $modules || dashboards/viewer/package-lock.json -nt $modules ]]; then
-    log "installing the dashboard viewer's pinned chart library from npm (dashboards/viewer/package-lock.json)"
-    STEP_HINT="check that registry.npmjs.org is reachable; rm -rf dashboards/viewer/node_modules and retry" \
-      run_step "npm ci (dashboards/viewer)" "$LOG_DIR/npm.log" \
-      bash -c "cd dashboards/viewer && npm ci --no-audit --no-fund --loglevel=error"
-  fi
+  npm_ci tests/players "the pinned web players and puppeteer-core"
+  npm_ci sdk/web "the web SDK's pinned build tool"
+  npm_ci dashboards/viewer "the dashboard viewer's pinned chart library"
   log "chromium $(/usr/bin/chromium --version 2>/dev/null | awk '{print $2}'), ffmpeg $(ffmpeg -version | awk 'NR==1{print $3}'), node $(node --version)"
 }
 
