@@ -101,9 +101,14 @@ out.numbers.stat = await byUid['qoe-views'].$$eval('section[data-type="stat"] .s
   panel: Number(el.closest('section').dataset.panelId), field: el.dataset.field, value: el.dataset.value,
   text: el.querySelector('.value').textContent })));
 
-// Screenshots: the overview during the incident, region x CDN.
-await overview.screenshot({ path: path.join(args.screenshots, 'viewer-overview.png'), fullPage: true });
-await regionCdn.screenshot({ path: path.join(args.screenshots, 'viewer-region-cdn.png'), fullPage: true });
+// Screenshots: the overview during the incident, region x CDN. Each page in front first: a
+// background page draws no frames, and its screenshot waits for one until the protocol times out.
+async function screenshot(page, name) {
+  await page.bringToFront();
+  await page.screenshot({ path: path.join(args.screenshots, name), fullPage: true });
+}
+await screenshot(overview, 'viewer-overview.png');
+await screenshot(regionCdn, 'viewer-region-cdn.png');
 
 step('numbers read, screenshots taken');
 // The one-view dashboard, through the worst-views table's link.
@@ -146,7 +151,7 @@ await settled(alerts);
 out.alerts = await alerts.$$eval('#alerts tbody tr', (trs) => trs.map((tr) => ({
   uid: tr.dataset.rule, state: tr.dataset.state,
   instances: [...tr.querySelectorAll('li')].map((li) => li.textContent) })));
-await alerts.screenshot({ path: path.join(args.screenshots, 'viewer-alerts.png'), fullPage: true });
+await screenshot(alerts, 'viewer-alerts.png');
 
 // A dashboard of an unknown panel type, if the viewer serves one.
 if (list.some((d) => d.uid === 'test-unknown-panel')) {
