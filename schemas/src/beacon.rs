@@ -39,60 +39,37 @@ pub struct ViewContext {
     pub custom: Option<BTreeMap<String, String>>,
 }
 
-/// One event of a beacon as it travels on the wire, before validation: what the collector
-/// reads, and what clients (the simulator, the load generator) write.
-///
-/// `type` is kept as a string so that an unknown type yields a precise rejection reason.
-/// Strings borrow from the request body unless they contain JSON escapes.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct RawEvent<'a> {
-    pub seq: u32,
-    #[serde(rename = "type", borrow)]
-    pub kind: Cow<'a, str>,
-    pub ts: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub started: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub playing_ms: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stall_ms: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bitrate_kbps: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prev_bitrate_kbps: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub startup_ms: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub latency_ms: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dropped_frames: Option<u32>,
-    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
-    pub code: Option<Cow<'a, str>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fatal: Option<bool>,
-    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<Cow<'a, str>>,
+event_measures! {
+    declare
+    /// One event of a beacon as it travels on the wire, before validation: what the collector
+    /// reads, and what clients (the simulator, the load generator) write.
+    ///
+    /// `type` is kept as a string so that an unknown type yields a precise rejection reason.
+    /// Strings borrow from the request body unless they contain JSON escapes.
+    #[derive(Debug, Clone, Deserialize, Serialize)]
+    pub struct RawEvent<'a> {
+        pub seq: u32,
+        #[serde(rename = "type", borrow)]
+        pub kind: Cow<'a, str>,
+        pub ts: i64,
+    } {
+        #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+        pub code: Option<Cow<'a, str>>,
+        #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+        pub reason: Option<Cow<'a, str>>,
+    }
 }
 
 impl<'a> RawEvent<'a> {
     /// An event with only the fields every type has; set the others as the type requires.
     pub fn new(seq: u32, kind: &'a str, ts: i64) -> Self {
-        RawEvent {
+        event_measures!(none RawEvent {
             seq,
             kind: Cow::Borrowed(kind),
             ts,
-            started: None,
-            playing_ms: None,
-            stall_ms: None,
-            bitrate_kbps: None,
-            prev_bitrate_kbps: None,
-            startup_ms: None,
-            latency_ms: None,
-            dropped_frames: None,
             code: None,
-            fatal: None,
             reason: None,
-        }
+        })
     }
 }
 

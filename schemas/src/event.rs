@@ -2,8 +2,8 @@
 //! needs per-view state to know its dimensions.
 //!
 //! The JSON encoding of [`QoeEvent`] is a message value of format 1, one message per event
-//! (key: `view_id`); [`MessageEncoder`] also writes format 2, one message per beacon (see
-//! [`crate::message`]).
+//! (key: `view_id`); the `message` module's encoder writes it without cloning, and format 2,
+//! one message per beacon.
 
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -100,58 +100,43 @@ impl EndReason {
     }
 }
 
-/// One validated, enriched player event: the Kafka message value.
-///
-/// Times are milliseconds since the Unix epoch, UTC. `event_time` is the client's `ts`
-/// corrected for clock skew; it is the time every window is computed on.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct QoeEvent {
-    /// Message format version ([`SCHEMA_VERSION`]).
-    pub v: u8,
-    pub view_id: String,
-    pub stream_id: String,
-    pub stream_type: StreamType,
-    pub cdn: String,
-    pub platform: String,
-    pub player: String,
-    pub protocol: String,
-    /// Resolved by the collector; `unknown` when nothing said.
-    pub region: String,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub custom: BTreeMap<String, String>,
+event_measures! {
+    declare
+    /// One validated, enriched player event: the Kafka message value.
+    ///
+    /// Times are milliseconds since the Unix epoch, UTC. `event_time` is the client's `ts`
+    /// corrected for clock skew; it is the time every window is computed on.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct QoeEvent {
+        /// Message format version ([`SCHEMA_VERSION`]).
+        pub v: u8,
+        pub view_id: String,
+        pub stream_id: String,
+        pub stream_type: StreamType,
+        pub cdn: String,
+        pub platform: String,
+        pub player: String,
+        pub protocol: String,
+        /// Resolved by the collector; `unknown` when nothing said.
+        pub region: String,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        pub custom: BTreeMap<String, String>,
 
-    pub seq: u32,
-    #[serde(rename = "type")]
-    pub kind: EventType,
-    /// Client clock, as sent.
-    pub ts: i64,
-    /// `ts` corrected for the client's clock skew.
-    pub event_time: i64,
-    /// Collector clock when the beacon arrived.
-    pub received_at: i64,
-
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub started: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub playing_ms: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stall_ms: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bitrate_kbps: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prev_bitrate_kbps: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub startup_ms: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub latency_ms: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dropped_frames: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub code: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fatal: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<EndReason>,
+        pub seq: u32,
+        #[serde(rename = "type")]
+        pub kind: EventType,
+        /// Client clock, as sent.
+        pub ts: i64,
+        /// `ts` corrected for the client's clock skew.
+        pub event_time: i64,
+        /// Collector clock when the beacon arrived.
+        pub received_at: i64,
+    } {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub code: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub reason: Option<EndReason>,
+    }
 }
 
 /// What every event of one view shares: the view's context with the region the collector
@@ -169,197 +154,62 @@ pub struct EventContext {
     pub custom: BTreeMap<String, String>,
 }
 
-/// The player's event itself: every field of a [`QoeEvent`] but the context, serialized in
-/// the same order and with the same names.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EventFields {
-    pub seq: u32,
-    #[serde(rename = "type")]
-    pub kind: EventType,
-    pub ts: i64,
-    pub event_time: i64,
-    pub received_at: i64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub started: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub playing_ms: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stall_ms: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bitrate_kbps: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub prev_bitrate_kbps: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub startup_ms: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub latency_ms: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dropped_frames: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub code: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fatal: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<EndReason>,
-}
-
-/// Encodes the events of one context as Kafka message values, serializing the context once
-/// per beacon and cloning nothing (the collector's hot path): one message per event
-/// ([`MessageEncoder::encode`], byte for byte what [`QoeEvent::encode`] gives for the
-/// assembled event), or one message for all of a beacon's events
-/// ([`MessageEncoder::encode_beacon`], see [`crate::message`]).
-#[derive(Debug, Clone)]
-pub struct MessageEncoder {
-    /// The encoded context without its closing brace: every message begins with it.
-    prefix: Vec<u8>,
-}
-
-/// The context as [`QoeEvent`] serializes it: `v` first, `custom` left out when empty.
-#[derive(Serialize)]
-struct ContextWire<'a> {
-    v: u8,
-    view_id: &'a str,
-    stream_id: &'a str,
-    stream_type: StreamType,
-    cdn: &'a str,
-    platform: &'a str,
-    player: &'a str,
-    protocol: &'a str,
-    region: &'a str,
-    #[serde(skip_serializing_if = "is_empty_map")]
-    custom: &'a BTreeMap<String, String>,
-}
-
-fn is_empty_map(m: &&BTreeMap<String, String>) -> bool {
-    m.is_empty()
-}
-
-impl MessageEncoder {
-    /// An encoder of one message per event (format version [`SCHEMA_VERSION`]).
-    pub fn new(context: &EventContext) -> Self {
-        Self::with_version(context, SCHEMA_VERSION)
-    }
-
-    /// An encoder of one message per beacon (format version
-    /// [`crate::message::BEACON_MESSAGE_VERSION`]).
-    pub fn for_beacon(context: &EventContext) -> Self {
-        Self::with_version(context, crate::message::BEACON_MESSAGE_VERSION)
-    }
-
-    fn with_version(context: &EventContext, v: u8) -> Self {
-        let wire = ContextWire {
-            v,
-            view_id: &context.view_id,
-            stream_id: &context.stream_id,
-            stream_type: context.stream_type,
-            cdn: &context.cdn,
-            platform: &context.platform,
-            player: &context.player,
-            protocol: &context.protocol,
-            region: &context.region,
-            custom: &context.custom,
-        };
-        // Strings, numbers and string-keyed maps always serialize.
-        let mut prefix = serde_json::to_vec(&wire).expect("context serializes");
-        prefix.pop(); // the closing '}'
-        MessageEncoder { prefix }
-    }
-
-    pub fn encode(&self, fields: &EventFields) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.prefix.len() + 192);
-        out.extend_from_slice(&self.prefix);
-        let start = out.len();
-        serde_json::to_writer(&mut out, fields).expect("event fields serialize");
-        // The fields' object opens with '{' (never empty: `seq` is always there); it becomes
-        // the comma after the context's last field.
-        out[start] = b',';
-        out
-    }
-
-    /// The beacon's events as messages of the per-beacon format: the context, then
-    /// `"events": [fields, ...]`. One message, unless the events do not fit in `max_bytes`:
-    /// then as many messages as needed, in order, each with at least one event.
-    pub fn encode_beacon(&self, events: &[EventFields], max_bytes: usize) -> Vec<Vec<u8>> {
-        let open = |capacity: usize| {
-            let mut out = Vec::with_capacity(capacity);
-            out.extend_from_slice(&self.prefix);
-            out.extend_from_slice(b",\"events\":[");
-            out
-        };
-        let mut messages = Vec::new();
-        let mut out = open(self.prefix.len() + 16 + 160 * events.len());
-        let mut scratch = Vec::with_capacity(256);
-        let mut in_message = 0;
-        for fields in events {
-            scratch.clear();
-            serde_json::to_writer(&mut scratch, fields).expect("event fields serialize");
-            if in_message > 0 && out.len() + 1 + scratch.len() + 2 > max_bytes {
-                out.extend_from_slice(b"]}");
-                messages.push(std::mem::replace(&mut out, open(max_bytes.min(1 << 16))));
-                in_message = 0;
-            }
-            if in_message > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(&scratch);
-            in_message += 1;
-        }
-        out.extend_from_slice(b"]}");
-        messages.push(out);
-        messages
+event_measures! {
+    declare
+    /// The player's event itself: every field of a [`QoeEvent`] but the context, serialized in
+    /// the same order and with the same names.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct EventFields {
+        pub seq: u32,
+        #[serde(rename = "type")]
+        pub kind: EventType,
+        pub ts: i64,
+        pub event_time: i64,
+        pub received_at: i64,
+    } {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub code: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub reason: Option<EndReason>,
     }
 }
 
-/// The fields of a [`QoeEvent`] that aggregation reads, borrowed from the message bytes.
-///
-/// Decoding one allocates nothing unless a string contains JSON escapes (then that string
-/// is owned): this is the hot path of every consumer. `ts` and `custom` are not read (they
-/// are skipped while parsing). A test keeps it in step with [`QoeEvent`].
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct EventRef<'a> {
-    pub v: u8,
-    #[serde(borrow)]
-    pub view_id: Cow<'a, str>,
-    #[serde(borrow)]
-    pub stream_id: Cow<'a, str>,
-    pub stream_type: StreamType,
-    #[serde(borrow)]
-    pub cdn: Cow<'a, str>,
-    #[serde(borrow)]
-    pub platform: Cow<'a, str>,
-    #[serde(borrow)]
-    pub player: Cow<'a, str>,
-    #[serde(borrow)]
-    pub protocol: Cow<'a, str>,
-    #[serde(borrow)]
-    pub region: Cow<'a, str>,
-    pub seq: u32,
-    #[serde(rename = "type")]
-    pub kind: EventType,
-    pub event_time: i64,
-    pub received_at: i64,
-    #[serde(default)]
-    pub started: Option<bool>,
-    #[serde(default)]
-    pub playing_ms: Option<u32>,
-    #[serde(default)]
-    pub stall_ms: Option<u32>,
-    #[serde(default)]
-    pub bitrate_kbps: Option<u32>,
-    #[serde(default)]
-    pub prev_bitrate_kbps: Option<u32>,
-    #[serde(default)]
-    pub startup_ms: Option<u32>,
-    #[serde(default)]
-    pub latency_ms: Option<u32>,
-    #[serde(default)]
-    pub dropped_frames: Option<u32>,
-    #[serde(default, borrow)]
-    pub code: Option<Cow<'a, str>>,
-    #[serde(default)]
-    pub fatal: Option<bool>,
-    #[serde(default)]
-    pub reason: Option<EndReason>,
+event_measures! {
+    declare
+    /// The fields of a [`QoeEvent`] that aggregation reads, borrowed from the message bytes.
+    ///
+    /// Decoding one allocates nothing unless a string contains JSON escapes (then that string
+    /// is owned): this is the hot path of every consumer. `ts` and `custom` are not read (they
+    /// are skipped while parsing). A test keeps it in step with [`QoeEvent`].
+    #[derive(Debug, Clone, PartialEq, Deserialize)]
+    pub struct EventRef<'a> {
+        pub v: u8,
+        #[serde(borrow)]
+        pub view_id: Cow<'a, str>,
+        #[serde(borrow)]
+        pub stream_id: Cow<'a, str>,
+        pub stream_type: StreamType,
+        #[serde(borrow)]
+        pub cdn: Cow<'a, str>,
+        #[serde(borrow)]
+        pub platform: Cow<'a, str>,
+        #[serde(borrow)]
+        pub player: Cow<'a, str>,
+        #[serde(borrow)]
+        pub protocol: Cow<'a, str>,
+        #[serde(borrow)]
+        pub region: Cow<'a, str>,
+        pub seq: u32,
+        #[serde(rename = "type")]
+        pub kind: EventType,
+        pub event_time: i64,
+        pub received_at: i64,
+    } {
+        #[serde(default, borrow)]
+        pub code: Option<Cow<'a, str>>,
+        #[serde(default)]
+        pub reason: Option<EndReason>,
+    }
 }
 
 impl<'a> EventRef<'a> {
@@ -377,7 +227,7 @@ impl<'a> EventRef<'a> {
 impl QoeEvent {
     /// The same event as an [`EventRef`] borrowing this one's strings.
     pub fn borrowed(&self) -> EventRef<'_> {
-        EventRef {
+        event_measures!(copy EventRef {
             v: self.v,
             view_id: Cow::Borrowed(&self.view_id),
             stream_id: Cow::Borrowed(&self.stream_id),
@@ -391,18 +241,9 @@ impl QoeEvent {
             kind: self.kind,
             event_time: self.event_time,
             received_at: self.received_at,
-            started: self.started,
-            playing_ms: self.playing_ms,
-            stall_ms: self.stall_ms,
-            bitrate_kbps: self.bitrate_kbps,
-            prev_bitrate_kbps: self.prev_bitrate_kbps,
-            startup_ms: self.startup_ms,
-            latency_ms: self.latency_ms,
-            dropped_frames: self.dropped_frames,
             code: self.code.as_deref().map(Cow::Borrowed),
-            fatal: self.fatal,
             reason: self.reason,
-        }
+        } from self)
     }
 }
 
@@ -426,7 +267,7 @@ impl QoeEvent {
 
     /// The event a context and an event's own fields make together.
     pub fn from_parts(context: &EventContext, fields: EventFields) -> Self {
-        QoeEvent {
+        event_measures!(copy QoeEvent {
             v: SCHEMA_VERSION,
             view_id: context.view_id.clone(),
             stream_id: context.stream_id.clone(),
@@ -442,18 +283,9 @@ impl QoeEvent {
             ts: fields.ts,
             event_time: fields.event_time,
             received_at: fields.received_at,
-            started: fields.started,
-            playing_ms: fields.playing_ms,
-            stall_ms: fields.stall_ms,
-            bitrate_kbps: fields.bitrate_kbps,
-            prev_bitrate_kbps: fields.prev_bitrate_kbps,
-            startup_ms: fields.startup_ms,
-            latency_ms: fields.latency_ms,
-            dropped_frames: fields.dropped_frames,
             code: fields.code,
-            fatal: fields.fatal,
             reason: fields.reason,
-        }
+        } from fields)
     }
 
     /// The event's context and its own fields: what [`QoeEvent::from_parts`] puts together.
@@ -469,24 +301,15 @@ impl QoeEvent {
             region: self.region.clone(),
             custom: self.custom.clone(),
         };
-        let fields = EventFields {
+        let fields = event_measures!(copy EventFields {
             seq: self.seq,
             kind: self.kind,
             ts: self.ts,
             event_time: self.event_time,
             received_at: self.received_at,
-            started: self.started,
-            playing_ms: self.playing_ms,
-            stall_ms: self.stall_ms,
-            bitrate_kbps: self.bitrate_kbps,
-            prev_bitrate_kbps: self.prev_bitrate_kbps,
-            startup_ms: self.startup_ms,
-            latency_ms: self.latency_ms,
-            dropped_frames: self.dropped_frames,
             code: self.code.clone(),
-            fatal: self.fatal,
             reason: self.reason,
-        };
+        } from self);
         (context, fields)
     }
 
@@ -494,7 +317,7 @@ impl QoeEvent {
     /// (`region` "r", `cdn` "c", `platform` "p", `stream_id` "s", live): a starting point
     /// for tests and benchmarks, which then set what they need.
     pub fn blank(view_id: &str, seq: u32, kind: EventType, event_time: i64) -> Self {
-        QoeEvent {
+        event_measures!(none QoeEvent {
             v: SCHEMA_VERSION,
             view_id: view_id.to_owned(),
             stream_id: "s".into(),
@@ -510,18 +333,9 @@ impl QoeEvent {
             ts: event_time,
             event_time,
             received_at: event_time,
-            started: None,
-            playing_ms: None,
-            stall_ms: None,
-            bitrate_kbps: None,
-            prev_bitrate_kbps: None,
-            startup_ms: None,
-            latency_ms: None,
-            dropped_frames: None,
             code: None,
-            fatal: None,
             reason: None,
-        }
+        })
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -533,6 +347,7 @@ impl QoeEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::MessageEncoder;
 
     #[test]
     fn event_type_names_round_trip() {

@@ -2,15 +2,17 @@
 //!
 //! Everything that more than one process must agree on lives here, and nowhere else:
 //!
+//! - `measures`: the optional measurements of an event, declared once ([`event_measures!`]).
 //! - [`beacon`]: the wire format players post (beacon protocol v1), parsed leniently
 //!   (unknown fields are ignored) but bounded.
 //! - [`validate`]: the per-event rules, clock-skew correction and age checks that turn a
 //!   beacon into publishable events (one [`event::EventContext`] per beacon, the
 //!   [`event::EventFields`] of each event), with a reason for every rejection.
 //! - [`event`]: the self-describing event the collector publishes to Kafka and the
-//!   aggregator consumes, and [`event::MessageEncoder`], which writes it.
+//!   aggregator consumes.
 //! - [`message`]: the two formats of an event message on Kafka (one per event, one per
-//!   beacon) and [`message::MessageRef`], which reads either.
+//!   beacon): [`message::MessageEncoder`], which writes them, and [`message::MessageRef`],
+//!   which reads either.
 //! - [`cmcd`]: CMCD v2 event-mode reports: parsing one line of a `POST /v1/cmcd` body, and
 //!   the Kafka message that carries a report.
 //! - [`score`]: the experience score (0-100) from a view's or a slice's additive totals.
@@ -18,9 +20,13 @@
 //!   columns, roll-up, unit and doc) from which the window row and `metrics.json` are made.
 //! - [`errors`]: which error codes are business errors, and the bound on stored codes.
 //! - [`migrations`]: the ClickHouse schema, as versioned SQL files embedded at build time;
-//!   [`cluster`] rewrites them for a replicated, sharded cluster.
+//!   [`cluster`] rewrites them for a replicated, sharded cluster; [`window_sql`] generates the
+//!   window tables' SQL, and a new metric's migration, from the catalogue.
 //!
 //! This crate does no I/O, so all of it is unit-testable and benchmarkable without servers.
+
+#[macro_use]
+mod measures;
 
 pub mod beacon;
 pub mod cluster;
@@ -32,13 +38,13 @@ pub mod metrics;
 pub mod migrations;
 pub mod score;
 pub mod validate;
+pub mod window_sql;
 
 pub use beacon::{Envelope, RawEvent, ViewContext};
 pub use event::{
-    EndReason, EventContext, EventFields, EventRef, EventType, MessageEncoder, QoeEvent,
-    StreamType, SCHEMA_VERSION,
+    EndReason, EventContext, EventFields, EventRef, EventType, QoeEvent, StreamType, SCHEMA_VERSION,
 };
-pub use message::{MessageRef, BEACON_MESSAGE_VERSION};
+pub use message::{MessageEncoder, MessageRef, BEACON_MESSAGE_VERSION};
 pub use validate::{Limits, Rejection};
 
 /// The JSON Schema of beacon protocol v1, as published to player developers.

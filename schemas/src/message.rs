@@ -12,12 +12,119 @@
 
 use crate::event::{DecodeError, EndReason, EventContext, EventFields, EventRef, EventType};
 use crate::{QoeEvent, StreamType, SCHEMA_VERSION};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// Version of the message format carrying one beacon's events.
 pub const BEACON_MESSAGE_VERSION: u8 = 2;
+
+/// Encodes the events of one context as Kafka message values, serializing the context once
+/// per beacon and cloning nothing (the collector's hot path): one message per event
+/// ([`MessageEncoder::encode`], byte for byte what [`QoeEvent::encode`] gives for the
+/// assembled event), or one message for all of a beacon's events
+/// ([`MessageEncoder::encode_beacon`], see the module doc).
+#[derive(Debug, Clone)]
+pub struct MessageEncoder {
+    /// The encoded context without its closing brace: every message begins with it.
+    prefix: Vec<u8>,
+}
+
+/// The context as [`QoeEvent`] serializes it: `v` first, `custom` left out when empty.
+#[derive(Serialize)]
+struct ContextWire<'a> {
+    v: u8,
+    view_id: &'a str,
+    stream_id: &'a str,
+    stream_type: StreamType,
+    cdn: &'a str,
+    platform: &'a str,
+    player: &'a str,
+    protocol: &'a str,
+    region: &'a str,
+    #[serde(skip_serializing_if = "is_empty_map")]
+    custom: &'a BTreeMap<String, String>,
+}
+
+fn is_empty_map(m: &&BTreeMap<String, String>) -> bool {
+    m.is_empty()
+}
+
+impl MessageEncoder {
+    /// An encoder of one message per event (format version [`SCHEMA_VERSION`]).
+    pub fn new(context: &EventContext) -> Self {
+        Self::with_version(context, SCHEMA_VERSION)
+    }
+
+    /// An encoder of one message per beacon (format version
+    /// [`BEACON_MESSAGE_VERSION`]).
+    pub fn for_beacon(context: &EventContext) -> Self {
+        Self::with_version(context, BEACON_MESSAGE_VERSION)
+    }
+
+    fn with_version(context: &EventContext, v: u8) -> Self {
+        let wire = ContextWire {
+            v,
+            view_id: &context.view_id,
+            stream_id: &context.stream_id,
+            stream_type: context.stream_type,
+            cdn: &context.cdn,
+            platform: &context.platform,
+            player: &context.player,
+            protocol: &context.protocol,
+            region: &context.region,
+            custom: &context.custom,
+        };
+        // Strings, numbers and string-keyed maps always serialize.
+        let mut prefix = serde_json::to_vec(&wire).expect("context serializes");
+        prefix.pop(); // the closing '}'
+        MessageEncoder { prefix }
+    }
+
+    pub fn encode(&self, fields: &EventFields) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.prefix.len() + 192);
+        out.extend_from_slice(&self.prefix);
+        let start = out.len();
+        serde_json::to_writer(&mut out, fields).expect("event fields serialize");
+        // The fields' object opens with '{' (never empty: `seq` is always there); it becomes
+        // the comma after the context's last field.
+        out[start] = b',';
+        out
+    }
+
+    /// The beacon's events as messages of the per-beacon format: the context, then
+    /// `"events": [fields, ...]`. One message, unless the events do not fit in `max_bytes`:
+    /// then as many messages as needed, in order, each with at least one event.
+    pub fn encode_beacon(&self, events: &[EventFields], max_bytes: usize) -> Vec<Vec<u8>> {
+        let open = |capacity: usize| {
+            let mut out = Vec::with_capacity(capacity);
+            out.extend_from_slice(&self.prefix);
+            out.extend_from_slice(b",\"events\":[");
+            out
+        };
+        let mut messages = Vec::new();
+        let mut out = open(self.prefix.len() + 16 + 160 * events.len());
+        let mut scratch = Vec::with_capacity(256);
+        let mut in_message = 0;
+        for fields in events {
+            scratch.clear();
+            serde_json::to_writer(&mut scratch, fields).expect("event fields serialize");
+            if in_message > 0 && out.len() + 1 + scratch.len() + 2 > max_bytes {
+                out.extend_from_slice(b"]}");
+                messages.push(std::mem::replace(&mut out, open(max_bytes.min(1 << 16))));
+                in_message = 0;
+            }
+            if in_message > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(&scratch);
+            in_message += 1;
+        }
+        out.extend_from_slice(b"]}");
+        messages.push(out);
+        messages
+    }
+}
 
 /// One beacon's events as a consumer reads them, borrowed from the message bytes (`ts` and
 /// `custom` are skipped, as in [`EventRef`]).
@@ -43,36 +150,22 @@ pub struct BeaconRef<'a> {
     pub events: Vec<FieldsRef<'a>>,
 }
 
-/// The fields of one event of a [`BeaconRef`] that aggregation reads.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct FieldsRef<'a> {
-    pub seq: u32,
-    #[serde(rename = "type")]
-    pub kind: EventType,
-    pub event_time: i64,
-    pub received_at: i64,
-    #[serde(default)]
-    pub started: Option<bool>,
-    #[serde(default)]
-    pub playing_ms: Option<u32>,
-    #[serde(default)]
-    pub stall_ms: Option<u32>,
-    #[serde(default)]
-    pub bitrate_kbps: Option<u32>,
-    #[serde(default)]
-    pub prev_bitrate_kbps: Option<u32>,
-    #[serde(default)]
-    pub startup_ms: Option<u32>,
-    #[serde(default)]
-    pub latency_ms: Option<u32>,
-    #[serde(default)]
-    pub dropped_frames: Option<u32>,
-    #[serde(default, borrow)]
-    pub code: Option<Cow<'a, str>>,
-    #[serde(default)]
-    pub fatal: Option<bool>,
-    #[serde(default)]
-    pub reason: Option<EndReason>,
+event_measures! {
+    declare
+    /// The fields of one event of a [`BeaconRef`] that aggregation reads.
+    #[derive(Debug, Clone, PartialEq, Deserialize)]
+    pub struct FieldsRef<'a> {
+        pub seq: u32,
+        #[serde(rename = "type")]
+        pub kind: EventType,
+        pub event_time: i64,
+        pub received_at: i64,
+    } {
+        #[serde(default, borrow)]
+        pub code: Option<Cow<'a, str>>,
+        #[serde(default)]
+        pub reason: Option<EndReason>,
+    }
 }
 
 impl<'a> BeaconRef<'a> {
@@ -87,7 +180,7 @@ impl<'a> BeaconRef<'a> {
     /// Event `i` with the beacon's context, borrowing this beacon.
     pub fn event(&self, i: usize) -> Option<EventRef<'_>> {
         let f = self.events.get(i)?;
-        Some(EventRef {
+        Some(event_measures!(copy EventRef {
             v: SCHEMA_VERSION,
             view_id: Cow::Borrowed(&self.view_id),
             stream_id: Cow::Borrowed(&self.stream_id),
@@ -101,18 +194,9 @@ impl<'a> BeaconRef<'a> {
             kind: f.kind,
             event_time: f.event_time,
             received_at: f.received_at,
-            started: f.started,
-            playing_ms: f.playing_ms,
-            stall_ms: f.stall_ms,
-            bitrate_kbps: f.bitrate_kbps,
-            prev_bitrate_kbps: f.prev_bitrate_kbps,
-            startup_ms: f.startup_ms,
-            latency_ms: f.latency_ms,
-            dropped_frames: f.dropped_frames,
             code: f.code.as_deref().map(Cow::Borrowed),
-            fatal: f.fatal,
             reason: f.reason,
-        })
+        } from f))
     }
 }
 

@@ -12,6 +12,8 @@
 //! - [`catalogue_json`], the machine-readable form committed as `schemas/metrics.json`, read by
 //!   the dashboards' generator, the demo report and the Python tests.
 //!
+//! - the window tables' SQL and a new metric's migration (`crate::window_sql`).
+//!
 //! Tests check the migrations' columns against this list on ClickHouse 18.16 and on a current
 //! ClickHouse, and every oracle must have a rule for every column. The recipe for adding a
 //! metric is in ARCHITECTURE.md ("Adding a metric").

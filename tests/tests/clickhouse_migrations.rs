@@ -371,3 +371,87 @@ async fn old_staged_batches_are_dropped_and_recent_ones_kept() {
         .await
         .unwrap();
 }
+
+/// A metric added to the catalogue (here a sum and a histogram, in a copy of it): the migration
+/// generated for it (`qoe_schemas::window_sql`) applies on top of the released ones, and a
+/// staged batch's values of the new columns reach the 10 s table as staged and add up in the
+/// 1 m and 1 h tables.
+#[tokio::test]
+async fn a_metric_added_to_the_catalogue_migrates_and_rolls_up() {
+    use qoe_schemas::metrics::{Bucket, Input, Metric, Rollup, WINDOW_COLUMNS, WINDOW_METRICS};
+    use qoe_schemas::window_sql::{add_columns_statements, window_columns};
+    const BUCKETS: &[Bucket] = &[
+        Bucket {
+            column: "probe_le_10",
+            le: Some(10),
+        },
+        Bucket {
+            column: "probe_le_inf",
+            le: None,
+        },
+    ];
+    let mut catalogue = WINDOW_METRICS.to_vec();
+    for (name, rollup) in [
+        ("probe_total", Rollup::Sum),
+        ("probe", Rollup::Histogram(BUCKETS)),
+    ] {
+        catalogue.push(Metric {
+            name,
+            input: Input::Events,
+            clickhouse_type: "UInt64",
+            rollup,
+            per_view: false,
+            unit: "probes",
+            doc: "A metric added by a test.",
+        });
+    }
+    let db = unique("qoe_test_new_metric");
+    let store = Store::connect(config(&db), true)
+        .await
+        .expect("ClickHouse reachable");
+    migrate::run(&store).await.unwrap();
+    let last = WINDOW_COLUMNS[WINDOW_COLUMNS.len() - 1];
+    for statement in add_columns_statements(&window_columns(&catalogue), last).unwrap() {
+        store
+            .client
+            .query(&statement)
+            .execute()
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+    // Two base windows of one minute and one slice, staged as one batch and moved.
+    store
+        .client
+        .query(
+            "INSERT INTO qoe_staging (batch_id, staged_at, kind, window_start, region, events, \
+             probe_total, probe_le_10, probe_le_inf) VALUES \
+             (7, now(), 'window', toDateTime('2026-12-06 10:00:10', 'UTC'), 'eu', 3, 5, 1, 2), \
+             (7, now(), 'window', toDateTime('2026-12-06 10:00:40', 'UTC'), 'eu', 4, 6, 0, 4)",
+        )
+        .execute()
+        .await
+        .unwrap();
+    store
+        .client
+        .query("INSERT INTO qoe_ingest SELECT * FROM qoe_staging WHERE batch_id = 7")
+        .execute()
+        .await
+        .unwrap();
+    for (table, want) in [
+        ("qoe_window_10s", vec!["3 5 1 2", "4 6 0 4"]),
+        ("qoe_window_1m", vec!["7 11 1 6"]),
+        ("qoe_window_1h", vec!["7 11 1 6"]),
+    ] {
+        let rows = qoe_tests::clickhouse_query(
+            &db,
+            &format!(
+                "SELECT sum(events), sum(probe_total), sum(probe_le_10), sum(probe_le_inf) \
+                 FROM {table} WHERE region = 'eu' GROUP BY window_start ORDER BY window_start"
+            ),
+        )
+        .await
+        .unwrap();
+        let got: Vec<String> = rows.iter().map(|r| r.join(" ")).collect();
+        assert_eq!(got, want, "{table}");
+    }
+}

@@ -1,0 +1,54 @@
+//! The optional measurements an event carries (startup, playing and stall time, bitrates,
+//! latency, dropped frames, whether it started, whether an error is fatal), declared once.
+//!
+//! Every form of an event (the wire's [`crate::RawEvent`], the published [`crate::QoeEvent`]
+//! and [`crate::EventFields`], the borrowed [`crate::EventRef`] and the per-beacon message's
+//! `FieldsRef`) declares these fields, and conversions between the forms copy them, through
+//! [`event_measures!`]: a new measurement is one line in its list (then its validation rule,
+//! the beacon JSON Schema and the metrics that read it). `code` and `reason` are not in the
+//! list: each form gives them its own type (a raw string, an owned or borrowed one, an enum).
+
+/// The list of measurements, and what is made of it. Every measurement is an `Option` of a
+/// `Copy` type, serialized only when set.
+///
+/// - `event_measures!(declare $(#[attr])* pub struct Name<'a>? { fields before } { fields after })`:
+///   the struct with the measurements between the two groups of fields.
+/// - `event_measures!(copy Type { fields } from source)`: a struct literal of `Type` with the
+///   given fields and every measurement copied from `source` (a place expression).
+/// - `event_measures!(none Type { fields })`: the same with every measurement unset.
+#[macro_export]
+macro_rules! event_measures {
+    (@ declare [$($m:ident: $t:ty),*]
+        $(#[$attr:meta])* pub struct $name:ident $(<$lt:lifetime>)? { $($head:tt)* } { $($tail:tt)* }) => {
+        $(#[$attr])*
+        pub struct $name $(<$lt>)? {
+            $($head)*
+            $(
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub $m: Option<$t>,
+            )*
+            $($tail)*
+        }
+    };
+    (@ copy [$($m:ident: $t:ty),*]
+        $ty:ident { $($field:ident $(: $value:expr)?),* $(,)? } from $src:expr) => {
+        $ty { $($field $(: $value)?,)* $($m: $src.$m,)* }
+    };
+    (@ none [$($m:ident: $t:ty),*] $ty:ident { $($field:ident $(: $value:expr)?),* $(,)? }) => {
+        $ty { $($field $(: $value)?,)* $($m: None,)* }
+    };
+    // The one list, in serialization order.
+    ($mode:ident $($rest:tt)*) => {
+        $crate::event_measures! { @ $mode [
+            started: bool,
+            playing_ms: u32,
+            stall_ms: u32,
+            bitrate_kbps: u32,
+            prev_bitrate_kbps: u32,
+            startup_ms: u32,
+            latency_ms: u32,
+            dropped_frames: u32,
+            fatal: bool
+        ] $($rest)* }
+    };
+}
