@@ -10,7 +10,7 @@
 //! every message below the offset it meant to resume at. The rewind covers one producer batch
 //! (librdkafka's `batch.num.messages` is 10,000 by default and the collector keeps it there).
 
-use crate::window::Checkpoint;
+use crate::checkpoint::Checkpoint;
 use std::time::{Duration, Instant};
 
 /// How far before the resume offset fetching starts, in messages.

@@ -5,7 +5,7 @@
 //! Metric columns come from [`qoe_schemas::metrics::WINDOW_COLUMNS`] in a loop, so a metric
 //! added to the catalogue is staged and moved without touching this file.
 
-use crate::window::Slice;
+use crate::context::Slice;
 use qoe_schemas::metrics::{WindowMetrics, WINDOW_COLUMNS, WINDOW_COLUMN_COUNT};
 use std::sync::LazyLock;
 

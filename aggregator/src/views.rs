@@ -18,7 +18,7 @@
 //! it the least recently heard eighth is dropped (counted; a dropped view that speaks again is
 //! tracked afresh).
 
-use crate::window::{Context, ContextRef};
+use crate::context::{Context, ContextRef};
 use hashbrown::{DefaultHashBuilder, Equivalent, HashMap, HashSet};
 use qoe_schemas::{EventRef, EventType, StreamType};
 use serde::{Deserialize, Serialize};

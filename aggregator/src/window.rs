@@ -26,37 +26,26 @@
 //! (region, CDN, stream, platform, player, protocol) once and keys its rows by small indices;
 //! events are read borrowed from the message bytes ([`EventRef`]).
 
+mod error_codes;
+mod reports;
+#[cfg(test)]
+mod tests;
+
+use crate::batch::Batch;
+use crate::checkpoint::Checkpoint;
 use crate::cmcd::{SessionConfig, Sessions};
-use crate::metrics::{add_request, AddEvent, WindowMetrics};
+use crate::context::{ContextRef, Dimensions};
+use crate::metrics::add_request;
 use crate::views::{SilentView, ViewConfig, Views};
-use hashbrown::{DefaultHashBuilder, HashMap, HashSet};
-use indexmap::{Equivalent, IndexMap, IndexSet};
+use error_codes::ErrorCodeNames;
+use hashbrown::DefaultHashBuilder;
 use qoe_schemas::cmcd::CmcdMessage;
-use qoe_schemas::errors::{stored_code, BusinessCodes, CODES_PER_HOUR, OTHER_CODE};
-use qoe_schemas::QoeEvent;
-use qoe_schemas::{EventRef, EventType, StreamType};
+use qoe_schemas::errors::BusinessCodes;
+use qoe_schemas::{EventRef, EventType, QoeEvent};
+use reports::ReportTracker;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::hash::BuildHasher;
 use std::sync::Arc;
-
-/// Which optional dimensions are grouping keys (region and CDN always are).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Dimensions {
-    pub stream_type: bool,
-    pub platform: bool,
-    pub stream_id: bool,
-}
-
-impl Default for Dimensions {
-    fn default() -> Self {
-        Dimensions {
-            stream_type: true,
-            platform: true,
-            stream_id: true,
-        }
-    }
-}
 
 /// Why a window length cannot be used: the 1-minute and 1-hour tables are rolled up from the
 /// base rows by the minute and hour that contain each window's start, so a base window must
@@ -103,389 +92,6 @@ impl Default for WindowConfig {
     }
 }
 
-/// One slice of the dimensions; dimensions that are not grouping keys are empty.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Slice {
-    pub region: String,
-    pub cdn: String,
-    pub stream_type: String,
-    pub platform: String,
-    pub stream_id: String,
-}
-
-impl Slice {
-    pub fn of(c: &Context, d: Dimensions) -> Slice {
-        let optional = |on: bool, value: &str| if on { value.to_owned() } else { String::new() };
-        Slice {
-            region: c.region.clone(),
-            cdn: c.cdn.clone(),
-            stream_type: optional(d.stream_type, c.stream_type.as_str()),
-            platform: optional(d.platform, &c.platform),
-            stream_id: optional(d.stream_id, &c.stream_id),
-        }
-    }
-}
-
-/// Where and how a view plays: the context the collector copies into each of its events.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Context {
-    pub region: String,
-    pub cdn: String,
-    pub stream_type: StreamType,
-    pub platform: String,
-    pub stream_id: String,
-    pub player: String,
-    pub protocol: String,
-}
-
-/// A [`Context`] borrowed from an event: finding a known one allocates nothing. Hashes like
-/// `Context` (same fields, same order; `String` hashes like `str`).
-#[derive(Hash)]
-pub(crate) struct ContextRef<'a> {
-    region: &'a str,
-    cdn: &'a str,
-    stream_type: StreamType,
-    platform: &'a str,
-    stream_id: &'a str,
-    player: &'a str,
-    protocol: &'a str,
-}
-
-impl<'a> ContextRef<'a> {
-    pub(crate) fn from_context(c: &'a Context) -> Self {
-        ContextRef {
-            region: &c.region,
-            cdn: &c.cdn,
-            stream_type: c.stream_type,
-            platform: &c.platform,
-            stream_id: &c.stream_id,
-            player: &c.player,
-            protocol: &c.protocol,
-        }
-    }
-
-    pub(crate) fn of(e: &'a EventRef<'_>) -> Self {
-        ContextRef {
-            region: &e.region,
-            cdn: &e.cdn,
-            stream_type: e.stream_type,
-            platform: &e.platform,
-            stream_id: &e.stream_id,
-            player: &e.player,
-            protocol: &e.protocol,
-        }
-    }
-
-    pub(crate) fn owned(&self) -> Context {
-        Context {
-            region: self.region.to_owned(),
-            cdn: self.cdn.to_owned(),
-            stream_type: self.stream_type,
-            platform: self.platform.to_owned(),
-            stream_id: self.stream_id.to_owned(),
-            player: self.player.to_owned(),
-            protocol: self.protocol.to_owned(),
-        }
-    }
-}
-
-impl Equivalent<Context> for ContextRef<'_> {
-    fn equivalent(&self, c: &Context) -> bool {
-        self.region == c.region
-            && self.cdn == c.cdn
-            && self.stream_type == c.stream_type
-            && self.platform == c.platform
-            && self.stream_id == c.stream_id
-            && self.player == c.player
-            && self.protocol == c.protocol
-    }
-}
-
-/// What a view did within one batch; partials of a view add up in ClickHouse.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ViewPartial {
-    /// The batch's index of the context of the view's first event in it.
-    context: u32,
-    pub first_event_time: i64,
-    pub last_event_time: i64,
-    pub started: bool,
-    pub startup_ms: u32,
-    pub playing_ms: u64,
-    pub stall_ms: u64,
-    pub stalls: u64,
-    pub bitrate_kbps_ms: u64,
-    pub errors: u64,
-    pub error_code: String,
-    pub error_time: i64,
-    pub end_reason: &'static str,
-    pub end_time: i64,
-}
-
-impl ViewPartial {
-    fn new(context: u32, e: &EventRef<'_>) -> Self {
-        let mut v = ViewPartial {
-            context,
-            first_event_time: e.event_time,
-            last_event_time: e.event_time,
-            ..ViewPartial::default()
-        };
-        v.add(e);
-        v
-    }
-
-    fn add(&mut self, e: &EventRef<'_>) {
-        self.first_event_time = self.first_event_time.min(e.event_time);
-        self.last_event_time = self.last_event_time.max(e.event_time);
-        if e.started == Some(true) {
-            self.started = true;
-        }
-        match e.kind {
-            EventType::FirstFrame => self.startup_ms = e.startup_ms.unwrap_or(0),
-            EventType::StallStart => self.stalls += 1,
-            EventType::Error => {
-                self.errors += 1;
-                if e.event_time >= self.error_time {
-                    self.error_code = e.code.as_deref().unwrap_or("unknown").to_owned();
-                    self.error_time = e.event_time;
-                }
-            }
-            EventType::ViewEnd => {
-                if let Some(r) = e.reason {
-                    self.end_reason = r.as_str();
-                    self.end_time = e.event_time;
-                }
-                // A view that failed to start after an error already counted (CMCD): the
-                // end names that error's code.
-                if let Some(code) = e.code.as_deref().filter(|_| e.fatal == Some(true)) {
-                    if e.event_time >= self.error_time {
-                        self.error_code = code.to_owned();
-                        self.error_time = e.event_time;
-                    }
-                }
-            }
-            _ => {}
-        }
-        if let Some(p) = e.playing_ms {
-            self.playing_ms += u64::from(p);
-            if let Some(b) = e.bitrate_kbps {
-                self.bitrate_kbps_ms += u64::from(b) * u64::from(p);
-            }
-        }
-        if let Some(s) = e.stall_ms {
-            self.stall_ms += u64::from(s);
-        }
-    }
-}
-
-/// Rows accumulated since the last write of this partition.
-///
-/// Rows refer to contexts, slices and views by their index in this batch, so the hot path
-/// hashes small integers; the strings exist once per batch.
-#[derive(Debug, Default)]
-pub struct Batch {
-    /// Each distinct context of the batch's events, with the index of its slice.
-    contexts: IndexMap<Context, u32, DefaultHashBuilder>,
-    slices: IndexSet<Slice, DefaultHashBuilder>,
-    /// `(window_start, slice)` -> metrics.
-    windows: HashMap<(i64, u32), WindowMetrics>,
-    /// `(window_start, slice, view)` for every view with an accepted event there.
-    presence: HashSet<(i64, u32, u32)>,
-    views: IndexMap<String, ViewPartial, DefaultHashBuilder>,
-    /// Error events per window, context and code, and attempts per window and context
-    /// (under the empty code) ([`ErrorKey`]).
-    errors: HashMap<ErrorKey, ErrorCounts>,
-    pub messages: u64,
-}
-
-/// `(window_start, context, code as named, fatal, started, business)`.
-type ErrorKey = (i64, u32, Box<str>, bool, bool, bool);
-
-/// Counts of one errors-by-code row.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ErrorCounts {
-    pub errors: u64,
-    /// Play attempts of the slice and player (rows of the empty code, all flags false): the
-    /// denominator of an error's share, which the window tables cannot give per player.
-    pub attempts: u64,
-    /// Beacon events and CMCD reports lost, per player (rows of the empty code).
-    pub events_lost: u64,
-    pub reports_lost: u64,
-}
-
-/// One row of errors by code: how many error events of a window, slice and player carried
-/// the code (as named: see [`ErrorCodeNames`]) with these flags.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ErrorRow<'a> {
-    pub window_start: i64,
-    pub slice: &'a Slice,
-    pub player: &'a str,
-    pub code: &'a str,
-    pub fatal: bool,
-    pub started: bool,
-    pub business: bool,
-    pub errors: u64,
-    pub attempts: u64,
-    pub events_lost: u64,
-    pub reports_lost: u64,
-}
-
-impl Batch {
-    pub fn is_empty(&self) -> bool {
-        self.messages == 0
-    }
-
-    pub fn rows(&self) -> usize {
-        self.windows.len() + self.presence.len() + self.views.len() + self.errors.len()
-    }
-
-    /// Errors by code. Contexts that share a slice and player give rows with the same key,
-    /// which the table sums.
-    pub fn error_rows(&self) -> impl Iterator<Item = ErrorRow<'_>> {
-        self.errors
-            .iter()
-            .map(|((w, c, code, fatal, started, business), n)| {
-                let (context, &slice) = self
-                    .contexts
-                    .get_index(*c as usize)
-                    .expect("context of an error row");
-                ErrorRow {
-                    window_start: *w,
-                    slice: &self.slices[slice as usize],
-                    player: &context.player,
-                    code,
-                    fatal: *fatal,
-                    started: *started,
-                    business: *business,
-                    errors: n.errors,
-                    attempts: n.attempts,
-                    events_lost: n.events_lost,
-                    reports_lost: n.reports_lost,
-                }
-            })
-    }
-
-    /// Metrics per `(window_start, slice)`.
-    pub fn window_rows(&self) -> impl Iterator<Item = (i64, &Slice, &WindowMetrics)> {
-        self.windows
-            .iter()
-            .map(|(&(w, s), m)| (w, &self.slices[s as usize], m))
-    }
-
-    /// `(window_start, slice, view_id)` of every view with an accepted event there.
-    pub fn presence_rows(&self) -> impl Iterator<Item = (i64, &Slice, &str)> {
-        self.presence.iter().map(|&(w, s, v)| {
-            let (view_id, _) = &self
-                .views
-                .get_index(v as usize)
-                .expect("view of a presence row");
-            (w, &self.slices[s as usize], view_id.as_str())
-        })
-    }
-
-    /// What each view did in this batch, with the context of its first event in it.
-    pub fn view_rows(&self) -> impl Iterator<Item = (&str, &Context, &ViewPartial)> {
-        self.views.iter().map(|(id, v)| {
-            let (context, _) = self
-                .contexts
-                .get_index(v.context as usize)
-                .expect("context of a view");
-            (id.as_str(), context, v)
-        })
-    }
-
-    /// Indices of the event's context and slice, interned on first use.
-    fn intern(&mut self, e: &EventRef<'_>, d: Dimensions) -> (u32, u32) {
-        self.intern_context(ContextRef::of(e), d)
-    }
-
-    fn intern_context(&mut self, key: ContextRef<'_>, d: Dimensions) -> (u32, u32) {
-        if let Some((i, _, &slice)) = self.contexts.get_full(&key) {
-            return (i as u32, slice);
-        }
-        let context = key.owned();
-        let (slice, _) = self.slices.insert_full(Slice::of(&context, d));
-        let (i, _) = self.contexts.insert_full(context, slice as u32);
-        (i as u32, slice as u32)
-    }
-
-    fn window_row(&mut self, window: i64, slice: u32) -> &mut WindowMetrics {
-        self.windows.entry((window, slice)).or_default()
-    }
-
-    /// The errors-by-code row of the empty code for a window and context: the counts kept
-    /// per player (attempts, lost events and reports).
-    fn per_player(&mut self, window: i64, context: u32) -> &mut ErrorCounts {
-        self.errors
-            .entry((window, context, "".into(), false, false, false))
-            .or_default()
-    }
-
-    /// Marks a view that went silent as ended by `timeout` at `last_time` in its summary (no
-    /// window metric: silence is not an event, and no EBVS).
-    fn end_silent_view(&mut self, view_id: &str, context: u32, last_time: i64) {
-        let view = match self.views.get_full_mut(view_id) {
-            Some((_, _, v)) => v,
-            None => {
-                let partial = ViewPartial {
-                    context,
-                    first_event_time: last_time,
-                    last_event_time: last_time,
-                    ..ViewPartial::default()
-                };
-                let (i, _) = self.views.insert_full(view_id.to_owned(), partial);
-                &mut self.views[i]
-            }
-        };
-        if view.end_reason.is_empty() {
-            view.end_reason = "timeout";
-            view.end_time = last_time;
-        }
-    }
-
-    /// Adds an accepted event to its window row, its view and the window's presence;
-    /// `business` says its code is a business error.
-    fn accept(&mut self, window: i64, context: u32, slice: u32, e: &EventRef<'_>, business: bool) {
-        self.window_row(window, slice).add_classified(e, business);
-        let view = match self.views.get_full_mut(&*e.view_id) {
-            Some((i, _, v)) => {
-                v.add(e);
-                i
-            }
-            None => {
-                self.views
-                    .insert_full(e.view_id.to_string(), ViewPartial::new(context, e))
-                    .0
-            }
-        };
-        self.presence.insert((window, slice, view as u32));
-    }
-}
-
-/// Where a written batch leaves the partition; stored with the batch, read back on restart.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Checkpoint {
-    /// First offset of the batch (the previous checkpoint's `next_offset`).
-    pub from_offset: i64,
-    /// Offset of the next message to process.
-    pub next_offset: i64,
-    /// Replay from here to rebuild CMCD duplicate tracking (first offset of an open window).
-    pub state_offset: i64,
-    /// Watermark input: the largest clamped event time seen.
-    pub max_event_time: i64,
-    /// `next_offset` of the latest checkpoint that carries a state snapshot (this one's own
-    /// when `state` is set).
-    pub snapshot_offset: i64,
-    /// The partition's state as of `next_offset` ([`PartitionState::snapshot`]): beacon views
-    /// and CMCD sessions. Written every few seconds, not with every batch; empty in between.
-    pub state: String,
-}
-
-impl Checkpoint {
-    pub fn has_snapshot(&self) -> bool {
-        !self.state.is_empty()
-    }
-}
-
 /// The long-lived state of a partition, as stored in a checkpoint.
 #[derive(Debug, Serialize, Deserialize)]
 struct Snapshot {
@@ -504,92 +110,14 @@ pub enum Outcome {
     Duplicate,
 }
 
-#[derive(Debug, Default)]
-struct OpenWindow {
-    first_offset: i64,
-    /// CMCD reports accepted in this window, for deduplication.
-    reports: Vec<ReportKey>,
-}
-
-/// A CMCD report's identity (players restart `sn` with a new source, so `ts` and `e` are in
-/// it): the interned sid, `ts`, `sn` and the event type.
-type ReportKey = (u32, i64, i64, Box<str>);
-
-/// The sids of tracked CMCD reports, interned: duplicate tracking compares the ids
-/// themselves, so no hash collision (crafted or accidental) can make one session's reports
-/// pass for another's. An id is held while any of its reports is tracked; the hasher only
-/// places ids in the table.
-#[derive(Debug)]
-struct Sids<S> {
-    table: hashbrown::HashTable<u32>,
-    /// Per slot: the id and how many tracked reports refer to it (0: free).
-    slots: Vec<(Box<str>, u32)>,
-    free: Vec<u32>,
-    hasher: S,
-}
-
-impl<S: BuildHasher + Default> Default for Sids<S> {
-    fn default() -> Self {
-        Sids {
-            table: hashbrown::HashTable::new(),
-            slots: Vec::new(),
-            free: Vec::new(),
-            hasher: S::default(),
-        }
-    }
-}
-
-impl<S: BuildHasher> Sids<S> {
-    /// The slot of `id`, with one more reference.
-    fn acquire(&mut self, id: &str) -> u32 {
-        let hash = self.hasher.hash_one(id);
-        let slots = &mut self.slots;
-        if let Some(&i) = self.table.find(hash, |&i| &*slots[i as usize].0 == id) {
-            slots[i as usize].1 += 1;
-            return i;
-        }
-        let i = match self.free.pop() {
-            Some(i) => {
-                slots[i as usize] = (id.into(), 1);
-                i
-            }
-            None => {
-                slots.push((id.into(), 1));
-                (slots.len() - 1) as u32
-            }
-        };
-        let hasher = &self.hasher;
-        self.table
-            .insert_unique(hash, i, |&j| hasher.hash_one(&*slots[j as usize].0));
-        i
-    }
-
-    /// Drops one reference; the id is forgotten with its last.
-    fn release(&mut self, i: u32) {
-        let slot = &mut self.slots[i as usize];
-        slot.1 -= 1;
-        if slot.1 > 0 {
-            return;
-        }
-        let hash = self.hasher.hash_one(&*slot.0);
-        if let Ok(entry) = self.table.find_entry(hash, |&j| j == i) {
-            entry.remove();
-        }
-        slot.0 = Box::default();
-        self.free.push(i);
-    }
-}
-
 /// State of one partition. `S` hashes view ids and sids (tests use a hasher under which
 /// every id collides).
 #[derive(Debug)]
 pub struct PartitionState<S = DefaultHashBuilder> {
     config: WindowConfig,
     max_event_time: i64,
-    /// Windows with tracked CMCD reports.
-    open: BTreeMap<i64, OpenWindow>,
-    sids: Sids<S>,
-    reports_seen: HashSet<ReportKey>,
+    /// CMCD reports of the open windows, for duplicates.
+    reports: ReportTracker<S>,
     /// Beacon views: duplicates over their whole life, timeouts.
     views: Views<S>,
     batch: Batch,
@@ -609,46 +137,6 @@ pub struct PartitionState<S = DefaultHashBuilder> {
     silent: Vec<SilentView>,
     /// The error codes named so far per hour (the bound on stored codes).
     codes: ErrorCodeNames,
-}
-
-/// The distinct error codes a partition has named per hour of event time: the first
-/// [`CODES_PER_HOUR`] keep their name, later ones are [`OTHER_CODE`]. Part of the state
-/// snapshot, so a restart names codes as an uninterrupted run does; an hour is forgotten once
-/// the watermark has passed it (its windows are final).
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct ErrorCodeNames {
-    hours: BTreeMap<i64, std::collections::BTreeSet<String>>,
-}
-
-const HOUR_MS: i64 = 3_600_000;
-
-impl ErrorCodeNames {
-    /// The name `code` is counted under in the hour of `event_time`.
-    fn name(&mut self, event_time: i64, code: &str) -> Box<str> {
-        let code = stored_code(code);
-        let named = self
-            .hours
-            .entry(event_time.div_euclid(HOUR_MS))
-            .or_default();
-        if named.contains(code) {
-            return code.into();
-        }
-        if named.len() < CODES_PER_HOUR {
-            named.insert(code.to_owned());
-            return code.into();
-        }
-        OTHER_CODE.into()
-    }
-
-    /// Forgets the hours whose windows are all final at `watermark`.
-    fn expire(&mut self, watermark: i64) {
-        while let Some((&hour, _)) = self.hours.first_key_value() {
-            if (hour + 1) * HOUR_MS > watermark {
-                break;
-            }
-            self.hours.remove(&hour);
-        }
-    }
 }
 
 /// A view table token for a batch's context index: never 0 (0 means "unknown").
@@ -682,9 +170,7 @@ impl<S: BuildHasher + Default> PartitionState<S> {
         let mut p = PartitionState {
             config,
             max_event_time: i64::MIN,
-            open: BTreeMap::new(),
-            sids: Sids::default(),
-            reports_seen: HashSet::new(),
+            reports: ReportTracker::default(),
             views: Views::default(),
             batch: Batch::default(),
             batch_number: 0,
@@ -839,7 +325,7 @@ impl<S: BuildHasher + Default> PartitionState<S> {
     }
 
     pub fn open_windows(&self) -> usize {
-        self.open.len()
+        self.reports.open_windows()
     }
 
     /// Beacon views held.
@@ -849,7 +335,7 @@ impl<S: BuildHasher + Default> PartitionState<S> {
 
     /// CMCD reports tracked for duplicates.
     pub fn tracked_reports(&self) -> usize {
-        self.reports_seen.len()
+        self.reports.len()
     }
 
     /// Views dropped by the `max_views` bound since the last call.
@@ -861,28 +347,6 @@ impl<S: BuildHasher + Default> PartitionState<S> {
         &self.batch
     }
 
-    /// The open window's tracking state, created with `offset` as its first message.
-    fn open_window(&mut self, window: i64, offset: i64) -> &mut OpenWindow {
-        self.open.entry(window).or_insert_with(|| OpenWindow {
-            first_offset: offset,
-            reports: Vec::new(),
-        })
-    }
-
-    /// Records a CMCD report as accepted in `window`; false if it already was.
-    fn track_report(&mut self, offset: i64, window: i64, m: &CmcdMessage) -> bool {
-        let r = &m.cmcd;
-        let sid = self.sids.acquire(&r.sid);
-        let key: ReportKey = (sid, r.ts, r.sn.unwrap_or(-1), r.e.as_str().into());
-        if self.reports_seen.contains(&key) {
-            self.sids.release(sid);
-            return false;
-        }
-        self.reports_seen.insert(key.clone());
-        self.open_window(window, offset).reports.push(key);
-        true
-    }
-
     /// Rebuilds CMCD duplicate tracking from a report between the checkpoint's `state_offset`
     /// and `next_offset` (sessions themselves come from the snapshot); emits nothing.
     pub fn restore_cmcd(&mut self, offset: i64, m: &CmcdMessage) {
@@ -890,7 +354,7 @@ impl<S: BuildHasher + Default> PartitionState<S> {
         if window + self.config.window_ms <= self.watermark() {
             return;
         }
-        self.track_report(offset, window, m);
+        self.reports.track(offset, window, m);
     }
 
     /// Processes the message at `offset`. An event whose window is final is late; one whose
@@ -933,7 +397,7 @@ impl<S: BuildHasher + Default> PartitionState<S> {
         let watermark = self.watermark();
         let outcome = if window + self.config.window_ms <= watermark {
             Outcome::Late
-        } else if !self.track_report(offset, window, m) {
+        } else if !self.reports.track(offset, window, m) {
             Outcome::Duplicate
         } else {
             let mut derived = std::mem::take(&mut self.derived);
@@ -1017,7 +481,7 @@ impl<S: BuildHasher + Default> PartitionState<S> {
                 e.started == Some(true),
                 business,
             );
-            self.batch.errors.entry(key).or_default().errors += 1;
+            self.batch.count_error(key);
         }
     }
 
@@ -1039,26 +503,8 @@ impl<S: BuildHasher + Default> PartitionState<S> {
     pub fn take_batch(&mut self, with_snapshot: bool) -> (Batch, Checkpoint) {
         let watermark = self.watermark();
         let window_ms = self.config.window_ms;
-        let closed: Vec<i64> = self
-            .open
-            .range(..)
-            .take_while(|(start, _)| **start + window_ms <= watermark)
-            .map(|(start, _)| *start)
-            .collect();
-        for start in closed {
-            if let Some(w) = self.open.remove(&start) {
-                for k in w.reports {
-                    self.sids.release(k.0);
-                    self.reports_seen.remove(&k);
-                }
-            }
-        }
-        let state_offset = self
-            .open
-            .values()
-            .map(|w| w.first_offset)
-            .min()
-            .unwrap_or(self.next_offset);
+        self.reports.close_until(watermark, window_ms);
+        let state_offset = self.reports.first_offset().unwrap_or(self.next_offset);
         let state = if with_snapshot {
             self.snapshot_offset = self.next_offset;
             self.snapshot()
@@ -1076,455 +522,5 @@ impl<S: BuildHasher + Default> PartitionState<S> {
         self.batch_from = self.next_offset;
         self.batch_number = self.batch_number.wrapping_add(1);
         (std::mem::take(&mut self.batch), checkpoint)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use qoe_schemas::QoeEvent;
-
-    /// A hasher under which every view id collides.
-    #[derive(Default)]
-    struct Colliding;
-    impl std::hash::Hasher for Colliding {
-        fn finish(&self) -> u64 {
-            42
-        }
-        fn write(&mut self, _: &[u8]) {}
-    }
-    type CollidingState = std::hash::BuildHasherDefault<Colliding>;
-
-    #[test]
-    fn views_whose_ids_collide_are_still_told_apart() {
-        let mut p = PartitionState::<CollidingState>::with_hasher(WindowConfig::default(), None);
-        let t = 1_000_000;
-        for (o, view) in ["view-a", "view-b", "view-c"].into_iter().enumerate() {
-            assert_eq!(
-                p.apply(o as i64, &ev(view, 0, EventType::ViewStart, t)),
-                Outcome::Accepted,
-                "{view}"
-            );
-        }
-        assert_eq!(
-            p.apply(3, &ev("view-b", 0, EventType::ViewStart, t)),
-            Outcome::Duplicate
-        );
-        assert_eq!(p.views(), 3);
-        // Views are forgotten once silent for the timeout.
-        let far = t + 10 * 60_000;
-        p.apply(4, &ev("view-d", 0, EventType::ViewStart, far));
-        assert_eq!(p.views(), 1);
-        assert_eq!(
-            p.apply(5, &ev("view-e", 0, EventType::ViewStart, far)),
-            Outcome::Accepted
-        );
-    }
-
-    /// A view's events: a start batch, then heartbeats every 10 s for `minutes`.
-    fn playing_view(id: &str, t0: i64, minutes: i64) -> Vec<EventRef<'static>> {
-        let mut out = vec![
-            ev(id, 0, EventType::ViewStart, t0),
-            ev(id, 1, EventType::FirstFrame, t0 + 800),
-        ];
-        for i in 1..=minutes * 6 {
-            out.push(ev(id, 1 + i as u32, EventType::Heartbeat, t0 + i * 10_000));
-        }
-        out
-    }
-
-    /// `e` re-sent `delay_ms` later with its original `sent_at`: the collector's clock
-    /// correction moves it by the delay.
-    fn resent(e: &EventRef<'static>, delay_ms: i64) -> EventRef<'static> {
-        let mut q = e.clone();
-        q.event_time += delay_ms;
-        q.received_at += delay_ms;
-        q
-    }
-
-    #[test]
-    fn a_copy_resent_minutes_later_counts_once_whatever_the_flush_timing() {
-        let t0 = 1_000_000;
-        let view = playing_view("v", t0, 6);
-        // The start batch again, five minutes later, among the view's heartbeats.
-        let at = 2 + 30;
-        let mut messages: Vec<EventRef<'static>> = view[..at].to_vec();
-        messages.push(resent(&view[0], 300_000));
-        messages.push(resent(&view[1], 300_000));
-        messages.extend_from_slice(&view[at..]);
-        for flush_every in [1, 3, 7, 1000] {
-            let mut p = PartitionState::new(WindowConfig::default(), None);
-            let mut outcomes = Vec::new();
-            let (mut attempts, mut plays, mut dups) = (0, 0, 0);
-            for (o, e) in messages.iter().enumerate() {
-                outcomes.push(p.apply(o as i64, e));
-                if o % flush_every == 0 {
-                    let (b, _) = p.take_batch(o % (3 * flush_every) == 0);
-                    for (_, _, m) in b.window_rows() {
-                        (attempts, plays, dups) = (
-                            attempts + m.attempts,
-                            plays + m.plays,
-                            dups + m.duplicate_events,
-                        );
-                    }
-                }
-            }
-            let (b, _) = p.take_batch(false);
-            for (_, _, m) in b.window_rows() {
-                (attempts, plays, dups) = (
-                    attempts + m.attempts,
-                    plays + m.plays,
-                    dups + m.duplicate_events,
-                );
-            }
-            assert_eq!(
-                outcomes[at..at + 2],
-                [Outcome::Duplicate; 2],
-                "flush every {flush_every}"
-            );
-            assert_eq!(
-                (attempts, plays, dups),
-                (1, 1, 2),
-                "flush every {flush_every}"
-            );
-        }
-    }
-
-    #[test]
-    fn silent_views_end_by_timeout_and_ended_views_do_not() {
-        let t0 = 1_000_000;
-        let mut p = PartitionState::new(WindowConfig::default(), None);
-        let mut o = 0;
-        let mut feed = |p: &mut PartitionState, e: EventRef<'static>| {
-            p.apply(o, &e);
-            o += 1;
-        };
-        feed(&mut p, ev("silent", 0, EventType::ViewStart, t0));
-        feed(&mut p, ev("quit", 0, EventType::ViewStart, t0));
-        let mut end = ev("quit", 1, EventType::ViewEnd, t0 + 1000);
-        end.reason = Some(qoe_schemas::EndReason::Exit);
-        end.started = Some(false);
-        feed(&mut p, end);
-        // Another view keeps the watermark moving for three minutes.
-        for e in playing_view("busy", t0, 3) {
-            feed(&mut p, e);
-        }
-        let (b, _) = p.take_batch(false);
-        let rows: Vec<_> = b
-            .view_rows()
-            .map(|(id, _, v)| (id, v.end_reason, v.end_time))
-            .collect();
-        assert!(rows.contains(&("silent", "timeout", t0)), "{rows:?}");
-        assert!(rows.contains(&("quit", "exit", t0 + 1000)), "{rows:?}");
-        let ebvs: u64 = b.window_rows().map(|(_, _, m)| m.ebvs).sum();
-        assert_eq!(ebvs, 1, "the exit before start is EBVS, the timeout is not");
-        assert_eq!(p.views(), 1, "only the busy view is held");
-    }
-
-    #[test]
-    fn a_restart_from_an_older_snapshot_rebuilds_the_same_state() {
-        let config = WindowConfig::default();
-        let mut events: Vec<EventRef<'static>> = Vec::new();
-        for i in 0..8 {
-            let view = playing_view(&format!("v{i}"), 1_000_000 + i * 7_000, 2 + i % 3);
-            events.extend(view);
-        }
-        events.sort_by_key(|e| e.event_time);
-        let copies: Vec<_> = events
-            .iter()
-            .step_by(5)
-            .map(|e| resent(e, 60_000))
-            .collect();
-        for (i, c) in copies.into_iter().enumerate() {
-            events.insert((i * 7 + 40).min(events.len()), c);
-        }
-        let mut a = PartitionState::new(config.clone(), None);
-        let whole: Vec<Outcome> = events
-            .iter()
-            .enumerate()
-            .map(|(o, e)| a.apply(o as i64, e))
-            .collect();
-        // Snapshot at 60, a checkpoint without one at 120, then a crash.
-        let mut b = PartitionState::new(config.clone(), None);
-        for (o, e) in events.iter().enumerate().take(120) {
-            b.apply(o as i64, e);
-            if o == 59 {
-                let _ = b.take_batch(true);
-            }
-        }
-        let (_, snapshot) = b.take_batch(true);
-        let (_, snap60) = {
-            let mut b2 = PartitionState::new(config.clone(), None);
-            for (o, e) in events.iter().enumerate().take(60) {
-                b2.apply(o as i64, e);
-            }
-            b2.take_batch(true)
-        };
-        assert!(snap60.has_snapshot() && snap60.snapshot_offset == 60);
-        let mut c = PartitionState::new(config.clone(), Some(snap60)).discarding_until(120);
-        for (o, e) in events.iter().enumerate().skip(60).take(60) {
-            assert!(c.replaying());
-            c.apply(o as i64, e);
-        }
-        assert!(
-            !c.replaying() && c.pending().is_empty(),
-            "replayed rows are not written twice"
-        );
-        assert_eq!(c.views.held(), b.views.held());
-        assert_eq!(c.snapshot(), snapshot.state);
-        for (o, e) in events.iter().enumerate().skip(120) {
-            assert_eq!(c.apply(o as i64, e), whole[o], "event {o}");
-        }
-        assert_eq!(c.snapshot(), a.snapshot());
-    }
-
-    fn ev(view: &str, seq: u32, kind: EventType, t: i64) -> EventRef<'static> {
-        let e = QoeEvent {
-            received_at: t + 100,
-            playing_ms: Some(1000),
-            ..QoeEvent::blank(view, seq, kind, t)
-        };
-        Box::leak(Box::new(e)).borrowed()
-    }
-
-    fn error(view: &str, seq: u32, t: i64, code: &str, fatal: bool) -> EventRef<'static> {
-        let e = QoeEvent {
-            received_at: t + 100,
-            fatal: Some(fatal),
-            started: Some(false),
-            code: Some(code.into()),
-            ..QoeEvent::blank(view, seq, EventType::Error, t)
-        };
-        Box::leak(Box::new(e)).borrowed()
-    }
-
-    /// `(window, code, fatal, business)` -> errors, over a batch's error rows.
-    fn codes_of(batch: &Batch) -> BTreeMap<(i64, String, bool, bool), u64> {
-        let mut out = BTreeMap::new();
-        for r in batch.error_rows().filter(|r| r.errors > 0) {
-            *out.entry((r.window_start, r.code.to_owned(), r.fatal, r.business))
-                .or_default() += r.errors;
-        }
-        out
-    }
-
-    #[test]
-    fn errors_count_by_code_and_business_codes_are_no_failures() {
-        let config = WindowConfig {
-            business: Arc::new(BusinessCodes::parse("geo_blocked").unwrap()),
-            ..WindowConfig::default()
-        };
-        let mut p = PartitionState::new(config, None);
-        let t = 1_700_000_000_000;
-        p.apply(0, &error("a", 1, t, "GEO_BLOCKED", true));
-        p.apply(1, &error("b", 1, t + 1, " 1001 ", true));
-        p.apply(2, &error("c", 1, t + 2, "1001", false));
-        // A duplicate counts nowhere.
-        p.apply(3, &error("c", 1, t + 2, "1001", false));
-        let (batch, _) = p.take_batch(false);
-        let w = t / 10_000 * 10_000;
-        assert_eq!(
-            codes_of(&batch),
-            BTreeMap::from([
-                ((w, "1001".into(), false, false), 1),
-                ((w, "1001".into(), true, false), 1),
-                ((w, "GEO_BLOCKED".into(), true, true), 1),
-            ])
-        );
-        let m: Vec<_> = batch.window_rows().map(|(_, _, m)| m.clone()).collect();
-        assert_eq!(m.len(), 1);
-        assert_eq!((m[0].errors, m[0].vsf, m[0].duplicate_events), (3, 1, 1));
-    }
-
-    #[test]
-    fn distinct_codes_are_bounded_per_hour_and_named_alike_after_a_restart() {
-        let t = 1_700_000_000_000 / HOUR_MS * HOUR_MS;
-        let events: Vec<EventRef<'static>> = (0..CODES_PER_HOUR as u32 + 5)
-            .map(|i| {
-                error(
-                    &format!("v{i}"),
-                    1,
-                    t + i64::from(i),
-                    &format!("E{i}"),
-                    false,
-                )
-            })
-            .chain([error("late-code", 1, t + 500, "E0", false)])
-            .chain([error("next-hour", 1, t + HOUR_MS + 1, "E104", false)])
-            .collect();
-        let mut whole = PartitionState::new(WindowConfig::default(), None);
-        for (o, e) in events.iter().enumerate() {
-            whole.apply(o as i64, e);
-        }
-        let (batch, _) = whole.take_batch(false);
-        let named = codes_of(&batch);
-        let other: u64 = named
-            .iter()
-            .filter(|((_, c, ..), _)| c == OTHER_CODE)
-            .map(|(_, n)| n)
-            .sum();
-        assert_eq!(
-            other, 5,
-            "codes beyond the first {CODES_PER_HOUR} of the hour"
-        );
-        assert_eq!(named[&(t, "E0".to_owned(), false, false)], 2);
-        let next = (t + HOUR_MS + 1) / 10_000 * 10_000;
-        assert_eq!(
-            named[&(next, "E104".to_owned(), false, false)],
-            1,
-            "a new hour names again"
-        );
-
-        // Stopped after 60 messages with a snapshot, resumed: the same names.
-        let mut first = PartitionState::new(WindowConfig::default(), None);
-        for (o, e) in events.iter().enumerate().take(60) {
-            first.apply(o as i64, e);
-        }
-        let (b1, cp) = first.take_batch(true);
-        let mut second = PartitionState::new(WindowConfig::default(), Some(cp));
-        for (o, e) in events.iter().enumerate().skip(60) {
-            second.apply(o as i64, e);
-        }
-        let (b2, _) = second.take_batch(false);
-        let mut resumed = codes_of(&b1);
-        for (k, n) in codes_of(&b2) {
-            *resumed.entry(k).or_default() += n;
-        }
-        assert_eq!(resumed, named);
-    }
-
-    #[test]
-    fn cmcd_sessions_and_duplicates_survive_a_restart() {
-        use qoe_schemas::cmcd::CmcdReport;
-        let report = |sn: i64, at: i64, e: &str, sta: Option<&str>| CmcdMessage {
-            cmcd: CmcdReport {
-                e: e.into(),
-                ts: 1_000_000 + at,
-                sid: "s-1".into(),
-                sn: Some(sn),
-                sta: sta.map(str::to_owned),
-                ..CmcdReport::default()
-            },
-            received_at: 1_000_000 + at,
-            region: "r".into(),
-            cdn: "c".into(),
-            platform: "web".into(),
-            player: "p".into(),
-            cdn_rank: 0,
-        };
-        let reports = [
-            report(0, 0, "ps", Some("s")),
-            report(1, 400, "ps", Some("p")),
-            report(2, 10_400, "t", None),
-        ];
-        let mut a = PartitionState::new(WindowConfig::default(), None);
-        for (o, m) in reports.iter().enumerate() {
-            assert_eq!(a.apply_cmcd(o as i64, m), Outcome::Accepted);
-        }
-        let (_, cp) = a.take_batch(true);
-        assert!(
-            cp.state.contains("s-1"),
-            "the open session travels with the checkpoint"
-        );
-        let mut b = PartitionState::new(WindowConfig::default(), Some(cp.clone()));
-        for o in cp.state_offset..cp.next_offset {
-            b.restore_cmcd(o, &reports[o as usize]);
-        }
-        // A retried copy is still a duplicate, and the session goes on where it was: 10 s of
-        // playing at the next report.
-        assert_eq!(b.apply_cmcd(3, &reports[2]), Outcome::Duplicate);
-        assert_eq!(
-            b.apply_cmcd(4, &report(3, 20_400, "t", None)),
-            Outcome::Accepted
-        );
-        let playing: u64 = b
-            .pending()
-            .window_rows()
-            .map(|(_, _, m)| m.playing_ms)
-            .sum();
-        assert_eq!(playing, 10_000);
-    }
-
-    #[test]
-    fn window_lengths_must_divide_a_minute() {
-        for ok in [1, 5, 10, 15, 30, 60] {
-            assert!(check_window_secs(ok).is_ok(), "{ok}");
-        }
-        for bad in [0, 7, 25, 45, 90, 120] {
-            assert!(check_window_secs(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn duplicates_and_late_events() {
-        let mut p = PartitionState::new(WindowConfig::default(), None);
-        assert_eq!(
-            p.apply(0, &ev("a", 0, EventType::ViewStart, 100_000)),
-            Outcome::Accepted
-        );
-        assert_eq!(
-            p.apply(1, &ev("a", 0, EventType::ViewStart, 100_000)),
-            Outcome::Duplicate
-        );
-        // Watermark now 100_000 - 30_000 = 70_000: window [60_000, 70_000) is final.
-        assert_eq!(
-            p.apply(2, &ev("b", 0, EventType::ViewStart, 65_000)),
-            Outcome::Late
-        );
-        assert_eq!(
-            p.apply(3, &ev("b", 1, EventType::Heartbeat, 70_000)),
-            Outcome::Accepted
-        );
-        let (batch, cp) = p.take_batch(false);
-        let w100: Vec<_> = batch
-            .window_rows()
-            .filter(|(w, _, _)| *w == 100_000)
-            .collect();
-        assert_eq!(w100.len(), 1);
-        let (_, slice, m) = w100[0];
-        assert_eq!((m.attempts, m.duplicate_events), (1, 1));
-        assert_eq!(
-            (
-                &*slice.region,
-                &*slice.cdn,
-                &*slice.stream_type,
-                &*slice.stream_id
-            ),
-            ("r", "c", "live", "s")
-        );
-        let w60: u64 = batch
-            .window_rows()
-            .filter(|(w, _, _)| *w == 60_000)
-            .map(|(_, _, m)| m.late_events + m.events)
-            .sum();
-        assert_eq!(w60, 1);
-        assert_eq!(
-            cp,
-            Checkpoint {
-                from_offset: 0,
-                next_offset: 4,
-                state_offset: 4,
-                max_event_time: 100_000,
-                snapshot_offset: 0,
-                state: String::new(),
-            }
-        );
-        let mut presence: Vec<_> = batch.presence_rows().map(|(w, _, v)| (w, v)).collect();
-        presence.sort();
-        assert_eq!(presence, [(70_000, "b"), (100_000, "a")]);
-        let views: Vec<_> = batch
-            .view_rows()
-            .map(|(v, c, _)| (v, &*c.platform))
-            .collect();
-        assert_eq!(views, [("a", "p"), ("b", "p")]);
-    }
-
-    #[test]
-    fn future_client_clocks_do_not_advance_the_watermark() {
-        let mut p = PartitionState::new(WindowConfig::default(), None);
-        let mut e = ev("a", 0, EventType::ViewStart, 1_000_000);
-        e.received_at = 700_000; // event time 5 minutes ahead of arrival
-        p.apply(0, &e);
-        assert_eq!(p.watermark(), 700_000 - 30_000);
     }
 }
