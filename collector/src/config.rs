@@ -1,6 +1,7 @@
 //! Command-line flags (each with an environment-variable equivalent) and their defaults.
 
-use clap::{Parser, ValueEnum};
+use crate::sink::{AckMode, Compression, MessageFormat, SinkKind};
+use clap::Parser;
 use ipnet::IpNet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -173,41 +174,6 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "QOE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: qoe_telemetry::LogFormat,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
-pub enum SinkKind {
-    Kafka,
-    Null,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
-pub enum MessageFormat {
-    Beacon,
-    Event,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
-pub enum AckMode {
-    Ack,
-    FireAndForget,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
-pub enum Compression {
-    None,
-    Lz4,
-    Zstd,
-}
-
-impl Compression {
-    pub fn as_kafka(self) -> &'static str {
-        match self {
-            Compression::None => "none",
-            Compression::Lz4 => "lz4",
-            Compression::Zstd => "zstd",
-        }
-    }
 }
 
 impl Config {

@@ -2,7 +2,7 @@
 //! listener, with the
 //! tower layers around them (CORS, body limits, gzip decompression, request timeout); and the
 //! admin listener's `GET /healthz`, `GET /readyz` (cached for a second, so probes cannot turn
-//! into a flood of Kafka metadata requests) and `GET /metrics` ([`admin_router`]).
+//! into a flood of Kafka metadata requests) and `GET /metrics` (in [`crate::admin`]).
 //!
 //! Status codes follow beacon protocol v1: 204 all accepted; 200 with counts and reasons when
 //! some events were rejected; 400 unusable envelope; 401 missing ingest key; 413 too large;
@@ -99,9 +99,6 @@ fn overloaded(kind: &'static str) -> Response {
     )
 }
 
-/// How long a readiness answer is reused.
-const READINESS_TTL: Duration = Duration::from_secs(1);
-
 #[derive(Debug, Serialize)]
 struct PartialAccept<'a> {
     accepted: usize,
@@ -123,7 +120,7 @@ struct CmcdQuery {
     player: Option<String>,
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     let message = ingest::truncate_reason(&message.into(), ingest::MAX_REASON_BYTES);
     (status, Json(serde_json::json!({ "error": message }))).into_response()
 }
@@ -217,44 +214,6 @@ async fn count_responses(
     metrics::histogram!(names::HTTP_REQUEST_SECONDS, "path" => path)
         .record(started.elapsed().as_secs_f64());
     response
-}
-
-/// The admin listener's routes: liveness, readiness, Prometheus metrics. Served apart from the
-/// public one (loopback by default), so the public cannot reach them or flood them.
-pub fn admin_router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_endpoint))
-        .with_state(state)
-}
-
-async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    let cached = *state.readiness.lock().unwrap_or_else(|p| p.into_inner());
-    let ready = match cached {
-        Some((at, ready)) if at.elapsed() < READINESS_TTL => ready,
-        _ => {
-            let ready = state.sink.ready().await;
-            *state.readiness.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some((std::time::Instant::now(), ready));
-            ready
-        }
-    };
-    if ready {
-        (StatusCode::OK, "ready").into_response()
-    } else {
-        error(StatusCode::SERVICE_UNAVAILABLE, "Kafka is not reachable")
-    }
-}
-
-async fn metrics_endpoint(State(state): State<Arc<AppState>>) -> Response {
-    metrics::gauge!(names::KAFKA_IN_FLIGHT).set(f64::from(state.sink.in_flight()));
-    metrics::gauge!(names::RATE_LIMITER_BUCKETS).set(state.rate.state_size() as f64);
-    metrics::gauge!(names::IN_FLIGHT_BYTES).set(state.in_flight.body_bytes() as f64);
-    match &state.prometheus {
-        Some(p) => p.render().into_response(),
-        None => error(StatusCode::NOT_FOUND, "metrics are not enabled"),
-    }
 }
 
 fn rate_limited(hit: Limited) -> Response {

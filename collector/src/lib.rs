@@ -7,13 +7,16 @@
 //!   to each report (region, CDN, platform, player).
 //! - [`client`]: client address and server-side region resolution.
 //! - [`rate_limit`]: bounded per-client, per-view and global limits.
-//! - [`sink`]: the Kafka producer (its own `SinkConfig`; `http` takes an `HttpConfig`, so only
-//!   `config` knows the flags) (acknowledged delivery, backpressure, recovery).
-//! - [`http`]: routes, status codes and tower layers.
+//! - [`sink`]: the Kafka producer (acknowledged delivery, backpressure, recovery), with its own
+//!   `SinkConfig` and option types; `http` takes an `HttpConfig`, so only `config` knows the
+//!   flags.
+//! - [`http`]: the public routes, status codes and tower layers.
+//! - [`admin`]: the admin listener (liveness, readiness, metrics).
 //! - [`server`]: the accept loop (header read timeout, graceful shutdown).
 //! - [`names`]: the Prometheus metric names and their help texts.
 //! - [`memory`]: the allocator's settings.
 
+pub mod admin;
 pub mod client;
 pub mod cmcd;
 pub mod config;

@@ -3,9 +3,10 @@
 
 use anyhow::Context;
 use clap::Parser;
+use qoe_collector::admin::admin_router;
 use qoe_collector::client::RegionResolver;
 use qoe_collector::config::Config;
-use qoe_collector::http::{admin_router, router, AppState, InFlight};
+use qoe_collector::http::{router, AppState, InFlight};
 use qoe_collector::rate_limit::RateLimits;
 use qoe_collector::server::{serve, ConnectionLimits};
 use qoe_collector::sink::Sink;

@@ -6,8 +6,8 @@
 //! broker that lost the idempotent producer's state in a restart can reject every retry of
 //! the old producer id forever). So the process recovers by itself.
 
-use crate::config::{AckMode, Compression, MessageFormat, SinkKind};
 use crate::names;
+use clap::ValueEnum;
 use qoe_schemas::{
     EventContext, EventFields, MessageEncoder, BEACON_MESSAGE_VERSION, SCHEMA_VERSION,
 };
@@ -19,6 +19,45 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
+
+/// Where accepted events go: Kafka, or nowhere (`--sink null`, for benchmarks).
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum SinkKind {
+    Kafka,
+    Null,
+}
+
+/// One Kafka message per beacon, or per event (`--kafka-message-format`).
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum MessageFormat {
+    Beacon,
+    Event,
+}
+
+/// When a request is answered: after Kafka acknowledged, or once queued (`--ack-mode`).
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum AckMode {
+    Ack,
+    FireAndForget,
+}
+
+/// The producer's compression (`--kafka-compression`).
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    pub fn as_kafka(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {

@@ -47,19 +47,14 @@ pub fn body(ctx: &ViewContext, events: &[QoeEvent], sent_at: Option<i64>) -> Vec
         },
         events: events
             .iter()
-            .map(|e| RawEvent {
-                started: e.started,
-                playing_ms: e.playing_ms,
-                stall_ms: e.stall_ms,
-                bitrate_kbps: e.bitrate_kbps,
-                prev_bitrate_kbps: e.prev_bitrate_kbps,
-                startup_ms: e.startup_ms,
-                latency_ms: e.latency_ms,
-                dropped_frames: e.dropped_frames,
-                code: e.code.as_deref().map(Cow::Borrowed),
-                fatal: e.fatal,
-                reason: e.reason.map(|r| Cow::Borrowed(r.as_str())),
-                ..RawEvent::new(e.seq, e.kind.as_str(), e.ts)
+            .map(|e| {
+                qoe_schemas::event_measures!(copy RawEvent {
+                    seq: e.seq,
+                    kind: Cow::Borrowed(e.kind.as_str()),
+                    ts: e.ts,
+                    code: e.code.as_deref().map(Cow::Borrowed),
+                    reason: e.reason.map(|r| Cow::Borrowed(r.as_str())),
+                } from e)
             })
             .collect(),
     };

@@ -2,7 +2,8 @@
 //! slice, and the ground truth of what the collector acknowledged.
 //!
 //! Everything here is pure (no I/O, no wall clock) so a run is a function of its seed and
-//! settings; the `simulator` binary adds HTTP delivery, pacing and output.
+//! settings; [`delivery`] posts beacons over HTTP, and the `simulator` binary adds pacing and
+//! output.
 //!
 //! - [`population`]: who watches what where: regions, CDNs, platforms, streams, and the
 //!   network quality of each region x CDN slice.
@@ -13,10 +14,12 @@
 //! - [`offline`]: a run without a collector: every event counted once, per window and
 //!   region x CDN, as `qoe_window_*` rows (the alert evaluation's input).
 //! - [`beacon`]: the beacon protocol v1 request body for a batch of events.
+//! - [`delivery`]: posting beacons to a collector, with retries; what was acknowledged.
 //! - [`truth`]: expected per-window, per-slice metrics of the acknowledged events, by the
 //!   spec's definitions.
 
 pub mod beacon;
+pub mod delivery;
 pub mod incident;
 pub mod offline;
 pub mod player;

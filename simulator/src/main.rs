@@ -9,10 +9,10 @@
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use qoe_schemas::QoeEvent;
+use qoe_simulator::delivery::{Outcome, Sender};
 use qoe_simulator::incident::{parse_duration_ms, Incident};
 use qoe_simulator::offline::{self, SliceRows};
-use qoe_simulator::simulation::{Audience, Beacon, Settings, Simulation, TICK_MS};
+use qoe_simulator::simulation::{Audience, Settings, Simulation, TICK_MS};
 use qoe_simulator::truth::{Truth, TruthFile, METRIC_COLUMNS};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -171,161 +171,6 @@ fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
-}
-
-/// How one beacon's delivery ended.
-#[derive(Default)]
-struct Outcome {
-    /// Acknowledged copies of events (each copy once per acknowledged request).
-    acked: Vec<QoeEvent>,
-    unacked: u64,
-    uncertain: u64,
-    statuses: BTreeMap<u16, u64>,
-    retries: u64,
-    error: Option<String>,
-}
-
-struct Sender {
-    client: reqwest::Client,
-    url: String,
-    ingest_key: Option<String>,
-    max_attempts: u32,
-}
-
-impl Sender {
-    /// Posts a beacon (and its second copy, if any) until acknowledged or out of attempts.
-    async fn deliver(&self, beacon: Beacon) -> Outcome {
-        let mut out = Outcome::default();
-        for _ in 0..beacon.copies {
-            match self.post(&beacon, &mut out).await {
-                Some(rejected) => out.acked.extend(
-                    beacon
-                        .events
-                        .iter()
-                        .enumerate()
-                        .filter(|(i, _)| !rejected.contains(i))
-                        .map(|(_, e)| {
-                            // As the collector times it (the shift is clear of window
-                            // boundaries by more than a request's latency).
-                            let mut e = e.clone();
-                            e.event_time += beacon.shift_ms;
-                            e
-                        }),
-                ),
-                None => {
-                    out.unacked += beacon.events.len() as u64;
-                    break;
-                }
-            }
-        }
-        out
-    }
-
-    /// One request with retries; `Some(rejected indices)` when acknowledged. A late re-send
-    /// carries the `sent_at` of its original, i.e. `shift_ms` before now, on every attempt.
-    async fn post(&self, beacon: &Beacon, out: &mut Outcome) -> Option<Vec<usize>> {
-        let ctx = &beacon.ctx;
-        let mut backoff = Duration::from_millis(200);
-        for attempt in 1..=self.max_attempts {
-            if attempt > 1 {
-                out.retries += 1;
-            }
-            let sent_at = (beacon.shift_ms > 0).then(|| now_ms() - beacon.shift_ms);
-            let body = qoe_simulator::beacon::body(ctx, &beacon.events, sent_at);
-            let body = body.as_slice();
-            let mut req = self.client.post(&self.url);
-            // Browsers use sendBeacon (text/plain, no preflight); TV apps compress.
-            req = match ctx.platform {
-                "web" => req
-                    .header("content-type", "text/plain;charset=UTF-8")
-                    .body(body.to_vec()),
-                "tv" => req
-                    .header("content-type", "application/json")
-                    .header("content-encoding", "gzip")
-                    .body(gzip(body)),
-                _ => req
-                    .header("content-type", "application/json")
-                    .body(body.to_vec()),
-            };
-            if let Some(key) = &self.ingest_key {
-                req = req.header("x-qoe-key", key);
-            }
-            let wait = match req.send().await {
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    *out.statuses.entry(status).or_default() += 1;
-                    let retry_after = resp
-                        .headers()
-                        .get("retry-after")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse::<u64>().ok())
-                        .map(Duration::from_secs);
-                    match status {
-                        204 => return Some(Vec::new()),
-                        200 => return Some(rejected_indices(resp, out).await),
-                        429 => retry_after.unwrap_or(backoff),
-                        503 | 408 | 500..=599 => {
-                            // Some events of the request may be in Kafka already.
-                            out.uncertain += 1;
-                            retry_after.unwrap_or(backoff)
-                        }
-                        _ => {
-                            let text = resp.text().await.unwrap_or_default();
-                            out.error = Some(format!("HTTP {status}: {}", truncate(&text, 200)));
-                            return None;
-                        }
-                    }
-                }
-                Err(e) => {
-                    *out.statuses.entry(0).or_default() += 1;
-                    out.uncertain += 1;
-                    out.error = Some(format!("request failed: {e}"));
-                    backoff
-                }
-            };
-            tokio::time::sleep(wait.min(Duration::from_secs(10))).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-        }
-        None
-    }
-}
-
-/// Indices of events the collector rejected, from a 200 answer.
-async fn rejected_indices(resp: reqwest::Response, out: &mut Outcome) -> Vec<usize> {
-    #[derive(serde::Deserialize)]
-    struct Answer {
-        #[serde(default)]
-        rejected: Vec<Rejected>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Rejected {
-        index: usize,
-        reason: String,
-    }
-    let bytes = resp.bytes().await.unwrap_or_default();
-    match serde_json::from_slice::<Answer>(&bytes) {
-        Ok(a) => {
-            if let Some(r) = a.rejected.first() {
-                out.error = Some(format!("event rejected: {}", r.reason));
-            }
-            a.rejected.into_iter().map(|r| r.index).collect()
-        }
-        Err(_) => Vec::new(),
-    }
-}
-
-fn gzip(body: &[u8]) -> Vec<u8> {
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    // Writing to a Vec cannot fail.
-    enc.write_all(body).expect("gzip to memory");
-    enc.finish().expect("gzip to memory")
-}
-
-fn truncate(s: &str, n: usize) -> &str {
-    match s.char_indices().nth(n) {
-        Some((i, _)) => &s[..i],
-        None => s,
-    }
 }
 
 fn clock(ms: i64) -> String {
