@@ -33,10 +33,22 @@ def chdb_session(tmp_path_factory):
     """Current ClickHouse (chDB, in-process) with every migration statement applied unchanged."""
     # pytest's own temporary directory: cleaned up by pytest, not left behind in /tmp.
     s = session.Session(str(tmp_path_factory.mktemp("chdb")))
-    s.query("CREATE DATABASE qoe")
-    s.query("USE qoe")
+    migrate(s, "qoe")
+    yield s
+    s.close()
+
+
+def migrate(s, database):
+    """Creates `database` in chDB session `s` with every migration statement applied, and makes
+    it the current one."""
+    s.query(f"CREATE DATABASE IF NOT EXISTS {database}")
+    s.query(f"USE {database}")
     for path in MIGRATIONS:
         for st in statements(path):
             s.query(st)
-    yield s
-    s.close()
+
+
+@pytest.fixture(scope="session")
+def chdb_migrate():
+    """`migrate`, for tests that need a database of their own in the shared session."""
+    return migrate

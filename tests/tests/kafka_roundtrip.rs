@@ -4,10 +4,13 @@
 //!
 //! Resuming rewinds: some Kafka-protocol brokers (tansu 0.6 among them) answer a fetch that
 //! starts in the middle of a record batch with the *next* batch, silently skipping the rest of
-//! the current one. So a resuming consumer fetches from `committed - RESUME_REWIND` and drops
-//! what is below `committed` itself, which is correct on every broker.
+//! the current one. The second consumer here resumes by the aggregator's own rules
+//! (`qoe_aggregator::source`: the resume plan of a checkpoint at the committed offset, and the
+//! routing of each fetched message), so the rewind and the drop below the resume point are the
+//! code that runs in production, and the test shows both happen.
 
-use qoe_aggregator::source::resume_fetch_offset;
+use qoe_aggregator::checkpoint::Checkpoint;
+use qoe_aggregator::source::{resume_plan, route, FetchFrom, ResumePlan, Route};
 use qoe_tests::{create_topic, kafka_brokers, unique};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
@@ -19,11 +22,22 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// On assignment, starts each partition `RESUME_REWIND` before its committed offset and
-/// remembers the committed offsets, below which messages are dropped.
+/// On assignment, plans each partition as the aggregator would resume from a checkpoint at
+/// its committed offset, and starts fetching where that plan says.
 #[derive(Default)]
 struct ResumeContext {
-    committed: Mutex<BTreeMap<i32, i64>>,
+    plans: Mutex<BTreeMap<i32, ResumePlan>>,
+}
+
+fn checkpoint_at(offset: i64) -> Checkpoint {
+    Checkpoint {
+        from_offset: offset,
+        next_offset: offset,
+        state_offset: offset,
+        max_event_time: 0,
+        snapshot_offset: offset,
+        state: String::new(),
+    }
 }
 
 impl ClientContext for ResumeContext {}
@@ -42,14 +56,18 @@ impl ConsumerContext for ResumeContext {
         let committed = consumer
             .committed_offsets(tpl.clone(), Duration::from_secs(10))
             .expect("committed offsets");
-        let mut seen = self.committed.lock().unwrap();
+        let mut plans = self.plans.lock().unwrap();
         for elem in committed.elements() {
-            let start = match elem.offset() {
-                Offset::Offset(o) => {
-                    seen.insert(elem.partition(), o);
-                    Offset::Offset(resume_fetch_offset(o))
-                }
-                _ => Offset::Beginning,
+            let checkpoint = match elem.offset() {
+                Offset::Offset(o) => Some(checkpoint_at(o)),
+                _ => None,
+            };
+            let plan = resume_plan(checkpoint.as_ref(), false);
+            plans.insert(elem.partition(), plan);
+            let start = match plan.fetch {
+                FetchFrom::Offset(o) => Offset::Offset(o),
+                FetchFrom::Beginning => Offset::Beginning,
+                FetchFrom::End => Offset::End,
             };
             tpl.set_partition_offset(elem.topic(), elem.partition(), start)
                 .expect("set offset");
@@ -70,19 +88,22 @@ fn config(group: &str) -> ClientConfig {
 
 type Received = Vec<(String, String, String, i32, i64)>;
 
-/// Receives `n` messages at or above the committed offsets: (key, value, header, partition, offset).
+/// Receives `n` messages that `keep` accepts: (key, value, header, partition, offset); also
+/// returns how many it dropped.
 async fn receive<C: ConsumerContext + 'static>(
     c: &StreamConsumer<C>,
     n: usize,
-    committed: impl Fn(i32) -> i64,
-) -> Received {
+    keep: impl Fn(i32, i64) -> bool,
+) -> (Received, usize) {
     let mut out = Vec::new();
+    let mut dropped = 0;
     while out.len() < n {
         let m = tokio::time::timeout(Duration::from_secs(30), c.recv())
             .await
             .expect("timed out waiting for messages")
             .expect("consume error");
-        if m.offset() < committed(m.partition()) {
+        if !keep(m.partition(), m.offset()) {
+            dropped += 1;
             continue;
         }
         let header = m
@@ -99,7 +120,7 @@ async fn receive<C: ConsumerContext + 'static>(
             m.offset(),
         ));
     }
-    out
+    (out, dropped)
 }
 
 #[tokio::test]
@@ -131,21 +152,40 @@ async fn produce_consume_commit_resume() {
             .headers(headers);
         deliveries.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
     }
+    // Same key, same partition (a view's events stay in order in one partition), and each
+    // partition's offsets are 0, 1, 2, ... in the order of sending: the idempotent producer
+    // neither lost, duplicated nor reordered anything.
     let mut partition_of_key = BTreeMap::new();
-    for d in deliveries {
+    let mut offsets: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    for (i, d) in deliveries.into_iter().enumerate() {
         let delivery = d.await.unwrap().map_err(|(e, _)| e).unwrap();
-        assert!(delivery.offset >= 0);
+        let p = partition_of_key
+            .entry(format!("view-{}", i % 7))
+            .or_insert(delivery.partition);
+        assert_eq!(
+            *p, delivery.partition,
+            "message {i}: a key on two partitions"
+        );
+        offsets
+            .entry(delivery.partition)
+            .or_default()
+            .push(delivery.offset);
+    }
+    for (p, got) in &offsets {
+        let want: Vec<i64> = (0..got.len() as i64).collect();
+        assert_eq!(got, &want, "offsets of partition {p}");
     }
 
     let group = unique("test.group");
     let first: StreamConsumer = config(&group).create().unwrap();
     first.subscribe(&[&topic]).unwrap();
-    let got = receive(&first, 25, |_| 0).await;
+    let (got, _) = receive(&first, 25, |_, _| true).await;
     for (key, value, header, partition, _) in &got {
         assert_eq!(header, "1", "header lost on {value}");
-        // Same key, same partition: a view's events stay in order in one partition.
-        let p = partition_of_key.entry(key.clone()).or_insert(*partition);
-        assert_eq!(p, partition, "key {key} seen on two partitions");
+        assert_eq!(
+            &partition_of_key[key], partition,
+            "{value} read from another partition"
+        );
     }
     // Commit exactly what was received (next offset per partition), then leave the group.
     let mut next: BTreeMap<i32, i64> = BTreeMap::new();
@@ -159,34 +199,33 @@ async fn produce_consume_commit_resume() {
             .unwrap();
     }
     first.commit(&tpl, CommitMode::Sync).unwrap();
-    // Messages handed to the first consumer but not committed must come again.
-    let committed_values: BTreeSet<String> = got
-        .iter()
-        .filter(|(_, _, _, p, o)| *o < next[p])
-        .map(|(_, v, _, _, _)| v.clone())
-        .collect();
+    let committed_values: BTreeSet<String> = got.iter().map(|(_, v, _, _, _)| v.clone()).collect();
     drop(first);
 
     let second: StreamConsumer<ResumeContext> = config(&group)
         .create_with_context(ResumeContext::default())
         .unwrap();
     second.subscribe(&[&topic]).unwrap();
-    let rest = receive(&second, total - committed_values.len(), |p| {
-        second
-            .context()
-            .committed
-            .lock()
-            .unwrap()
-            .get(&p)
-            .copied()
-            .unwrap_or(0)
+    let (rest, dropped) = receive(&second, total - committed_values.len(), |p, offset| {
+        let plans = second.context().plans.lock().unwrap();
+        let plan = plans.get(&p).copied().unwrap_or(resume_plan(None, false));
+        route(offset, &plan, plan.restore_until) == Route::Apply
     })
     .await;
+    let resumed_at: BTreeMap<i32, i64> = second
+        .context()
+        .plans
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, plan)| plan.restore_until > 0)
+        .map(|(p, plan)| (*p, plan.restore_until))
+        .collect();
     assert_eq!(
-        *second.context().committed.lock().unwrap(),
-        next,
+        resumed_at, next,
         "the group did not hand back the committed offsets"
     );
+
     let rest_values: BTreeSet<String> = rest.iter().map(|(_, v, _, _, _)| v.clone()).collect();
     assert!(
         committed_values.is_disjoint(&rest_values),
@@ -200,7 +239,9 @@ async fn produce_consume_commit_resume() {
             assert_eq!(p, partition);
         }
     }
-    // Nothing more than the total arrives.
+    // Nothing more than the total arrives; what still comes is the rewind's refetch below
+    // the committed offsets.
+    let mut dropped = dropped;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
     while let Ok(m) = tokio::time::timeout_at(deadline, second.recv()).await {
         let m = m.unwrap();
@@ -210,7 +251,15 @@ async fn produce_consume_commit_resume() {
             "unexpected extra message at offset {}",
             m.offset()
         );
+        dropped += 1;
     }
+    // The rewind fetched again everything the first consumer had committed (the fetch started
+    // before the resume point), and the routing dropped exactly that.
+    assert_eq!(
+        dropped,
+        committed_values.len(),
+        "messages below the committed offsets fetched again and dropped"
+    );
 }
 
 /// Where each partition ends, as the aggregator sees it before trusting its checkpoints, is the
