@@ -9,7 +9,7 @@
 #      foreground: the broker and ClickHouse (scripts/stack.sh), the ClickHouse cluster
 #      (scripts/cluster.sh), chromium and the web players (scripts/players.sh), the Python
 #      environment (scripts/python.sh);
-#   3. the suites, concurrently: Python (pytest, its files side by side: schema, dashboards,
+#   3. the suites, concurrently: Python (pytest, its files side by side: layout, schema, dashboards,
 #      alert quality) and the web SDK (node's test runner and the build check) as soon as the
 #      build is done, Rust (`cargo test`) once clippy is too. They share the servers, isolated
 #      by topic and database names; the tests that stop a server run their own
@@ -93,7 +93,7 @@ suite_rust() {
 suite_python() {
   local rc=0
   "$STACK/venv/bin/python" -m pytest -q -p no:cacheprovider --durations=15 \
-    -n 2 --dist loadfile tests/chdb tests/dashboards || rc=1
+    -n 2 --dist loadfile tests/layout tests/chdb tests/dashboards || rc=1
   touch "$LOGS/python.done"
   return $rc
 }
