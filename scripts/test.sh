@@ -11,7 +11,8 @@
 #      environment (scripts/python.sh);
 #   3. the suites, concurrently: Python (pytest, its files side by side: layout, schema, dashboards,
 #      alert quality) and the web SDK (node's test runner and the build check) as soon as the
-#      build is done, Rust (`cargo test`) once clippy is too. They share the servers, isolated
+#      build is done, Rust (`cargo test`) once clippy is too, and beside it a metric added in a
+#      scratch copy of the tree (tests/add-metric/run.sh). They share the servers, isolated
 #      by topic and database names; the tests that stop a server run their own
 #      (tests/src/lib.rs `PrivateServer`). The Rust suite ends with the cluster tests, once the
 #      Python suite is done too: they kill the cluster's servers and stop ZooKeeper, and their
@@ -21,15 +22,15 @@
 #   4. one line that says what passed, or which suite failed and where its log is.
 #
 # Every suite's output goes to target/test-logs/<suite>.log; a failed suite's log is printed.
-# Settings (environment): QOE_TEST_SUITES (rust,python,sdk,cluster: a subset runs only those;
-# cluster is the end of the rust suite).
+# Settings (environment): QOE_TEST_SUITES (rust,python,sdk,metric,cluster: a subset runs only
+# those; cluster is the end of the rust suite; metric adds a metric in a scratch copy).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 STACK="${QOE_STACK_DIR:-$ROOT/.stack}"
 LOGS="${CARGO_TARGET_DIR:-$ROOT/target}/test-logs"
-SUITES="${QOE_TEST_SUITES:-rust,python,sdk,cluster}"
+SUITES="${QOE_TEST_SUITES:-rust,python,sdk,metric,cluster}"
 CARGO="${CARGO:-cargo}"
 LOG_PREFIX=test RUN_DIR="$STACK/run" LOG_DIR="$LOGS"
 # shellcheck source=scripts/lib.sh
@@ -98,6 +99,15 @@ suite_python() {
   return $rc
 }
 suite_sdk() { (cd sdk/web && node --test test/ && node build.mjs --check); }
+# Adding a metric in a scratch copy (tests/add-metric/run.sh). It shares the target directory,
+# so it starts once the Rust suite's cargo is past its build check and running tests (cargo
+# locks the directory while it builds).
+suite_metric() {
+  if wants rust; then
+    until grep -q "Running " "$LOGS/rust.log" 2>/dev/null; do sleep 2; done
+  fi
+  CARGO="$CARGO" PYTHON="$STACK/venv/bin/python" tests/add-metric/run.sh
+}
 
 plan
 log "rustfmt and the build in the background (log: $LOGS/build.log)"
@@ -148,6 +158,7 @@ if [ $early = 0 ]; then
   start_suite sdk
 fi
 start_suite rust
+start_suite metric
 
 failed=()
 declare -A done_at
