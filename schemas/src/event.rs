@@ -175,7 +175,7 @@ event_measures! {
 }
 
 event_measures! {
-    declare
+    declare_read
     /// The fields of a [`QoeEvent`] that aggregation reads, borrowed from the message bytes.
     ///
     /// Decoding one allocates nothing unless a string contains JSON escapes (then that string
@@ -199,16 +199,6 @@ event_measures! {
         pub protocol: Cow<'a, str>,
         #[serde(borrow)]
         pub region: Cow<'a, str>,
-        pub seq: u32,
-        #[serde(rename = "type")]
-        pub kind: EventType,
-        pub event_time: i64,
-        pub received_at: i64,
-    } {
-        #[serde(default, borrow)]
-        pub code: Option<Cow<'a, str>>,
-        #[serde(default)]
-        pub reason: Option<EndReason>,
     }
 }
 

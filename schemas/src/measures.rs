@@ -3,7 +3,8 @@
 //!
 //! Every form of an event (the wire's [`crate::RawEvent`], the published [`crate::QoeEvent`]
 //! and [`crate::EventFields`], the borrowed [`crate::EventRef`] and the per-beacon message's
-//! `FieldsRef`) declares these fields, and conversions between the forms copy them, through
+//! `FieldsRef`, whose event fields are declared here whole) declares these fields, and
+//! conversions between the forms copy them, through
 //! [`event_measures!`]: a new measurement is one line in its list (then its validation rule,
 //! the beacon JSON Schema and the metrics that read it). `code` and `reason` are not in the
 //! list: each form gives them its own type (a raw string, an owned or borrowed one, an enum).
@@ -13,6 +14,10 @@
 ///
 /// - `event_measures!(declare $(#[attr])* pub struct Name<'a>? { fields before } { fields after })`:
 ///   the struct with the measurements between the two groups of fields.
+/// - `event_measures!(declare_read $(#[attr])* pub struct Name<'a> { context fields })`: a
+///   form that consumers decode, borrowing from the message: the context fields, then the
+///   event's fields as aggregation reads them (`seq`, `type`, the times, the measurements, a
+///   borrowed `code`, `reason`), the same for every such form.
 /// - `event_measures!(copy Type { fields } from source)`: a struct literal of `Type` with the
 ///   given fields and every measurement copied from `source` (a place expression).
 /// - `event_measures!(none Type { fields })`: the same with every measurement unset.
@@ -28,6 +33,26 @@ macro_rules! event_measures {
                 pub $m: Option<$t>,
             )*
             $($tail)*
+        }
+    };
+    (@ declare_read [$($m:ident: $t:ty),*]
+        $(#[$attr:meta])* pub struct $name:ident<$lt:lifetime> { $($head:tt)* }) => {
+        $(#[$attr])*
+        pub struct $name<$lt> {
+            $($head)*
+            pub seq: u32,
+            #[serde(rename = "type")]
+            pub kind: $crate::event::EventType,
+            pub event_time: i64,
+            pub received_at: i64,
+            $(
+                #[serde(default)]
+                pub $m: Option<$t>,
+            )*
+            #[serde(default, borrow)]
+            pub code: Option<::std::borrow::Cow<$lt, str>>,
+            #[serde(default)]
+            pub reason: Option<$crate::event::EndReason>,
         }
     };
     (@ copy [$($m:ident: $t:ty),*]

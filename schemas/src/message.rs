@@ -10,7 +10,7 @@
 //! Both are self-describing JSON with `v` first. The collector writes the format it is told
 //! to; every consumer reads both.
 
-use crate::event::{DecodeError, EndReason, EventContext, EventFields, EventRef, EventType};
+use crate::event::{DecodeError, EventContext, EventFields, EventRef};
 use crate::{QoeEvent, StreamType, SCHEMA_VERSION};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -151,21 +151,10 @@ pub struct BeaconRef<'a> {
 }
 
 event_measures! {
-    declare
+    declare_read
     /// The fields of one event of a [`BeaconRef`] that aggregation reads.
     #[derive(Debug, Clone, PartialEq, Deserialize)]
-    pub struct FieldsRef<'a> {
-        pub seq: u32,
-        #[serde(rename = "type")]
-        pub kind: EventType,
-        pub event_time: i64,
-        pub received_at: i64,
-    } {
-        #[serde(default, borrow)]
-        pub code: Option<Cow<'a, str>>,
-        #[serde(default)]
-        pub reason: Option<EndReason>,
-    }
+    pub struct FieldsRef<'a> {}
 }
 
 impl<'a> BeaconRef<'a> {
@@ -309,6 +298,7 @@ pub fn decode_events(bytes: &[u8]) -> Result<Vec<QoeEvent>, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::EventType;
     use crate::MessageEncoder;
 
     fn context() -> EventContext {
