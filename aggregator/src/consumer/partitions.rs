@@ -349,3 +349,31 @@ impl Shared {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resume_plans_fetch_position_is_the_same_kafka_offset() {
+        assert_eq!(offset(FetchFrom::Offset(42)), Offset::Offset(42));
+        assert_eq!(offset(FetchFrom::Beginning), Offset::Beginning);
+        assert_eq!(offset(FetchFrom::End), Offset::End);
+    }
+
+    /// A write task that panicked while holding the partitions' lock must not stop the
+    /// consumer loop: the lock is still taken, with the state as the task left it.
+    #[test]
+    fn a_lock_poisoned_by_a_panic_is_still_taken() {
+        let m = std::sync::Arc::new(Mutex::new(1));
+        let held = m.clone();
+        let _ = std::thread::spawn(move || {
+            let _guard = held.lock().unwrap();
+            panic!("a write task panics while holding the lock");
+        })
+        .join();
+        assert!(m.is_poisoned());
+        *lock(&m) += 1;
+        assert_eq!(*lock(&m), 2);
+    }
+}
