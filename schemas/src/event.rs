@@ -175,31 +175,14 @@ event_measures! {
 }
 
 event_measures! {
-    declare_read
+    declare_read_in_context
     /// The fields of a [`QoeEvent`] that aggregation reads, borrowed from the message bytes.
     ///
     /// Decoding one allocates nothing unless a string contains JSON escapes (then that string
     /// is owned): this is the hot path of every consumer. `ts` and `custom` are not read (they
     /// are skipped while parsing). A test keeps it in step with [`QoeEvent`].
     #[derive(Debug, Clone, PartialEq, Deserialize)]
-    pub struct EventRef<'a> {
-        pub v: u8,
-        #[serde(borrow)]
-        pub view_id: Cow<'a, str>,
-        #[serde(borrow)]
-        pub stream_id: Cow<'a, str>,
-        pub stream_type: StreamType,
-        #[serde(borrow)]
-        pub cdn: Cow<'a, str>,
-        #[serde(borrow)]
-        pub platform: Cow<'a, str>,
-        #[serde(borrow)]
-        pub player: Cow<'a, str>,
-        #[serde(borrow)]
-        pub protocol: Cow<'a, str>,
-        #[serde(borrow)]
-        pub region: Cow<'a, str>,
-    }
+    pub struct EventRef<'a> {}
 }
 
 impl<'a> EventRef<'a> {

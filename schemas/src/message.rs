@@ -126,28 +126,15 @@ impl MessageEncoder {
     }
 }
 
-/// One beacon's events as a consumer reads them, borrowed from the message bytes (`ts` and
-/// `custom` are skipped, as in [`EventRef`]).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct BeaconRef<'a> {
-    pub v: u8,
-    #[serde(borrow)]
-    pub view_id: Cow<'a, str>,
-    #[serde(borrow)]
-    pub stream_id: Cow<'a, str>,
-    pub stream_type: StreamType,
-    #[serde(borrow)]
-    pub cdn: Cow<'a, str>,
-    #[serde(borrow)]
-    pub platform: Cow<'a, str>,
-    #[serde(borrow)]
-    pub player: Cow<'a, str>,
-    #[serde(borrow)]
-    pub protocol: Cow<'a, str>,
-    #[serde(borrow)]
-    pub region: Cow<'a, str>,
-    #[serde(borrow)]
-    pub events: Vec<FieldsRef<'a>>,
+event_measures! {
+    declare_context_read
+    /// One beacon's events as a consumer reads them, borrowed from the message bytes (`ts` and
+    /// `custom` are skipped, as in [`EventRef`]).
+    #[derive(Debug, Clone, PartialEq, Deserialize)]
+    pub struct BeaconRef<'a> {
+        #[serde(borrow)]
+        pub events: Vec<FieldsRef<'a>>,
+    }
 }
 
 event_measures! {
