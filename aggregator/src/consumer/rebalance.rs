@@ -2,11 +2,11 @@
 //! start offsets come from ClickHouse checkpoints, not from Kafka), the consumer's creation
 //! and librdkafka's statistics (consumer lag).
 
-use super::partitions::{lock, Shared};
+use super::partitions::{lock, ConsumerConfig, Shared};
 use crate::names;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientContext, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
 use std::sync::Arc;
 
 /// Rebalance handling: eager protocol; offsets come from ClickHouse checkpoints.
@@ -82,8 +82,19 @@ impl ConsumerContext for AggregatorContext {
 pub fn create_consumer(
     shared: &Arc<Shared>,
 ) -> Result<BaseConsumer<AggregatorContext>, rdkafka::error::KafkaError> {
-    let c = &shared.config;
-    let config = c.kafka.client_config(&[
+    let consumer: BaseConsumer<AggregatorContext> = consumer_config(&shared.config)
+        .create_with_context(AggregatorContext {
+            shared: shared.clone(),
+        })?;
+    consumer.subscribe(&[&shared.config.topic])?;
+    Ok(consumer)
+}
+
+/// The consumer's settings. Offsets are never committed to Kafka, automatically or otherwise:
+/// where a partition resumes is its ClickHouse checkpoint, written with the batch it covers.
+/// The operator's `--kafka-option`s come last and win.
+fn consumer_config(c: &ConsumerConfig) -> ClientConfig {
+    c.kafka.client_config(&[
         ("group.id", &c.group),
         ("enable.auto.commit", "false"),
         ("enable.auto.offset.store", "false"),
@@ -99,11 +110,62 @@ pub fn create_consumer(
         ("session.timeout.ms", "10000"),
         ("queued.max.messages.kbytes", "32768"),
         ("statistics.interval.ms", "5000"),
-    ]);
-    let consumer: BaseConsumer<AggregatorContext> =
-        config.create_with_context(AggregatorContext {
-            shared: shared.clone(),
-        })?;
-    consumer.subscribe(&[&c.topic])?;
-    Ok(consumer)
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka_check::KafkaAccess;
+    use crate::window::WindowConfig;
+    use std::time::Duration;
+
+    fn config(start_from_latest: bool, options: &[(&str, &str)]) -> ConsumerConfig {
+        ConsumerConfig {
+            kafka: KafkaAccess {
+                brokers: "127.0.0.1:9092".into(),
+                options: options
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            },
+            group: "qoe-aggregator".into(),
+            topic: "qoe.events".into(),
+            window: WindowConfig::default(),
+            flush_interval: Duration::from_secs(1),
+            snapshot_interval: Duration::from_secs(60),
+            max_batch_rows: 1000,
+            start_from_latest,
+        }
+    }
+
+    #[test]
+    fn offsets_are_never_committed_to_kafka() {
+        let c = consumer_config(&config(false, &[]));
+        assert_eq!(c.get("enable.auto.commit"), Some("false"));
+        assert_eq!(c.get("enable.auto.offset.store"), Some("false"));
+        assert_eq!(c.get("group.id"), Some("qoe-aggregator"));
+        assert_eq!(c.get("bootstrap.servers"), Some("127.0.0.1:9092"));
+    }
+
+    #[test]
+    fn a_partition_without_checkpoint_starts_where_asked() {
+        let earliest = consumer_config(&config(false, &[]));
+        assert_eq!(earliest.get("auto.offset.reset"), Some("earliest"));
+        let latest = consumer_config(&config(true, &[]));
+        assert_eq!(latest.get("auto.offset.reset"), Some("latest"));
+    }
+
+    #[test]
+    fn the_operators_kafka_options_win() {
+        let c = consumer_config(&config(
+            false,
+            &[
+                ("session.timeout.ms", "45000"),
+                ("security.protocol", "ssl"),
+            ],
+        ));
+        assert_eq!(c.get("session.timeout.ms"), Some("45000"));
+        assert_eq!(c.get("security.protocol"), Some("ssl"));
+    }
 }
