@@ -4,7 +4,7 @@
 //! [`crate::window::PartitionState`], read by the staging encoder.
 
 use crate::context::{Context, ContextRef, Dimensions, Slice};
-use crate::metrics::{AddEvent, WindowMetrics};
+use crate::metrics::{AddEvent, TimeSums, WindowMetrics};
 use hashbrown::{DefaultHashBuilder, HashMap, HashSet};
 use indexmap::{IndexMap, IndexSet};
 use qoe_schemas::{EventRef, EventType};
@@ -73,15 +73,10 @@ impl ViewPartial {
             }
             _ => {}
         }
-        if let Some(p) = e.playing_ms {
-            self.playing_ms += u64::from(p);
-            if let Some(b) = e.bitrate_kbps {
-                self.bitrate_kbps_ms += u64::from(b) * u64::from(p);
-            }
-        }
-        if let Some(s) = e.stall_ms {
-            self.stall_ms += u64::from(s);
-        }
+        let time = TimeSums::of(e);
+        self.playing_ms += time.playing_ms;
+        self.bitrate_kbps_ms += time.bitrate_kbps_ms;
+        self.stall_ms += time.stall_ms;
     }
 }
 

@@ -21,6 +21,26 @@ pub trait AddEvent {
     fn add_classified(&mut self, e: &EventRef<'_>, business: bool);
 }
 
+/// What one event adds to the time sums a window and a view both keep: time playing, the
+/// playing-time weighted bitrate, time rebuffering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeSums {
+    pub playing_ms: u64,
+    pub bitrate_kbps_ms: u64,
+    pub stall_ms: u64,
+}
+
+impl TimeSums {
+    pub fn of(e: &EventRef<'_>) -> TimeSums {
+        let playing_ms = u64::from(e.playing_ms.unwrap_or(0));
+        TimeSums {
+            playing_ms,
+            bitrate_kbps_ms: e.bitrate_kbps.map_or(0, |b| u64::from(b) * playing_ms),
+            stall_ms: u64::from(e.stall_ms.unwrap_or(0)),
+        }
+    }
+}
+
 impl AddEvent for WindowMetrics {
     /// Adds one accepted event, exactly as the spec defines each metric.
     fn add_classified(&mut self, e: &EventRef<'_>, business: bool) {
@@ -74,15 +94,10 @@ impl AddEvent for WindowMetrics {
             }
             _ => {}
         }
-        if let Some(p) = e.playing_ms {
-            self.playing_ms += u64::from(p);
-            if let Some(b) = e.bitrate_kbps {
-                self.bitrate_kbps_ms += u64::from(b) * u64::from(p);
-            }
-        }
-        if let Some(s) = e.stall_ms {
-            self.stall_ms += u64::from(s);
-        }
+        let time = TimeSums::of(e);
+        self.playing_ms += time.playing_ms;
+        self.bitrate_kbps_ms += time.bitrate_kbps_ms;
+        self.stall_ms += time.stall_ms;
         if let Some(l) = e.latency_ms {
             self.latency_ms_sum += u64::from(l);
             self.latency_samples += 1;
