@@ -624,6 +624,24 @@ pub async fn metric_sum(base: &str, name: &str) -> f64 {
         + 0.0
 }
 
+/// Kills the aggregator whose metrics listener is `base` with SIGKILL, at a random moment up
+/// to 1.5 s after it has written a batch: every kill lands on an instance with work done and
+/// state to resume (a bare random sleep may kill one that did nothing, and the test passes
+/// without the scenario).
+pub async fn kill9_after_a_batch(aggregator: &mut Service, base: &str) {
+    use rand::Rng;
+    wait_metric(
+        base,
+        "qoe_aggregator_batches_written_total",
+        1.0,
+        Duration::from_secs(60),
+    )
+    .await;
+    let pause = rand::rng().random_range(0..1_500);
+    tokio::time::sleep(Duration::from_millis(pause)).await;
+    aggregator.kill9();
+}
+
 /// Waits until the Prometheus metric `name` (summed over its labels) of the service at `base`
 /// reaches `value`; returns it. Fails the test after `within`, naming the metric: tests wait on
 /// what a service did, not on the clock.

@@ -6,10 +6,9 @@
 
 use qoe_tests::truth::{expected, generate};
 use qoe_tests::{
-    assert_windows_equal, clickhouse_query, create_topic, metric_sum, publish, spawn_aggregator,
-    spawn_aggregator_at, unique, wait_caught_up, wait_metric,
+    assert_windows_equal, clickhouse_query, create_topic, kill9_after_a_batch, metric_sum, publish,
+    spawn_aggregator, spawn_aggregator_at, unique, wait_caught_up, wait_metric,
 };
-use rand::Rng;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -154,7 +153,6 @@ async fn kill_dash_nine_changes_nothing() {
     // wait forever for the dead one's partitions. Progress lives in ClickHouse checkpoints, not
     // in the group, so the recovery path under test is the same.
     let events = generate(3, 600, T0);
-    let mut rng = rand::rng();
     let flush = ["--flush-interval-ms", "100"];
     let (mut agg, mut base) = spawn_aggregator_at(&topic, &db, &unique("g"), &flush);
     // Publish in waves, killing each instance at a random moment after it has written a batch
@@ -170,15 +168,7 @@ async fn kill_dash_nine_changes_nothing() {
             entry.0.extend(evs);
             entry.1 = next;
         }
-        wait_metric(
-            &base,
-            "qoe_aggregator_batches_written_total",
-            1.0,
-            Duration::from_secs(60),
-        )
-        .await;
-        tokio::time::sleep(Duration::from_millis(rng.random_range(0..1500))).await;
-        agg.kill9();
+        kill9_after_a_batch(&mut agg, &base).await;
         (agg, base) = spawn_aggregator_at(&topic, &db, &unique("g"), &flush);
     }
     wait_published(&db, &topic, &partitions, 180).await;

@@ -7,8 +7,8 @@ use flate2::write::GzEncoder;
 use qoe_schemas::cmcd::{CmcdMessage, CmcdReport};
 use qoe_telemetry::process::now_ms;
 use qoe_tests::{
-    clickhouse_query, create_topic, kafka_brokers, metrics_text, spawn_aggregator,
-    spawn_aggregator_at, spawn_collector, unique, wait_caught_up, wait_metric, window_rows,
+    clickhouse_query, create_topic, kafka_brokers, kill9_after_a_batch, metrics_text,
+    spawn_aggregator, spawn_aggregator_at, spawn_collector, unique, wait_caught_up, window_rows,
 };
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
@@ -915,20 +915,10 @@ async fn kill_dash_nine_mid_session_changes_nothing() {
     let _steady = spawn_aggregator(&topic, &steady_db, &unique("g"), &[]);
     let flush = ["--flush-interval-ms", "100"];
     let (mut killed, mut base) = spawn_aggregator_at(&topic, &killed_db, &unique("g"), &flush);
-    let mut rng = rand::rng();
-    // Each instance is killed at a random moment after it has written a batch of its wave, so
-    // every kill lands on an instance with work done and sessions to resume.
+    // Each instance is killed after it has written a batch of its wave, with sessions open.
     for wave in messages.chunks(messages.len() / 6 + 1) {
         publish_raw(&topic, wave).await;
-        wait_metric(
-            &base,
-            "qoe_aggregator_batches_written_total",
-            1.0,
-            Duration::from_secs(60),
-        )
-        .await;
-        tokio::time::sleep(Duration::from_millis(rng.random_range(0..1_500))).await;
-        killed.kill9();
+        kill9_after_a_batch(&mut killed, &base).await;
         // A fresh group id per restart: see aggregator.rs (the local broker keeps a killed
         // member's partitions); progress lives in the checkpoints either way.
         (killed, base) = spawn_aggregator_at(&topic, &killed_db, &unique("g"), &flush);
