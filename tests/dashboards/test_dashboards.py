@@ -30,6 +30,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -179,10 +180,22 @@ def ch_exec(database, sql, url=CH, settings=""):
         raise AssertionError(f"ClickHouse rejected the statement: {e.read().decode()}\n{sql}") from None
 
 
+_HANDED_OUT = set()
+_HANDED_OUT_LOCK = threading.Lock()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port, handed out once per test process: the kernel may give a
+    just-released port to the next bind, so calls in a row (a run's collector, aggregator and
+    admin listeners) could otherwise get the same port."""
+    with _HANDED_OUT_LOCK:
+        while True:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            if port not in _HANDED_OUT:
+                _HANDED_OUT.add(port)
+                return port
 
 
 def wait_http(url, seconds):

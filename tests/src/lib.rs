@@ -154,11 +154,23 @@ pub fn binary(name: &str) -> std::path::PathBuf {
 }
 
 /// A free loopback port (bound and released; good enough for tests on one machine).
+///
+/// A port is handed out once per test process: the kernel may give a just-released port to
+/// the next `bind(0)`, so two calls in a row (a collector's public and admin listeners) could
+/// otherwise get the same port, and the service fails to bind its second listener.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        if handed_out.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// A child process killed when dropped, so a failing test leaves nothing running.
