@@ -4,28 +4,27 @@ chDB embeds one ClickHouse server per process, so all tests share one session wi
 project's migrations applied to database `qoe`.
 """
 
+import functools
+import os
 import pathlib
+import subprocess
 
 import pytest
 from chdb import session
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-MIGRATIONS = sorted((ROOT / "schemas" / "clickhouse").glob("*.sql"))
+TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug"
 
 
-def statements(path):
-    """Splits a migration the way `qoe_schemas::migrations` does."""
-    out, cur = [], []
-    for line in path.read_text().splitlines():
-        t = line.strip()
-        if t.startswith("--") or (not t and not cur):
-            continue
-        cur.append(line)
-        if t.endswith(";"):
-            out.append("\n".join(cur).strip().rstrip(";"))
-            cur = []
-    assert not "".join(cur).strip(), f"{path.name}: text after the last ';'"
-    return out
+@functools.cache
+def migration_statements():
+    """Every migration statement, in order, as the aggregator gives a current server (its
+    `-- qoe:generate` lines expanded): `aggregator migrate --print`."""
+    out = subprocess.run([str(TARGET / "aggregator"), "migrate", "--print"],
+                         check=True, capture_output=True, text=True).stdout
+    statements = [s.strip().removesuffix(";") for s in out.split(";\n\n") if s.strip()]
+    assert len(statements) > 50, out[:500]
+    return statements
 
 
 @pytest.fixture(scope="session")
@@ -43,9 +42,8 @@ def migrate(s, database):
     it the current one."""
     s.query(f"CREATE DATABASE IF NOT EXISTS {database}")
     s.query(f"USE {database}")
-    for path in MIGRATIONS:
-        for st in statements(path):
-            s.query(st)
+    for st in migration_statements():
+        s.query(st)
 
 
 @pytest.fixture(scope="session")

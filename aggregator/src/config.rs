@@ -56,9 +56,10 @@ pub enum Command {
     Migrate {
         #[command(flatten)]
         clickhouse: ClickHouseArgs,
-        /// Print the statements for --clickhouse-cluster instead of applying them (no server
-        /// needed).
-        #[arg(long, requires = "clickhouse_cluster")]
+        /// Print the statements instead of applying them (no server needed): those of every
+        /// migration for a current single server, or with --clickhouse-cluster their cluster
+        /// form.
+        #[arg(long)]
         print: bool,
     },
     /// Check that Kafka and ClickHouse are reachable, then exit.

@@ -9,6 +9,7 @@ use qoe_aggregator::consumer::{self, Shared};
 use qoe_aggregator::migrate::{self, MigrationReport};
 use qoe_aggregator::store::{Store, StoreConfig};
 use qoe_aggregator::writer::Writer;
+use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -44,11 +45,16 @@ async fn main() -> anyhow::Result<()> {
         Command::Run(_) => unreachable!("handled above"),
         Command::Migrate { clickhouse, print } => {
             if print {
-                let target = clickhouse
-                    .cluster()?
-                    .context("--print needs --clickhouse-cluster")?;
-                for sql in qoe_schemas::cluster::all_statements(&target)? {
-                    println!("{sql};\n");
+                let statements = match clickhouse.cluster()? {
+                    Some(target) => qoe_schemas::cluster::all_statements(&target)?,
+                    None => migrate::single_server_statements()?,
+                };
+                let mut out = std::io::stdout().lock();
+                for sql in statements {
+                    match writeln!(out, "{sql};\n") {
+                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break,
+                        r => r.context("writing the statements")?,
+                    }
                 }
                 return Ok(());
             }

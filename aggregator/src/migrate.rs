@@ -81,6 +81,16 @@ async fn column_exists(store: &Store, table: &str, column: &str) -> Result<bool,
     Ok(present > 0)
 }
 
+/// Every statement of every migration, in order, as a current single server is given them
+/// (what `aggregator migrate --print` shows without a cluster).
+pub fn single_server_statements() -> Result<Vec<String>, MigrationError> {
+    let mut out = Vec::new();
+    for m in MIGRATIONS {
+        out.extend(m.statements()?.into_iter().map(|s| s.sql));
+    }
+    Ok(out)
+}
+
 pub async fn run(store: &Store) -> Result<MigrationReport, MigrateError> {
     let client = &store.client;
     client
@@ -106,7 +116,7 @@ async fn apply(
     let mut report = MigrationReport::default();
     for migration in MIGRATIONS {
         if let Some(done) = applied.iter().find(|a| a.version == migration.version) {
-            let current = migration.checksum();
+            let current = migration.checksum()?;
             if done.checksum != current {
                 return Err(MigrateError::Edited {
                     name: migration.name.to_owned(),
@@ -181,7 +191,7 @@ async fn apply(
             .write(&AppliedMigration {
                 version: migration.version,
                 name: migration.name.to_owned(),
-                checksum: migration.checksum(),
+                checksum: migration.checksum()?,
                 applied_at: now,
             })
             .await
@@ -284,7 +294,7 @@ async fn up_to_date(
     let all_there = MIGRATIONS.iter().all(|m| {
         applied
             .iter()
-            .any(|a| a.version == m.version && a.checksum == m.checksum())
+            .any(|a| a.version == m.version && m.checksum().is_ok_and(|c| c == a.checksum))
     });
     let complete = read_layer_complete(store, target, catalog).await.ok()?;
     (all_there && complete).then(|| MigrationReport {

@@ -19,41 +19,9 @@ CREATE TABLE IF NOT EXISTS qoe_staging
     batch_id UInt64,
     staged_at DateTime('UTC'),
     kind Enum8('window' = 1, 'presence' = 2, 'view' = 3, 'checkpoint' = 4),
-    window_start DateTime('UTC'),
-    region String,
-    cdn String,
-    stream_type String,
-    platform String,
-    stream_id String,
+    -- qoe:generate window-key-columns
     view_id String,
-    events UInt64,
-    attempts UInt64,
-    plays UInt64,
-    startup_ms_sum UInt64,
-    startup_le_250 UInt64,
-    startup_le_500 UInt64,
-    startup_le_1000 UInt64,
-    startup_le_2000 UInt64,
-    startup_le_3000 UInt64,
-    startup_le_5000 UInt64,
-    startup_le_8000 UInt64,
-    startup_le_15000 UInt64,
-    startup_le_inf UInt64,
-    vsf UInt64,
-    vpf UInt64,
-    ebvs UInt64,
-    errors UInt64,
-    playing_ms UInt64,
-    stall_ms UInt64,
-    stalls UInt64,
-    bitrate_kbps_ms UInt64,
-    upswitches UInt64,
-    downswitches UInt64,
-    latency_ms_sum UInt64,
-    latency_samples UInt64,
-    dropped_frames UInt64,
-    late_events UInt64,
-    duplicate_events UInt64,
+    -- qoe:generate window-columns duplicate_events
     player String,
     protocol String,
     first_event_time DateTime('UTC'),
@@ -79,115 +47,17 @@ ORDER BY batch_id;
 CREATE TABLE IF NOT EXISTS qoe_ingest AS qoe_staging ENGINE = Null;
 
 -- Per-window QoE metrics at the base grain (default 10 s). All columns add up.
-CREATE TABLE IF NOT EXISTS qoe_window_10s
-(
-    window_start DateTime('UTC'),
-    region String,
-    cdn String,
-    stream_type String,
-    platform String,
-    stream_id String,
-    events UInt64,
-    attempts UInt64,
-    plays UInt64,
-    startup_ms_sum UInt64,
-    startup_le_250 UInt64,
-    startup_le_500 UInt64,
-    startup_le_1000 UInt64,
-    startup_le_2000 UInt64,
-    startup_le_3000 UInt64,
-    startup_le_5000 UInt64,
-    startup_le_8000 UInt64,
-    startup_le_15000 UInt64,
-    startup_le_inf UInt64,
-    vsf UInt64,
-    vpf UInt64,
-    ebvs UInt64,
-    errors UInt64,
-    playing_ms UInt64,
-    stall_ms UInt64,
-    stalls UInt64,
-    bitrate_kbps_ms UInt64,
-    upswitches UInt64,
-    downswitches UInt64,
-    latency_ms_sum UInt64,
-    latency_samples UInt64,
-    dropped_frames UInt64,
-    late_events UInt64,
-    duplicate_events UInt64
-)
-ENGINE = SummingMergeTree
-PARTITION BY toYYYYMMDD(window_start)
-ORDER BY (window_start, region, cdn, stream_type, platform, stream_id);
+-- qoe:generate window-table duplicate_events
 
 CREATE TABLE IF NOT EXISTS qoe_window_1m AS qoe_window_10s;
 CREATE TABLE IF NOT EXISTS qoe_window_1h AS qoe_window_10s;
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS qoe_window_10s_mv TO qoe_window_10s AS
-SELECT
-    window_start, region, cdn, stream_type, platform, stream_id,
-    events, attempts, plays, startup_ms_sum,
-    startup_le_250, startup_le_500, startup_le_1000, startup_le_2000, startup_le_3000,
-    startup_le_5000, startup_le_8000, startup_le_15000, startup_le_inf,
-    vsf, vpf, ebvs, errors, playing_ms, stall_ms, stalls, bitrate_kbps_ms,
-    upswitches, downswitches, latency_ms_sum, latency_samples, dropped_frames,
-    late_events, duplicate_events
-FROM qoe_ingest
-WHERE kind = 'window';
-
-CREATE MATERIALIZED VIEW IF NOT EXISTS qoe_window_1m_mv TO qoe_window_1m AS
-SELECT
-    toDateTime(intDiv(toUInt32(window_start), 60) * 60, 'UTC') AS window_start,
-    region, cdn, stream_type, platform, stream_id,
-    sum(events) AS events, sum(attempts) AS attempts, sum(plays) AS plays,
-    sum(startup_ms_sum) AS startup_ms_sum,
-    sum(startup_le_250) AS startup_le_250, sum(startup_le_500) AS startup_le_500,
-    sum(startup_le_1000) AS startup_le_1000, sum(startup_le_2000) AS startup_le_2000,
-    sum(startup_le_3000) AS startup_le_3000, sum(startup_le_5000) AS startup_le_5000,
-    sum(startup_le_8000) AS startup_le_8000, sum(startup_le_15000) AS startup_le_15000,
-    sum(startup_le_inf) AS startup_le_inf,
-    sum(vsf) AS vsf, sum(vpf) AS vpf, sum(ebvs) AS ebvs, sum(errors) AS errors,
-    sum(playing_ms) AS playing_ms, sum(stall_ms) AS stall_ms, sum(stalls) AS stalls,
-    sum(bitrate_kbps_ms) AS bitrate_kbps_ms,
-    sum(upswitches) AS upswitches, sum(downswitches) AS downswitches,
-    sum(latency_ms_sum) AS latency_ms_sum, sum(latency_samples) AS latency_samples,
-    sum(dropped_frames) AS dropped_frames,
-    sum(late_events) AS late_events, sum(duplicate_events) AS duplicate_events
-FROM qoe_ingest
-WHERE kind = 'window'
-GROUP BY window_start, region, cdn, stream_type, platform, stream_id;
-
-CREATE MATERIALIZED VIEW IF NOT EXISTS qoe_window_1h_mv TO qoe_window_1h AS
-SELECT
-    toDateTime(intDiv(toUInt32(window_start), 3600) * 3600, 'UTC') AS window_start,
-    region, cdn, stream_type, platform, stream_id,
-    sum(events) AS events, sum(attempts) AS attempts, sum(plays) AS plays,
-    sum(startup_ms_sum) AS startup_ms_sum,
-    sum(startup_le_250) AS startup_le_250, sum(startup_le_500) AS startup_le_500,
-    sum(startup_le_1000) AS startup_le_1000, sum(startup_le_2000) AS startup_le_2000,
-    sum(startup_le_3000) AS startup_le_3000, sum(startup_le_5000) AS startup_le_5000,
-    sum(startup_le_8000) AS startup_le_8000, sum(startup_le_15000) AS startup_le_15000,
-    sum(startup_le_inf) AS startup_le_inf,
-    sum(vsf) AS vsf, sum(vpf) AS vpf, sum(ebvs) AS ebvs, sum(errors) AS errors,
-    sum(playing_ms) AS playing_ms, sum(stall_ms) AS stall_ms, sum(stalls) AS stalls,
-    sum(bitrate_kbps_ms) AS bitrate_kbps_ms,
-    sum(upswitches) AS upswitches, sum(downswitches) AS downswitches,
-    sum(latency_ms_sum) AS latency_ms_sum, sum(latency_samples) AS latency_samples,
-    sum(dropped_frames) AS dropped_frames,
-    sum(late_events) AS late_events, sum(duplicate_events) AS duplicate_events
-FROM qoe_ingest
-WHERE kind = 'window'
-GROUP BY window_start, region, cdn, stream_type, platform, stream_id;
+-- qoe:generate window-views duplicate_events
 
 -- Distinct views per base window and slice. Replays of the same view id are harmless here.
 CREATE TABLE IF NOT EXISTS qoe_active_views_10s
 (
-    window_start DateTime('UTC'),
-    region String,
-    cdn String,
-    stream_type String,
-    platform String,
-    stream_id String,
+    -- qoe:generate window-key-columns
     views AggregateFunction(uniqExact, String)
 )
 ENGINE = AggregatingMergeTree
@@ -252,30 +122,7 @@ WHERE kind = 'view'
 GROUP BY view_id;
 
 -- One row per view: what SREs drill down to.
-CREATE VIEW IF NOT EXISTS qoe_views AS
-SELECT
-    view_id,
-    anyLastMerge(region) AS region,
-    anyLastMerge(cdn) AS cdn,
-    anyLastMerge(stream_type) AS stream_type,
-    anyLastMerge(platform) AS platform,
-    anyLastMerge(stream_id) AS stream_id,
-    anyLastMerge(player) AS player,
-    anyLastMerge(protocol) AS protocol,
-    minMerge(first_event_time) AS start_time,
-    maxMerge(last_event_time) AS last_event_time,
-    maxMerge(started) AS started,
-    maxMerge(startup_ms) AS startup_ms,
-    sumMerge(playing_ms) AS playing_ms,
-    sumMerge(stall_ms) AS stall_ms,
-    sumMerge(stalls) AS stalls,
-    sumMerge(bitrate_kbps_ms) AS bitrate_kbps_ms,
-    if(playing_ms = 0, 0, bitrate_kbps_ms / playing_ms) AS avg_bitrate_kbps,
-    sumMerge(errors) AS errors,
-    argMaxMerge(error_code) AS error_code,
-    argMaxMerge(end_reason) AS end_reason
-FROM qoe_view_partials
-GROUP BY view_id;
+-- qoe:generate views-view
 
 -- Progress of every Kafka partition: the offset up to which its events are in the tables above.
 CREATE TABLE IF NOT EXISTS qoe_checkpoints

@@ -40,26 +40,4 @@ ORDER BY (window_start, region, cdn, stream_type, platform, player, error_code, 
 
 CREATE TABLE IF NOT EXISTS qoe_error_codes_1h AS qoe_error_codes_1m;
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS qoe_error_codes_1m_mv TO qoe_error_codes_1m AS
-SELECT
-    toDateTime(intDiv(toUInt32(window_start), 60) * 60, 'UTC') AS window_start,
-    region, cdn, stream_type, platform, player, error_code, fatal, started, business,
-    sum(errors) AS errors,
-    sum(attempts) AS attempts,
-    sum(events_lost) AS events_lost,
-    sum(reports_lost) AS reports_lost
-FROM qoe_ingest
-WHERE kind = 'error_code'
-GROUP BY window_start, region, cdn, stream_type, platform, player, error_code, fatal, started, business;
-
-CREATE MATERIALIZED VIEW IF NOT EXISTS qoe_error_codes_1h_mv TO qoe_error_codes_1h AS
-SELECT
-    toDateTime(intDiv(toUInt32(window_start), 3600) * 3600, 'UTC') AS window_start,
-    region, cdn, stream_type, platform, player, error_code, fatal, started, business,
-    sum(errors) AS errors,
-    sum(attempts) AS attempts,
-    sum(events_lost) AS events_lost,
-    sum(reports_lost) AS reports_lost
-FROM qoe_ingest
-WHERE kind = 'error_code'
-GROUP BY window_start, region, cdn, stream_type, platform, player, error_code, fatal, started, business;
+-- qoe:generate rollup-views error_code qoe_error_codes_1m:60 qoe_error_codes_1h:3600

@@ -12,12 +12,29 @@
 //! `ALTER TABLE t ADD COLUMN c ...` is recognised ([`Statement::added_column`]) and skipped by
 //! the migrator when the column is already there.
 
+mod templates;
+
+pub use templates::{expand, TemplateError};
+
 /// One migration file.
 #[derive(Debug, Clone, Copy)]
 pub struct Migration {
     pub version: u32,
     pub name: &'static str,
+    /// The file as written: SQL, `-- qoe:` directives and `-- qoe:generate` lines
+    /// ([`templates`]).
     pub sql: &'static str,
+    /// For a migration released before its file was written with `-- qoe:generate` lines:
+    /// what it was then.
+    pub released: Option<Released>,
+}
+
+/// A released migration as servers recorded it: the checksum of its file then, and the
+/// [`statements_fingerprint`] of its statements, which its file must still expand to.
+#[derive(Debug, Clone, Copy)]
+pub struct Released {
+    pub checksum: &'static str,
+    pub fingerprint: &'static str,
 }
 
 /// All migrations, in order. A test checks this list against the files on disk.
@@ -25,46 +42,76 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
         name: "0001_core.sql",
+        released: Some(Released {
+            checksum: "1667fe08fba07452",
+            fingerprint: "9bb87afe6f991484",
+        }),
         sql: include_str!("../clickhouse/0001_core.sql"),
     },
     Migration {
         version: 2,
         name: "0002_seeks.sql",
+        released: Some(Released {
+            checksum: "246eee74399d7621",
+            fingerprint: "577729dab1922952",
+        }),
         sql: include_str!("../clickhouse/0002_seeks.sql"),
     },
     Migration {
         version: 3,
         name: "0003_startup_unknown.sql",
+        released: Some(Released {
+            checksum: "27e1d32e890ccef8",
+            fingerprint: "38226e44d04b0971",
+        }),
         sql: include_str!("../clickhouse/0003_startup_unknown.sql"),
     },
     Migration {
         version: 4,
         name: "0004_cmcd_sessions.sql",
+        released: None,
         sql: include_str!("../clickhouse/0004_cmcd_sessions.sql"),
     },
     Migration {
         version: 5,
         name: "0005_request_metrics.sql",
+        released: Some(Released {
+            checksum: "469a6d0e60e9227c",
+            fingerprint: "f672be1fc1f297c9",
+        }),
         sql: include_str!("../clickhouse/0005_request_metrics.sql"),
     },
     Migration {
         version: 6,
         name: "0006_partition_state.sql",
+        released: None,
         sql: include_str!("../clickhouse/0006_partition_state.sql"),
     },
     Migration {
         version: 7,
         name: "0007_view_score.sql",
+        released: Some(Released {
+            checksum: "9b46968ea2793fe2",
+            fingerprint: "0806520374d4830c",
+        }),
         sql: include_str!("../clickhouse/0007_view_score.sql"),
     },
     Migration {
         version: 8,
         name: "0008_switches_and_losses.sql",
+        released: Some(Released {
+            checksum: "0c22a38a462283c8",
+            fingerprint: "c17be91b4da02f66",
+        }),
         sql: include_str!("../clickhouse/0008_switches_and_losses.sql"),
     },
     Migration {
         version: 9,
         name: "0009_error_codes.sql",
+        released: Some(Released {
+            checksum: "62665f7970cf743a",
+            fingerprint: "1e9c9550cc57381b",
+        }),
         sql: include_str!("../clickhouse/0009_error_codes.sql"),
     },
 ];
@@ -136,6 +183,31 @@ impl Statement {
     }
 }
 
+/// FNV-1a of the statements' tokens and minimum versions: equal for two migrations that differ
+/// only in layout and comments.
+pub fn statements_fingerprint(statements: &[Statement]) -> String {
+    let text: Vec<String> = statements
+        .iter()
+        .map(|s| {
+            let min = s.min_version.map(|v| v.to_string()).unwrap_or_default();
+            format!(
+                "{min}|{}",
+                s.sql.split_whitespace().collect::<Vec<_>>().join(" ")
+            )
+        })
+        .collect();
+    fnv1a(text.join(";\n").as_bytes())
+}
+
+fn fnv1a(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
 /// What the migrator applies: one statement, or a run of consecutive `ADD COLUMN`s to one
 /// table, applied as one `ALTER` (on a cluster every statement is a distributed DDL that waits
 /// for every server) after dropping the columns that exist already.
@@ -184,15 +256,26 @@ pub enum MigrationError {
     BadDirective { file: String, line: String },
     #[error("{file}: text after the last `;`")]
     Unterminated { file: String },
+    #[error("{file}: {source}")]
+    Template { file: String, source: TemplateError },
 }
 
 impl Migration {
-    /// Splits the file into statements, dropping comment lines.
+    /// The file with its `-- qoe:generate` lines expanded: the SQL servers are given.
+    pub fn text(&self) -> Result<String, MigrationError> {
+        templates::expand_released(self.sql).map_err(|source| MigrationError::Template {
+            file: self.name.to_owned(),
+            source,
+        })
+    }
+
+    /// Splits the expanded file into statements, dropping comment lines.
     pub fn statements(&self) -> Result<Vec<Statement>, MigrationError> {
+        let text = self.text()?;
         let mut out = Vec::new();
         let mut current = String::new();
         let mut min_version = None;
-        for line in self.sql.lines() {
+        for line in text.lines() {
             let trimmed = line.trim();
             if let Some(rest) = trimmed.strip_prefix("-- qoe:") {
                 let version = rest
@@ -234,14 +317,14 @@ impl Migration {
             .collect())
     }
 
-    /// FNV-1a of the file, recorded when applied so that an edited migration is noticed.
-    pub fn checksum(&self) -> String {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in self.sql.bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        format!("{h:016x}")
+    /// Recorded when applied so that an edited migration is noticed: FNV-1a of the expanded
+    /// file, or for a [`Released`] one the checksum its file had then (a test holds its
+    /// statements to what they were).
+    pub fn checksum(&self) -> Result<String, MigrationError> {
+        Ok(match self.released {
+            Some(r) => r.checksum.to_owned(),
+            None => fnv1a(self.text()?.as_bytes()),
+        })
     }
 }
 
@@ -267,6 +350,32 @@ mod tests {
     }
 
     #[test]
+    fn released_migrations_still_are_what_servers_applied() {
+        let mut pinned = 0;
+        for m in MIGRATIONS {
+            if let Some(r) = m.released {
+                let got = statements_fingerprint(&m.statements().unwrap());
+                assert_eq!(
+                    got, r.fingerprint,
+                    "{}: its statements changed since release",
+                    m.name
+                );
+                assert_eq!(m.checksum().unwrap(), r.checksum);
+                pinned += 1;
+            }
+        }
+        assert_eq!(pinned, 7);
+    }
+
+    #[test]
+    fn a_migration_without_generated_lines_is_checksummed_as_written() {
+        let m = MIGRATIONS[3];
+        assert!(m.released.is_none());
+        assert_eq!(m.text().unwrap(), m.sql);
+        assert_eq!(m.checksum().unwrap(), fnv1a(m.sql.as_bytes()));
+    }
+
+    #[test]
     fn every_migration_parses() {
         for m in MIGRATIONS {
             let stmts = m.statements().unwrap();
@@ -282,6 +391,7 @@ mod tests {
         let m = Migration {
             version: 9,
             name: "0009_x.sql",
+            released: None,
             sql: "-- a comment\nCREATE TABLE a (x UInt8)\nENGINE = Memory;\n\n-- qoe:min-version 19.6\nALTER TABLE a MODIFY TTL x;\nSELECT 1;\n",
         };
         let old = ServerVersion::parse("18.16.1").unwrap();
@@ -296,6 +406,7 @@ mod tests {
             version: 9,
             name: "0009_x.sql",
             sql: "-- qoe:min-versoin 19\nSELECT 1;\n",
+            released: None,
         };
         assert!(matches!(
             bad.statements(),
@@ -305,6 +416,7 @@ mod tests {
             version: 9,
             name: "0009_x.sql",
             sql: "SELECT 1",
+            released: None,
         };
         assert!(matches!(
             open.statements(),

@@ -211,50 +211,47 @@ pub const VIEW_COLUMNS: [&str; 9] = [
     "bitrate_kbps_ms",
 ];
 
-/// Migration 0007 (`schemas/clickhouse/0007_view_score.sql`), generated from [`sql`] so that
-/// `qoe_views` scores views with this module's formula; a test keeps the file equal to it.
-pub fn view_score_migration() -> String {
+/// The per-view totals `qoe_views` shows, merged from the partial states of `qoe_view_partials`.
+pub const VIEW_TOTALS: &str = "\
+SELECT
+    view_id,
+    anyLastMerge(region) AS region,
+    anyLastMerge(cdn) AS cdn,
+    anyLastMerge(stream_type) AS stream_type,
+    anyLastMerge(platform) AS platform,
+    anyLastMerge(stream_id) AS stream_id,
+    anyLastMerge(player) AS player,
+    anyLastMerge(protocol) AS protocol,
+    minMerge(first_event_time) AS start_time,
+    maxMerge(last_event_time) AS last_event_time,
+    maxMerge(started) AS started,
+    maxMerge(startup_ms) AS startup_ms,
+    sumMerge(playing_ms) AS playing_ms,
+    sumMerge(stall_ms) AS stall_ms,
+    sumMerge(stalls) AS stalls,
+    sumMerge(bitrate_kbps_ms) AS bitrate_kbps_ms,
+    if(playing_ms = 0, 0, bitrate_kbps_ms / playing_ms) AS avg_bitrate_kbps,
+    sumMerge(errors) AS errors,
+    argMaxMerge(error_code) AS error_code,
+    argMaxMerge(end_reason) AS end_reason
+FROM qoe_view_partials
+GROUP BY view_id";
+
+/// `qoe_views` with each view's score and its parts, computed from the view's totals with this
+/// module's formula: what migration 0007's `-- qoe:generate view-score` line stands for.
+pub fn view_score_sql() -> String {
     let scores: Vec<String> = sql(&VIEW_COLUMNS, &format!("{DEFAULT_TOP_KBPS:?}"))
         .into_iter()
         .map(|(name, e)| format!("    {e} AS {name}"))
         .collect();
+    let totals: Vec<String> = VIEW_TOTALS.lines().map(|l| format!("    {l}")).collect();
     format!(
-        "-- Generated from schemas/src/score.rs (the experience score); do not edit. Regenerate with:\n\
-         --   QOE_BLESS=1 cargo test -p qoe-schemas --lib score\n\
-         -- qoe_views gains each view's experience score and its parts (README.md, \"Experience score\"),\n\
-         -- computed from the view's totals with the same formula as a slice's, top rendition {DEFAULT_TOP_KBPS} kbps.\n\
-         -- A plain view: re-creating it moves no data.\n\
-         \n\
-         DROP TABLE IF EXISTS qoe_views;\n\
+        "DROP TABLE IF EXISTS qoe_views;\n\
          CREATE VIEW IF NOT EXISTS qoe_views AS\n\
          SELECT *,\n{}\n\
-         FROM\n\
-         (\n\
-         \x20   SELECT\n\
-         \x20       view_id,\n\
-         \x20       anyLastMerge(region) AS region,\n\
-         \x20       anyLastMerge(cdn) AS cdn,\n\
-         \x20       anyLastMerge(stream_type) AS stream_type,\n\
-         \x20       anyLastMerge(platform) AS platform,\n\
-         \x20       anyLastMerge(stream_id) AS stream_id,\n\
-         \x20       anyLastMerge(player) AS player,\n\
-         \x20       anyLastMerge(protocol) AS protocol,\n\
-         \x20       minMerge(first_event_time) AS start_time,\n\
-         \x20       maxMerge(last_event_time) AS last_event_time,\n\
-         \x20       maxMerge(started) AS started,\n\
-         \x20       maxMerge(startup_ms) AS startup_ms,\n\
-         \x20       sumMerge(playing_ms) AS playing_ms,\n\
-         \x20       sumMerge(stall_ms) AS stall_ms,\n\
-         \x20       sumMerge(stalls) AS stalls,\n\
-         \x20       sumMerge(bitrate_kbps_ms) AS bitrate_kbps_ms,\n\
-         \x20       if(playing_ms = 0, 0, bitrate_kbps_ms / playing_ms) AS avg_bitrate_kbps,\n\
-         \x20       sumMerge(errors) AS errors,\n\
-         \x20       argMaxMerge(error_code) AS error_code,\n\
-         \x20       argMaxMerge(end_reason) AS end_reason\n\
-         \x20   FROM qoe_view_partials\n\
-         \x20   GROUP BY view_id\n\
-         );\n",
-        scores.join(",\n")
+         FROM\n(\n{}\n);\n",
+        scores.join(",\n"),
+        totals.join("\n")
     )
 }
 
@@ -353,23 +350,6 @@ mod tests {
         assert_eq!(
             (s.success, s.smoothness, s.overall),
             (None, Some(100.0), Some(100.0))
-        );
-    }
-
-    #[test]
-    fn the_view_score_migration_is_generated_from_the_formula() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/clickhouse/0007_view_score.sql"
-        );
-        let want = view_score_migration();
-        if std::env::var_os("QOE_BLESS").is_some() {
-            std::fs::write(path, &want).unwrap();
-        }
-        let have = std::fs::read_to_string(path).unwrap_or_default();
-        assert!(
-            have == want,
-            "{path} is stale: QOE_BLESS=1 cargo test -p qoe-schemas --lib score"
         );
     }
 }

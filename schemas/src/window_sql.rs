@@ -5,9 +5,9 @@
 //!
 //! A new metric is a catalogue entry; its migration is generated (`QOE_BLESS=1 cargo test -p
 //! qoe-schemas --lib window_sql` writes it when a catalogue column is in no migration). The
-//! migrations released before this generator existed stay as they were (the migrator records
-//! their checksums); a test checks that their window statements are, token for token, what this
-//! module generates for the catalogue as it was then.
+//! migration files say where their SQL is generated with `-- qoe:generate` lines
+//! (`migrations/templates.rs`); those released before carry the checksum servers recorded
+//! then, and a test holds their statements, token for token, to what was released.
 
 use crate::metrics::{Metric, DIMENSIONS, WINDOW_TABLES};
 
@@ -131,14 +131,15 @@ pub fn recreated_views(columns: &[&str]) -> Vec<String> {
         .collect()
 }
 
-/// The migration file that adds `catalogue`'s window columns after `existing_through`, with a
-/// header that names the metrics it adds and says how to apply it.
+/// The migration file that adds `catalogue`'s window columns after `existing_through`: a header
+/// that names the metrics it adds and says how to apply it, and the `-- qoe:generate` line
+/// that stands for its statements ([`add_columns_statements`]).
 pub fn add_columns_migration(
     catalogue: &[Metric],
     existing_through: &str,
 ) -> Result<String, GenerateError> {
     let columns = window_columns(catalogue);
-    let statements = add_columns_statements(&columns, existing_through)?;
+    add_columns_statements(&columns, existing_through)?;
     let from = columns
         .iter()
         .position(|(c, _)| *c == existing_through)
@@ -151,21 +152,15 @@ pub fn add_columns_migration(
             }
         }
     }
-    let mut sql = format!(
-        "-- Generated from the metric catalogue (schemas/src/metrics.rs) by schemas/src/window_sql.rs;\n\
-         -- do not edit. Adds {} wherever window metrics travel and re-creates the window\n\
+    let last = columns.last().map_or("", |(c, _)| *c);
+    Ok(format!(
+        "-- Generated from the metric catalogue (schemas/src/metrics.rs) by schemas/src/window_sql.rs.\n\
+         -- Adds {} wherever window metrics travel and re-creates the window\n\
          -- materialized views with them. Apply with the aggregators stopped (a batch moved while a\n\
-         -- view is re-created would miss it); every statement can be re-run.\n\n",
+         -- view is re-created would miss it); every statement can be re-run.\n\n\
+         -- qoe:generate add-window-columns {existing_through} {last}\n",
         metrics.join(", ")
-    );
-    for s in statements {
-        if s.starts_with("DROP") {
-            sql.push('\n');
-        }
-        sql.push_str(&s);
-        sql.push_str(";\n");
-    }
-    Ok(sql)
+    ))
 }
 
 /// A statement's tokens, one space apart: two statements that differ only in layout are equal.

@@ -183,11 +183,19 @@ fn catalogue_with_new_metrics() -> Vec<Metric> {
 fn a_new_metric_gets_a_migration_that_adds_it_everywhere_and_sums_it_up() {
     let catalogue = catalogue_with_new_metrics();
     let last = crate::metrics::WINDOW_COLUMNS[crate::metrics::WINDOW_COLUMNS.len() - 1];
-    let sql = add_columns_migration(&catalogue, last).unwrap();
+    let file = add_columns_migration(&catalogue, last).unwrap();
+    assert!(
+        file.ends_with(&format!(
+            "\n-- qoe:generate add-window-columns {last} probe_le_inf\n"
+        )),
+        "{file}"
+    );
+    let sql = crate::migrations::expand(&file, &catalogue).unwrap();
     let m = Migration {
         version: 99,
         name: "0099_probe_total.sql",
         sql: Box::leak(sql.clone().into_boxed_str()),
+        released: None,
     };
     let parsed = m.statements().unwrap();
     assert!(sql.starts_with("-- Generated"), "{sql}");
