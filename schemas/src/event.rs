@@ -6,7 +6,6 @@
 //! one message per beacon.
 
 use serde::{Deserialize, Serialize};
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// Version of the Kafka message format, also sent as the `qoe-schema` message header.
@@ -100,8 +99,8 @@ impl EndReason {
     }
 }
 
-event_measures! {
-    declare
+view_context! {
+    declare_event
     /// One validated, enriched player event: the Kafka message value.
     ///
     /// Times are milliseconds since the Unix epoch, UTC. `event_time` is the client's `ts`
@@ -110,68 +109,24 @@ event_measures! {
     pub struct QoeEvent {
         /// Message format version ([`SCHEMA_VERSION`]).
         pub v: u8,
-        pub view_id: String,
-        pub stream_id: String,
-        pub stream_type: StreamType,
-        pub cdn: String,
-        pub platform: String,
-        pub player: String,
-        pub protocol: String,
-        /// Resolved by the collector; `unknown` when nothing said.
-        pub region: String,
-        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-        pub custom: BTreeMap<String, String>,
-
-        pub seq: u32,
-        #[serde(rename = "type")]
-        pub kind: EventType,
-        /// Client clock, as sent.
-        pub ts: i64,
-        /// `ts` corrected for the client's clock skew.
-        pub event_time: i64,
-        /// Collector clock when the beacon arrived.
-        pub received_at: i64,
-    } {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub code: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub reason: Option<EndReason>,
     }
 }
 
-/// What every event of one view shares: the view's context with the region the collector
-/// resolved. The collector validates it once per beacon and copies it into each message.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EventContext {
-    pub view_id: String,
-    pub stream_id: String,
-    pub stream_type: StreamType,
-    pub cdn: String,
-    pub platform: String,
-    pub player: String,
-    pub protocol: String,
-    pub region: String,
-    pub custom: BTreeMap<String, String>,
+view_context! {
+    declare
+    /// What every event of one view shares: the view's context with the region the collector
+    /// resolved. The collector validates it once per beacon and copies it into each message,
+    /// serialized as in a [`QoeEvent`].
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct EventContext {}
 }
 
 event_measures! {
-    declare
+    declare_event
     /// The player's event itself: every field of a [`QoeEvent`] but the context, serialized in
     /// the same order and with the same names.
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-    pub struct EventFields {
-        pub seq: u32,
-        #[serde(rename = "type")]
-        pub kind: EventType,
-        pub ts: i64,
-        pub event_time: i64,
-        pub received_at: i64,
-    } {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        pub code: Option<String>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        pub reason: Option<EndReason>,
-    }
+    pub struct EventFields {}
 }
 
 event_measures! {
@@ -200,23 +155,7 @@ impl<'a> EventRef<'a> {
 impl QoeEvent {
     /// The same event as an [`EventRef`] borrowing this one's strings.
     pub fn borrowed(&self) -> EventRef<'_> {
-        event_measures!(copy EventRef {
-            v: self.v,
-            view_id: Cow::Borrowed(&self.view_id),
-            stream_id: Cow::Borrowed(&self.stream_id),
-            stream_type: self.stream_type,
-            cdn: Cow::Borrowed(&self.cdn),
-            platform: Cow::Borrowed(&self.platform),
-            player: Cow::Borrowed(&self.player),
-            protocol: Cow::Borrowed(&self.protocol),
-            region: Cow::Borrowed(&self.region),
-            seq: self.seq,
-            kind: self.kind,
-            event_time: self.event_time,
-            received_at: self.received_at,
-            code: self.code.as_deref().map(Cow::Borrowed),
-            reason: self.reason,
-        } from self)
+        view_context!(borrow self, self => EventRef { v: self.v })
     }
 }
 
@@ -240,17 +179,8 @@ impl QoeEvent {
 
     /// The event a context and an event's own fields make together.
     pub fn from_parts(context: &EventContext, fields: EventFields) -> Self {
-        event_measures!(copy QoeEvent {
+        view_context!(clone context => event_measures!(copy QoeEvent {
             v: SCHEMA_VERSION,
-            view_id: context.view_id.clone(),
-            stream_id: context.stream_id.clone(),
-            stream_type: context.stream_type,
-            cdn: context.cdn.clone(),
-            platform: context.platform.clone(),
-            player: context.player.clone(),
-            protocol: context.protocol.clone(),
-            region: context.region.clone(),
-            custom: context.custom.clone(),
             seq: fields.seq,
             kind: fields.kind,
             ts: fields.ts,
@@ -258,22 +188,12 @@ impl QoeEvent {
             received_at: fields.received_at,
             code: fields.code,
             reason: fields.reason,
-        } from fields)
+        } from fields))
     }
 
     /// The event's context and its own fields: what [`QoeEvent::from_parts`] puts together.
     pub fn parts(&self) -> (EventContext, EventFields) {
-        let context = EventContext {
-            view_id: self.view_id.clone(),
-            stream_id: self.stream_id.clone(),
-            stream_type: self.stream_type,
-            cdn: self.cdn.clone(),
-            platform: self.platform.clone(),
-            player: self.player.clone(),
-            protocol: self.protocol.clone(),
-            region: self.region.clone(),
-            custom: self.custom.clone(),
-        };
+        let context = view_context!(clone self => EventContext {});
         let fields = event_measures!(copy EventFields {
             seq: self.seq,
             kind: self.kind,
@@ -321,6 +241,7 @@ impl QoeEvent {
 mod tests {
     use super::*;
     use crate::MessageEncoder;
+    use std::borrow::Cow;
 
     #[test]
     fn event_type_names_round_trip() {

@@ -3,6 +3,8 @@
 //! Everything that more than one process must agree on lives here, and nowhere else:
 //!
 //! - `measures`: the optional measurements of an event, declared once ([`event_measures!`]).
+//! - [`view_context`]: the view's context every event carries, declared once
+//!   ([`view_context!`]).
 //! - [`beacon`]: the wire format players post (beacon protocol v1), parsed leniently
 //!   (unknown fields are ignored) but bounded.
 //! - [`validate`]: the per-event rules, clock-skew correction and age checks that turn a
@@ -27,6 +29,8 @@
 
 #[macro_use]
 mod measures;
+#[macro_use]
+pub mod view_context;
 
 pub mod beacon;
 pub mod cluster;

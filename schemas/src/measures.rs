@@ -14,6 +14,9 @@
 ///
 /// - `event_measures!(declare $(#[attr])* pub struct Name<'a>? { fields before } { fields after })`:
 ///   the struct with the measurements between the two groups of fields.
+/// - `event_measures!(declare_event $(#[attr])* pub struct Name { fields before })`: an
+///   event's own fields after `fields before`: `seq`, `type`, the times, the measurements,
+///   `code`, `reason`.
 /// - The forms consumers decode, borrowing from the message bytes:
 ///   `event_measures!(declare_read $(#[attr])* pub struct Name<'a> {})`, the event's fields
 ///   as aggregation reads them (`seq`, `type`, the times, the measurements, a borrowed `code`,
@@ -35,6 +38,27 @@ macro_rules! event_measures {
             )*
             $($tail)*
         }
+    };
+    // An event's own fields (all but the view's context), after `before`.
+    (@ declare_event $list:tt
+        $(#[$attr:meta])* pub struct $name:ident { $($before:tt)* }) => {
+        $crate::event_measures! { @ declare $list $(#[$attr])* pub struct $name {
+            $($before)*
+            pub seq: u32,
+            #[serde(rename = "type")]
+            pub kind: $crate::event::EventType,
+            /// Client clock, as sent.
+            pub ts: i64,
+            /// `ts` corrected for the client's clock skew.
+            pub event_time: i64,
+            /// Collector clock when the beacon arrived.
+            pub received_at: i64,
+        } {
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub code: Option<String>,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub reason: Option<$crate::event::EndReason>,
+        } }
     };
     // The forms consumers decode, borrowing from the message bytes. Each part of their fields
     // is written once and handed on to the next step (`$k`: what to expand with the fields).

@@ -11,10 +11,8 @@
 //! to; every consumer reads both.
 
 use crate::event::{DecodeError, EventContext, EventFields, EventRef};
-use crate::{QoeEvent, StreamType, SCHEMA_VERSION};
+use crate::{QoeEvent, SCHEMA_VERSION};
 use serde::{Deserialize, Serialize};
-use std::borrow::Cow;
-use std::collections::BTreeMap;
 
 /// Version of the message format carrying one beacon's events.
 pub const BEACON_MESSAGE_VERSION: u8 = 2;
@@ -34,20 +32,8 @@ pub struct MessageEncoder {
 #[derive(Serialize)]
 struct ContextWire<'a> {
     v: u8,
-    view_id: &'a str,
-    stream_id: &'a str,
-    stream_type: StreamType,
-    cdn: &'a str,
-    platform: &'a str,
-    player: &'a str,
-    protocol: &'a str,
-    region: &'a str,
-    #[serde(skip_serializing_if = "is_empty_map")]
-    custom: &'a BTreeMap<String, String>,
-}
-
-fn is_empty_map(m: &&BTreeMap<String, String>) -> bool {
-    m.is_empty()
+    #[serde(flatten)]
+    context: &'a EventContext,
 }
 
 impl MessageEncoder {
@@ -63,18 +49,7 @@ impl MessageEncoder {
     }
 
     fn with_version(context: &EventContext, v: u8) -> Self {
-        let wire = ContextWire {
-            v,
-            view_id: &context.view_id,
-            stream_id: &context.stream_id,
-            stream_type: context.stream_type,
-            cdn: &context.cdn,
-            platform: &context.platform,
-            player: &context.player,
-            protocol: &context.protocol,
-            region: &context.region,
-            custom: &context.custom,
-        };
+        let wire = ContextWire { v, context };
         // Strings, numbers and string-keyed maps always serialize.
         let mut prefix = serde_json::to_vec(&wire).expect("context serializes");
         prefix.pop(); // the closing '}'
@@ -156,23 +131,7 @@ impl<'a> BeaconRef<'a> {
     /// Event `i` with the beacon's context, borrowing this beacon.
     pub fn event(&self, i: usize) -> Option<EventRef<'_>> {
         let f = self.events.get(i)?;
-        Some(event_measures!(copy EventRef {
-            v: SCHEMA_VERSION,
-            view_id: Cow::Borrowed(&self.view_id),
-            stream_id: Cow::Borrowed(&self.stream_id),
-            stream_type: self.stream_type,
-            cdn: Cow::Borrowed(&self.cdn),
-            platform: Cow::Borrowed(&self.platform),
-            player: Cow::Borrowed(&self.player),
-            protocol: Cow::Borrowed(&self.protocol),
-            region: Cow::Borrowed(&self.region),
-            seq: f.seq,
-            kind: f.kind,
-            event_time: f.event_time,
-            received_at: f.received_at,
-            code: f.code.as_deref().map(Cow::Borrowed),
-            reason: f.reason,
-        } from f))
+        Some(view_context!(borrow self, f => EventRef { v: SCHEMA_VERSION }))
     }
 }
 
@@ -240,16 +199,8 @@ impl<'a> MessageRef<'a> {
 #[derive(Debug, Deserialize)]
 struct BeaconMessage {
     v: u8,
-    view_id: String,
-    stream_id: String,
-    stream_type: StreamType,
-    cdn: String,
-    platform: String,
-    player: String,
-    protocol: String,
-    region: String,
-    #[serde(default)]
-    custom: BTreeMap<String, String>,
+    #[serde(flatten)]
+    context: EventContext,
     events: Vec<EventFields>,
 }
 
@@ -262,20 +213,9 @@ pub fn decode_events(bytes: &[u8]) -> Result<Vec<QoeEvent>, DecodeError> {
             if b.v != BEACON_MESSAGE_VERSION {
                 return Err(DecodeError::Version(b.v));
             }
-            let context = EventContext {
-                view_id: b.view_id,
-                stream_id: b.stream_id,
-                stream_type: b.stream_type,
-                cdn: b.cdn,
-                platform: b.platform,
-                player: b.player,
-                protocol: b.protocol,
-                region: b.region,
-                custom: b.custom,
-            };
             Ok(b.events
                 .into_iter()
-                .map(|f| QoeEvent::from_parts(&context, f))
+                .map(|f| QoeEvent::from_parts(&b.context, f))
                 .collect())
         }
         v => Err(DecodeError::Version(v)),
@@ -286,7 +226,8 @@ pub fn decode_events(bytes: &[u8]) -> Result<Vec<QoeEvent>, DecodeError> {
 mod tests {
     use super::*;
     use crate::event::EventType;
-    use crate::MessageEncoder;
+    use crate::{MessageEncoder, StreamType};
+    use std::collections::BTreeMap;
 
     fn context() -> EventContext {
         let mut custom = BTreeMap::new();

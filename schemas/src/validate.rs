@@ -102,19 +102,14 @@ impl Rejection {
     }
 }
 
-/// A view context that passed validation, ready to be copied into events.
+/// A view context that passed validation, ready to be copied into events once the collector
+/// has resolved its region.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidView {
-    pub view_id: String,
-    pub stream_id: String,
-    pub stream_type: StreamType,
-    pub cdn: String,
-    pub platform: String,
-    pub player: String,
-    pub protocol: String,
+    /// Every field but `region`, which is empty until [`ValidView::into_context`].
+    context: EventContext,
     /// The region the envelope claims, if any; the collector decides what to trust.
     pub claimed_region: Option<String>,
-    pub custom: BTreeMap<String, String>,
 }
 
 impl ValidView {
@@ -122,15 +117,8 @@ impl ValidView {
     /// resolved (which may or may not be the claimed one).
     pub fn into_context(self, region: String) -> EventContext {
         EventContext {
-            view_id: self.view_id,
-            stream_id: self.stream_id,
-            stream_type: self.stream_type,
-            cdn: self.cdn,
-            platform: self.platform,
-            player: self.player,
-            protocol: self.protocol,
             region,
-            custom: self.custom,
+            ..self.context
         }
     }
 }
@@ -264,15 +252,18 @@ fn validate_view(view: &ViewContext, limits: &Limits) -> Result<ValidView, Envel
         }
     }
     Ok(ValidView {
-        view_id: view.view_id.clone(),
-        stream_id: dimension("stream_id", &view.stream_id, limits)?,
-        stream_type,
-        cdn: dimension("cdn", &view.cdn, limits)?,
-        platform: dimension("platform", &view.platform, limits)?,
-        player: optional("player", &view.player)?,
-        protocol: optional("protocol", &view.protocol)?,
+        context: EventContext {
+            view_id: view.view_id.clone(),
+            stream_id: dimension("stream_id", &view.stream_id, limits)?,
+            stream_type,
+            cdn: dimension("cdn", &view.cdn, limits)?,
+            platform: dimension("platform", &view.platform, limits)?,
+            player: optional("player", &view.player)?,
+            protocol: optional("protocol", &view.protocol)?,
+            region: String::new(),
+            custom,
+        },
         claimed_region,
-        custom,
     })
 }
 

@@ -497,20 +497,7 @@ mod tests {
     #[test]
     fn every_catalogue_column_has_a_rule() {
         let mut t = Truth::new(10_000);
-        let kinds = [
-            EventType::ViewStart,
-            EventType::FirstFrame,
-            EventType::Heartbeat,
-            EventType::StallStart,
-            EventType::StallEnd,
-            EventType::BitrateChange,
-            EventType::Pause,
-            EventType::Resume,
-            EventType::Seek,
-            EventType::Error,
-            EventType::ViewEnd,
-        ];
-        for (i, kind) in kinds.into_iter().enumerate() {
+        for (i, kind) in EventType::ALL.into_iter().enumerate() {
             for (fatal, started, startup, prev) in [
                 (true, false, 100, 900),
                 (true, true, 60_000, 100),
