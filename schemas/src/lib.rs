@@ -17,6 +17,9 @@
 //!   which reads either.
 //! - [`cmcd`]: CMCD v2 event-mode reports: parsing one line of a `POST /v1/cmcd` body, and
 //!   the Kafka message that carries a report.
+//! - [`cdn_log`]: CMCD v1 request mode from CDN and origin logs: one line of a `POST
+//!   /v1/cdn-logs` body (JSON lines, CloudFront real-time logs) parsed into a request, and the
+//!   Kafka message that carries it.
 //! - [`score`]: the experience score (0-100) from a view's or a slice's additive totals.
 //! - [`metrics`]: the metric catalogue, the one definition of every windowed metric (its
 //!   columns, roll-up, unit and doc) from which the window row and `metrics.json` are made.
@@ -33,6 +36,7 @@ mod measures;
 pub mod view_context;
 
 pub mod beacon;
+pub mod cdn_log;
 pub mod cluster;
 pub mod cmcd;
 pub mod errors;
@@ -53,3 +57,13 @@ pub use validate::{Limits, Rejection};
 
 /// The JSON Schema of beacon protocol v1, as published to player developers.
 pub const BEACON_JSON_SCHEMA: &str = include_str!("../beacon.v1.schema.json");
+
+/// FNV-1a, 64 bits: a stable hash of bytes (migration checksums, request ids of log lines).
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}

@@ -200,12 +200,7 @@ pub fn statements_fingerprint(statements: &[Statement]) -> String {
 }
 
 fn fnv1a(bytes: &[u8]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")
+    format!("{:016x}", crate::fnv1a(bytes))
 }
 
 /// What the migrator applies: one statement, or a run of consecutive `ADD COLUMN`s to one
