@@ -149,6 +149,10 @@ pub struct Config {
     /// target URL's `cdn` parameter, else the session's last known one, else `unknown`.
     #[arg(long = "cdn-host", env = "QOE_CDN_HOSTS", value_delimiter = ',')]
     pub cdn_hosts: Vec<String>,
+    /// Most lines one `POST /v1/cdn-logs` body may hold (a larger body gets 413 and nothing
+    /// of it is taken: configure the log shipper's batches below this).
+    #[arg(long, env = "QOE_MAX_LOG_LINES", default_value_t = 10_000)]
+    pub max_log_lines: usize,
 
     /// Origins allowed to post beacons from browsers (comma-separated; `*` for any).
     #[arg(

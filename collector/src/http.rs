@@ -1,5 +1,5 @@
-//! The HTTP surface: `POST /v1/beacons`, `POST /v1/cmcd` and `GET /healthz` on the public
-//! listener, with the
+//! The HTTP surface: `POST /v1/beacons`, `POST /v1/cmcd`, `POST /v1/cdn-logs` (in
+//! [`cdn_logs`]) and `GET /healthz` on the public listener, with the
 //! tower layers around them (CORS, body limits, gzip decompression, request timeout); and the
 //! admin listener's `GET /healthz`, `GET /readyz` (cached for a second, so probes cannot turn
 //! into a flood of Kafka metadata requests) and `GET /metrics` (in [`crate::admin`]).
@@ -13,6 +13,8 @@
 //! A refused request costs as little as possible: the ingest key, the client's request limit
 //! and the content type are checked from the head, before the body is read or decompressed
 //! (so `Expect: 100-continue` gets its answer instead of a 100).
+
+mod cdn_logs;
 
 use crate::client::{client_ip, is_trusted, RegionResolver};
 use crate::ingest::{self, IngestError, RejectedEvent};
@@ -43,8 +45,10 @@ pub struct AppState {
     pub sink: Sink,
     pub rate: RateLimits,
     pub region: RegionResolver,
-    /// Host-to-CDN rules for CMCD reports.
+    /// Host-to-CDN rules for CMCD reports and CDN log requests.
     pub cdn_hosts: crate::cmcd::CdnHostMap,
+    /// Most lines one `POST /v1/cdn-logs` body may hold.
+    pub max_log_lines: usize,
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub ingest_keys: HashSet<String>,
     pub prometheus: Option<PrometheusHandle>,
@@ -178,6 +182,7 @@ pub fn router(state: Arc<AppState>, config: &HttpConfig) -> Router {
     let beacons = Router::new()
         .route("/v1/beacons", post(post_beacons))
         .route("/v1/cmcd", post(post_cmcd))
+        .route("/v1/cdn-logs", post(cdn_logs::post_cdn_logs))
         // Layers run bottom-up on the request: the compressed size is limited first, then the
         // body is decompressed as it streams, and the decompressed size is limited while
         // reading, so a gzip bomb stops at the limit.
@@ -204,6 +209,7 @@ async fn count_responses(
     let path: &'static str = match request.uri().path() {
         "/v1/beacons" => "/v1/beacons",
         "/v1/cmcd" => "/v1/cmcd",
+        "/v1/cdn-logs" => "/v1/cdn-logs",
         "/healthz" => "/healthz",
         _ => "other",
     };

@@ -5,6 +5,8 @@
 //! - [`ingest`]: pure parsing and validation of a beacon (rules live in `qoe-schemas`).
 //! - [`cmcd`]: pure handling of a `POST /v1/cmcd` body: its lines, and what the collector adds
 //!   to each report (region, CDN, platform, player).
+//! - [`cdn_logs`]: pure handling of a `POST /v1/cdn-logs` body (CMCD v1 request mode from CDN
+//!   and origin logs): its format, its lines, and what the collector adds to each request.
 //! - [`client`]: client address and server-side region resolution.
 //! - [`rate_limit`]: bounded per-client, per-view and global limits.
 //! - [`sink`]: the Kafka producer (acknowledged delivery, backpressure, recovery), with its own
@@ -17,6 +19,7 @@
 //! - [`memory`]: the allocator's settings.
 
 pub mod admin;
+pub mod cdn_logs;
 pub mod client;
 pub mod cmcd;
 pub mod config;

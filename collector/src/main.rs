@@ -58,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
         rate: RateLimits::new(config.rate_config()),
         region,
         cdn_hosts: qoe_collector::cmcd::CdnHostMap::parse(&config.cdn_hosts)?,
+        max_log_lines: config.max_log_lines,
         trusted_proxies: config.trusted_proxies.clone(),
         ingest_keys: config.ingest_keys.iter().cloned().collect(),
         prometheus: Some(telemetry.prometheus()),

@@ -7,6 +7,8 @@ pub const EVENTS_ACCEPTED: &str = "qoe_collector_events_accepted_total";
 pub const EVENTS_REJECTED: &str = "qoe_collector_events_rejected_total";
 pub const CMCD_REPORTS_ACCEPTED: &str = "qoe_collector_cmcd_reports_accepted_total";
 pub const CMCD_LINES_REJECTED: &str = "qoe_collector_cmcd_lines_rejected_total";
+pub const CDN_LOG_REQUESTS_ACCEPTED: &str = "qoe_collector_cdn_log_requests_accepted_total";
+pub const CDN_LOG_LINES_REJECTED: &str = "qoe_collector_cdn_log_lines_rejected_total";
 pub const RATE_LIMITED: &str = "qoe_collector_rate_limited_total";
 pub const PUBLISH_FAILURES: &str = "qoe_collector_publish_failures_total";
 pub const KAFKA_IN_FLIGHT: &str = "qoe_collector_kafka_in_flight";
@@ -35,6 +37,14 @@ pub fn describe() {
     describe_counter!(
         CMCD_LINES_REJECTED,
         "CMCD lines skipped, by reason (syntax, version, missing_key, sid, too_long, unsafe_chars, future, too_old, encoding, too_many_lines)"
+    );
+    describe_counter!(
+        CDN_LOG_REQUESTS_ACCEPTED,
+        "Requests (lines of POST /v1/cdn-logs) acknowledged by Kafka"
+    );
+    describe_counter!(
+        CDN_LOG_LINES_REJECTED,
+        "CDN log lines skipped, by reason (json, field_count, missing_field, too_long, unsafe_chars, encoding, too_many_lines)"
     );
     describe_counter!(RATE_LIMITED, "Requests refused by a rate limit, by scope");
     describe_counter!(

@@ -1,0 +1,202 @@
+//! `POST /v1/cdn-logs` against a real collector and broker: JSON lines and CloudFront records,
+//! gzip, a shipper's retry, skipped lines and their counts, and a body over the line limit.
+
+use flate2::write::GzEncoder;
+use qoe_schemas::cdn_log::{RequestMessage, CLOUDFRONT_FIELDS};
+use qoe_tests::{create_topic, read_topic, spawn_collector, unique};
+use std::io::Write;
+use std::time::Duration;
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut enc = GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(bytes).unwrap();
+    enc.finish().unwrap()
+}
+
+fn now_s() -> i64 {
+    qoe_telemetry::process::now_ms() / 1000
+}
+
+/// Messages of `topic`, decoded, with their keys.
+async fn requests(topic: &str) -> Vec<(String, RequestMessage)> {
+    read_topic(topic, Duration::from_secs(2))
+        .await
+        .into_iter()
+        .map(|m| {
+            let decoded = RequestMessage::decode(&m.payload)
+                .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&m.payload)));
+            (m.key, decoded)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_lines_become_one_message_per_request() {
+    let topic = unique("test.cdnlogs");
+    create_topic(&topic, 2).await.unwrap();
+    let (_collector, base, admin) = spawn_collector(
+        &topic,
+        &[
+            "--cdn-host",
+            "cdn-a.example.net=cdn-a",
+            "--ingest-keys",
+            "k1",
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let t = now_s();
+    let json_lines = format!(
+        "{{\"ts\":{t},\"status\":200,\"bytes\":1000,\"ttfb_ms\":30,\"url\":\"https://e1.cdn-a.example.net/v/1.m4s?CMCD=br%3D800%2Cd%3D4000%2Cot%3Dv%2Csid%3D%22s-1%22\",\"user_agent\":\"ExoPlayerLib/2.19.1\"}}\n\
+         not json\n\
+         {{\"ts\":{t},\"status\":503,\"url\":\"/v/2.m4s\",\"host\":\"e2.cdn-a.example.net\",\"headers\":{{\"CMCD-Session\":\"sid=\\\"s-1\\\",cid=\\\"ch-1\\\"\",\"CMCD-Status\":\"bs\"}}}}\n"
+    );
+    // Without the ingest key: refused before anything is read.
+    let refused = http
+        .post(format!("{base}/v1/cdn-logs"))
+        .body(json_lines.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    let post = |body: Vec<u8>| {
+        http.post(format!("{base}/v1/cdn-logs?key=k1"))
+            .header("content-type", "application/x-ndjson")
+            .header("content-encoding", "gzip")
+            .body(gzip(&body))
+            .send()
+    };
+    let answer = post(json_lines.clone().into_bytes()).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let counts: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(
+        counts,
+        serde_json::json!({"accepted": 2, "rejected": 1, "reasons": {"json": 1}})
+    );
+    // The shipper retries the same body: the same requests, with the same ids.
+    assert_eq!(post(json_lines.into_bytes()).await.unwrap().status(), 200);
+
+    // CloudFront real-time log records, a configuration with a few of the fields.
+    let fields = "timestamp,c-ip,time-to-first-byte,sc-status,sc-bytes,cs-host,cs-uri-stem,x-edge-request-id,cmcd-encoded-bitrate,cmcd-session-id,cmcd-buffer-starvation";
+    let records = format!(
+        "{t}.250\t192.0.2.1\t0.015\t200\t5000\td1.cloudfront.net\t/l/seg-1.ts\tcf-req-1\t2400\tcf-s\ttrue\n\
+         {t}.500\t192.0.2.1\t-\t404\t0\td1.cloudfront.net\t/l/seg-2.ts\tcf-req-2\t-\tcf-s\t-\n"
+    );
+    let answer = http
+        .post(format!(
+            "{base}/v1/cdn-logs?key=k1&format=cloudfront&cdn=CloudFront&fields={fields}"
+        ))
+        .body(records)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 204);
+    let bad_fields = http
+        .post(format!(
+            "{base}/v1/cdn-logs?key=k1&format=cloudfront&fields=timestamp,nope"
+        ))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_fields.status(), 400);
+
+    let got = requests(&topic).await;
+    assert_eq!(got.len(), 6, "{got:#?}");
+    let json: Vec<&(String, RequestMessage)> = got.iter().filter(|(k, _)| k == "s-1").collect();
+    assert_eq!(json.len(), 4);
+    let first = json.iter().find(|(_, m)| m.req.path == "/v/1.m4s").unwrap();
+    let m = &first.1;
+    assert_eq!(
+        (m.req.status, m.req.bytes, m.req.ttfb),
+        (200, 1000, Some(30))
+    );
+    assert_eq!(
+        (m.req.cmcd.br, m.req.cmcd.d, m.req.cmcd.ot.as_deref()),
+        (Some(800), Some(4000), Some("v"))
+    );
+    assert_eq!(
+        (m.cdn.as_str(), m.platform.as_str(), m.player.as_str()),
+        ("cdn-a", "android", "media3")
+    );
+    assert_eq!(m.req.time, t * 1000);
+    let second = json.iter().find(|(_, m)| m.req.path == "/v/2.m4s").unwrap();
+    assert_eq!((second.1.req.status, second.1.req.cmcd.bs), (503, true));
+    assert_eq!(second.1.req.cmcd.cid.as_deref(), Some("ch-1"));
+    // Both copies of each retried line carry one id.
+    let mut ids: Vec<&str> = json
+        .iter()
+        .map(|(_, m)| m.req.request_id.as_str())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids[0], ids[1]);
+    assert_eq!(ids[2], ids[3]);
+    assert_ne!(ids[1], ids[2]);
+
+    let cf: Vec<&RequestMessage> = got
+        .iter()
+        .filter(|(k, _)| k == "cf-s")
+        .map(|(_, m)| m)
+        .collect();
+    assert_eq!(cf.len(), 2);
+    let ok = cf.iter().find(|m| m.req.request_id == "cf-req-1").unwrap();
+    assert_eq!(
+        (ok.req.time, ok.req.ttfb, ok.req.bytes),
+        (t * 1000 + 250, Some(15), 5000)
+    );
+    assert_eq!((ok.req.cmcd.br, ok.req.cmcd.bs), (Some(2400), true));
+    assert_eq!(
+        (ok.cdn.as_str(), ok.req.host.as_str()),
+        ("cloudfront", "d1.cloudfront.net")
+    );
+    let missing = cf.iter().find(|m| m.req.request_id == "cf-req-2").unwrap();
+    assert_eq!(
+        (missing.req.status, missing.req.ttfb, missing.req.cmcd.br),
+        (404, None, None)
+    );
+
+    let metrics = qoe_tests::metrics_text(&admin).await;
+    assert!(
+        metrics.contains("qoe_collector_cdn_log_requests_accepted_total 6"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("qoe_collector_cdn_log_lines_rejected_total{reason=\"json\"} 2"),
+        "{metrics}"
+    );
+    assert_eq!(
+        CLOUDFRONT_FIELDS
+            .iter()
+            .filter(|f| f.starts_with("cmcd-"))
+            .count(),
+        18
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_line_limit_is_refused_whole() {
+    let topic = unique("test.cdnlogs.limit");
+    create_topic(&topic, 1).await.unwrap();
+    let (_collector, base, _admin) = spawn_collector(&topic, &["--max-log-lines", "2"]).await;
+    let line = format!("{{\"ts\":{},\"status\":200,\"url\":\"/a\"}}\n", now_s());
+    let http = reqwest::Client::new();
+    let answer = http
+        .post(format!("{base}/v1/cdn-logs"))
+        .body(line.repeat(3))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 413);
+    let answer = http
+        .post(format!("{base}/v1/cdn-logs"))
+        .body(line.repeat(2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 204);
+    assert_eq!(
+        requests(&topic).await.len(),
+        2,
+        "only the body within the limit"
+    );
+}
