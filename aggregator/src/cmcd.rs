@@ -52,6 +52,7 @@ mod take;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use session::protocol_of;
 pub use session::{SessionConfig, HOLD_MS};
 
 use crate::context::ContextRef;

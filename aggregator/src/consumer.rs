@@ -154,6 +154,10 @@ fn handle_message(shared: &Shared, m: &BorrowedMessage<'_>) {
             metrics::counter!(names::CMCD_REPORTS, "outcome" => outcome_label(outcome))
                 .increment(1);
         }
+        Dispatched::Request(outcome) => {
+            metrics::counter!(names::LOG_REQUESTS, "outcome" => outcome_label(outcome))
+                .increment(1);
+        }
         Dispatched::Events(counts) => {
             for (outcome, n) in [
                 (Outcome::Accepted, counts.accepted),

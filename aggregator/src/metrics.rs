@@ -2,7 +2,10 @@
 //! adds to the additive counters of its window ([`WindowMetrics`], generated from the metric
 //! catalogue in `qoe-schemas`). Pure: no I/O, no clocks.
 
-use qoe_schemas::metrics::{bucket_index, STARTUP_BUCKETS, TTFB_BUCKETS};
+use qoe_schemas::cdn_log::CdnRequest;
+use qoe_schemas::metrics::{
+    bucket_index, RM_BUFFER_BUCKETS, RM_TTFB_BUCKETS, STARTUP_BUCKETS, TTFB_BUCKETS,
+};
 use qoe_schemas::{EndReason, EventRef, EventType};
 
 pub use qoe_schemas::metrics::WindowMetrics;
@@ -118,6 +121,37 @@ pub fn add_request(m: &mut WindowMetrics, status: Option<u32>, ttfb_ms: Option<u
     if let Some(t) = ttfb_ms {
         m.ttfb_ms_sum += u64::from(t);
         m.ttfb_hist[bucket_index(TTFB_BUCKETS, t)] += 1;
+    }
+}
+
+/// The aggregator's rule for the request-mode metrics: one request from a CDN or origin log.
+/// Media requests (`ot` of `a`, `v`, `av`) carry starvation and the delivered bitrate; every
+/// request its status, time to first byte, throughput, startup flag and buffer length.
+pub fn add_log_request(m: &mut WindowMetrics, r: &CdnRequest) {
+    let c = &r.cmcd;
+    m.rm_requests += 1;
+    if r.status == 0 || r.status >= 400 {
+        m.rm_request_errors += 1;
+    }
+    if matches!(c.ot.as_deref(), Some("a" | "v" | "av")) {
+        m.rm_media_requests += 1;
+        m.rm_starvations += u64::from(c.bs);
+        if let (Some(br), Some(d)) = (c.br, c.d) {
+            m.rm_bitrate_kbps_ms += u64::from(br) * u64::from(d);
+            m.rm_media_ms += u64::from(d);
+        }
+    }
+    m.rm_startup_requests += u64::from(c.su);
+    if let Some(t) = r.ttfb {
+        m.rm_ttfb_ms_sum += u64::from(t);
+        m.rm_ttfb_hist[bucket_index(RM_TTFB_BUCKETS, t)] += 1;
+    }
+    if let Some(mtp) = c.mtp {
+        m.rm_throughput_kbps_sum += u64::from(mtp);
+        m.rm_throughput_samples += 1;
+    }
+    if let Some(bl) = c.bl {
+        m.rm_buffer_hist[bucket_index(RM_BUFFER_BUCKETS, bl)] += 1;
     }
 }
 

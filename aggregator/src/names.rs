@@ -3,6 +3,7 @@
 
 pub const EVENTS: &str = "qoe_aggregator_events_total";
 pub const CMCD_REPORTS: &str = "qoe_aggregator_cmcd_reports_total";
+pub const LOG_REQUESTS: &str = "qoe_aggregator_log_requests_total";
 pub const CMCD_SESSIONS: &str = "qoe_aggregator_cmcd_sessions";
 pub const INSERT_SECONDS: &str = "qoe_aggregator_insert_seconds";
 pub const BATCHES_WRITTEN: &str = "qoe_aggregator_batches_written_total";
@@ -29,6 +30,10 @@ pub fn describe() {
     describe_counter!(
         CMCD_REPORTS,
         "CMCD reports by outcome: accepted (turned into events), late, duplicate"
+    );
+    describe_counter!(
+        LOG_REQUESTS,
+        "CDN log requests by outcome: accepted (request-mode metrics), late, duplicate (a shipper's retry)"
     );
     describe_gauge!(
         CMCD_SESSIONS,

@@ -28,6 +28,7 @@
 
 mod error_codes;
 mod reports;
+mod requests;
 #[cfg(test)]
 mod tests;
 

@@ -43,6 +43,10 @@ pub enum Input {
     Events,
     /// Per-request reports (CMCD `rr`: response received), which beacons do not carry.
     Requests,
+    /// Requests from CDN and origin logs (CMCD v1 request mode, `POST /v1/cdn-logs`): an
+    /// approximation of QoE from what players send with each request, kept apart from the
+    /// view metrics (README.md, "Request mode").
+    LogRequests,
 }
 
 impl Input {
@@ -50,6 +54,7 @@ impl Input {
         match self {
             Input::Events => "events",
             Input::Requests => "requests",
+            Input::LogRequests => "logs",
         }
     }
 }
@@ -143,6 +148,9 @@ macro_rules! input {
     };
     (requests) => {
         Input::Requests
+    };
+    (logs) => {
+        Input::LogRequests
     };
 }
 
@@ -282,6 +290,42 @@ window_metrics! {
     /// a new source, is no gap), once the session is forgotten. In the window and slice of its
     /// last report.
     reports_lost: sum, unit = "reports", per_view = false, input = requests;
+    /// Request mode (CDN logs): requests logged with CMCD data or without.
+    rm_requests: sum, unit = "requests", per_view = false, input = logs;
+    /// Request mode: logged requests that failed (status 400 or more, or none sent).
+    rm_request_errors: sum, unit = "requests", per_view = false, input = logs;
+    /// Request mode: media requests (CMCD `ot` of `a`, `v` or `av`).
+    rm_media_requests: sum, unit = "requests", per_view = false, input = logs;
+    /// Request mode: media requests whose player reported buffer starvation since its
+    /// previous request (`bs`); per 100 media requests it is the starvation rate.
+    rm_starvations: sum, unit = "requests", per_view = false, input = logs;
+    /// Request mode: requests made for startup or recovery (`su`).
+    rm_startup_requests: sum, unit = "requests", per_view = false, input = logs;
+    /// Request mode: sum of the logged time to first byte.
+    rm_ttfb_ms_sum: sum, unit = "ms", per_view = false, input = logs;
+    /// Request mode: requests per logged time-to-first-byte bucket (inclusive, ms).
+    rm_ttfb_hist: histogram RM_TTFB_BUCKETS [
+        rm_ttfb_le_50 = 50, rm_ttfb_le_100 = 100, rm_ttfb_le_200 = 200, rm_ttfb_le_400 = 400,
+        rm_ttfb_le_800 = 800, rm_ttfb_le_1600 = 1600, rm_ttfb_le_3200 = 3200, rm_ttfb_le_inf = inf,
+    ], unit = "requests", per_view = false, input = logs;
+    /// Request mode: sum of the throughput players measured (`mtp`, kbps) ...
+    rm_throughput_kbps_sum: sum, unit = "kbps", per_view = false, input = logs;
+    /// ... over this many requests that reported it.
+    rm_throughput_samples: sum, unit = "requests", per_view = false, input = logs;
+    /// Request mode: encoded bitrate times object duration (`br` x `d`, kbps x ms) of media
+    /// requests with both ...
+    rm_bitrate_kbps_ms: sum, unit = "kbps*ms", per_view = false, input = logs;
+    /// ... and their duration: the delivered bitrate is the ratio.
+    rm_media_ms: sum, unit = "ms", per_view = false, input = logs;
+    /// Request mode: requests per buffer length the player reported (`bl`, inclusive, ms).
+    rm_buffer_hist: histogram RM_BUFFER_BUCKETS [
+        rm_bl_le_1000 = 1000, rm_bl_le_2000 = 2000, rm_bl_le_5000 = 5000, rm_bl_le_10000 = 10000,
+        rm_bl_le_20000 = 20000, rm_bl_le_30000 = 30000, rm_bl_le_inf = inf,
+    ], unit = "requests", per_view = false, input = logs;
+    /// Request mode: log lines sent again (a shipper's retry), counted once.
+    rm_duplicate_requests: sum, unit = "requests", per_view = false, input = logs;
+    /// Request mode: requests logged after their window was final, not counted.
+    rm_late_requests: sum, unit = "requests", per_view = false, input = logs;
 }
 
 /// Number of columns of [`WINDOW_COLUMNS`].

@@ -114,6 +114,12 @@ pub const MIGRATIONS: &[Migration] = &[
         }),
         sql: include_str!("../clickhouse/0009_error_codes.sql"),
     },
+    Migration {
+        version: 10,
+        name: "0010_request_mode.sql",
+        released: None,
+        sql: include_str!("../clickhouse/0010_request_mode.sql"),
+    },
 ];
 
 /// A ClickHouse server version, as `SELECT version()` reports it (`18.16.1`, `25.3.2.39`).

@@ -523,10 +523,10 @@ mod tests {
         }
         for (i, column) in METRIC_COLUMNS.iter().enumerate() {
             let is_histogram_bucket = column.starts_with("startup_le_");
-            // Request metrics come from CMCD request reports, which beacons do not carry: the
-            // CMCD end-to-end test (tests/tests/cmcd.rs) checks them exactly.
+            // Request metrics come from CMCD request reports and CDN logs, which beacons do not
+            // carry: tests/tests/cmcd.rs and tests/tests/cdn_logs.rs check them exactly.
             let from_requests = qoe_schemas::metrics::metric_of_column(column)
-                .is_some_and(|m| m.input == qoe_schemas::metrics::Input::Requests);
+                .is_some_and(|m| m.input != qoe_schemas::metrics::Input::Events);
             if *column == "late_events" || is_histogram_bucket || from_requests {
                 continue;
             }

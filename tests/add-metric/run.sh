@@ -71,7 +71,7 @@ sed -i '0,/^version = "0.1.0"$/s//version = "0.1.0-add-metric"/' Cargo.toml
 grep -q '^version = "0.1.0-add-metric"$' Cargo.toml || fail "Cargo.toml: no workspace version to change"
 
 step "1. the catalogue entry"
-insert_after schemas/src/metrics.rs 'reports_lost: sum, unit = "reports"' \
+insert_after schemas/src/metrics.rs 'rm_late_requests: sum, unit = "requests"' \
   '    /// Heartbeats: `heartbeat` events.
     heartbeats: sum, unit = "events", per_view = false;'
 next=$(printf '%04d' $(($(ls schemas/clickhouse/*.sql | wc -l) + 1)))
@@ -80,11 +80,11 @@ must_fail_naming "${next}_heartbeats.sql" $CARGO test -q -p qoe-schemas --lib wi
 must_fail_naming "wrote $SCRATCH/$migration" env QOE_BLESS=1 $CARGO test -q -p qoe-schemas --lib window_sql
 # Its statements are one generated line (schemas/src/migrations/templates.rs); step 3 applies
 # them, and the migrations' unit tests check what that line stands for.
-grep -qxF -- "-- qoe:generate add-window-columns reports_lost heartbeats" "$migration" ||
+grep -qxF -- "-- qoe:generate add-window-columns rm_late_requests heartbeats" "$migration" ||
   fail "$migration: no line generating heartbeats' statements"
 echo "$migration: $(grep -c . "$migration") lines, its statements generated from the catalogue"
 must_fail_naming "MIGRATIONS must list every file" $CARGO test -q -p qoe-schemas --lib migrations
-insert_after schemas/src/migrations.rs 'sql: include_str!("../clickhouse/0009_error_codes.sql"),' \
+insert_after schemas/src/migrations.rs 'sql: include_str!("../clickhouse/0010_request_mode.sql"),' \
   "    },
     Migration {
         version: $((10#$next)),

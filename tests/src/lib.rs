@@ -716,6 +716,14 @@ pub fn partition_ends(topic: &str) -> std::collections::BTreeMap<i32, i64> {
         .collect()
 }
 
+/// [`partition_ends`] of the partitions that hold messages (an empty one gets no checkpoint).
+pub fn written_partition_ends(topic: &str) -> std::collections::BTreeMap<i32, i64> {
+    partition_ends(topic)
+        .into_iter()
+        .filter(|(_, end)| *end > 0)
+        .collect()
+}
+
 /// Waits until ClickHouse holds checkpoints up to `next` for every partition.
 pub async fn wait_caught_up(
     database: &str,

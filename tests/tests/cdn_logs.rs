@@ -200,3 +200,103 @@ async fn a_body_over_the_line_limit_is_refused_whole() {
         "only the body within the limit"
     );
 }
+
+/// Sums of the request-mode columns per CDN in the base window table.
+async fn request_mode_per_cdn(db: &str) -> Vec<Vec<String>> {
+    qoe_tests::clickhouse_query(
+        db,
+        "SELECT cdn, stream_id, stream_type, platform, sum(rm_requests), sum(rm_request_errors), \
+         sum(rm_media_requests), sum(rm_starvations), sum(rm_startup_requests), \
+         sum(rm_ttfb_ms_sum), sum(rm_ttfb_le_50), sum(rm_throughput_kbps_sum), \
+         sum(rm_throughput_samples), sum(rm_bitrate_kbps_ms), sum(rm_media_ms), \
+         sum(rm_bl_le_5000), sum(rm_bl_le_inf), sum(rm_duplicate_requests), sum(events) \
+         FROM qoe_window_10s GROUP BY cdn, stream_id, stream_type, platform ORDER BY cdn",
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_mode_metrics_reach_clickhouse_once_per_request() {
+    let topic = unique("test.cdnlogs.rm");
+    let db = unique("qoe_test_cdnlogs");
+    create_topic(&topic, 2).await.unwrap();
+    let (_collector, base, _admin) = spawn_collector(&topic, &[]).await;
+    let _aggregator = qoe_tests::spawn_aggregator(&topic, &db, &unique("g"), &[]);
+    let t = (qoe_telemetry::process::now_ms() - 10 * 60_000) / 10_000 * 10;
+    // Two media requests of one Media3 session and its manifest, on cdn-a: one starved, one at
+    // startup, one failed.
+    let cdn_a = format!(
+        "{{\"ts\":{t}.1,\"status\":200,\"ttfb_ms\":40,\"url\":\"/v/1.m4s\",\"user_agent\":\"ExoPlayerLib/2.19.1\",\"cmcd\":\"br=3000,d=4000,ot=v,su,mtp=20000,bl=0,sid=\\\"n-1\\\",cid=\\\"ch-1\\\",st=l,sf=d\"}}\n\
+         {{\"ts\":{t}.2,\"status\":200,\"ttfb_ms\":90,\"url\":\"/v/2.m4s\",\"user_agent\":\"ExoPlayerLib/2.19.1\",\"cmcd\":\"br=6000,d=4000,ot=v,bs,mtp=30000,bl=4000,sid=\\\"n-1\\\",cid=\\\"ch-1\\\",st=l,sf=d\"}}\n\
+         {{\"ts\":{t}.3,\"status\":500,\"url\":\"/m.mpd\",\"user_agent\":\"ExoPlayerLib/2.19.1\",\"cmcd\":\"ot=m,sid=\\\"n-1\\\",cid=\\\"ch-1\\\",st=l,sf=d,bl=9000\"}}\n"
+    );
+    let http = reqwest::Client::new();
+    for _ in 0..2 {
+        // The second time is the shipper's retry: counted as duplicates, not again.
+        let answer = http
+            .post(format!("{base}/v1/cdn-logs?cdn=cdn-a"))
+            .body(cdn_a.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 204);
+    }
+    // One AVPlayer request on CloudFront, its CMCD in the record's fields.
+    let fields = "timestamp,time-to-first-byte,sc-status,cs-host,cs-uri-stem,cs-user-agent,cmcd-encoded-bitrate,cmcd-object-duration,cmcd-object-type,cmcd-session-id,cmcd-content-id,cmcd-stream-type";
+    let record = format!(
+        "{t}.5\t0.030\t200\td1.cloudfront.net\t/l/seg.ts\tAppleCoreMedia/1.0.0.22A3354%20(iPhone)\t1500\t6000\tav\tav-1\tch-2\tv\n"
+    );
+    let answer = http
+        .post(format!(
+            "{base}/v1/cdn-logs?cdn=cloudfront&format=cloudfront&fields={fields}"
+        ))
+        .body(record)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 204);
+
+    qoe_tests::wait_caught_up(
+        &db,
+        &topic,
+        &qoe_tests::written_partition_ends(&topic),
+        Duration::from_secs(60),
+    )
+    .await;
+    let got = request_mode_per_cdn(&db).await;
+    let row = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        got,
+        vec![
+            // cdn, stream, type, platform, requests, errors, media, starved, startup,
+            // ttfb sum, ttfb <= 50 ms, mtp sum, mtp n, br x d, media ms, bl in (1 s, 5 s],
+            // bl > 30 s, duplicates, events
+            row(&[
+                "cdn-a", "ch-1", "live", "android", "3", "1", "2", "1", "1", "130", "1", "50000",
+                "2", "36000000", "8000", "1", "0", "3", "0"
+            ]),
+            row(&[
+                "cloudfront",
+                "ch-2",
+                "vod",
+                "ios",
+                "1",
+                "0",
+                "1",
+                "0",
+                "0",
+                "30",
+                "1",
+                "0",
+                "0",
+                "9000000",
+                "6000",
+                "0",
+                "0",
+                "0",
+                "0"
+            ]),
+        ]
+    );
+}

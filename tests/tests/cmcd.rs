@@ -40,10 +40,7 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 
 /// Partition ends of `topic`, for waiting until the aggregator has everything.
 fn ends(topic: &str) -> BTreeMap<i32, i64> {
-    qoe_tests::partition_ends(topic)
-        .into_iter()
-        .filter(|(_, end)| *end > 0)
-        .collect()
+    qoe_tests::written_partition_ends(topic)
 }
 
 async fn post(

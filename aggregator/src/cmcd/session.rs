@@ -141,7 +141,8 @@ pub(super) struct View {
     pub(super) last_error: Option<String>,
 }
 
-fn protocol_of(sf: &str) -> &'static str {
+/// The protocol a CMCD streaming format token (`sf`) names.
+pub(crate) fn protocol_of(sf: &str) -> &'static str {
     match sf {
         "h" => "hls",
         "d" => "dash",

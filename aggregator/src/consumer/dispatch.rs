@@ -13,6 +13,7 @@
 
 use crate::source::{self, ResumePlan, Route};
 use crate::window::{Outcome, PartitionState};
+use qoe_schemas::cdn_log::{RequestMessage, REQUEST_MESSAGE_PREFIX};
 use qoe_schemas::cmcd::{CmcdMessage, CMCD_MESSAGE_PREFIX};
 use qoe_schemas::MessageRef;
 
@@ -33,6 +34,8 @@ pub enum Dispatched {
     Empty,
     /// A CMCD report, with its outcome.
     Cmcd(Outcome),
+    /// A request from a CDN or origin log, with its outcome.
+    Request(Outcome),
     /// A beacon message's events, by outcome.
     Events(OutcomeCounts),
 }
@@ -108,6 +111,25 @@ pub fn dispatch(
                 Dispatched::Invalid {
                     cmcd: true,
                     reason: e.to_string(),
+                }
+            }
+        });
+    }
+    if let Some(payload) = m.payload.filter(|p| p.starts_with(REQUEST_MESSAGE_PREFIX)) {
+        let decoded = RequestMessage::decode(payload);
+        if route == Route::Restore {
+            if let Ok(request) = decoded {
+                state.restore_request(offset, &request);
+            }
+            return effect(Dispatched::Restored);
+        }
+        return effect(match decoded {
+            Ok(request) => Dispatched::Request(state.apply_request(offset, &request)),
+            Err(e) => {
+                state.skip(offset);
+                Dispatched::Invalid {
+                    cmcd: false,
+                    reason: format!("unreadable CDN log request: {e}"),
                 }
             }
         });

@@ -1,5 +1,5 @@
-//! CMCD duplicate tracking: the reports accepted in each open window, by identity, with
-//! their sids interned. A window's reports are forgotten once the watermark has passed it
+//! CMCD and CDN log duplicate tracking: the reports and logged requests accepted in each open
+//! window, by identity, with their sids (request ids) interned. A window's reports are forgotten once the watermark has passed it
 //! (a copy arriving later is late, not a duplicate).
 
 use hashbrown::HashSet;
@@ -105,8 +105,18 @@ impl<S: BuildHasher> ReportTracker<S> {
     /// Records the report at `offset` as accepted in `window`; false if it already was.
     pub(super) fn track(&mut self, offset: i64, window: i64, m: &CmcdMessage) -> bool {
         let r = &m.cmcd;
-        let sid = self.sids.acquire(&r.sid);
-        let key: ReportKey = (sid, r.ts, r.sn.unwrap_or(-1), r.e.as_str().into());
+        self.track_key(offset, window, &r.sid, r.ts, r.sn.unwrap_or(-1), &r.e)
+    }
+
+    /// Records a CDN log request (its id and time) at `offset` as accepted in `window`; false
+    /// if it already was. Its key has an empty event type, which no CMCD report has.
+    pub(super) fn track_request(&mut self, offset: i64, window: i64, id: &str, time: i64) -> bool {
+        self.track_key(offset, window, id, time, -1, "")
+    }
+
+    fn track_key(&mut self, offset: i64, window: i64, id: &str, ts: i64, sn: i64, e: &str) -> bool {
+        let sid = self.sids.acquire(id);
+        let key: ReportKey = (sid, ts, sn, e.into());
         if self.seen.contains(&key) {
             self.sids.release(sid);
             return false;
