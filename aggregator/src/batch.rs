@@ -93,6 +93,8 @@ pub struct Batch {
     windows: HashMap<(i64, u32), WindowMetrics>,
     /// `(window_start, slice, view)` for every view with an accepted event there.
     presence: HashSet<(i64, u32, u32)>,
+    /// `(window_start, slice, sid)` for every session with a logged request there.
+    request_sessions: HashSet<(i64, u32, Box<str>)>,
     views: IndexMap<String, ViewPartial, DefaultHashBuilder>,
     /// Error events per window, context and code, and attempts per window and context
     /// (under the empty code) ([`ErrorKey`]).
@@ -138,7 +140,11 @@ impl Batch {
     }
 
     pub fn rows(&self) -> usize {
-        self.windows.len() + self.presence.len() + self.views.len() + self.errors.len()
+        self.windows.len()
+            + self.presence.len()
+            + self.request_sessions.len()
+            + self.views.len()
+            + self.errors.len()
     }
 
     /// Errors by code. Contexts that share a slice and player give rows with the same key,
@@ -172,6 +178,18 @@ impl Batch {
         self.windows
             .iter()
             .map(|(&(w, s), m)| (w, &self.slices[s as usize], m))
+    }
+
+    /// `(window_start, slice, sid)` of every session with a logged request there.
+    pub fn request_session_rows(&self) -> impl Iterator<Item = (i64, &Slice, &str)> {
+        self.request_sessions
+            .iter()
+            .map(|(w, s, sid)| (*w, &self.slices[*s as usize], &**sid))
+    }
+
+    /// Records that session `sid` had a logged request in `window` and `slice`.
+    pub(crate) fn request_session(&mut self, window: i64, slice: u32, sid: &str) {
+        self.request_sessions.insert((window, slice, sid.into()));
     }
 
     /// `(window_start, slice, view_id)` of every view with an accepted event there.

@@ -19,6 +19,8 @@ pub enum Kind {
     Checkpoint = 4,
     /// Errors by code (migration 0008).
     ErrorCode = 5,
+    /// A session with a logged request in a window (request mode, migration 0010).
+    RequestSession = 6,
 }
 
 /// Columns before the metric columns.

@@ -304,6 +304,12 @@ impl Writer {
             r.view_id = view_id;
             push(&mut insert, &r, &mut row).await?;
         }
+        for (window_start, slice, sid) in batch.request_session_rows() {
+            let mut r = StagingRow::empty(batch_id, staged_at, Kind::RequestSession)
+                .at(window_start, slice);
+            r.view_id = sid;
+            push(&mut insert, &r, &mut row).await?;
+        }
         for (view_id, c, v) in batch.view_rows() {
             // The per-view totals travel in the metric columns of the same names.
             let totals = WindowMetrics {

@@ -379,6 +379,19 @@ pub const ACTIVE_VIEWS: Metric = Metric {
 };
 pub const ACTIVE_VIEWS_TABLE: &str = "qoe_active_views_10s";
 
+/// Request mode (CDN logs): distinct CMCD sessions (`sid`) with a logged request in a base
+/// window and slice, stored as `uniqExact` states in [`REQUEST_SESSIONS_TABLE`].
+pub const REQUEST_SESSIONS: Metric = Metric {
+    name: "rm_sessions",
+    input: Input::LogRequests,
+    clickhouse_type: "AggregateFunction(uniqExact, String)",
+    rollup: Rollup::DistinctAtBaseGrain,
+    per_view: false,
+    unit: "sessions",
+    doc: "Request mode: distinct sessions (sid) with a logged request in the window.",
+};
+pub const REQUEST_SESSIONS_TABLE: &str = "qoe_request_sessions_10s";
+
 /// The window tables, base grain first; each holds [`WINDOW_COLUMNS`].
 pub const WINDOW_TABLES: [(&str, u32); 3] = [
     ("qoe_window_10s", 10),
@@ -435,6 +448,10 @@ pub fn catalogue_json() -> String {
         .chain(std::iter::once(entry(
             &ACTIVE_VIEWS,
             json!([ACTIVE_VIEWS_TABLE]),
+        )))
+        .chain(std::iter::once(entry(
+            &REQUEST_SESSIONS,
+            json!([REQUEST_SESSIONS_TABLE]),
         )))
         .collect();
     let doc = json!({

@@ -225,11 +225,12 @@ async fn request_mode_metrics_reach_clickhouse_once_per_request() {
     let _aggregator = qoe_tests::spawn_aggregator(&topic, &db, &unique("g"), &[]);
     let t = (qoe_telemetry::process::now_ms() - 10 * 60_000) / 10_000 * 10;
     // Two media requests of one Media3 session and its manifest, on cdn-a: one starved, one at
-    // startup, one failed.
+    // startup, one failed; and a second session's manifest.
     let cdn_a = format!(
         "{{\"ts\":{t}.1,\"status\":200,\"ttfb_ms\":40,\"url\":\"/v/1.m4s\",\"user_agent\":\"ExoPlayerLib/2.19.1\",\"cmcd\":\"br=3000,d=4000,ot=v,su,mtp=20000,bl=0,sid=\\\"n-1\\\",cid=\\\"ch-1\\\",st=l,sf=d\"}}\n\
          {{\"ts\":{t}.2,\"status\":200,\"ttfb_ms\":90,\"url\":\"/v/2.m4s\",\"user_agent\":\"ExoPlayerLib/2.19.1\",\"cmcd\":\"br=6000,d=4000,ot=v,bs,mtp=30000,bl=4000,sid=\\\"n-1\\\",cid=\\\"ch-1\\\",st=l,sf=d\"}}\n\
-         {{\"ts\":{t}.3,\"status\":500,\"url\":\"/m.mpd\",\"user_agent\":\"ExoPlayerLib/2.19.1\",\"cmcd\":\"ot=m,sid=\\\"n-1\\\",cid=\\\"ch-1\\\",st=l,sf=d,bl=9000\"}}\n"
+         {{\"ts\":{t}.3,\"status\":500,\"url\":\"/m.mpd\",\"user_agent\":\"ExoPlayerLib/2.19.1\",\"cmcd\":\"ot=m,sid=\\\"n-1\\\",cid=\\\"ch-1\\\",st=l,sf=d,bl=9000\"}}\n\
+         {{\"ts\":{t}.4,\"status\":200,\"url\":\"/m.mpd\",\"user_agent\":\"ExoPlayerLib/2.19.1\",\"cmcd\":\"ot=m,sid=\\\"n-2\\\",cid=\\\"ch-1\\\",st=l,sf=d\"}}\n"
     );
     let http = reqwest::Client::new();
     for _ in 0..2 {
@@ -273,8 +274,8 @@ async fn request_mode_metrics_reach_clickhouse_once_per_request() {
             // ttfb sum, ttfb <= 50 ms, mtp sum, mtp n, br x d, media ms, bl in (1 s, 5 s],
             // bl > 30 s, duplicates, events
             row(&[
-                "cdn-a", "ch-1", "live", "android", "3", "1", "2", "1", "1", "130", "1", "50000",
-                "2", "36000000", "8000", "1", "0", "3", "0"
+                "cdn-a", "ch-1", "live", "android", "4", "1", "2", "1", "1", "130", "1", "50000",
+                "2", "36000000", "8000", "1", "0", "4", "0"
             ]),
             row(&[
                 "cloudfront",
@@ -298,5 +299,15 @@ async fn request_mode_metrics_reach_clickhouse_once_per_request() {
                 "0"
             ]),
         ]
+    );
+    let sessions = qoe_tests::clickhouse_query(
+        &db,
+        "SELECT cdn, uniqExactMerge(sessions) FROM qoe_request_sessions_10s GROUP BY cdn ORDER BY cdn",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        sessions,
+        vec![row(&["cdn-a", "2"]), row(&["cloudfront", "1"])]
     );
 }

@@ -29,7 +29,12 @@ impl<S: BuildHasher + Default> PartitionState<S> {
         let (_, slice) = self.batch.intern(&probe.borrowed(), self.config.dimensions);
         let row = self.batch.window_row(window, slice);
         match outcome {
-            Outcome::Accepted => add_log_request(row, &m.req),
+            Outcome::Accepted => {
+                add_log_request(row, &m.req);
+                if let Some(sid) = m.req.cmcd.sid.as_deref() {
+                    self.batch.request_session(window, slice, sid);
+                }
+            }
             Outcome::Late => row.rm_late_requests += 1,
             Outcome::Duplicate => row.rm_duplicate_requests += 1,
         }
@@ -157,6 +162,11 @@ mod tests {
             "500 ms and 12 s"
         );
         assert_eq!((m.rm_duplicate_requests, m.rm_late_requests), (1, 1));
+        let sessions: Vec<(i64, &str)> = batch
+            .request_session_rows()
+            .map(|(w, _, sid)| (w, sid))
+            .collect();
+        assert_eq!(sessions, [(1_764_500_000_000, "s")], "one session, once");
         // Request mode leaves the view metrics alone.
         assert_eq!(
             (
