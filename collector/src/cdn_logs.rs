@@ -126,9 +126,11 @@ pub fn process(
 }
 
 fn message(p: ParsedRequest, received_at: i64, stream: &StreamContext<'_>) -> RequestMessage {
+    // The address first, as for beacons: a line's own region only when it resolves to none.
     let region = p
         .client_ip
         .and_then(|ip| (stream.region_of)(ip))
+        .or(p.region)
         .unwrap_or_else(|| "unknown".to_owned());
     let cdn = stream
         .cdn

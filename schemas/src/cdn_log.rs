@@ -126,6 +126,9 @@ pub struct ParsedRequest {
     pub request: CdnRequest,
     pub client_ip: Option<IpAddr>,
     pub user_agent: Option<String>,
+    /// The region the log line names (a CDN's geo field), used when the client address
+    /// resolves to none.
+    pub region: Option<String>,
 }
 
 /// A request as published to Kafka (key: the CMCD `sid`, else the request id).
@@ -262,6 +265,9 @@ pub fn parse_json_line(line: &str) -> Result<ParsedRequest, LogLineError> {
         user_agent: get(&["user-agent", "ua", "cs-user-agent"])
             .and_then(Value::as_str)
             .map(str::to_owned),
+        region: get(&["region", "client-region", "geo-region"])
+            .and_then(Value::as_str)
+            .map(str::to_owned),
     };
     raw.finish(line, cmcd)
 }
@@ -278,6 +284,7 @@ struct Raw<'a> {
     request_id: Option<&'a str>,
     client_ip: Option<&'a str>,
     user_agent: Option<String>,
+    region: Option<String>,
 }
 
 impl Raw<'_> {
@@ -332,6 +339,10 @@ impl Raw<'_> {
             },
             client_ip: self.client_ip.and_then(|ip| ip.trim().parse().ok()),
             user_agent: self.user_agent,
+            region: self
+                .region
+                .filter(|r| !r.trim().is_empty() && !longer_than(r, 64) && !has_unsafe_chars(r))
+                .map(|r| crate::validate::normalize_dimension(&r)),
         })
     }
 }

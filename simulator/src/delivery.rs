@@ -2,6 +2,7 @@
 //! `text/plain` on the web, gzip on TVs), with retries and `Retry-After`, recording what was
 //! acknowledged: the simulator binary's only I/O, kept out of the pure simulation.
 
+use crate::native::LoggedRequest;
 use crate::simulation::Beacon;
 use qoe_schemas::QoeEvent;
 use std::collections::BTreeMap;
@@ -129,6 +130,72 @@ impl Sender {
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
         None
+    }
+}
+
+/// How one log batch's delivery ended.
+#[derive(Default)]
+pub struct LogOutcome {
+    /// Acknowledged copies of requests (each copy once per acknowledged body).
+    pub acked: Vec<LoggedRequest>,
+    pub unacked: u64,
+    pub uncertain: u64,
+    pub error: Option<String>,
+}
+
+impl Sender {
+    /// Posts a native view's requests as its CDN's log stream would (`POST /v1/cdn-logs`, one
+    /// stream per CDN), `copies` times, each until acknowledged or out of attempts.
+    pub async fn deliver_logs(&self, requests: Vec<LoggedRequest>, copies: u8) -> LogOutcome {
+        let mut out = LogOutcome::default();
+        let Some(first) = requests.first() else {
+            return out;
+        };
+        let base = self.url.strip_suffix("/v1/beacons").unwrap_or(&self.url);
+        let url = format!("{base}/v1/cdn-logs?cdn={}", first.cdn);
+        let body: String = requests.iter().map(|r| r.json_line() + "\n").collect();
+        'copy: for _ in 0..copies {
+            let mut backoff = Duration::from_millis(200);
+            for _ in 0..self.max_attempts {
+                let mut req = self
+                    .client
+                    .post(&url)
+                    .header("content-type", "application/x-ndjson")
+                    .body(body.clone());
+                if let Some(key) = &self.ingest_key {
+                    req = req.header("x-qoe-key", key);
+                }
+                let wait = match req.send().await {
+                    Ok(resp) => match resp.status().as_u16() {
+                        204 => {
+                            out.acked.extend(requests.iter().cloned());
+                            continue 'copy;
+                        }
+                        429 => backoff,
+                        408 | 500..=599 => {
+                            out.uncertain += requests.len() as u64;
+                            backoff
+                        }
+                        status => {
+                            let text = resp.text().await.unwrap_or_default();
+                            out.error = Some(format!("HTTP {status}: {}", truncate(&text, 200)));
+                            out.unacked += requests.len() as u64;
+                            return out;
+                        }
+                    },
+                    Err(e) => {
+                        out.uncertain += requests.len() as u64;
+                        out.error = Some(format!("request failed: {e}"));
+                        backoff
+                    }
+                };
+                tokio::time::sleep(wait).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            out.unacked += requests.len() as u64;
+            return out;
+        }
+        out
     }
 }
 

@@ -13,6 +13,8 @@
 //! - [`simulation`]: the audience over simulated time: arrivals, departures, one tick at a time.
 //! - [`offline`]: a run without a collector: every event counted once, per window and
 //!   region x CDN, as `qoe_window_*` rows (the alert evaluation's input).
+//! - [`native`]: native app viewers, whose requests reach the pipeline through their CDN's
+//!   logs (CMCD v1 request mode), not beacons.
 //! - [`beacon`]: the beacon protocol v1 request body for a batch of events.
 //! - [`delivery`]: posting beacons to a collector, with retries; what was acknowledged.
 //! - [`truth`]: expected per-window, per-slice metrics of the acknowledged events, by the
@@ -21,6 +23,7 @@
 pub mod beacon;
 pub mod delivery;
 pub mod incident;
+pub mod native;
 pub mod offline;
 pub mod player;
 pub mod population;

@@ -9,7 +9,7 @@
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use qoe_simulator::delivery::{Outcome, Sender};
+use qoe_simulator::delivery::{LogOutcome, Outcome, Sender};
 use qoe_simulator::incident::{parse_duration_ms, Incident};
 use qoe_simulator::offline::{self, SliceRows};
 use qoe_simulator::simulation::{Audience, Settings, Simulation, TICK_MS};
@@ -106,6 +106,11 @@ struct Args {
     /// aggregator.
     #[arg(long, default_value_t = 0.0)]
     business_refusal_rate: f64,
+    /// Share of Android and iOS views that are native apps (Media3, AVPlayer): they send no
+    /// beacons; their CDN logs their requests with CMCD v1 keys and a log stream posts the
+    /// lines to the collector's POST /v1/cdn-logs (request-mode metrics, rm_*).
+    #[arg(long, default_value_t = 0.0)]
+    native_share: f64,
     /// Most requests in flight at once.
     #[arg(long, default_value_t = 32)]
     connections: usize,
@@ -190,9 +195,20 @@ struct Totals {
     retries: u64,
     statuses: BTreeMap<u16, u64>,
     last_error: Option<String>,
+    /// Native players' logged requests acknowledged (copies included).
+    requests_acked: u64,
 }
 
 impl Totals {
+    fn add_logs(&mut self, o: &LogOutcome) {
+        self.requests_acked += o.acked.len() as u64;
+        self.unacked += o.unacked;
+        self.uncertain += o.uncertain;
+        if o.error.is_some() {
+            self.last_error.clone_from(&o.error);
+        }
+    }
+
     fn add(&mut self, o: &Outcome) {
         self.acked += o.acked.len() as u64;
         self.unacked += o.unacked;
@@ -221,11 +237,12 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
         args.resend_rate,
         args.silent_exit_rate,
         args.business_refusal_rate,
+        args.native_share,
     ]
     .iter()
     .any(|r| !(0.0..=1.0).contains(r))
     {
-        bail!("--duplicate-rate, --reorder-rate, --resend-rate and --silent-exit-rate are shares between 0 and 1");
+        bail!("--duplicate-rate, --reorder-rate, --resend-rate, --silent-exit-rate, --business-refusal-rate and --native-share are shares between 0 and 1");
     }
     if !(args.speed >= 0.0 && args.speed.is_finite()) {
         bail!("--speed must be 0 (flat out) or a positive number");
@@ -305,6 +322,8 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
         window_ms: i64::from(args.window_secs) * 1000,
         audience,
         long_tail: args.long_tail,
+        // Offline rows are beacon rows: native viewers need a collector's log endpoint.
+        native_share: if offline { 0.0 } else { args.native_share },
     })
 }
 
@@ -329,6 +348,7 @@ async fn main() -> anyhow::Result<()> {
     let business = qoe_schemas::errors::BusinessCodes::parse(&args.business_error_codes)
         .context("--business-error-codes")?;
     let mut truth = Truth::new(i64::from(args.window_secs) * 1000).with_business(business);
+    let mut native_log = qoe_simulator::native::NativeLog::default();
     let mut totals = Totals::default();
     let mut sim = Simulation::new(settings.clone());
     eprintln!(
@@ -350,6 +370,16 @@ async fn main() -> anyhow::Result<()> {
         let beacons = sim.tick();
         ticks += 1;
         let mut tasks = tokio::task::JoinSet::new();
+        let (native, beacons): (Vec<_>, Vec<_>) = beacons.into_iter().partition(|b| b.native);
+        let mut log_tasks = tokio::task::JoinSet::new();
+        for (i, b) in native.into_iter().enumerate() {
+            let requests = native_log.requests(&b.ctx, &b.events);
+            let (sender, limit) = (sender.clone(), limit.clone());
+            log_tasks.spawn(async move {
+                let _permit = limit.acquire_owned().await;
+                (i, sender.deliver_logs(requests, b.copies).await)
+            });
+        }
         for (i, b) in beacons.into_iter().enumerate() {
             totals.beacons += 1;
             totals.resent += u64::from(b.copies.saturating_sub(1));
@@ -359,6 +389,14 @@ async fn main() -> anyhow::Result<()> {
                 let _permit = limit.acquire_owned().await;
                 (i, sender.deliver(b).await)
             });
+        }
+        let mut log_outcomes: Vec<(usize, LogOutcome)> = log_tasks.join_all().await;
+        log_outcomes.sort_by_key(|(i, _)| *i);
+        for (_, o) in &log_outcomes {
+            totals.add_logs(o);
+            for r in &o.acked {
+                truth.record_request(r);
+            }
         }
         let mut outcomes: Vec<(usize, Outcome)> = tasks.join_all().await;
         // Record in a fixed order, so the truth never depends on which request finished first.
@@ -390,6 +428,7 @@ async fn main() -> anyhow::Result<()> {
             rows: truth.rows(),
             views: truth.views() as u64,
             acknowledged_events: totals.acked,
+            acknowledged_requests: totals.requests_acked,
             late_copies: totals.late_copies,
             unended_views: truth.unended_views(),
             unacknowledged_events: totals.unacked,
@@ -516,8 +555,8 @@ fn summary(truth: &Truth, t: &Totals, sim: &Simulation, wall: Duration) {
         t.statuses
     );
     println!(
-        "Events acknowledged: {} (copies included); not acknowledged: {}; outcome unknown: {}",
-        t.acked, t.unacked, t.uncertain
+        "Events acknowledged: {} (copies included); native players' logged requests acknowledged: {}; not acknowledged: {}; outcome unknown: {}",
+        t.acked, t.requests_acked, t.unacked, t.uncertain
     );
     if let Some(e) = &t.last_error {
         println!("Last error: {e}");

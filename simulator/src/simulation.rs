@@ -11,7 +11,7 @@
 use crate::incident::Incident;
 use crate::player::{Conditions, Player};
 use crate::population::{baseline_quality, draw_context, ViewContext};
-use qoe_schemas::QoeEvent;
+use qoe_schemas::{EventType, QoeEvent};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::cmp::Reverse;
@@ -52,6 +52,9 @@ pub struct Settings {
     pub audience: Audience,
     /// Whether some viewers come from small regions (a few viewers per slice).
     pub long_tail: bool,
+    /// Share of Android and iOS views that are native apps: no beacons, their requests in the
+    /// CDN's logs ([`crate::native`]).
+    pub native_share: f64,
 }
 
 /// The audience size over simulated time.
@@ -118,6 +121,9 @@ pub struct Beacon {
     /// `sent_at`, so the collector moves every event's time by this much (plus the request's
     /// latency); 0 for an original.
     pub shift_ms: i64,
+    /// A native app's view: its events are what its player requested, for the CDN's log
+    /// stream, not a beacon.
+    pub native: bool,
 }
 
 pub struct Simulation {
@@ -130,6 +136,8 @@ pub struct Simulation {
     now: i64,
     /// Late re-sends waiting for their time, by due time.
     resends: Vec<(i64, Beacon)>,
+    /// Native app views (their view ids).
+    native: std::collections::HashSet<String>,
 }
 
 impl Simulation {
@@ -151,6 +159,7 @@ impl Simulation {
             arrivals,
             views_started: 0,
             resends: Vec::new(),
+            native: std::collections::HashSet::new(),
         }
     }
 
@@ -290,6 +299,13 @@ impl Simulation {
             .seed
             .wrapping_mul(0x9E37_79B9_7F4A_7C15)
             .wrapping_add(n);
+        // Drawn only when asked for, so runs without native viewers stay as they were.
+        if self.settings.native_share > 0.0
+            && matches!(ctx.platform, "android" | "ios")
+            && self.rng.random_bool(self.settings.native_share)
+        {
+            self.native.insert(ctx.view_id.clone());
+        }
         let cond = self.conditions(ctx.region, ctx.cdn, at);
         self.players.push(
             Player::new(ctx, seed, at, &cond, self.settings.flush_ms)
@@ -299,6 +315,24 @@ impl Simulation {
 
     /// What the network and a retrying client do to a batch on its way.
     fn shape(&mut self, ctx: ViewContext, mut events: Vec<QoeEvent>) -> Beacon {
+        if self.native.contains(&ctx.view_id) {
+            // A CDN logs requests in the order they came; a log stream may send a batch twice.
+            let copies = if self.rng.random_bool(self.settings.duplicate_rate) {
+                2
+            } else {
+                1
+            };
+            if events.iter().any(|e| e.kind == EventType::ViewEnd) {
+                self.native.remove(&ctx.view_id);
+            }
+            return Beacon {
+                ctx,
+                events,
+                copies,
+                shift_ms: 0,
+                native: true,
+            };
+        }
         if events.len() >= 2 && self.rng.random_bool(self.settings.reorder_rate) {
             let i = self.rng.random_range(0..events.len() - 1);
             events.swap(i, i + 1);
@@ -316,6 +350,7 @@ impl Simulation {
                     events: events.clone(),
                     copies: 1,
                     shift_ms,
+                    native: false,
                 };
                 self.resends.push((self.now + shift_ms, copy));
             }
@@ -325,6 +360,7 @@ impl Simulation {
             events,
             copies,
             shift_ms: 0,
+            native: false,
         }
     }
 
@@ -369,6 +405,7 @@ mod tests {
             window_ms: 10_000,
             audience: Audience::Flat,
             long_tail: false,
+            native_share: 0.0,
         }
     }
 

@@ -977,18 +977,28 @@ pub async fn assert_clickhouse_equals(
     let late: u64 = rows.values().map(|r| r.get("late_events")).sum();
     assert_eq!(late, 0, "the simulator never sends late");
 
-    // Wait until every acknowledged copy is accounted for in ClickHouse.
+    // Wait until every acknowledged copy (and logged request) is accounted for in ClickHouse.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
         let got = clickhouse_query(
             database,
-            "SELECT sum(events) + sum(duplicate_events) + sum(late_events) FROM qoe_window_10s",
+            "SELECT sum(events) + sum(duplicate_events) + sum(late_events), \
+             sum(rm_requests) + sum(rm_duplicate_requests) + sum(rm_late_requests) \
+             FROM qoe_window_10s",
         )
         .await
         .ok()
-        .and_then(|r| r.first()?.first()?.parse::<u64>().ok())
-        .unwrap_or(0);
-        if got >= truth.acknowledged_events || tokio::time::Instant::now() > deadline {
+        .and_then(|r| {
+            let row = r.first()?;
+            Some((
+                row.first()?.parse::<u64>().ok()?,
+                row.get(1)?.parse::<u64>().ok()?,
+            ))
+        })
+        .unwrap_or((0, 0));
+        if (got.0 >= truth.acknowledged_events && got.1 >= truth.acknowledged_requests)
+            || tokio::time::Instant::now() > deadline
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -79,6 +79,8 @@ async fn end_to_end(format: &str) {
             "0.03",
             "--silent-exit-rate",
             "0.2",
+            "--native-share",
+            "0.25",
             "--incident",
             INCIDENT,
             "--business-refusal-rate",
@@ -103,6 +105,22 @@ async fn end_to_end(format: &str) {
         total("events")
     );
     assert!(total("duplicate_events") > 50, "duplicates exercised");
+    // Native players: their CDN's logs, a share of them sent twice, counted once.
+    assert!(
+        truth.acknowledged_requests > 1_000,
+        "{}",
+        truth.acknowledged_requests
+    );
+    for metric in [
+        "rm_requests",
+        "rm_request_errors",
+        "rm_media_requests",
+        "rm_starvations",
+        "rm_startup_requests",
+        "rm_duplicate_requests",
+    ] {
+        assert!(total(metric) > 0, "{metric} exercised");
+    }
     for metric in [
         "vsf",
         "vpf",

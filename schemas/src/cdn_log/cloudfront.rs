@@ -162,6 +162,7 @@ pub fn parse_cloudfront_line<S: AsRef<str>>(
                 .decode_utf8_lossy()
                 .into_owned()
         }),
+        region: None,
     };
     raw.finish(line, cmcd)
 }
