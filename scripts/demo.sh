@@ -14,7 +14,8 @@
 #
 # Settings (environment): QOE_DEMO_DURATION (simulated viewing, 20m), QOE_DEMO_SPEED (time
 # compression, 10: 20 minutes in 2), QOE_DEMO_VIEWERS (concurrent viewers, 2000),
-# QOE_DEMO_SEED (1), QOE_DEMO_INCIDENT (the injected regression, see below), QOE_DEMO_KEEP
+# QOE_DEMO_SEED (1), QOE_DEMO_NATIVE_SHARE (share of Android and iOS viewers that are native apps
+# seen only in their CDN's logs, 0.3), QOE_DEMO_INCIDENT (the injected regression, see below), QOE_DEMO_KEEP
 # (1: keep the data of earlier runs; by default each run starts from an empty topic and database,
 # because a new run's simulated time overlaps the last one's and would arrive late),
 # QOE_DEMO_CLUSTER (1: write to the local ClickHouse cluster of scripts/cluster.sh, which must
@@ -105,6 +106,21 @@ report() {
         stalls, round(stall_ms / 1000, 1) AS stall_s, round(avg_bitrate_kbps) AS kbps, end_reason
       FROM qoe_views WHERE view_id LIKE 'demo-%' ORDER BY start_time FORMAT PrettyCompactMonoBlock"
   echo
+  echo "Native apps (Media3, AVPlayer) seen only in their CDN's logs (request mode, README \"Request mode\"), beside the beacon figures of the same CDN"
+  ch "SELECT cdn, logged_requests, sessions, log_error_pct, starved_per_100_media, log_kbps, resent_lines,
+        beacon_rebuffer_pct, beacon_kbps
+      FROM (SELECT cdn, sum(rm_requests) AS logged_requests,
+          round(100 * sum(rm_request_errors) / greatest(sum(rm_requests), 1), 2) AS log_error_pct,
+          round(100 * sum(rm_starvations) / greatest(sum(rm_media_requests), 1), 2) AS starved_per_100_media,
+          round(sum(rm_bitrate_kbps_ms) / greatest(sum(rm_media_ms), 1)) AS log_kbps,
+          sum(rm_duplicate_requests) AS resent_lines,
+          round(100 * sum(stall_ms) / greatest(sum(playing_ms) + sum(stall_ms), 1), 2) AS beacon_rebuffer_pct,
+          round(sum(bitrate_kbps_ms) / greatest(sum(playing_ms), 1)) AS beacon_kbps
+        FROM qoe_window_10s WHERE $where GROUP BY cdn)
+      ANY LEFT JOIN (SELECT cdn, uniqExactMerge(sessions) AS sessions
+        FROM qoe_request_sessions_10s WHERE $where GROUP BY cdn) USING cdn
+      ORDER BY cdn FORMAT PrettyCompactMonoBlock"
+  echo
   echo "Pipeline: counted, late and duplicate events; views summarised"
   ch "SELECT sum(events) AS counted_events, sum(late_events) AS late, sum(duplicate_events) AS duplicates,
         (SELECT count() FROM qoe_views) AS views FROM qoe_window_10s WHERE $where
@@ -148,7 +164,7 @@ case "${1:-}" in
     log "  $INCIDENT"
     "$BIN/simulator" --url http://127.0.0.1:8080 --seed "$SEED" --viewers "$VIEWERS" \
       --duration "$DURATION" --speed "$SPEED" --start-ms "$start_ms" --incident "$INCIDENT" \
-      --business-refusal-rate 0.006
+      --business-refusal-rate 0.006 --native-share "${QOE_DEMO_NATIVE_SHARE:-0.3}"
     # Then one real viewer: hls.js in headless Chromium plays a local live stream and reports
     # CMCD v2. It plays after the simulation, not during it: simulated time runs 10x and
     # starts in the past, and a real player's wall-clock reports would move its partition's
@@ -161,7 +177,7 @@ case "${1:-}" in
     log "waiting for the aggregator to write its last batches"
     last=-1
     for _ in $(seq 1 60); do
-      now=$(ch "SELECT sum(events) + sum(duplicate_events) + sum(late_events) FROM qoe_window_10s" || echo 0)
+      now=$(ch "SELECT sum(events) + sum(duplicate_events) + sum(late_events) + sum(rm_requests) + sum(rm_duplicate_requests) FROM qoe_window_10s" || echo 0)
       [ "$now" = "$last" ] && break
       last="$now"; sleep 2
     done
