@@ -116,7 +116,7 @@ report() {
           sum(rm_duplicate_requests) AS resent_lines,
           round(100 * sum(stall_ms) / greatest(sum(playing_ms) + sum(stall_ms), 1), 2) AS beacon_rebuffer_pct,
           round(sum(bitrate_kbps_ms) / greatest(sum(playing_ms), 1)) AS beacon_kbps
-        FROM qoe_window_10s WHERE $where GROUP BY cdn)
+        FROM qoe_window_10s WHERE $where GROUP BY cdn HAVING sum(rm_requests) > 0)
       ANY LEFT JOIN (SELECT cdn, uniqExactMerge(sessions) AS sessions
         FROM qoe_request_sessions_10s WHERE $where GROUP BY cdn) USING cdn
       ORDER BY cdn FORMAT PrettyCompactMonoBlock"
