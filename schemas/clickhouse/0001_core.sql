@@ -55,20 +55,7 @@ CREATE TABLE IF NOT EXISTS qoe_window_1h AS qoe_window_10s;
 -- qoe:generate window-views duplicate_events
 
 -- Distinct views per base window and slice. Replays of the same view id are harmless here.
-CREATE TABLE IF NOT EXISTS qoe_active_views_10s
-(
-    -- qoe:generate window-key-columns
-    views AggregateFunction(uniqExact, String)
-)
-ENGINE = AggregatingMergeTree
-PARTITION BY toYYYYMMDD(window_start)
-ORDER BY (window_start, region, cdn, stream_type, platform, stream_id);
-
-CREATE MATERIALIZED VIEW IF NOT EXISTS qoe_active_views_10s_mv TO qoe_active_views_10s AS
-SELECT window_start, region, cdn, stream_type, platform, stream_id, uniqExactState(view_id) AS views
-FROM qoe_ingest
-WHERE kind = 'presence'
-GROUP BY window_start, region, cdn, stream_type, platform, stream_id;
+-- qoe:generate distinct-at-base-grain qoe_active_views_10s views presence
 
 -- Per-view summaries, built from per-batch partials so a view is visible while it plays.
 CREATE TABLE IF NOT EXISTS qoe_view_partials

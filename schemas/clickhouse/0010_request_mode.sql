@@ -15,17 +15,4 @@
 ALTER TABLE qoe_staging MODIFY COLUMN kind Enum8('window' = 1, 'presence' = 2, 'view' = 3, 'checkpoint' = 4, 'error_code' = 5, 'request_session' = 6);
 ALTER TABLE qoe_ingest MODIFY COLUMN kind Enum8('window' = 1, 'presence' = 2, 'view' = 3, 'checkpoint' = 4, 'error_code' = 5, 'request_session' = 6);
 
-CREATE TABLE IF NOT EXISTS qoe_request_sessions_10s
-(
-    -- qoe:generate window-key-columns
-    sessions AggregateFunction(uniqExact, String)
-)
-ENGINE = AggregatingMergeTree
-PARTITION BY toYYYYMMDD(window_start)
-ORDER BY (window_start, region, cdn, stream_type, platform, stream_id);
-
-CREATE MATERIALIZED VIEW IF NOT EXISTS qoe_request_sessions_10s_mv TO qoe_request_sessions_10s AS
-SELECT window_start, region, cdn, stream_type, platform, stream_id, uniqExactState(view_id) AS sessions
-FROM qoe_ingest
-WHERE kind = 'request_session'
-GROUP BY window_start, region, cdn, stream_type, platform, stream_id;
+-- qoe:generate distinct-at-base-grain qoe_request_sessions_10s sessions request_session

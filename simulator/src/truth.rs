@@ -9,13 +9,12 @@
 //! late re-send's time is moved by its delay), for the whole life of the view.
 
 use qoe_schemas::errors::BusinessCodes;
-use qoe_schemas::metrics::{
-    column_index, Bucket, RM_BUFFER_BUCKETS, RM_TTFB_BUCKETS, STARTUP_BUCKETS, WINDOW_COLUMNS,
-    WINDOW_COLUMN_COUNT,
-};
+use qoe_schemas::metrics::{column_index, STARTUP_BUCKETS, WINDOW_COLUMNS, WINDOW_COLUMN_COUNT};
 use qoe_schemas::{EndReason, EventType, QoeEvent};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
+
+mod requests;
 
 /// The metric columns of a window row: the catalogue's, in its order.
 pub const METRIC_COLUMNS: [&str; WINDOW_COLUMN_COUNT] = WINDOW_COLUMNS;
@@ -147,15 +146,6 @@ pub fn add_classified(row: &mut Metrics, e: &QoeEvent, business: bool) {
 }
 
 /// The row key of an event at the given window length, with every dimension grouped.
-/// The column of the bucket (inclusive upper bounds, the last unbounded) `value` falls in.
-fn bucket_column(buckets: &[Bucket], value: u32) -> &'static str {
-    buckets
-        .iter()
-        .find(|b| b.le.is_none_or(|le| value <= le))
-        .expect("the last bucket is unbounded")
-        .column
-}
-
 pub fn row_key(e: &QoeEvent, window_ms: i64) -> RowKey {
     let window = e.event_time.div_euclid(window_ms) * window_ms;
     (
@@ -258,46 +248,6 @@ impl Truth {
     }
 
     /// Records one acknowledged copy of an event.
-    /// Adds one acknowledged copy of a native player's logged request: the request-mode
-    /// metrics (SPEC §3c) by their definitions, written here independently of the
-    /// aggregator's rule; a copy of a request counted before is a duplicate.
-    pub fn record_request(&mut self, r: &crate::native::LoggedRequest) {
-        let window = r.time.div_euclid(self.window_ms) * self.window_ms;
-        let key: RowKey = (
-            (window / 1000) as u32,
-            r.region.to_owned(),
-            r.cdn.to_owned(),
-            if r.st == "v" { "vod" } else { "live" }.to_owned(),
-            r.platform.to_owned(),
-            r.cid.clone(),
-        );
-        let (row, _) = self.rows.entry(key).or_default();
-        if !self.seen_requests.insert(r.request_id.clone()) {
-            row.bump("rm_duplicate_requests", 1);
-            return;
-        }
-        row.bump("rm_requests", 1);
-        row.bump("rm_request_errors", u64::from(r.status >= 400));
-        if r.ot == "v" {
-            row.bump("rm_media_requests", 1);
-            row.bump("rm_starvations", u64::from(r.bs));
-            if let (Some(br), Some(d)) = (r.br, r.d) {
-                row.bump("rm_bitrate_kbps_ms", u64::from(br) * u64::from(d));
-                row.bump("rm_media_ms", u64::from(d));
-            }
-        }
-        row.bump("rm_startup_requests", u64::from(r.su));
-        row.bump("rm_ttfb_ms_sum", u64::from(r.ttfb_ms));
-        row.bump(bucket_column(RM_TTFB_BUCKETS, r.ttfb_ms), 1);
-        if let Some(mtp) = r.mtp {
-            row.bump("rm_throughput_kbps_sum", u64::from(mtp));
-            row.bump("rm_throughput_samples", 1);
-        }
-        if let Some(bl) = r.bl {
-            row.bump(bucket_column(RM_BUFFER_BUCKETS, bl), 1);
-        }
-    }
-
     pub fn record(&mut self, e: &QoeEvent) {
         let (row, views) = self.rows.entry(row_key(e, self.window_ms)).or_default();
         if !self.seen.insert((e.view_id.clone(), e.seq)) {

@@ -11,6 +11,7 @@
 //! | `window-table THROUGH` | the base window table with those columns |
 //! | `window-views THROUGH` | the three window materialized views over those columns |
 //! | `add-window-columns AFTER THROUGH` | a metric migration ([`crate::window_sql::add_columns_statements`]) |
+//! | `distinct-at-base-grain TABLE COLUMN KIND` | a base-grain table of `uniqExact` states of `view_id` per window and slice, and the view that fills it from staged rows of `KIND` |
 //! | `views-view` | `qoe_views`: one row per view, from `qoe_view_partials` |
 //! | `view-score` | `qoe_views` again, with the experience score and its parts |
 //! | `rollup-views KIND TABLE:SECONDS...` | a view per table summing staged rows of `KIND` per its window; dimensions and sums are those of the first table's `CREATE TABLE` in this file |
@@ -65,14 +66,7 @@ fn generate(words: &[&str], file: &str, catalogue: &[Metric]) -> Result<String, 
     };
     let statements = |s: Vec<String>| s.iter().map(|s| format!("{s};\n\n")).collect::<String>();
     match words {
-        ["window-key-columns"] => Ok(std::iter::once("window_start DateTime('UTC')".to_owned())
-            .chain(
-                crate::metrics::DIMENSIONS
-                    .iter()
-                    .map(|d| format!("{d} String")),
-            )
-            .map(|c| format!("    {c},\n"))
-            .collect()),
+        ["window-key-columns"] => Ok(window_key_columns()),
         ["window-columns", last] => Ok(through(last)?
             .iter()
             .map(|(c, t)| format!("    {c} {t},\n"))
@@ -93,6 +87,22 @@ fn generate(words: &[&str], file: &str, catalogue: &[Metric]) -> Result<String, 
             let statements_sql = window_sql::add_columns_statements(&through(last)?, after)
                 .map_err(|e| e.to_string())?;
             Ok(statements(statements_sql))
+        }
+        ["distinct-at-base-grain", table, column, kind] => {
+            let dims = crate::metrics::DIMENSIONS.join(", ");
+            let keys = window_key_columns();
+            Ok(statements(vec![
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {table}\n(\n{keys}    {column} AggregateFunction(uniqExact, String)\n)\n\
+                     ENGINE = AggregatingMergeTree\nPARTITION BY toYYYYMMDD(window_start)\n\
+                     ORDER BY (window_start, {dims})"
+                ),
+                format!(
+                    "CREATE MATERIALIZED VIEW IF NOT EXISTS {table}_mv TO {table} AS\n\
+                     SELECT window_start, {dims}, uniqExactState(view_id) AS {column}\n\
+                     FROM qoe_ingest\nWHERE kind = '{kind}'\nGROUP BY window_start, {dims}"
+                ),
+            ]))
         }
         ["views-view"] => Ok(format!(
             "CREATE VIEW IF NOT EXISTS qoe_views AS\n{};\n",
@@ -120,6 +130,18 @@ fn generate(words: &[&str], file: &str, catalogue: &[Metric]) -> Result<String, 
             "unknown generator or wrong arguments (see schemas/src/migrations/templates.rs)".into(),
         ),
     }
+}
+
+/// `window_start` and the slice dimensions, one `name Type,` a line.
+fn window_key_columns() -> String {
+    std::iter::once("window_start DateTime('UTC')".to_owned())
+        .chain(
+            crate::metrics::DIMENSIONS
+                .iter()
+                .map(|d| format!("{d} String")),
+        )
+        .map(|c| format!("    {c},\n"))
+        .collect()
 }
 
 /// The dimensions (its `ORDER BY` key but `window_start`) and the other columns of a table
