@@ -93,8 +93,10 @@ pub struct Batch {
     windows: HashMap<(i64, u32), WindowMetrics>,
     /// `(window_start, slice, view)` for every view with an accepted event there.
     presence: HashSet<(i64, u32, u32)>,
-    /// `(window_start, slice, sid)` for every session with a logged request there.
-    request_sessions: HashSet<(i64, u32, Box<str>)>,
+    /// `(window_start, slice, sid)` for every session with a logged request there, the sid
+    /// interned in `session_ids` (one copy per batch, not one per request).
+    request_sessions: HashSet<(i64, u32, u32)>,
+    session_ids: IndexSet<Box<str>, DefaultHashBuilder>,
     views: IndexMap<String, ViewPartial, DefaultHashBuilder>,
     /// Error events per window, context and code, and attempts per window and context
     /// (under the empty code) ([`ErrorKey`]).
@@ -182,14 +184,22 @@ impl Batch {
 
     /// `(window_start, slice, sid)` of every session with a logged request there.
     pub fn request_session_rows(&self) -> impl Iterator<Item = (i64, &Slice, &str)> {
-        self.request_sessions
-            .iter()
-            .map(|(w, s, sid)| (*w, &self.slices[*s as usize], &**sid))
+        self.request_sessions.iter().map(|&(w, s, sid)| {
+            let sid = self
+                .session_ids
+                .get_index(sid as usize)
+                .expect("sid of a session row");
+            (w, &self.slices[s as usize], &**sid)
+        })
     }
 
     /// Records that session `sid` had a logged request in `window` and `slice`.
     pub(crate) fn request_session(&mut self, window: i64, slice: u32, sid: &str) {
-        self.request_sessions.insert((window, slice, sid.into()));
+        let sid = match self.session_ids.get_index_of(sid) {
+            Some(i) => i,
+            None => self.session_ids.insert_full(sid.into()).0,
+        };
+        self.request_sessions.insert((window, slice, sid as u32));
     }
 
     /// `(window_start, slice, view_id)` of every view with an accepted event there.

@@ -3,6 +3,7 @@
 //! Shared by windowing, beacon views and CMCD sessions.
 
 use hashbrown::Equivalent;
+use qoe_schemas::cdn_log::RequestMessage;
 use qoe_schemas::{EventRef, StreamType};
 use serde::{Deserialize, Serialize};
 
@@ -94,6 +95,24 @@ impl<'a> ContextRef<'a> {
             stream_id: &e.stream_id,
             player: &e.player,
             protocol: &e.protocol,
+        }
+    }
+
+    /// A CDN log request's context: stream from `cid`, stream type from `st`, protocol from
+    /// `sf`, and what the collector resolved (region, CDN, platform, player).
+    pub(crate) fn of_request(m: &'a RequestMessage) -> Self {
+        let c = &m.req.cmcd;
+        ContextRef {
+            region: &m.region,
+            cdn: &m.cdn,
+            stream_type: match c.st.as_deref() {
+                Some("v") => StreamType::Vod,
+                _ => StreamType::Live,
+            },
+            platform: &m.platform,
+            stream_id: c.cid.as_deref().unwrap_or("unknown"),
+            player: &m.player,
+            protocol: c.sf.as_deref().map_or("unknown", crate::cmcd::protocol_of),
         }
     }
 

@@ -3,10 +3,9 @@
 //! shipper sent again is a duplicate while its window is open, late after.
 
 use super::{Outcome, PartitionState};
+use crate::context::ContextRef;
 use crate::metrics::add_log_request;
 use qoe_schemas::cdn_log::RequestMessage;
-use qoe_schemas::{EventType, QoeEvent, StreamType, SCHEMA_VERSION};
-use std::collections::BTreeMap;
 use std::hash::BuildHasher;
 
 impl<S: BuildHasher + Default> PartitionState<S> {
@@ -25,8 +24,9 @@ impl<S: BuildHasher + Default> PartitionState<S> {
         } else {
             Outcome::Duplicate
         };
-        let probe = slice_probe(m);
-        let (_, slice) = self.batch.intern(&probe.borrowed(), self.config.dimensions);
+        let (_, slice) = self
+            .batch
+            .intern_context(ContextRef::of_request(m), self.config.dimensions);
         let row = self.batch.window_row(window, slice);
         match outcome {
             Outcome::Accepted => {
@@ -53,38 +53,6 @@ impl<S: BuildHasher + Default> PartitionState<S> {
         self.reports
             .track_request(offset, window, &m.req.request_id, m.req.time);
     }
-}
-
-/// An event carrying the request's slice: stream from `cid`, stream type from `st`, protocol
-/// from `sf`, and what the collector resolved (region, CDN, platform, player).
-fn slice_probe(m: &RequestMessage) -> QoeEvent {
-    let c = &m.req.cmcd;
-    qoe_schemas::event_measures!(none QoeEvent {
-        v: SCHEMA_VERSION,
-        view_id: c.sid.clone().unwrap_or_default(),
-        stream_id: c.cid.clone().unwrap_or_else(|| "unknown".into()),
-        stream_type: match c.st.as_deref() {
-            Some("v") => StreamType::Vod,
-            _ => StreamType::Live,
-        },
-        cdn: m.cdn.clone(),
-        platform: m.platform.clone(),
-        player: m.player.clone(),
-        protocol: c
-            .sf
-            .as_deref()
-            .map_or("unknown", crate::cmcd::protocol_of)
-            .to_owned(),
-        region: m.region.clone(),
-        custom: BTreeMap::new(),
-        seq: 0,
-        kind: EventType::Heartbeat,
-        ts: m.req.time,
-        event_time: m.req.time,
-        received_at: m.received_at,
-        code: None,
-        reason: None,
-    })
 }
 
 #[cfg(test)]
