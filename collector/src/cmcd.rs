@@ -81,7 +81,9 @@ pub struct ClientDefaults {
     pub player: String,
 }
 
-fn dimension(value: Option<&str>, limits: &Limits) -> Option<String> {
+/// A dimension value a client gave (a target URL's or log stream's parameter): normalised, or
+/// `None` when empty, too long or unsafe.
+pub(crate) fn dimension(value: Option<&str>, limits: &Limits) -> Option<String> {
     let v = value?.trim();
     (!v.is_empty() && !longer_than(v, limits.max_dimension_len) && !has_unsafe_chars(v))
         .then(|| normalize_dimension(v))

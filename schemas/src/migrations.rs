@@ -196,10 +196,7 @@ pub fn statements_fingerprint(statements: &[Statement]) -> String {
         .iter()
         .map(|s| {
             let min = s.min_version.map(|v| v.to_string()).unwrap_or_default();
-            format!(
-                "{min}|{}",
-                s.sql.split_whitespace().collect::<Vec<_>>().join(" ")
-            )
+            format!("{min}|{}", crate::window_sql::tokens(&s.sql))
         })
         .collect();
     fnv1a(text.join(";\n").as_bytes())

@@ -120,8 +120,8 @@ impl NativeLog {
             cdn: ctx.cdn,
             platform: ctx.platform,
         };
+        let starved = self.starved.entry(ctx.view_id.clone()).or_default();
         for e in events {
-            let starved = self.starved.entry(ctx.view_id.clone()).or_default();
             let br = e.bitrate_kbps.unwrap_or(1_500);
             match e.kind {
                 EventType::ViewStart => out.push(LoggedRequest {
@@ -157,11 +157,11 @@ impl NativeLog {
                     ttfb_ms: 900,
                     ..base(e, 0, "v")
                 }),
-                EventType::ViewEnd => {
-                    self.starved.remove(&ctx.view_id);
-                }
                 _ => {}
             }
+        }
+        if events.iter().any(|e| e.kind == EventType::ViewEnd) {
+            self.starved.remove(&ctx.view_id);
         }
         out
     }

@@ -62,15 +62,7 @@ async fn handle(
         Ok(f) => f,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    let cdn = query
-        .cdn
-        .as_deref()
-        .map(qoe_schemas::validate::normalize_dimension)
-        .filter(|c| {
-            !c.is_empty()
-                && !qoe_schemas::validate::longer_than(c, state.limits.max_dimension_len)
-                && !qoe_schemas::validate::has_unsafe_chars(c)
-        });
+    let cdn = crate::cmcd::dimension(query.cdn.as_deref(), &state.limits);
     let admitted = match admit(
         state,
         peer,
