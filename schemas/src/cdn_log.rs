@@ -19,6 +19,7 @@
 //! the line's own id (`request_id`, CloudFront's `x-edge-request-id`) or else a hash of the
 //! line's bytes, so the same line is the same request wherever it arrives again.
 
+use crate::cmcd::MAX_REQUEST_MS;
 use crate::validate::{has_unsafe_chars, longer_than};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -37,8 +38,6 @@ pub const REQUEST_MESSAGE_PREFIX: &[u8] = b"{\"req\":";
 pub const MAX_HOST_LEN: usize = 253;
 pub const MAX_PATH_LEN: usize = 1024;
 pub const MAX_ID_LEN: usize = 128;
-/// Longest plausible request time (`ttfb`, `ttlb`), ms.
-pub const MAX_REQUEST_MS: u32 = 600_000;
 
 /// The CMCD v1 keys of one request (CTA-5004 Table 3), typed. Absent keys are `None` / false.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
